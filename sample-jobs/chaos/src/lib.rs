@@ -1,0 +1,135 @@
+//! `chaos` — the adversarial guest the tests use. Its behaviour is picked by `mode` in its args,
+//! so one component exercises every sandbox limit, both obeyed and violated.
+//!
+//! | `mode`    | extra args        | what it does |
+//! |-----------|-------------------|--------------|
+//! | `ok`      |                   | returns `{"ok": true}` |
+//! | `spin`    | `iterations`?     | burns CPU: forever, or for `iterations` rounds |
+//! | `alloc`   | `mb`?             | allocates and touches memory: `mb` MiB, or 1 MiB at a time until refused |
+//! | `recurse` | `depth`?          | recurses: `depth` frames, or until the stack overflows |
+//! | `sleep`   | `ms`              | sleeps in a WASI clock call (blocked in the host, not spinning) |
+//! | `panic`   | `message`?        | panics |
+//! | `trap`    |                   | executes `unreachable` directly |
+//! | `print`   | `bytes`, `stream`?| writes `bytes` bytes to stdout (or `"stderr"`) |
+//! | `log`     | `count`?          | writes `count` log records and reports progress |
+//! | `retry`   | `message`?        | returns `job-error::retry` |
+//! | `fail`    | `message`?        | returns `job-error::fail` |
+//! | `flaky`   | `failures`        | returns `retry` on the first `failures` attempts, then succeeds |
+//! | `enqueue` | `module`, `args`? | enqueues one sub-job and returns its id |
+
+use std::hint::black_box;
+use std::io::Write;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+use wasmq_guest::{JobError, JobInfo};
+
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case", tag = "mode")]
+enum Mode {
+    Ok,
+    Spin { iterations: Option<u64> },
+    Alloc { mb: Option<u64> },
+    Recurse { depth: Option<u64> },
+    Sleep { ms: u64 },
+    Panic { message: Option<String> },
+    Trap,
+    Print { bytes: u64, stream: Option<String> },
+    Log { count: Option<u32> },
+    Retry { message: Option<String> },
+    Fail { message: Option<String> },
+    Flaky { failures: u32 },
+    Enqueue { module: String, args: Option<Value> },
+}
+
+/// Each frame keeps a buffer alive across the recursive call, so deep recursion really uses stack.
+#[inline(never)]
+fn recurse(depth: Option<u64>, level: u64) -> u64 {
+    let frame = black_box([level; 32]);
+    if depth.is_some_and(|d| level >= d) {
+        return level;
+    }
+    let below = recurse(depth, level + 1);
+    black_box(frame)[0].wrapping_add(below) - level
+}
+
+#[wasmq_guest::job]
+fn chaos(info: &JobInfo, mode: Mode) -> Result<Value, JobError> {
+    match mode {
+        Mode::Ok => Ok(json!({"ok": true})),
+        Mode::Spin { iterations } => {
+            let mut x: u64 = 0;
+            let mut i: u64 = 0;
+            while iterations.is_none_or(|n| i < n) {
+                x = black_box(x.wrapping_mul(6364136223846793005).wrapping_add(i));
+                i += 1;
+            }
+            Ok(json!({"iterations": i, "x": x}))
+        }
+        Mode::Alloc { mb } => {
+            let mut chunks: Vec<Vec<u8>> = Vec::new();
+            loop {
+                if mb.is_some_and(|limit| chunks.len() as u64 >= limit) {
+                    break;
+                }
+                // `try_reserve` would turn the refusal into a clean error; a real runaway job just
+                // allocates, so this does too and lets the allocator abort.
+                let mut chunk = vec![0u8; 1 << 20];
+                chunk[(chunks.len() * 4096) % (1 << 20)] = 1;
+                chunks.push(black_box(chunk));
+            }
+            Ok(json!({"allocated_mb": chunks.len()}))
+        }
+        Mode::Recurse { depth } => Ok(json!({"depth": recurse(depth, 0)})),
+        Mode::Sleep { ms } => {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+            Ok(json!({"slept_ms": ms}))
+        }
+        Mode::Panic { message } => panic!("{}", message.as_deref().unwrap_or("chaos panic")),
+        Mode::Trap => {
+            #[cfg(target_arch = "wasm32")]
+            core::arch::wasm32::unreachable();
+            #[cfg(not(target_arch = "wasm32"))]
+            std::process::abort();
+        }
+        Mode::Print { bytes, stream } => {
+            let line = [b'x'; 1023];
+            let mut out: Box<dyn Write> = match stream.as_deref() {
+                Some("stderr") => Box::new(std::io::stderr()),
+                _ => Box::new(std::io::stdout()),
+            };
+            let mut left = bytes;
+            while left > 0 {
+                let n = left.min(1024);
+                let mut chunk = line[..(n as usize).saturating_sub(1)].to_vec();
+                chunk.push(b'\n');
+                out.write_all(&chunk)?;
+                left -= n;
+            }
+            out.flush()?;
+            Ok(json!({"printed": bytes}))
+        }
+        Mode::Log { count } => {
+            let count = count.unwrap_or(3);
+            for i in 0..count {
+                wasmq_guest::log::info(&format!("record {i}"));
+                wasmq_guest::progress(((i + 1) * 100 / count.max(1)) as u8, None);
+            }
+            Ok(json!({"logged": count}))
+        }
+        Mode::Retry { message } => Err(JobError::retry(message.unwrap_or_else(|| "chaos retry".into()))),
+        Mode::Fail { message } => Err(JobError::fail(message.unwrap_or_else(|| "chaos fail".into()))),
+        Mode::Flaky { failures } => {
+            if info.attempt <= failures {
+                Err(JobError::retry(format!("flaky: attempt {} of {} planned failures", info.attempt, failures)))
+            } else {
+                Ok(json!({"succeeded_on_attempt": info.attempt}))
+            }
+        }
+        Mode::Enqueue { module, args } => {
+            let id = wasmq_guest::enqueue(&module, &args.unwrap_or(Value::Null))
+                .map_err(JobError::fail)?;
+            Ok(json!({"enqueued": id}))
+        }
+    }
+}

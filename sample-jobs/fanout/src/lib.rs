@@ -1,0 +1,41 @@
+//! `fanout` — splits work into sub-jobs through the host's `enqueue` import.
+//!
+//! Args: `{"module": "sha256:<64 hex>", "count": 10, "args": {...}}`. Enqueues `count` jobs of
+//! `module`; when `args` is an object each copy gets an `"index"` field (0-based), otherwise the
+//! args are sent as they are. Result: `{"enqueued": ["<job id>", ...]}`. A refused enqueue is a
+//! retryable failure (the queue may be briefly unavailable).
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use wasmq_guest::JobError;
+
+#[derive(Deserialize)]
+struct Args {
+    module: String,
+    count: u32,
+    #[serde(default)]
+    args: Value,
+}
+
+#[derive(Serialize)]
+struct Fanned {
+    enqueued: Vec<String>,
+}
+
+#[wasmq_guest::job]
+fn fanout(args: Args) -> Result<Fanned, JobError> {
+    let mut enqueued = Vec::with_capacity(args.count as usize);
+    for index in 0..args.count {
+        let mut sub = args.args.clone();
+        if let Value::Object(map) = &mut sub {
+            map.insert("index".to_owned(), Value::from(index));
+        }
+        let id = wasmq_guest::enqueue(&args.module, &sub)
+            .map_err(|e| JobError::retry(format!("sub-job {index} was not enqueued: {e}")))?;
+        enqueued.push(id);
+        let percent = ((index + 1) * 100 / args.count.max(1)) as u8;
+        wasmq_guest::progress(percent, Some(&format!("{} of {}", index + 1, args.count)));
+    }
+    wasmq_guest::log::info(&format!("enqueued {} sub-jobs of {}", enqueued.len(), args.module));
+    Ok(Fanned { enqueued })
+}
