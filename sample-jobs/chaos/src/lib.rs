@@ -42,15 +42,16 @@ enum Mode {
     Enqueue { module: String, args: Option<Value> },
 }
 
-/// Each frame keeps a buffer alive across the recursive call, so deep recursion really uses stack.
+/// Recurses `max` levels deep (or until the stack overflows). Only scalars, so every frame lives
+/// on the wasm stack that the host bounds, not on the shadow stack in linear memory; the work after
+/// the call keeps it from being turned into a loop.
 #[inline(never)]
-fn recurse(depth: Option<u64>, level: u64) -> u64 {
-    let frame = black_box([level; 32]);
-    if depth.is_some_and(|d| level >= d) {
+fn recurse(max: u64, level: u64) -> u64 {
+    if level >= max {
         return level;
     }
-    let below = recurse(depth, level + 1);
-    black_box(frame)[0].wrapping_add(below) - level
+    let below = recurse(max, level + 1);
+    below.rotate_left((level % 63) as u32) ^ level
 }
 
 #[wasmq_guest::job]
@@ -80,7 +81,11 @@ fn chaos(info: &JobInfo, mode: Mode) -> Result<Value, JobError> {
             }
             Ok(json!({"allocated_mb": chunks.len()}))
         }
-        Mode::Recurse { depth } => Ok(json!({"depth": recurse(depth, 0)})),
+        Mode::Recurse { depth } => {
+            let max = depth.unwrap_or(u64::MAX);
+            recurse(black_box(max), 0);
+            Ok(json!({"depth": max}))
+        }
         Mode::Sleep { ms } => {
             std::thread::sleep(std::time::Duration::from_millis(ms));
             Ok(json!({"slept_ms": ms}))
@@ -117,11 +122,18 @@ fn chaos(info: &JobInfo, mode: Mode) -> Result<Value, JobError> {
             }
             Ok(json!({"logged": count}))
         }
-        Mode::Retry { message } => Err(JobError::retry(message.unwrap_or_else(|| "chaos retry".into()))),
-        Mode::Fail { message } => Err(JobError::fail(message.unwrap_or_else(|| "chaos fail".into()))),
+        Mode::Retry { message } => Err(JobError::retry(
+            message.unwrap_or_else(|| "chaos retry".into()),
+        )),
+        Mode::Fail { message } => Err(JobError::fail(
+            message.unwrap_or_else(|| "chaos fail".into()),
+        )),
         Mode::Flaky { failures } => {
             if info.attempt <= failures {
-                Err(JobError::retry(format!("flaky: attempt {} of {} planned failures", info.attempt, failures)))
+                Err(JobError::retry(format!(
+                    "flaky: attempt {} of {} planned failures",
+                    info.attempt, failures
+                )))
             } else {
                 Ok(json!({"succeeded_on_attempt": info.attempt}))
             }

@@ -91,7 +91,12 @@ fn clean(args: Args) -> Result<Cleaned, JobError> {
     };
 
     let mut seen = HashSet::new();
-    let mut stats = Stats { input_rows: 0, output_rows: 0, empty: 0, duplicates: 0 };
+    let mut stats = Stats {
+        input_rows: 0,
+        output_rows: 0,
+        empty: 0,
+        duplicates: 0,
+    };
     let mut rows = Vec::new();
     for record in reader.records() {
         let record = record.map_err(|e| JobError::fail(format!("invalid CSV: {e}")))?;
@@ -116,5 +121,9 @@ fn clean(args: Args) -> Result<Cleaned, JobError> {
         rows.push(row);
     }
     stats.output_rows = rows.len();
-    Ok(Cleaned { columns, rows, stats })
+    Ok(Cleaned {
+        columns,
+        rows,
+        stats,
+    })
 }

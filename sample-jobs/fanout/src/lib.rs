@@ -36,6 +36,10 @@ fn fanout(args: Args) -> Result<Fanned, JobError> {
         let percent = ((index + 1) * 100 / args.count.max(1)) as u8;
         wasmq_guest::progress(percent, Some(&format!("{} of {}", index + 1, args.count)));
     }
-    wasmq_guest::log::info(&format!("enqueued {} sub-jobs of {}", enqueued.len(), args.module));
+    wasmq_guest::log::info(&format!(
+        "enqueued {} sub-jobs of {}",
+        enqueued.len(),
+        args.module
+    ));
     Ok(Fanned { enqueued })
 }

@@ -1,0 +1,227 @@
+//! `wasmq bench sandbox`: measures the sandbox and prints the figures — compile time, artifact
+//! cache load time, instantiate-and-call latency of `hello` with every limit on, and the cost of
+//! the sandbox on CPU-bound work (`markdown` in the sandbox vs. the same code built natively).
+//!
+//! Build with `--release`: a debug build measures the wrong thing.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Subcommand};
+use serde::{Deserialize, Serialize};
+
+use super::JobsDir;
+use crate::sandbox::{JobInfo, JobModule, Limits, NoSubJobs, RunRequest, Sandbox, SandboxConfig};
+
+// The markdown job's rendering code, compiled natively for the comparison.
+#[path = "../../../sample-jobs/markdown/src/render.rs"]
+mod render;
+
+/// Flags of `wasmq bench`.
+#[derive(Debug, Args)]
+pub(crate) struct BenchArgs {
+    #[command(subcommand)]
+    what: BenchWhat,
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchWhat {
+    /// Compile, cache-load and per-run figures for the sample jobs.
+    Sandbox(SandboxBench),
+}
+
+#[derive(Debug, Args)]
+struct SandboxBench {
+    #[command(flatten)]
+    jobs: JobsDir,
+    /// Timed `hello` runs (after as many warm-up runs as a tenth of this).
+    #[arg(long, default_value_t = 20_000)]
+    runs: usize,
+    /// Repetitions of the slower measurements (compile, cache load, markdown).
+    #[arg(long, default_value_t = 7)]
+    reps: usize,
+    /// Size of the generated markdown document, in KiB.
+    #[arg(long, default_value_t = 1024)]
+    markdown_kib: usize,
+}
+
+pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let BenchWhat::Sandbox(args) = args.what;
+    if cfg!(debug_assertions) {
+        println!(
+            "warning: this is a debug build of wasmq; run `cargo run --release -p wasmq -- bench sandbox`"
+        );
+    }
+    let cache_dir = tempfile::tempdir()?;
+    let sandbox = Sandbox::new(SandboxConfig {
+        cache_dir: Some(cache_dir.path().to_owned()),
+        ..SandboxConfig::default()
+    })?;
+    let hello = args.jobs.read("hello")?;
+    println!("hello.wasm: {} bytes", hello.len());
+
+    // Compile: a sandbox without a cache compiles on every load once the process forgets it.
+    let uncached = Sandbox::new(SandboxConfig::default())?;
+    let mut compile = Vec::new();
+    for _ in 0..args.reps {
+        uncached.forget_loaded();
+        compile.push(uncached.load(&hello)?.load_time());
+    }
+    drop(uncached);
+    report("compile hello", &mut compile);
+
+    // Cache load: the first load writes the artifact; the others read, verify and deserialize it.
+    sandbox.load(&hello)?;
+    let mut cached = Vec::new();
+    for _ in 0..args.reps.max(20) {
+        sandbox.forget_loaded();
+        let m = sandbox.load(&hello)?;
+        anyhow::ensure!(
+            m.origin() == crate::sandbox::ModuleOrigin::DiskCache,
+            "expected a cache hit, got {:?}",
+            m.origin()
+        );
+        cached.push(m.load_time());
+    }
+    report("cache load hello", &mut cached);
+
+    // Instantiate and call, every limit on, one at a time.
+    let module = sandbox.load(&hello)?;
+    let hello_request = request(br#"{"name":"bench"}"#.to_vec(), Limits::default());
+    for _ in 0..args.runs / 10 {
+        run_ok(&sandbox, &module, &hello_request).await?;
+    }
+    let mut per_run = Vec::with_capacity(args.runs);
+    let started = Instant::now();
+    for _ in 0..args.runs {
+        let t = Instant::now();
+        run_ok(&sandbox, &module, &hello_request).await?;
+        per_run.push(t.elapsed());
+    }
+    let total = started.elapsed();
+    report("hello instantiate+call", &mut per_run);
+    println!(
+        "  {:.0} runs/s sequential on one task",
+        args.runs as f64 / total.as_secs_f64()
+    );
+
+    // CPU-bound: the markdown job in the sandbox vs. the same code natively.
+    let markdown = sandbox.load(&args.jobs.read("markdown")?)?;
+    let doc = make_markdown(args.markdown_kib << 10);
+    let payload = serde_json::to_vec(&MarkdownArgs {
+        markdown: doc.clone(),
+    })?;
+    let big = Limits {
+        fuel: 100_000_000_000,
+        timeout: Duration::from_secs(120),
+        memory_bytes: 1 << 30,
+        ..Limits::default()
+    };
+    let big_request = request(payload.clone(), big);
+    let mut sandboxed = Vec::new();
+    let mut fuel = 0;
+    for _ in 0..args.reps {
+        let outcome = run_ok(&sandbox, &markdown, &big_request).await?;
+        fuel = outcome.0;
+        sandboxed.push(outcome.1);
+    }
+    let mut native = Vec::new();
+    for _ in 0..args.reps {
+        let t = Instant::now();
+        let parsed: MarkdownArgs = serde_json::from_slice(&payload)?;
+        let (html, headings) = render::render(&parsed.markdown);
+        let out = serde_json::to_vec(&MarkdownOut { html, headings })?;
+        std::hint::black_box(out);
+        native.push(t.elapsed());
+    }
+    println!(
+        "markdown, {} KiB document ({} fuel per run):",
+        args.markdown_kib,
+        super::report::group(fuel)
+    );
+    let s = report("  in the sandbox", &mut sandboxed);
+    let n = report("  native", &mut native);
+    println!(
+        "  sandbox / native (medians): {:.2}x",
+        s.as_secs_f64() / n.as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Serialize, Deserialize)]
+struct MarkdownArgs {
+    markdown: String,
+}
+
+#[derive(Serialize)]
+struct MarkdownOut {
+    html: String,
+    headings: Vec<(u8, String)>,
+}
+
+fn request(args: Vec<u8>, limits: Limits) -> RunRequest {
+    RunRequest {
+        info: JobInfo {
+            id: "bench".into(),
+            queue: "bench".into(),
+            attempt: 1,
+            max_attempts: 1,
+        },
+        args,
+        limits,
+        sub_jobs: Arc::new(NoSubJobs),
+    }
+}
+
+async fn run_ok(
+    sandbox: &Sandbox,
+    module: &JobModule,
+    request: &RunRequest,
+) -> anyhow::Result<(u64, Duration)> {
+    let outcome = sandbox.run(module, request.clone()).await;
+    match outcome.result {
+        Ok(_) => Ok((outcome.fuel_used, outcome.wall_time)),
+        Err(f) => anyhow::bail!("benchmark run failed: {f}"),
+    }
+}
+
+/// Prints median, p99 and min of `samples`; returns the median.
+fn report(name: &str, samples: &mut [Duration]) -> Duration {
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    let (median, p99, min) = (at(0.5), at(0.99), samples[0]);
+    let fmt = |d: Duration| {
+        if us(d) >= 10_000.0 {
+            format!("{:.1} ms", us(d) / 1e3)
+        } else {
+            format!("{:.1} µs", us(d))
+        }
+    };
+    println!(
+        "{name}: median {} · p99 {} · min {} (n={})",
+        fmt(median),
+        fmt(p99),
+        fmt(min),
+        samples.len()
+    );
+    median
+}
+
+/// A deterministic document with the usual mix: headings, paragraphs with inline markup, lists,
+/// tables and code blocks.
+fn make_markdown(target_bytes: usize) -> String {
+    let mut doc = String::with_capacity(target_bytes + 1024);
+    let mut i = 0u64;
+    while doc.len() < target_bytes {
+        i += 1;
+        doc.push_str(&format!("## Section {i}\n\nSome *emphasis*, **strong text**, `code {i}` and a [link](https://example.invalid/{i}). "));
+        doc.push_str("Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor incididunt ut labore.\n\n");
+        doc.push_str(&format!("- item one {i}\n- item ~~two~~\n  - nested [x] three\n\n| a | b | c |\n|---|---|---|\n| {i} | {} | {} |\n\n", i * 2, i * 3));
+        doc.push_str(&format!(
+            "```rust\nfn f{i}() -> u64 {{ {i} }}\n```\n\n> quoted line {i}\n\n"
+        ));
+    }
+    doc
+}

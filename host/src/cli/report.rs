@@ -1,0 +1,147 @@
+//! How the CLI shows a run's outcome: one JSON object (`--json`) or a short human summary.
+
+use std::fmt::Write as _;
+
+use serde_json::{Value, json};
+
+use crate::invocation::bytes_to_json;
+use crate::sandbox::{Captured, JobModule, RunOutcome};
+
+/// The outcome as one JSON object (the shape `wasmq run --json` prints).
+pub(crate) fn outcome_json(module: &JobModule, outcome: &RunOutcome) -> Value {
+    let (status, result, error) = match &outcome.result {
+        Ok(bytes) => ("succeeded", bytes_to_json(bytes), Value::Null),
+        Err(f) => (
+            "failed",
+            Value::Null,
+            json!({ "kind": f.kind(), "message": f.to_string(), "retryable": f.is_retryable(), "detail": f }),
+        ),
+    };
+    json!({
+        "module": module.hash(),
+        "status": status,
+        "result": result,
+        "error": error,
+        "fuel_used": outcome.fuel_used,
+        "fuel_budget": outcome.fuel_budget,
+        "wall_time_ms": outcome.wall_time.as_secs_f64() * 1e3,
+        "stdout": outcome.stdout,
+        "stderr": outcome.stderr,
+        "logs": outcome.logs,
+        "logs_dropped": outcome.logs_dropped,
+        "progress": outcome.progress,
+        "load": { "origin": module.origin(), "ms": module.load_time().as_secs_f64() * 1e3 },
+    })
+}
+
+/// The outcome for a person.
+pub(crate) fn outcome_text(module: &JobModule, outcome: &RunOutcome) -> String {
+    let mut out = String::new();
+    let load = match module.origin() {
+        crate::sandbox::ModuleOrigin::Compiled => "compiled",
+        crate::sandbox::ModuleOrigin::DiskCache => "loaded from cache",
+        crate::sandbox::ModuleOrigin::Memory => "already loaded",
+    };
+    let timing = format!(
+        "{:.2} ms · fuel {} of {} · module {load} in {:.1} ms",
+        outcome.wall_time.as_secs_f64() * 1e3,
+        group(outcome.fuel_used),
+        group(outcome.fuel_budget),
+        module.load_time().as_secs_f64() * 1e3,
+    );
+    match &outcome.result {
+        Ok(bytes) => {
+            let _ = writeln!(out, "succeeded in {timing}");
+            let result = bytes_to_json(bytes);
+            let _ = writeln!(
+                out,
+                "result: {}",
+                serde_json::to_string_pretty(&result).unwrap_or_default()
+            );
+        }
+        Err(f) => {
+            let retry = if f.is_retryable() {
+                "retryable"
+            } else {
+                "permanent"
+            };
+            let _ = writeln!(out, "failed ({}, {retry}) after {timing}", f.kind());
+            let _ = writeln!(out, "error: {f}");
+        }
+    }
+    stream(&mut out, "stdout", &outcome.stdout);
+    stream(&mut out, "stderr", &outcome.stderr);
+    if !outcome.logs.is_empty() {
+        let _ = writeln!(out, "logs:");
+        for r in &outcome.logs {
+            let _ = writeln!(
+                out,
+                "  +{:>5} ms {:<5} {}",
+                r.at_ms,
+                format!("{:?}", r.level).to_lowercase(),
+                r.message
+            );
+        }
+        if outcome.logs_dropped > 0 {
+            let _ = writeln!(out, "  ({} more records dropped)", outcome.logs_dropped);
+        }
+    }
+    if let Some(p) = &outcome.progress {
+        let _ = writeln!(
+            out,
+            "progress: {}%{}",
+            p.percent,
+            p.note
+                .as_deref()
+                .map(|n| format!(" ({n})"))
+                .unwrap_or_default()
+        );
+    }
+    out
+}
+
+fn stream(out: &mut String, name: &str, c: &Captured) {
+    if c.total_bytes == 0 {
+        return;
+    }
+    if c.truncated {
+        let _ = writeln!(
+            out,
+            "{name}: {} bytes written, first {} kept (truncated):",
+            c.total_bytes,
+            c.text.len()
+        );
+        let tail: String = c.text.chars().take(400).collect();
+        let _ = writeln!(out, "{tail}…");
+    } else {
+        let _ = writeln!(out, "{name}:");
+        let _ = write!(out, "{}", c.text);
+        if !c.text.ends_with('\n') {
+            out.push('\n');
+        }
+    }
+}
+
+/// 1234567 → "1,234,567".
+pub(crate) fn group(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn groups_thousands() {
+        assert_eq!(super::group(0), "0");
+        assert_eq!(super::group(999), "999");
+        assert_eq!(super::group(1000), "1,000");
+        assert_eq!(super::group(1234567), "1,234,567");
+    }
+}

@@ -1,0 +1,175 @@
+//! `wasmq run`: one invocation of a component file, locally, with the sandbox's limits.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use clap::Args;
+use serde_json::{Value, json};
+
+use super::report;
+use crate::invocation::{args_to_bytes, bytes_to_json};
+use crate::modules::ModuleHash;
+use crate::sandbox::{EnqueueFuture, JobInfo, Limits, RunRequest, Sandbox, SubJobSink};
+
+/// Flags of `wasmq run`.
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    /// The job component (`.wasm`).
+    module: PathBuf,
+    /// Arguments as JSON (`{"$bytes": "<base64>"}` for raw bytes).
+    #[arg(long, default_value = "null", conflicts_with = "args_file")]
+    args: String,
+    /// Read the JSON arguments from a file (`-` for stdin).
+    #[arg(long)]
+    args_file: Option<PathBuf>,
+    #[command(flatten)]
+    limits: LimitArgs,
+    /// The attempt number the job sees (to try retry logic locally).
+    #[arg(long, default_value_t = 1)]
+    attempt: u32,
+    /// The attempts the job is told it has.
+    #[arg(long, default_value_t = 1)]
+    max_attempts: u32,
+    /// Print one JSON object instead of a summary.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The per-run limit flags, defaulting to the invocation format's defaults.
+#[derive(Debug, Args)]
+pub(crate) struct LimitArgs {
+    /// Fuel budget (about one unit per wasm instruction) [default: 1000000000].
+    #[arg(long)]
+    fuel: Option<u64>,
+    /// Wall-clock deadline in milliseconds [default: 30000].
+    #[arg(long)]
+    timeout_ms: Option<u64>,
+    /// Linear memory cap in MiB [default: 64].
+    #[arg(long)]
+    memory_mb: Option<u64>,
+    /// Bytes of stdout and of stderr kept [default: 65536].
+    #[arg(long)]
+    output_bytes: Option<usize>,
+}
+
+impl LimitArgs {
+    /// The limits these flags ask for, checked against the sandbox's ceilings.
+    pub(crate) fn limits(&self, sandbox: &Sandbox) -> anyhow::Result<Limits> {
+        let d = Limits::default();
+        let limits = Limits {
+            fuel: self.fuel.unwrap_or(d.fuel),
+            timeout: self.timeout_ms.map_or(d.timeout, Duration::from_millis),
+            memory_bytes: self
+                .memory_mb
+                .map_or(d.memory_bytes, |mb| mb.saturating_mul(1 << 20)),
+            output_bytes: self.output_bytes.unwrap_or(d.output_bytes),
+        };
+        limits.check(sandbox.ceilings()).context("invalid limits")?;
+        Ok(limits)
+    }
+}
+
+/// Records sub-jobs instead of enqueueing them: `wasmq run` has no queue, but shows what the job
+/// would have enqueued.
+#[derive(Debug, Default)]
+pub(crate) struct RecordedSubJobs {
+    jobs: Mutex<Vec<Value>>,
+}
+
+impl RecordedSubJobs {
+    pub(crate) fn take(&self) -> Vec<Value> {
+        std::mem::take(&mut self.jobs.lock().unwrap())
+    }
+}
+
+impl SubJobSink for RecordedSubJobs {
+    fn enqueue(&self, parent: &JobInfo, module: String, args: Vec<u8>) -> EnqueueFuture {
+        let result = match module.parse::<ModuleHash>() {
+            Err(e) => Err(e.to_string()),
+            Ok(hash) => {
+                let mut jobs = self.jobs.lock().unwrap();
+                let id = format!("{}-sub-{}", parent.id, jobs.len() + 1);
+                jobs.push(json!({ "id": id, "module": hash, "args": bytes_to_json(&args) }));
+                Ok(id)
+            }
+        };
+        Box::pin(async move { result })
+    }
+}
+
+/// A job id for local runs: unique enough for logs, clearly not from a queue.
+pub(crate) fn local_id() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("local-{:x}", nanos & 0xffff_ffff_ffff)
+}
+
+pub(crate) async fn run(sandbox: Sandbox, args: RunArgs) -> anyhow::Result<ExitCode> {
+    let json_text = match &args.args_file {
+        None => args.args.clone(),
+        Some(p) if p.as_os_str() == "-" => {
+            std::io::read_to_string(std::io::stdin()).context("failed to read args from stdin")?
+        }
+        Some(p) => std::fs::read_to_string(p)
+            .with_context(|| format!("failed to read args file `{}`", p.display()))?,
+    };
+    let value: Value = serde_json::from_str(&json_text).context("`--args` is not valid JSON")?;
+    let arg_bytes = args_to_bytes(&value)?;
+    let limits = args.limits.limits(&sandbox)?;
+
+    let bytes = std::fs::read(&args.module)
+        .with_context(|| format!("failed to read `{}`", args.module.display()))?;
+    let module = {
+        let sandbox = sandbox.clone();
+        tokio::task::spawn_blocking(move || sandbox.load(&bytes)).await?
+    }
+    .with_context(|| format!("failed to load module `{}`", args.module.display()))?;
+
+    let sub_jobs = Arc::new(RecordedSubJobs::default());
+    let info = JobInfo {
+        id: local_id(),
+        queue: "local".into(),
+        attempt: args.attempt,
+        max_attempts: args.max_attempts,
+    };
+    let request = RunRequest {
+        info,
+        args: arg_bytes,
+        limits,
+        sub_jobs: sub_jobs.clone(),
+    };
+    let outcome = sandbox.run(&module, request).await;
+    let recorded = sub_jobs.take();
+
+    if args.json {
+        let mut v = report::outcome_json(&module, &outcome);
+        v["sub_jobs"] = Value::Array(recorded);
+        println!("{v}");
+    } else {
+        print!("{}", report::outcome_text(&module, &outcome));
+        if !recorded.is_empty() {
+            println!(
+                "sub-jobs recorded ({}; `wasmq run` has no queue, so none ran):",
+                recorded.len()
+            );
+            for job in &recorded {
+                println!(
+                    "  {} {} {}",
+                    job["id"].as_str().unwrap_or(""),
+                    job["module"].as_str().unwrap_or(""),
+                    job["args"]
+                );
+            }
+        }
+    }
+    Ok(if outcome.result.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

@@ -1,0 +1,853 @@
+//! The sandbox: the only place that configures wasmtime.
+//!
+//! It builds the process's one [`Engine`] (fuel, epoch interruption, the pooling allocator, a
+//! bounded wasm stack), compiles each module once — or loads its compiled artifact from the
+//! host-owned cache — and keeps an `InstancePre` per module. Each run gets a fresh `Store` with:
+//!
+//! - a fuel budget (out of fuel is a distinct failure);
+//! - a memory cap enforced by a `ResourceLimiter` (a refused growth is reported as the cause);
+//! - a wall-clock deadline covering instantiation, guest code (epoch ticks) and time blocked in host
+//!   calls (a tokio timeout around the whole run);
+//! - stdout/stderr captured into bounded buffers;
+//! - WASI with no preopened directories, no environment, no arguments and no network.
+//!
+//! What it must not do: know about queues, retries or Redis. A run returns a [`RunOutcome`];
+//! deciding what happens next is the caller's job.
+
+mod bindings {
+    //! Generated from `wit/`; the rest of the host sees the plain types in `sandbox`.
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "wasmq:job/job",
+        imports: {
+            "wasmq:job/host.enqueue": async,
+            default: tracing,
+        },
+        exports: { default: async },
+    });
+}
+mod limits;
+mod output;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::hash::Hasher;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig, ResourceLimiter,
+    Store, Trap, UpdateDeadline,
+};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::modules::{ArtifactCache, CacheLookup, FormatError, ModuleHash, check_component_header};
+pub use limits::{LimitError, Limits};
+pub use output::Captured;
+
+/// Every job runs on a wasm stack of this size. 1 MiB is twice wasmtime's default: deep but sane
+/// recursion (parsers, tree walks) fits, a runaway recursion still stops in well under a second.
+const WASM_STACK_BYTES: usize = 1 << 20;
+
+/// The async fiber stack must hold the wasm stack plus the host functions called from it.
+const ASYNC_STACK_BYTES: usize = WASM_STACK_BYTES + (512 << 10);
+
+/// How often the epoch advances. Each tick a running guest yields to the tokio scheduler (so a
+/// CPU-bound guest cannot starve other jobs on its thread) and checks its deadline, so this is
+/// also the resolution of timeouts: 10 ms is an OS-like time slice.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Log records kept per run; further records are counted in `logs_dropped`.
+const MAX_LOG_RECORDS: usize = 1000;
+
+/// Longest log message or progress note kept, in bytes; longer ones are cut at a char boundary.
+const MAX_LOG_MESSAGE_BYTES: usize = 4096;
+
+/// Core instances a component may create. Rust components use a handful; componentize-py and
+/// StarlingMonkey (JavaScript) components use more, and 32 leaves room for both.
+const CORE_INSTANCES_PER_COMPONENT: u32 = 32;
+
+/// Linear memories (and tables) per component: one for Rust guests; a few for Python and JS.
+const MEMORIES_PER_COMPONENT: u32 = 4;
+
+/// How the sandbox is sized. Built once per process.
+#[derive(Clone, Debug)]
+pub struct SandboxConfig {
+    /// The most any invocation may ask for; also sizes the pooling allocator's slots.
+    pub ceilings: Limits,
+    /// How many runs may be alive at once (the pool's capacity).
+    pub max_instances: u32,
+    /// Where compiled artifacts are cached; `None` compiles every module at load.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            ceilings: Limits::default_ceilings(),
+            // Matches a worker's default concurrency with room for the CLI's own runs.
+            max_instances: 64,
+            cache_dir: None,
+        }
+    }
+}
+
+/// The identity of a job run, as the guest sees it in `job-info`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobInfo {
+    /// Job id.
+    pub id: String,
+    /// Queue the job came from.
+    pub queue: String,
+    /// Attempt number, from 1.
+    pub attempt: u32,
+    /// Attempts the job gets in all.
+    pub max_attempts: u32,
+}
+
+/// A boxed future returned by [`SubJobSink::enqueue`].
+pub type EnqueueFuture = Pin<Box<dyn Future<Output = Result<String, String>> + Send>>;
+
+/// Where a guest's `enqueue` calls go: the broker in a worker, a recorder in `wasmq run`.
+pub trait SubJobSink: Send + Sync {
+    /// Enqueues a sub-job of `module` (as the guest wrote it) with `args` for `parent`; returns
+    /// the new job's id, or a reason the guest sees.
+    fn enqueue(&self, parent: &JobInfo, module: String, args: Vec<u8>) -> EnqueueFuture;
+}
+
+/// Refuses every sub-job: for runs that have no queue behind them.
+#[derive(Debug, Default)]
+pub struct NoSubJobs;
+
+impl SubJobSink for NoSubJobs {
+    fn enqueue(&self, _: &JobInfo, _: String, _: Vec<u8>) -> EnqueueFuture {
+        Box::pin(async { Err("this run has no queue to enqueue sub-jobs on".to_owned()) })
+    }
+}
+
+/// One run's request.
+#[derive(Clone)]
+pub struct RunRequest {
+    /// What the guest sees as `job-info`.
+    pub info: JobInfo,
+    /// The argument bytes handed to `run`.
+    pub args: Vec<u8>,
+    /// This run's limits (already checked against the ceilings by the caller).
+    pub limits: Limits,
+    /// Where `enqueue` calls go.
+    pub sub_jobs: Arc<dyn SubJobSink>,
+}
+
+impl fmt::Debug for RunRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RunRequest")
+            .field("info", &self.info)
+            .field("args_len", &self.args.len())
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Severity of a guest log record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// `trace`
+    Trace,
+    /// `debug`
+    Debug,
+    /// `info`
+    Info,
+    /// `warn`
+    Warn,
+    /// `error`
+    Error,
+}
+
+/// A record the guest logged through the `host.log` import.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogRecord {
+    /// Severity.
+    pub level: LogLevel,
+    /// The message (cut to 4 KiB).
+    pub message: String,
+    /// Milliseconds since the run started.
+    pub at_ms: u64,
+}
+
+/// The last progress the guest reported.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// 0–100.
+    pub percent: u8,
+    /// Optional note.
+    pub note: Option<String>,
+}
+
+/// Why a run did not succeed. Each sandbox limit is its own variant.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Failure {
+    /// The guest trapped (a panic, `unreachable`, an out-of-bounds access, …).
+    #[error("trapped: {message}")]
+    Trap {
+        /// The trap, with the guest's panic message when it left one.
+        message: String,
+    },
+    /// The fuel budget ran out.
+    #[error("out of fuel: used the whole budget of {budget} fuel")]
+    OutOfFuel {
+        /// The budget.
+        budget: u64,
+    },
+    /// The wall-clock deadline passed (in guest code or blocked in a host call).
+    #[error("timed out after {timeout_ms} ms")]
+    Timeout {
+        /// The deadline.
+        timeout_ms: u64,
+    },
+    /// The guest asked for more linear memory than its cap.
+    #[error(
+        "memory limit: asked for {requested_bytes} bytes of linear memory, cap is {limit_bytes}"
+    )]
+    MemoryLimit {
+        /// The cap.
+        limit_bytes: u64,
+        /// The total the refused growth asked for.
+        requested_bytes: u64,
+    },
+    /// The wasm stack overflowed.
+    #[error("stack overflow: exhausted the {stack_bytes}-byte wasm stack")]
+    StackOverflow {
+        /// The stack size.
+        stack_bytes: u64,
+    },
+    /// The guest returned `job-error::retry`.
+    #[error("job asked to be retried: {message}")]
+    Retry {
+        /// The guest's message.
+        message: String,
+    },
+    /// The guest returned `job-error::fail`: never retried.
+    #[error("job failed: {message}")]
+    Fail {
+        /// The guest's message.
+        message: String,
+    },
+    /// The component could not be instantiated (for example the pool is exhausted).
+    #[error("could not instantiate: {message}")]
+    Instantiate {
+        /// Wasmtime's reason.
+        message: String,
+    },
+}
+
+impl Failure {
+    /// Whether a retry could help: everything but the guest's own `fail`.
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, Failure::Fail { .. })
+    }
+
+    /// A stable short name (`trap`, `out_of_fuel`, …), as in the JSON `kind` field.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Failure::Trap { .. } => "trap",
+            Failure::OutOfFuel { .. } => "out_of_fuel",
+            Failure::Timeout { .. } => "timeout",
+            Failure::MemoryLimit { .. } => "memory_limit",
+            Failure::StackOverflow { .. } => "stack_overflow",
+            Failure::Retry { .. } => "retry",
+            Failure::Fail { .. } => "fail",
+            Failure::Instantiate { .. } => "instantiate",
+        }
+    }
+}
+
+/// What a run produced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunOutcome {
+    /// The result bytes, or why there are none.
+    pub result: Result<Vec<u8>, Failure>,
+    /// Fuel consumed.
+    pub fuel_used: u64,
+    /// The budget the run had.
+    pub fuel_budget: u64,
+    /// Wall time from the start of instantiation to the end of the call.
+    pub wall_time: Duration,
+    /// Captured stdout.
+    pub stdout: Captured,
+    /// Captured stderr.
+    pub stderr: Captured,
+    /// Log records, oldest first.
+    pub logs: Vec<LogRecord>,
+    /// Records dropped over the cap.
+    pub logs_dropped: u64,
+    /// The last progress reported.
+    pub progress: Option<Progress>,
+}
+
+/// Why a module was refused at load.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// Not a WebAssembly component at all.
+    #[error(transparent)]
+    Format(#[from] FormatError),
+    /// A component that wasmtime could not parse, validate or compile.
+    #[error("invalid component: {0}")]
+    Invalid(String),
+    /// A valid component that does not fit the `wasmq:job/job` world.
+    #[error("component does not fit the `wasmq:job/job` world: {0}")]
+    World(String),
+}
+
+/// Where a loaded module's compiled code came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModuleOrigin {
+    /// Compiled now.
+    Compiled,
+    /// Loaded from the on-disk artifact cache.
+    DiskCache,
+    /// Already loaded by this process.
+    Memory,
+}
+
+/// A compiled module, ready to instantiate. Cheap to clone.
+#[derive(Clone)]
+pub struct JobModule {
+    hash: ModuleHash,
+    pre: bindings::JobPre<RunState>,
+    origin: ModuleOrigin,
+    load_time: Duration,
+}
+
+impl fmt::Debug for JobModule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobModule")
+            .field("hash", &self.hash)
+            .field("origin", &self.origin)
+            .field("load_time", &self.load_time)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JobModule {
+    /// The module's content address.
+    pub fn hash(&self) -> ModuleHash {
+        self.hash
+    }
+
+    /// Where the compiled code came from when this handle was produced.
+    pub fn origin(&self) -> ModuleOrigin {
+        self.origin
+    }
+
+    /// How long producing it took (compile, or cache read and load).
+    pub fn load_time(&self) -> Duration {
+        self.load_time
+    }
+}
+
+/// The per-process sandbox: one engine, one linker, the compiled modules. Cheap to clone.
+#[derive(Clone)]
+pub struct Sandbox {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: Engine,
+    linker: Linker<RunState>,
+    engine_key: String,
+    cache: Option<ArtifactCache>,
+    ceilings: Limits,
+    modules: Mutex<HashMap<ModuleHash, JobModule>>,
+}
+
+impl fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sandbox")
+            .field("engine_key", &self.inner.engine_key)
+            .field("cache", &self.inner.cache)
+            .field("ceilings", &self.inner.ceilings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sandbox {
+    /// Builds the engine, the linker and the epoch ticker.
+    pub fn new(config: SandboxConfig) -> anyhow::Result<Self> {
+        let n = config.max_instances.max(1);
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(n)
+            .total_core_instances(n * CORE_INSTANCES_PER_COMPONENT)
+            .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
+            .total_memories(n * MEMORIES_PER_COMPONENT)
+            .max_memories_per_component(MEMORIES_PER_COMPONENT)
+            .total_tables(n * MEMORIES_PER_COMPONENT)
+            .max_tables_per_component(MEMORIES_PER_COMPONENT)
+            .total_stacks(n)
+            .max_memory_size(usize::try_from(config.ceilings.memory_bytes)?)
+            // Keep the first pages of each slot resident between runs: resetting them with
+            // memset is cheaper than returning them to the kernel and faulting them back in.
+            .linear_memory_keep_resident(1 << 20)
+            .table_keep_resident(64 << 10);
+
+        let mut wasm = Config::new();
+        wasm.consume_fuel(true)
+            .epoch_interruption(true)
+            .max_wasm_stack(WASM_STACK_BYTES)
+            .async_stack_size(ASYNC_STACK_BYTES)
+            .cranelift_opt_level(OptLevel::Speed)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&wasm)?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        bindings::Job::add_to_linker::<_, HasSelf<RunState>>(&mut linker, |s| s)?;
+
+        let engine_key = {
+            let mut h = Sha256Hasher(Sha256::new());
+            std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut h);
+            hex::encode(&h.0.finalize()[..8])
+        };
+        let cache = config.cache_dir.map(ArtifactCache::open).transpose()?;
+        spawn_epoch_ticker(&engine);
+
+        Ok(Sandbox {
+            inner: Arc::new(Inner {
+                engine,
+                linker,
+                engine_key,
+                cache,
+                ceilings: config.ceilings,
+                modules: Mutex::default(),
+            }),
+        })
+    }
+
+    /// The operator ceilings this sandbox was built with.
+    pub fn ceilings(&self) -> &Limits {
+        &self.inner.ceilings
+    }
+
+    /// Identifies the engine's compiled-code compatibility (part of each cache file name).
+    pub fn engine_key(&self) -> &str {
+        &self.inner.engine_key
+    }
+
+    /// The artifact cache, if configured.
+    pub fn cache(&self) -> Option<&ArtifactCache> {
+        self.inner.cache.as_ref()
+    }
+
+    /// Validates `bytes` as a job component and makes it runnable: from this process's memory,
+    /// from the artifact cache, or by compiling it (then caching the artifact). CPU-heavy on a
+    /// miss: call it from a blocking context.
+    pub fn load(&self, bytes: &[u8]) -> Result<JobModule, LoadError> {
+        let started = Instant::now();
+        let hash = ModuleHash::of(bytes);
+        if let Some(module) = self.inner.modules.lock().unwrap().get(&hash) {
+            return Ok(JobModule {
+                origin: ModuleOrigin::Memory,
+                load_time: started.elapsed(),
+                ..module.clone()
+            });
+        }
+        check_component_header(bytes)?;
+        let (component, origin) = self.compile_or_load_cached(&hash, bytes)?;
+        check_world(&self.inner.engine, &component)?;
+        let pre = self
+            .inner
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::World(format!("{e:#}")))?;
+        let pre = bindings::JobPre::new(pre)
+            .map_err(|e| LoadError::World(format!("export `run`: {e:#}")))?;
+        let module = JobModule {
+            hash,
+            pre,
+            origin,
+            load_time: started.elapsed(),
+        };
+        self.inner
+            .modules
+            .lock()
+            .unwrap()
+            .insert(hash, module.clone());
+        Ok(module)
+    }
+
+    /// Forgets the modules loaded by this process (the disk cache stays).
+    pub fn forget_loaded(&self) {
+        self.inner.modules.lock().unwrap().clear();
+    }
+
+    fn compile_or_load_cached(
+        &self,
+        hash: &ModuleHash,
+        bytes: &[u8],
+    ) -> Result<(Component, ModuleOrigin), LoadError> {
+        let key = &self.inner.engine_key;
+        if let Some(cache) = &self.inner.cache {
+            match cache.read(hash, key) {
+                CacheLookup::Hit(artifact) => {
+                    match deserialize_artifact(&self.inner.engine, &artifact) {
+                        Ok(component) => return Ok((component, ModuleOrigin::DiskCache)),
+                        Err(e) => {
+                            tracing::warn!(module = %hash, error = %format!("{e:#}"), "wasmtime refused a cached artifact; recompiling");
+                            cache.discard(hash, key);
+                        }
+                    }
+                }
+                CacheLookup::Rejected(reason) => {
+                    tracing::warn!(module = %hash, "{reason}; recompiling")
+                }
+                CacheLookup::Miss => {}
+            }
+        }
+        let component = Component::new(&self.inner.engine, bytes)
+            .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        if let Some(cache) = &self.inner.cache {
+            let written = component
+                .serialize()
+                .map_err(std::io::Error::other)
+                .and_then(|artifact| cache.write(hash, key, &artifact));
+            if let Err(e) = written {
+                tracing::warn!(module = %hash, error = %e, "could not cache the compiled artifact");
+            }
+        }
+        Ok((component, ModuleOrigin::Compiled))
+    }
+
+    /// Runs `module` once in a fresh store with `request.limits`.
+    pub async fn run(&self, module: &JobModule, request: RunRequest) -> RunOutcome {
+        let limits = request.limits;
+        let stdout = output::CapturedPipe::new(limits.output_bytes);
+        let stderr = output::CapturedPipe::new(limits.output_bytes);
+        let wasi = WasiCtxBuilder::new()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let started = Instant::now();
+        let deadline = started + limits.timeout;
+        let state = RunState {
+            wasi,
+            table: ResourceTable::new(),
+            memory: MemoryCap {
+                limit: limits.memory_bytes,
+                used: 0,
+                refused: None,
+            },
+            logs: Vec::new(),
+            logs_dropped: 0,
+            progress: None,
+            info: request.info.clone(),
+            sub_jobs: request.sub_jobs.clone(),
+            started,
+        };
+        let mut store = Store::new(&self.inner.engine, state);
+        store.limiter(|s| &mut s.memory);
+        store
+            .set_fuel(limits.fuel)
+            .expect("fuel is enabled on the engine");
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if Instant::now() >= deadline {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+
+        let info = bindings::wasmq::job::types::JobInfo {
+            id: request.info.id,
+            queue: request.info.queue,
+            attempt: request.info.attempt,
+            max_attempts: request.info.max_attempts,
+        };
+        let call = async {
+            let job = module
+                .pre
+                .instantiate_async(&mut store)
+                .await
+                .map_err(|e| (true, e))?;
+            job.call_run(&mut store, &info, &request.args)
+                .await
+                .map_err(|e| (false, e))
+        };
+        let raw = tokio::time::timeout_at(deadline.into(), call).await;
+        let wall_time = started.elapsed();
+
+        let fuel_left = store.get_fuel().unwrap_or(0);
+        let state = store.into_data();
+        let timeout = Failure::Timeout {
+            timeout_ms: limits.timeout.as_millis() as u64,
+        };
+        let result = match raw {
+            Err(_elapsed) => Err(timeout),
+            Ok(Ok(Ok(bytes))) => Ok(bytes),
+            Ok(Ok(Err(bindings::wasmq::job::types::JobError::Retry(message)))) => {
+                Err(Failure::Retry { message })
+            }
+            Ok(Ok(Err(bindings::wasmq::job::types::JobError::Fail(message)))) => {
+                Err(Failure::Fail { message })
+            }
+            Ok(Err((instantiating, error))) => {
+                Err(classify(&error, instantiating, &state, &limits, timeout))
+            }
+        };
+        RunOutcome {
+            result,
+            fuel_used: limits.fuel.saturating_sub(fuel_left),
+            fuel_budget: limits.fuel,
+            wall_time,
+            stdout: stdout.finish(),
+            stderr: stderr.finish(),
+            logs: state.logs,
+            logs_dropped: state.logs_dropped,
+            progress: state.progress,
+        }
+    }
+}
+
+/// Turns a wasmtime error into the precise failure. The memory cap is checked before the trap
+/// code: a refused `memory.grow` surfaces as whatever the guest does next (Rust aborts through
+/// `unreachable`), so the limiter's record is the real cause.
+fn classify(
+    error: &wasmtime::Error,
+    instantiating: bool,
+    state: &RunState,
+    limits: &Limits,
+    timeout: Failure,
+) -> Failure {
+    if let Some(requested) = state.memory.refused {
+        return Failure::MemoryLimit {
+            limit_bytes: limits.memory_bytes,
+            requested_bytes: requested,
+        };
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => Failure::OutOfFuel {
+            budget: limits.fuel,
+        },
+        Some(Trap::Interrupt) => timeout,
+        Some(Trap::StackOverflow) => Failure::StackOverflow {
+            stack_bytes: WASM_STACK_BYTES as u64,
+        },
+        Some(trap) => {
+            let panic = state
+                .logs
+                .iter()
+                .rev()
+                .find_map(|r| r.message.strip_prefix("panic: "));
+            let message = match panic {
+                Some(p) => format!("{trap}: guest panicked: {p}"),
+                None => trap.to_string(),
+            };
+            Failure::Trap { message }
+        }
+        None if instantiating => Failure::Instantiate {
+            message: format!("{error:#}"),
+        },
+        None => Failure::Trap {
+            message: format!("{error:#}"),
+        },
+    }
+}
+
+/// Checks a component's imports and exports against the `job` world, naming what does not fit.
+/// (`Linker::instantiate_pre` and `JobPre::new` then check the types.)
+fn check_world(engine: &Engine, component: &Component) -> Result<(), LoadError> {
+    let ty = component.component_type();
+    for (name, _) in ty.imports(engine) {
+        if !(name.starts_with("wasi:") || name.starts_with("wasmq:job/")) {
+            return Err(LoadError::World(format!(
+                "imports `{name}`, which the host does not provide"
+            )));
+        }
+    }
+    let exports: Vec<&str> = ty.exports(engine).map(|(name, _)| name).collect();
+    if !exports.contains(&"run") {
+        return Err(LoadError::World(
+            if let Some(cmd) = exports.iter().find(|e| e.starts_with("wasi:cli/run")) {
+                format!(
+                    "missing export `run`; it exports `{cmd}`, so it is a command (a `main`), not a \
+                     job: build a `cdylib` whose job function carries `#[wasmq_guest::job]`"
+                )
+            } else {
+                format!(
+                    "missing export `run` (it exports: {})",
+                    list_or_none(&exports)
+                )
+            },
+        ));
+    }
+    if let Some(extra) = exports.iter().find(|e| **e != "run") {
+        return Err(LoadError::World(format!(
+            "exports `{extra}`, which is not part of the world (only `run` is)"
+        )));
+    }
+    Ok(())
+}
+
+fn list_or_none(items: &[&str]) -> String {
+    if items.is_empty() {
+        "nothing".to_owned()
+    } else {
+        items
+            .iter()
+            .map(|i| format!("`{i}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// The one place that turns bytes into executable code without compiling them.
+#[allow(unsafe_code)]
+fn deserialize_artifact(engine: &Engine, artifact: &[u8]) -> wasmtime::Result<Component> {
+    // SAFETY: `artifact` comes only from `ArtifactCache::read`, which returns bytes this host
+    // wrote with `Component::serialize` into its own private directory and whose SHA-256 still
+    // matches the digest written beside them; wasmtime then checks the engine compatibility
+    // header itself. Bytes from anywhere else never reach this function.
+    unsafe { Component::deserialize(engine, artifact) }
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] until the engine is dropped.
+fn spawn_epoch_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("wasmq-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .expect("failed to spawn the epoch ticker thread");
+}
+
+/// Feeds `Hash` output into SHA-256, for a stable engine key.
+struct Sha256Hasher(Sha256);
+
+impl Hasher for Sha256Hasher {
+    fn finish(&self) -> u64 {
+        unreachable!("only the digest is read")
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+}
+
+/// The memory cap: total linear memory across the instance's memories.
+struct MemoryCap {
+    limit: u64,
+    used: u64,
+    refused: Option<u64>,
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let grow = (desired - current) as u64;
+        let total = self.used + grow;
+        if total > self.limit {
+            self.refused = Some(total);
+            return Ok(false);
+        }
+        self.used = total;
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        // Tables hold function references; a million entries is far past any real guest.
+        Ok(desired <= 1_000_000)
+    }
+}
+
+/// Everything one run's store holds.
+struct RunState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    memory: MemoryCap,
+    logs: Vec<LogRecord>,
+    logs_dropped: u64,
+    progress: Option<Progress>,
+    info: JobInfo,
+    sub_jobs: Arc<dyn SubJobSink>,
+    started: Instant,
+}
+
+impl WasiView for RunState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+fn cut(mut s: String) -> String {
+    if s.len() > MAX_LOG_MESSAGE_BYTES {
+        let mut end = MAX_LOG_MESSAGE_BYTES;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
+impl bindings::wasmq::job::types::Host for RunState {}
+
+impl bindings::wasmq::job::host::Host for RunState {
+    fn log(&mut self, level: bindings::wasmq::job::host::Level, message: String) {
+        use bindings::wasmq::job::host::Level as L;
+        if self.logs.len() >= MAX_LOG_RECORDS {
+            self.logs_dropped += 1;
+            return;
+        }
+        let level = match level {
+            L::Trace => LogLevel::Trace,
+            L::Debug => LogLevel::Debug,
+            L::Info => LogLevel::Info,
+            L::Warn => LogLevel::Warn,
+            L::Error => LogLevel::Error,
+        };
+        let at_ms = self.started.elapsed().as_millis() as u64;
+        self.logs.push(LogRecord {
+            level,
+            message: cut(message),
+            at_ms,
+        });
+    }
+
+    fn progress(&mut self, percent: u8, note: Option<String>) {
+        self.progress = Some(Progress {
+            percent: percent.min(100),
+            note: note.map(cut),
+        });
+    }
+
+    async fn enqueue(&mut self, module: String, args: Vec<u8>) -> Result<String, String> {
+        self.sub_jobs.enqueue(&self.info, module, args).await
+    }
+}
