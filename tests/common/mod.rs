@@ -1,1 +1,86 @@
+//! Helpers shared by the integration tests: the sample job components (built on first use), one
+//! sandbox per test process, and a shorthand for one run.
+#![allow(dead_code, reason = "each test binary uses a different subset")]
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
+
+use serde_json::Value;
+use wasmq::sandbox::{
+    JobInfo, Limits, NoSubJobs, RunOutcome, RunRequest, Sandbox, SandboxConfig, SubJobSink,
+};
+
+/// The repository root.
+pub fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("host/ has a parent")
+}
+
+/// The directory holding the built sample jobs; builds them (once per test process) so that
+/// `cargo test` alone is enough. Cargo's own lock serialises concurrent test binaries.
+pub fn jobs_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = repo_root();
+        let status = Command::new("bash")
+            .arg(root.join("sample-jobs/build.sh"))
+            .arg("--quiet")
+            .status()
+            .expect("failed to run sample-jobs/build.sh");
+        assert!(status.success(), "sample-jobs/build.sh failed: {status}");
+        root.join("sample-jobs/target/wasm32-wasip2/release")
+    })
+}
+
+/// The component bytes of sample job `name` (`hello`, `csv-clean`, …).
+pub fn job(name: &str) -> Vec<u8> {
+    let path = jobs_dir().join(format!("{}.wasm", name.replace('-', "_")));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("failed to read {}: {e}", path.display()))
+}
+
+/// One sandbox for the whole test process (no artifact cache: tests of the cache make their own).
+pub fn sandbox() -> &'static Sandbox {
+    static SANDBOX: OnceLock<Sandbox> = OnceLock::new();
+    SANDBOX.get_or_init(|| Sandbox::new(SandboxConfig::default()).expect("sandbox"))
+}
+
+/// A request for attempt 1 of 1 with `args` as JSON.
+pub fn request(args: &Value, limits: Limits) -> RunRequest {
+    request_with(args, limits, 1, Arc::new(NoSubJobs))
+}
+
+/// A request with a chosen attempt number and sub-job sink.
+pub fn request_with(
+    args: &Value,
+    limits: Limits,
+    attempt: u32,
+    sub_jobs: Arc<dyn SubJobSink>,
+) -> RunRequest {
+    RunRequest {
+        info: JobInfo {
+            id: "test-job".into(),
+            queue: "test".into(),
+            attempt,
+            max_attempts: 3,
+        },
+        args: wasmq::invocation::args_to_bytes(args).expect("args"),
+        limits,
+        sub_jobs,
+    }
+}
+
+/// Runs sample job `name` once with `args` and `limits`.
+pub async fn run(name: &str, args: Value, limits: Limits) -> RunOutcome {
+    let module = sandbox().load(&job(name)).expect("sample job loads");
+    sandbox().run(&module, request(&args, limits)).await
+}
+
+/// The result of a successful run, as JSON; panics with the failure otherwise.
+pub fn ok_json(outcome: &RunOutcome) -> Value {
+    match &outcome.result {
+        Ok(bytes) => serde_json::from_slice(bytes).expect("result is JSON"),
+        Err(f) => panic!("expected success, got {f}; stderr: {}", outcome.stderr.text),
+    }
+}

@@ -1,8 +1,8 @@
 //! The on-disk cache of compiled artifacts, one file per (module hash, engine compatibility key).
 //!
 //! Loading a compiled artifact means mapping machine code that wasmtime trusts blindly, so this
-//! cache only ever hands out bytes that it wrote itself: each file starts with a magic tag and the
-//! SHA-256 of its payload, files are written to a temporary name and renamed into place (a reader
+//! cache only ever hands out bytes that it wrote itself, for the module asked for: each file starts
+//! with a magic tag, the hash of the module it was compiled from and the SHA-256 of its payload, files are written to a temporary name and renamed into place (a reader
 //! never sees half a file), and the directory is created private to this user. A file that fails
 //! any check is deleted and reported as rejected; the caller recompiles.
 
@@ -16,7 +16,7 @@ use super::ModuleHash;
 
 /// Identifies the file format; bump the trailing digit if the framing changes.
 const MAGIC: &[u8; 16] = b"wasmq-artifact-1";
-const HEADER_LEN: usize = MAGIC.len() + 32;
+const HEADER_LEN: usize = MAGIC.len() + 32 + 32;
 
 /// The result of looking an artifact up.
 #[derive(Debug)]
@@ -79,8 +79,11 @@ impl ArtifactCache {
         if bytes.len() < HEADER_LEN || &bytes[..MAGIC.len()] != MAGIC {
             return self.reject(&path, "not written by this cache (bad header)".to_owned());
         }
+        if bytes[MAGIC.len()..MAGIC.len() + 32] != module.0 {
+            return self.reject(&path, "compiled from another module".to_owned());
+        }
         let digest: [u8; 32] = Sha256::digest(&bytes[HEADER_LEN..]).into();
-        if digest[..] != bytes[MAGIC.len()..HEADER_LEN] {
+        if digest[..] != bytes[MAGIC.len() + 32..HEADER_LEN] {
             return self.reject(&path, "checksum mismatch (corrupted or altered)".to_owned());
         }
         bytes.drain(..HEADER_LEN);
@@ -92,6 +95,7 @@ impl ArtifactCache {
         let path = self.path(module, engine_key);
         let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
         tmp.write_all(MAGIC)?;
+        tmp.write_all(&module.0)?;
         tmp.write_all(&Sha256::digest(payload))?;
         tmp.write_all(payload)?;
         tmp.as_file().sync_all()?;
@@ -127,6 +131,13 @@ mod tests {
         cache.write(&m, "k", b"payload").unwrap();
         assert!(matches!(cache.read(&m, "k"), CacheLookup::Hit(p) if p == b"payload"));
         assert!(matches!(cache.read(&m, "other"), CacheLookup::Miss));
+
+        // Another module's artifact under this module's name.
+        let other = ModuleHash::of(b"other module");
+        fs::copy(cache.path(&m, "k"), cache.path(&other, "k")).unwrap();
+        assert!(
+            matches!(cache.read(&other, "k"), CacheLookup::Rejected(r) if r.contains("another module"))
+        );
 
         // Flip a payload byte: rejected and deleted.
         let path = cache.path(&m, "k");

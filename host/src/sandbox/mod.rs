@@ -461,12 +461,15 @@ impl Sandbox {
         }
         check_component_header(bytes)?;
         let (component, origin) = self.compile_or_load_cached(&hash, bytes)?;
-        check_world(&self.inner.engine, &component)?;
+        // Imports first (ours, then what the linker grants), exports next, types last: each
+        // error names the first item that does not fit.
+        check_imports(&self.inner.engine, &component)?;
         let pre = self
             .inner
             .linker
             .instantiate_pre(&component)
             .map_err(|e| LoadError::World(format!("{e:#}")))?;
+        check_exports(&self.inner.engine, &component)?;
         let pre = bindings::JobPre::new(pre)
             .map_err(|e| LoadError::World(format!("export `run`: {e:#}")))?;
         let module = JobModule {
@@ -664,17 +667,23 @@ fn classify(
     }
 }
 
-/// Checks a component's imports and exports against the `job` world, naming what does not fit.
-/// (`Linker::instantiate_pre` and `JobPre::new` then check the types.)
-fn check_world(engine: &Engine, component: &Component) -> Result<(), LoadError> {
-    let ty = component.component_type();
-    for (name, _) in ty.imports(engine) {
+/// Refuses imports outside WASI and the `wasmq:job` package, naming the first one. (The linker
+/// then refuses WASI interfaces the sandbox does not grant.)
+fn check_imports(engine: &Engine, component: &Component) -> Result<(), LoadError> {
+    for (name, _) in component.component_type().imports(engine) {
         if !(name.starts_with("wasi:") || name.starts_with("wasmq:job/")) {
             return Err(LoadError::World(format!(
                 "imports `{name}`, which the host does not provide"
             )));
         }
     }
+    Ok(())
+}
+
+/// Requires the `run` export and nothing else, naming what is missing or extra. (`JobPre::new`
+/// then checks its type.)
+fn check_exports(engine: &Engine, component: &Component) -> Result<(), LoadError> {
+    let ty = component.component_type();
     let exports: Vec<&str> = ty.exports(engine).map(|(name, _)| name).collect();
     if !exports.contains(&"run") {
         return Err(LoadError::World(

@@ -16,6 +16,7 @@
 //! | `fail`    | `message`?        | returns `job-error::fail` |
 //! | `flaky`   | `failures`        | returns `retry` on the first `failures` attempts, then succeeds |
 //! | `enqueue` | `module`, `args`? | enqueues one sub-job and returns its id |
+//! | `probe`   | `addr`?           | reports what ambient authority it has: env, args, files, sockets |
 
 use std::hint::black_box;
 use std::io::Write;
@@ -40,6 +41,7 @@ enum Mode {
     Fail { message: Option<String> },
     Flaky { failures: u32 },
     Enqueue { module: String, args: Option<Value> },
+    Probe { addr: Option<String> },
 }
 
 /// Recurses `max` levels deep (or until the stack overflows). Only scalars, so every frame lives
@@ -137,6 +139,28 @@ fn chaos(info: &JobInfo, mode: Mode) -> Result<Value, JobError> {
             } else {
                 Ok(json!({"succeeded_on_attempt": info.attempt}))
             }
+        }
+        Mode::Probe { addr } => {
+            let outcome = |r: std::io::Result<()>| match r {
+                Ok(()) => "allowed".to_owned(),
+                Err(e) => format!("denied: {e}"),
+            };
+            let read_file = outcome(std::fs::read("/etc/passwd").map(drop));
+            let list_root = outcome(std::fs::read_dir("/").map(drop));
+            let write_file = outcome(std::fs::write("probe.txt", b"x"));
+            let addr = addr.unwrap_or_else(|| "127.0.0.1:80".to_owned());
+            let tcp = outcome(std::net::TcpStream::connect(addr.as_str()).map(drop));
+            let dns = outcome(std::net::ToSocketAddrs::to_socket_addrs("localhost:80").map(drop));
+            Ok(json!({
+                "env": std::env::vars().count(),
+                "args": std::env::args().count(),
+                "cwd": std::env::current_dir().ok().map(|p| p.display().to_string()),
+                "read_file": read_file,
+                "list_root": list_root,
+                "write_file": write_file,
+                "tcp": tcp,
+                "dns": dns,
+            }))
         }
         Mode::Enqueue { module, args } => {
             let id = wasmq_guest::enqueue(&module, &args.unwrap_or(Value::Null))
