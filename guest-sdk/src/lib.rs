@@ -55,7 +55,10 @@ extern crate self as wasmq_guest;
 pub use wasmq_guest_macros::job;
 
 #[doc(hidden)]
-#[allow(clippy::too_many_arguments, reason = "generated code mirrors the WIT signatures")]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "generated code mirrors the WIT signatures"
+)]
 pub mod bindings {
     //! Generated from `wit/` — private to this crate's users; they see the plain types re-exported
     //! at the crate root.
