@@ -10,9 +10,9 @@ use serde_json::{Value, json};
 
 use super::JobsDir;
 use super::report::group;
-use super::run::{RecordedSubJobs, local_id};
+use super::run::local_id;
 use crate::invocation::{args_to_bytes, bytes_to_json};
-use crate::sandbox::{JobInfo, Limits, RunRequest, Sandbox};
+use crate::sandbox::{JobInfo, Limits, NoSubJobs, RunRequest, Sandbox};
 
 /// Flags of `wasmq demo`.
 #[derive(Debug, Args)]
@@ -122,10 +122,7 @@ pub(crate) async fn run(sandbox: Sandbox, args: DemoArgs) -> anyhow::Result<Exit
     let mut unexpected = 0;
     for case in cases() {
         let bytes = args.jobs.read(case.job)?;
-        let module = {
-            let sandbox = sandbox.clone();
-            tokio::task::spawn_blocking(move || sandbox.load(&bytes)).await??
-        };
+        let module = sandbox.load_async(bytes).await?;
         let info = JobInfo {
             id: local_id(),
             queue: "demo".into(),
@@ -136,7 +133,7 @@ pub(crate) async fn run(sandbox: Sandbox, args: DemoArgs) -> anyhow::Result<Exit
             info,
             args: args_to_bytes(&case.args)?,
             limits: case.limits,
-            sub_jobs: Arc::new(RecordedSubJobs::default()),
+            sub_jobs: Arc::new(NoSubJobs),
         };
         let outcome = sandbox.run(&module, request).await;
         let (label, detail) = match &outcome.result {

@@ -124,11 +124,10 @@ pub(crate) async fn run(sandbox: Sandbox, args: RunArgs) -> anyhow::Result<ExitC
 
     let bytes = std::fs::read(&args.module)
         .with_context(|| format!("failed to read `{}`", args.module.display()))?;
-    let module = {
-        let sandbox = sandbox.clone();
-        tokio::task::spawn_blocking(move || sandbox.load(&bytes)).await?
-    }
-    .with_context(|| format!("failed to load module `{}`", args.module.display()))?;
+    let module = sandbox
+        .load_async(bytes)
+        .await
+        .with_context(|| format!("failed to load module `{}`", args.module.display()))?;
 
     let sub_jobs = Arc::new(RecordedSubJobs::default());
     let info = JobInfo {

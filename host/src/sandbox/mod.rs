@@ -493,6 +493,16 @@ impl Sandbox {
         Ok(module)
     }
 
+    /// [`Sandbox::load`] on tokio's blocking pool, so that compiling never stalls the async
+    /// threads that other jobs run on.
+    pub async fn load_async(&self, bytes: Vec<u8>) -> Result<JobModule, LoadError> {
+        let sandbox = self.clone();
+        match tokio::task::spawn_blocking(move || sandbox.load(&bytes)).await {
+            Ok(loaded) => loaded,
+            Err(join) => std::panic::resume_unwind(join.into_panic()),
+        }
+    }
+
     /// Forgets the modules loaded by this process (the disk cache stays).
     pub fn forget_loaded(&self) {
         self.inner.modules.lock().unwrap().clear();
