@@ -877,3 +877,36 @@ impl bindings::wasmq::job::host::Host for RunState {
         self.sub_jobs.enqueue(&self.info, module, args).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kind_matches_the_serialized_tag() {
+        let all = [
+            Failure::Trap {
+                message: "m".into(),
+            },
+            Failure::OutOfFuel { budget: 1 },
+            Failure::Timeout { timeout_ms: 1 },
+            Failure::MemoryLimit {
+                limit_bytes: 1,
+                requested_bytes: 2,
+            },
+            Failure::StackOverflow { stack_bytes: 1 },
+            Failure::Retry {
+                message: "m".into(),
+            },
+            Failure::Fail {
+                message: "m".into(),
+            },
+            Failure::Instantiate {
+                message: "m".into(),
+            },
+        ];
+        for f in all {
+            assert_eq!(serde_json::to_value(&f).unwrap()["kind"], f.kind());
+        }
+    }
+}
