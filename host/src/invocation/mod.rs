@@ -1,57 +1,254 @@
-//! The invocation's payload encoding: how `args` and results travel as JSON.
+//! The invocation: the public wire format of one job, identical over HTTP, on the CLI and in Redis.
 //!
-//! `args` is any JSON value, handed to the job's `run` as its compact UTF-8 bytes, or
-//! `{"$bytes": "<base64>"}` for raw bytes. Results come back the same way: bytes that parse as
-//! JSON are shown as that JSON, anything else as `{"$bytes": "<base64>"}`.
+//! ```json
+//! { "module": "sha256:<64 hex>", "args": {"any": "json"}, "queue": "default",
+//!   "id": "client id, also the idempotency key", "max_attempts": 5, "timeout_ms": 30000,
+//!   "fuel": 1000000000, "memory_mb": 64, "run_at": "2026-11-23T17:00:00Z", "priority": 0 }
+//! ```
+//!
+//! Everything but `module` has a default; unknown fields are refused. `docs/invocation.schema.json`
+//! is the same format as a JSON Schema (a test keeps the two in agreement). This module owns parsing
+//! and every check that can be made without a broker; whether the module was ever uploaded is the
+//! broker's check at enqueue.
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
+mod payload;
+
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// The key that marks raw bytes in a JSON payload.
-pub const BYTES_KEY: &str = "$bytes";
+use crate::modules::ModuleHash;
+use crate::sandbox::Limits;
+pub use payload::{BYTES_KEY, PayloadError, args_to_bytes, bytes_to_json};
 
-/// Why a payload could not be decoded.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum PayloadError {
-    /// `{"$bytes": …}` whose value is not a base64 string.
-    #[error("`args.$bytes` must be a base64 string: {0}")]
-    BadBase64(String),
+/// The queue used when an invocation names none.
+pub const DEFAULT_QUEUE: &str = "default";
+
+/// Attempts a job gets when the invocation does not say: enough to ride out a flaky dependency for
+/// a few minutes of backoff, few enough that a broken job reaches the dead set the same hour.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+
+/// The most attempts an invocation may ask for.
+pub const MAX_ATTEMPTS_CEILING: u32 = 100;
+
+/// Priorities run from `-PRIORITY_RANGE` to `PRIORITY_RANGE`; higher runs first within a queue.
+pub const PRIORITY_RANGE: i32 = 100;
+
+/// Longest queue name, in bytes.
+const MAX_QUEUE_NAME: usize = 64;
+
+/// Longest job id, in bytes.
+const MAX_ID_LEN: usize = 200;
+
+/// One job as a client writes it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Invocation {
+    /// The job module's content address.
+    pub module: ModuleHash,
+    /// Handed to `run` as its JSON bytes, or raw bytes with `{"$bytes": "<base64>"}`.
+    #[serde(default)]
+    pub args: Value,
+    /// The queue to put the job on.
+    #[serde(default = "default_queue")]
+    pub queue: String,
+    /// The job id; also the idempotency key. Generated (a UUIDv7) when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Attempts in all, including the first.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Wall-clock deadline of one attempt.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Fuel budget of one attempt.
+    #[serde(default = "default_fuel")]
+    pub fuel: u64,
+    /// Linear-memory cap of one attempt, in MiB.
+    #[serde(default = "default_memory_mb")]
+    pub memory_mb: u64,
+    /// Run no earlier than this RFC 3339 time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_at: Option<String>,
+    /// Higher runs first within a queue.
+    #[serde(default)]
+    pub priority: i32,
 }
 
-/// The bytes a job receives for the JSON `args`.
-pub fn args_to_bytes(args: &Value) -> Result<Vec<u8>, PayloadError> {
-    if let Value::Object(map) = args
-        && map.len() == 1
-        && let Some(raw) = map.get(BYTES_KEY)
-    {
-        let Value::String(b64) = raw else {
-            return Err(PayloadError::BadBase64(format!("found {}", type_name(raw))));
+fn default_queue() -> String {
+    DEFAULT_QUEUE.to_owned()
+}
+fn default_max_attempts() -> u32 {
+    DEFAULT_MAX_ATTEMPTS
+}
+fn default_timeout_ms() -> u64 {
+    Limits::default().timeout.as_millis() as u64
+}
+fn default_fuel() -> u64 {
+    Limits::default().fuel
+}
+fn default_memory_mb() -> u64 {
+    Limits::default().memory_bytes >> 20
+}
+
+/// Why an invocation was refused. Every message names the field.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InvocationError {
+    /// Not JSON, an unknown field, a wrong type or a malformed module hash.
+    #[error("invalid invocation: {0}")]
+    Parse(String),
+    /// A field has a value out of range.
+    #[error("invalid invocation: `{field}` {reason}")]
+    Field {
+        /// The field.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A limit is zero or above the operator's ceiling.
+    #[error("invalid invocation: {0}")]
+    Limit(#[from] crate::sandbox::LimitError),
+    /// The module was never uploaded (checked by the broker).
+    #[error("invalid invocation: `module` `{0}` was never uploaded (upload it with `wasmq upload`)")]
+    UnknownModule(ModuleHash),
+}
+
+impl InvocationError {
+    fn field(field: &'static str, reason: impl Into<String>) -> Self {
+        InvocationError::Field {
+            field,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A checked invocation with its id filled in, ready for a broker.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewJob {
+    /// The invocation; `id` is always `Some`.
+    pub invocation: Invocation,
+    /// `run_at` as Unix milliseconds.
+    pub run_at_ms: Option<u64>,
+}
+
+impl NewJob {
+    /// The job id.
+    pub fn id(&self) -> &str {
+        self.invocation.id.as_deref().expect("NewJob always has an id")
+    }
+
+    /// The queue.
+    pub fn queue(&self) -> &str {
+        &self.invocation.queue
+    }
+}
+
+impl Invocation {
+    /// An invocation of `module` with every other field at its default.
+    pub fn new(module: ModuleHash) -> Self {
+        Invocation {
+            module,
+            args: Value::Null,
+            queue: default_queue(),
+            id: None,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            timeout_ms: default_timeout_ms(),
+            fuel: default_fuel(),
+            memory_mb: default_memory_mb(),
+            run_at: None,
+            priority: 0,
+        }
+    }
+
+    /// Parses one invocation from JSON.
+    pub fn from_json(json: &[u8]) -> Result<Self, InvocationError> {
+        serde_json::from_slice(json).map_err(|e| InvocationError::Parse(e.to_string()))
+    }
+
+    /// The sandbox limits of one attempt.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            fuel: self.fuel,
+            timeout: std::time::Duration::from_millis(self.timeout_ms),
+            memory_bytes: self.memory_mb.saturating_mul(1 << 20),
+            output_bytes: Limits::default().output_bytes,
+        }
+    }
+
+    /// Checks every field against the format and the operator's `ceilings`, fills in a generated
+    /// id when there is none, and returns the job to hand to a broker.
+    pub fn prepare(mut self, ceilings: &Limits) -> Result<NewJob, InvocationError> {
+        check_name("queue", &self.queue, MAX_QUEUE_NAME, |c| {
+            c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')
+        })?;
+        match &self.id {
+            Some(id) => check_name("id", id, MAX_ID_LEN, |c| c.is_ascii_graphic())?,
+            None => self.id = Some(uuid::Uuid::now_v7().to_string()),
+        }
+        if !(1..=MAX_ATTEMPTS_CEILING).contains(&self.max_attempts) {
+            return Err(InvocationError::field(
+                "max_attempts",
+                format!(
+                    "must be between 1 and {MAX_ATTEMPTS_CEILING}, got {}",
+                    self.max_attempts
+                ),
+            ));
+        }
+        if !(-PRIORITY_RANGE..=PRIORITY_RANGE).contains(&self.priority) {
+            return Err(InvocationError::field(
+                "priority",
+                format!(
+                    "must be between -{PRIORITY_RANGE} and {PRIORITY_RANGE}, got {}",
+                    self.priority
+                ),
+            ));
+        }
+        self.limits().check(ceilings).map_err(InvocationError::Limit)?;
+        args_to_bytes(&self.args).map_err(|e| InvocationError::field("args", e.to_string()))?;
+        let run_at_ms = match &self.run_at {
+            None => None,
+            Some(text) => Some(parse_time(text).map_err(|e| InvocationError::field("run_at", e))?),
         };
-        return BASE64
-            .decode(b64)
-            .map_err(|e| PayloadError::BadBase64(e.to_string()));
-    }
-    Ok(serde_json::to_vec(args).expect("a JSON value always serialises"))
-}
-
-/// The JSON shown for result (or argument) bytes.
-pub fn bytes_to_json(bytes: &[u8]) -> Value {
-    match serde_json::from_slice::<Value>(bytes) {
-        Ok(v) => v,
-        Err(_) => serde_json::json!({ BYTES_KEY: BASE64.encode(bytes) }),
+        Ok(NewJob {
+            invocation: self,
+            run_at_ms,
+        })
     }
 }
 
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
+fn check_name(
+    field: &'static str,
+    value: &str,
+    max: usize,
+    allowed: impl Fn(char) -> bool,
+) -> Result<(), InvocationError> {
+    if value.is_empty() || value.len() > max {
+        return Err(InvocationError::field(
+            field,
+            format!("must be 1 to {max} bytes long, got {}", value.len()),
+        ));
     }
+    if let Some(bad) = value.chars().find(|c| !allowed(*c)) {
+        return Err(InvocationError::field(
+            field,
+            format!("`{value}` contains `{}`, which is not allowed", bad.escape_default()),
+        ));
+    }
+    Ok(())
+}
+
+/// Parses an RFC 3339 time (`2026-11-23T17:00:00Z`, `…+02:00`) to Unix milliseconds.
+pub fn parse_time(text: &str) -> Result<u64, String> {
+    let ts: jiff::Timestamp = text
+        .parse()
+        .map_err(|e| format!("must be an RFC 3339 time such as `2026-11-23T17:00:00Z`: {e}"))?;
+    u64::try_from(ts.as_millisecond()).map_err(|_| format!("`{text}` is before 1970"))
+}
+
+/// Formats Unix milliseconds as RFC 3339 UTC.
+pub fn format_time(ms: u64) -> String {
+    jiff::Timestamp::from_millisecond(ms as i64)
+        .map(|t| t.to_string())
+        .unwrap_or_else(|_| ms.to_string())
 }
 
 #[cfg(test)]
@@ -59,32 +256,143 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    #[test]
-    fn json_args_are_compact_utf8() {
-        assert_eq!(
-            args_to_bytes(&json!({"a": [1, 2]})).unwrap(),
-            br#"{"a":[1,2]}"#
-        );
-        assert_eq!(args_to_bytes(&Value::Null).unwrap(), b"null");
+    const HASH: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+
+    fn parse(v: Value) -> Result<NewJob, InvocationError> {
+        Invocation::from_json(v.to_string().as_bytes())?.prepare(&Limits::default_ceilings())
     }
 
     #[test]
-    fn raw_bytes_round_trip() {
-        let args = json!({"$bytes": "AAEC/w=="});
-        assert_eq!(args_to_bytes(&args).unwrap(), vec![0, 1, 2, 255]);
-        assert_eq!(bytes_to_json(&[0, 1, 2, 255]), args);
-        assert_eq!(bytes_to_json(br#"{"ok":true}"#), json!({"ok": true}));
+    fn only_module_is_required() {
+        let job = parse(json!({ "module": HASH })).unwrap();
+        let inv = &job.invocation;
+        assert_eq!(inv.queue, "default");
+        assert_eq!(inv.max_attempts, 5);
+        assert_eq!(inv.limits(), Limits::default());
+        assert_eq!(inv.args, Value::Null);
+        assert_eq!(job.id().len(), 36, "a UUID is generated");
+        assert_eq!(job.run_at_ms, None);
     }
 
     #[test]
-    fn bad_base64_is_named() {
-        let err = args_to_bytes(&json!({"$bytes": 5})).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "`args.$bytes` must be a base64 string: found a number"
-        );
-        assert!(args_to_bytes(&json!({"$bytes": "!!"})).is_err());
-        // With other keys beside it, `$bytes` is ordinary JSON.
-        assert!(args_to_bytes(&json!({"$bytes": 5, "x": 1})).is_ok());
+    fn each_refusal_names_its_field() {
+        let cases = [
+            (json!({}), "missing field `module`"),
+            (json!({"module": "sha1:abc"}), "must start with `sha256:`"),
+            (json!({"module": HASH, "colour": 1}), "unknown field `colour`"),
+            (json!({"module": HASH, "queue": "a b"}), "`queue` `a b` contains ` `"),
+            (json!({"module": HASH, "queue": ""}), "`queue` must be 1 to 64"),
+            (json!({"module": HASH, "id": "x\ny"}), "`id` `x\ny` contains `\\n`"),
+            (json!({"module": HASH, "max_attempts": 0}), "`max_attempts` must be"),
+            (json!({"module": HASH, "priority": 101}), "`priority` must be"),
+            (json!({"module": HASH, "fuel": 1u64 << 60}), "`fuel`"),
+            (json!({"module": HASH, "memory_mb": 4096}), "`memory_mb`"),
+            (json!({"module": HASH, "timeout_ms": 0}), "`timeout_ms`"),
+            (json!({"module": HASH, "run_at": "tomorrow"}), "`run_at` must be an RFC 3339"),
+            (json!({"module": HASH, "args": {"$bytes": 3}}), "`args`"),
+            (json!({"module": HASH, "fuel": -1}), "invalid value: integer `-1`"),
+        ];
+        for (input, want) in cases {
+            let err = parse(input.clone()).unwrap_err().to_string();
+            assert!(err.contains(want), "{input}: got `{err}`, want `{want}`");
+        }
+    }
+
+    #[test]
+    fn run_at_takes_offsets() {
+        let a = parse(json!({"module": HASH, "run_at": "2026-11-23T17:00:00Z"})).unwrap();
+        let b = parse(json!({"module": HASH, "run_at": "2026-11-23T19:00:00+02:00"})).unwrap();
+        assert_eq!(a.run_at_ms, Some(1_795_453_200_000));
+        assert_eq!(a.run_at_ms, b.run_at_ms);
+        assert_eq!(format_time(1_795_453_200_000), "2026-11-23T17:00:00Z");
+    }
+
+    #[test]
+    fn round_trips_through_json() {
+        let job = parse(json!({"module": HASH, "args": [1], "id": "a", "priority": -3})).unwrap();
+        let text = serde_json::to_string(&job.invocation).unwrap();
+        assert_eq!(Invocation::from_json(text.as_bytes()).unwrap(), job.invocation);
+    }
+
+    /// The JSON Schema in `docs/` and these types must accept and refuse the same documents, name
+    /// the same fields and carry the same defaults.
+    #[test]
+    fn schema_agrees_with_the_types() {
+        let schema: Value =
+            serde_json::from_str(include_str!("../../../docs/invocation.schema.json")).unwrap();
+        let validator = jsonschema::draft202012::options()
+            .should_validate_formats(true)
+            .build(&schema)
+            .unwrap();
+        // The schema cannot know an operator's ceilings: compare with none.
+        let no_ceilings = Limits {
+            fuel: u64::MAX,
+            timeout: std::time::Duration::from_millis(u64::MAX),
+            memory_bytes: u64::MAX,
+            output_bytes: usize::MAX,
+        };
+        let corpus = [
+            json!({"module": HASH}),
+            json!({"module": HASH, "args": {"x": [1, "two"]}, "queue": "mail.high-2",
+                   "id": "order-17/email", "max_attempts": 100, "timeout_ms": 1, "fuel": 5,
+                   "memory_mb": 1, "run_at": "2026-11-23T17:00:00+02:00", "priority": -100}),
+            json!({"module": HASH, "args": {"$bytes": "AAEC/w=="}}),
+            json!({"module": HASH, "args": {"$bytes": "AAEC/w==", "other": 1}}),
+            json!({"module": HASH, "args": {"$bytes": 7}}),
+            json!({"module": HASH, "args": {"$bytes": "not base64!"}}),
+            json!({"module": HASH, "args": null, "priority": 100}),
+            json!({}),
+            json!([]),
+            json!({"module": HASH.to_uppercase()}),
+            json!({"module": "sha256:abc"}),
+            json!({"module": HASH, "extra": true}),
+            json!({"module": HASH, "queue": ""}),
+            json!({"module": HASH, "queue": "has space"}),
+            json!({"module": HASH, "queue": "x".repeat(65)}),
+            json!({"module": HASH, "queue": "{tag}"}),
+            json!({"module": HASH, "id": ""}),
+            json!({"module": HASH, "id": "tab\there"}),
+            json!({"module": HASH, "id": "é"}),
+            json!({"module": HASH, "id": "x".repeat(201)}),
+            json!({"module": HASH, "id": 5}),
+            json!({"module": HASH, "max_attempts": 0}),
+            json!({"module": HASH, "max_attempts": 101}),
+            json!({"module": HASH, "max_attempts": 1.5}),
+            json!({"module": HASH, "timeout_ms": 0}),
+            json!({"module": HASH, "fuel": -1}),
+            json!({"module": HASH, "memory_mb": 0}),
+            json!({"module": HASH, "run_at": "2026-11-23 17:00"}),
+            json!({"module": HASH, "run_at": 1_700_000_000}),
+            json!({"module": HASH, "priority": 101}),
+            json!({"module": HASH, "priority": "high"}),
+        ];
+        for doc in &corpus {
+            let by_schema = validator.is_valid(doc);
+            let by_types = Invocation::from_json(doc.to_string().as_bytes())
+                .and_then(|inv| inv.prepare(&no_ceilings));
+            assert_eq!(
+                by_schema,
+                by_types.is_ok(),
+                "schema and types disagree on {doc}: {by_types:?}"
+            );
+        }
+
+        // Same field names, same defaults.
+        let props = schema["properties"].as_object().unwrap();
+        let mut full = Invocation::new(HASH.parse().unwrap());
+        full.id = Some("i".into());
+        full.run_at = Some("2026-11-23T17:00:00Z".into());
+        let full = serde_json::to_value(&full).unwrap();
+        let mut type_fields: Vec<_> = full.as_object().unwrap().keys().collect();
+        let mut schema_fields: Vec<_> = props.keys().collect();
+        type_fields.sort();
+        schema_fields.sort();
+        assert_eq!(type_fields, schema_fields);
+        let defaults = serde_json::to_value(Invocation::new(HASH.parse().unwrap())).unwrap();
+        for (field, prop) in props {
+            if let Some(default) = prop.get("default") {
+                assert_eq!(&defaults[field], default, "default of `{field}`");
+            }
+        }
     }
 }
