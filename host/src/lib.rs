@@ -14,7 +14,10 @@
 //!
 //! Data flows one way: cli → sandbox → outcome.
 
+pub mod broker;
 pub mod cli;
 pub mod invocation;
 pub mod modules;
 pub mod sandbox;
+pub mod scheduler;
+pub mod worker;

@@ -2,6 +2,8 @@
 //! sandbox per test process, and a shorthand for one run.
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
+pub mod redis;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, OnceLock};

@@ -108,7 +108,9 @@ pub enum InvocationError {
     #[error("invalid invocation: {0}")]
     Limit(#[from] crate::sandbox::LimitError),
     /// The module was never uploaded (checked by the broker).
-    #[error("invalid invocation: `module` `{0}` was never uploaded (upload it with `wasmq upload`)")]
+    #[error(
+        "invalid invocation: `module` `{0}` was never uploaded (upload it with `wasmq upload`)"
+    )]
     UnknownModule(ModuleHash),
 }
 
@@ -133,7 +135,10 @@ pub struct NewJob {
 impl NewJob {
     /// The job id.
     pub fn id(&self) -> &str {
-        self.invocation.id.as_deref().expect("NewJob always has an id")
+        self.invocation
+            .id
+            .as_deref()
+            .expect("NewJob always has an id")
     }
 
     /// The queue.
@@ -202,7 +207,9 @@ impl Invocation {
                 ),
             ));
         }
-        self.limits().check(ceilings).map_err(InvocationError::Limit)?;
+        self.limits()
+            .check(ceilings)
+            .map_err(InvocationError::Limit)?;
         args_to_bytes(&self.args).map_err(|e| InvocationError::field("args", e.to_string()))?;
         let run_at_ms = match &self.run_at {
             None => None,
@@ -230,7 +237,10 @@ fn check_name(
     if let Some(bad) = value.chars().find(|c| !allowed(*c)) {
         return Err(InvocationError::field(
             field,
-            format!("`{value}` contains `{}`, which is not allowed", bad.escape_default()),
+            format!(
+                "`{value}` contains `{}`, which is not allowed",
+                bad.escape_default()
+            ),
         ));
     }
     Ok(())
@@ -279,18 +289,42 @@ mod tests {
         let cases = [
             (json!({}), "missing field `module`"),
             (json!({"module": "sha1:abc"}), "must start with `sha256:`"),
-            (json!({"module": HASH, "colour": 1}), "unknown field `colour`"),
-            (json!({"module": HASH, "queue": "a b"}), "`queue` `a b` contains ` `"),
-            (json!({"module": HASH, "queue": ""}), "`queue` must be 1 to 64"),
-            (json!({"module": HASH, "id": "x\ny"}), "`id` `x\ny` contains `\\n`"),
-            (json!({"module": HASH, "max_attempts": 0}), "`max_attempts` must be"),
-            (json!({"module": HASH, "priority": 101}), "`priority` must be"),
+            (
+                json!({"module": HASH, "colour": 1}),
+                "unknown field `colour`",
+            ),
+            (
+                json!({"module": HASH, "queue": "a b"}),
+                "`queue` `a b` contains ` `",
+            ),
+            (
+                json!({"module": HASH, "queue": ""}),
+                "`queue` must be 1 to 64",
+            ),
+            (
+                json!({"module": HASH, "id": "x\ny"}),
+                "`id` `x\ny` contains `\\n`",
+            ),
+            (
+                json!({"module": HASH, "max_attempts": 0}),
+                "`max_attempts` must be",
+            ),
+            (
+                json!({"module": HASH, "priority": 101}),
+                "`priority` must be",
+            ),
             (json!({"module": HASH, "fuel": 1u64 << 60}), "`fuel`"),
             (json!({"module": HASH, "memory_mb": 4096}), "`memory_mb`"),
             (json!({"module": HASH, "timeout_ms": 0}), "`timeout_ms`"),
-            (json!({"module": HASH, "run_at": "tomorrow"}), "`run_at` must be an RFC 3339"),
+            (
+                json!({"module": HASH, "run_at": "tomorrow"}),
+                "`run_at` must be an RFC 3339",
+            ),
             (json!({"module": HASH, "args": {"$bytes": 3}}), "`args`"),
-            (json!({"module": HASH, "fuel": -1}), "invalid value: integer `-1`"),
+            (
+                json!({"module": HASH, "fuel": -1}),
+                "invalid value: integer `-1`",
+            ),
         ];
         for (input, want) in cases {
             let err = parse(input.clone()).unwrap_err().to_string();
@@ -311,7 +345,10 @@ mod tests {
     fn round_trips_through_json() {
         let job = parse(json!({"module": HASH, "args": [1], "id": "a", "priority": -3})).unwrap();
         let text = serde_json::to_string(&job.invocation).unwrap();
-        assert_eq!(Invocation::from_json(text.as_bytes()).unwrap(), job.invocation);
+        assert_eq!(
+            Invocation::from_json(text.as_bytes()).unwrap(),
+            job.invocation
+        );
     }
 
     /// The JSON Schema in `docs/` and these types must accept and refuse the same documents, name

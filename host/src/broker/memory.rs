@@ -1,0 +1,556 @@
+//! The in-process broker: the same state machine as Redis, in a mutex.
+//!
+//! It is the embedded default (the demo, unit tests, a single process that wants a queue without a
+//! server) and the reference the Redis scripts are tested against. Nothing survives the process;
+//! use [`super::redis::RedisBroker`] when jobs must outlive it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::pin::pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::Notify;
+
+use super::{
+    Ack, AttemptError, Broker, BrokerError, Completion, Enqueued, JobRecord, JobState, Lease,
+    LeaseKey, Maintenance, ModuleInfo, QueueCounts, RunReport, now_ms,
+};
+use crate::invocation::{Invocation, NewJob};
+use crate::modules::ModuleHash;
+
+/// The in-process broker.
+#[derive(Default)]
+pub struct MemoryBroker {
+    state: Mutex<State>,
+    /// Woken when a job becomes ready.
+    work: Notify,
+    /// Woken when a job becomes final.
+    done: Notify,
+}
+
+#[derive(Default)]
+struct State {
+    queues: BTreeMap<String, Queue>,
+    jobs: HashMap<(String, String), Job>,
+    modules: BTreeMap<ModuleHash, (Arc<Vec<u8>>, ModuleInfo)>,
+}
+
+#[derive(Default)]
+struct Queue {
+    /// (-priority, seq) → id.
+    ready: BTreeMap<(i32, u64), String>,
+    /// (due, id).
+    scheduled: BTreeSet<(u64, String)>,
+    /// id → lease deadline.
+    leased: HashMap<String, u64>,
+    /// (died at, id).
+    dead: BTreeSet<(u64, String)>,
+    seq: u64,
+}
+
+struct Job {
+    invocation: Invocation,
+    state: JobState,
+    attempts: u32,
+    token: u64,
+    enqueued_at_ms: u64,
+    started_at_ms: Option<u64>,
+    finished_at_ms: Option<u64>,
+    worker: Option<String>,
+    last_error: Option<AttemptError>,
+    report: Option<RunReport>,
+    /// Where the job sits in its queue's `ready` or `scheduled` index.
+    ready_key: Option<(i32, u64)>,
+    due_at: Option<u64>,
+    expires_at: Option<u64>,
+}
+
+impl Job {
+    fn record(&self, queue: &str, id: &str) -> JobRecord {
+        JobRecord {
+            id: id.to_owned(),
+            queue: queue.to_owned(),
+            state: self.state,
+            invocation: self.invocation.clone(),
+            attempts: self.attempts,
+            enqueued_at_ms: self.enqueued_at_ms,
+            started_at_ms: self.started_at_ms,
+            finished_at_ms: self.finished_at_ms,
+            worker: self.worker.clone(),
+            last_error: self.last_error.clone(),
+            report: self.report.clone(),
+        }
+    }
+}
+
+impl State {
+    fn make_ready(&mut self, queue: &str, id: &str, front: bool) {
+        let q = self.queues.entry(queue.to_owned()).or_default();
+        let job = self
+            .jobs
+            .get_mut(&(queue.to_owned(), id.to_owned()))
+            .expect("indexed jobs exist");
+        q.seq += 1;
+        let key = (-job.invocation.priority, if front { 0 } else { q.seq });
+        q.ready.insert(key, id.to_owned());
+        job.ready_key = Some(key);
+        job.due_at = None;
+        job.state = JobState::Ready;
+    }
+
+    fn get(&mut self, queue: &str, id: &str) -> Option<&mut Job> {
+        let key = (queue.to_owned(), id.to_owned());
+        let now = now_ms();
+        if self
+            .jobs
+            .get(&key)
+            .is_some_and(|j| j.expires_at.is_some_and(|t| t <= now))
+        {
+            self.jobs.remove(&key);
+        }
+        self.jobs.get_mut(&key)
+    }
+}
+
+impl MemoryBroker {
+    /// An empty broker.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock leaves consistent data: every method mutates after its
+        // checks, so poisoning carries no information here.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn any_ready(&self, queues: &[String]) -> bool {
+        let state = self.lock();
+        queues
+            .iter()
+            .any(|q| state.queues.get(q).is_some_and(|q| !q.ready.is_empty()))
+    }
+}
+
+#[async_trait]
+impl Broker for MemoryBroker {
+    async fn put_module(&self, hash: ModuleHash, bytes: &[u8]) -> Result<ModuleInfo, BrokerError> {
+        let mut state = self.lock();
+        let entry = state.modules.entry(hash).or_insert_with(|| {
+            let info = ModuleInfo {
+                hash,
+                size: bytes.len() as u64,
+                uploaded_at_ms: now_ms(),
+            };
+            (Arc::new(bytes.to_vec()), info)
+        });
+        Ok(entry.1.clone())
+    }
+
+    async fn module(&self, hash: ModuleHash) -> Result<Option<Vec<u8>>, BrokerError> {
+        Ok(self
+            .lock()
+            .modules
+            .get(&hash)
+            .map(|(bytes, _)| bytes.as_ref().clone()))
+    }
+
+    async fn has_module(&self, hash: ModuleHash) -> Result<bool, BrokerError> {
+        Ok(self.lock().modules.contains_key(&hash))
+    }
+
+    async fn modules(&self) -> Result<Vec<ModuleInfo>, BrokerError> {
+        let mut all: Vec<_> = self
+            .lock()
+            .modules
+            .values()
+            .map(|(_, i)| i.clone())
+            .collect();
+        all.sort_by_key(|i| i.uploaded_at_ms);
+        Ok(all)
+    }
+
+    async fn enqueue(&self, jobs: &[NewJob]) -> Result<Vec<Enqueued>, BrokerError> {
+        let now = now_ms();
+        let mut out = Vec::with_capacity(jobs.len());
+        let mut woke = false;
+        {
+            let mut state = self.lock();
+            for job in jobs {
+                let (queue, id) = (job.queue(), job.id());
+                if state.get(queue, id).is_some() {
+                    out.push(Enqueued::Existed);
+                    continue;
+                }
+                state.queues.entry(queue.to_owned()).or_default();
+                state.jobs.insert(
+                    (queue.to_owned(), id.to_owned()),
+                    Job {
+                        invocation: job.invocation.clone(),
+                        state: JobState::Scheduled,
+                        attempts: 0,
+                        token: 0,
+                        enqueued_at_ms: now,
+                        started_at_ms: None,
+                        finished_at_ms: None,
+                        worker: None,
+                        last_error: None,
+                        report: None,
+                        ready_key: None,
+                        due_at: None,
+                        expires_at: None,
+                    },
+                );
+                match job.run_at_ms {
+                    Some(at) if at > now => {
+                        let q = state.queues.get_mut(queue).expect("created above");
+                        q.scheduled.insert((at, id.to_owned()));
+                        state.get(queue, id).expect("inserted above").due_at = Some(at);
+                    }
+                    _ => {
+                        state.make_ready(queue, id, false);
+                        woke = true;
+                    }
+                }
+                out.push(Enqueued::Created);
+            }
+        }
+        if woke {
+            self.work.notify_waiters();
+        }
+        Ok(out)
+    }
+
+    async fn fetch(
+        &self,
+        queues: &[String],
+        max: usize,
+        lease: Duration,
+        worker: &str,
+    ) -> Result<Vec<Lease>, BrokerError> {
+        let now = now_ms();
+        let deadline = now + lease.as_millis() as u64;
+        let mut state = self.lock();
+        let mut out = Vec::new();
+        for queue in queues {
+            while out.len() < max {
+                let Some(q) = state.queues.get_mut(queue) else {
+                    break;
+                };
+                let Some((_, id)) = q.ready.pop_first() else {
+                    break;
+                };
+                q.leased.insert(id.clone(), deadline);
+                let job = state.get(queue, &id).expect("indexed jobs exist");
+                job.attempts += 1;
+                job.token += 1;
+                job.state = JobState::Leased;
+                job.ready_key = None;
+                job.worker = Some(worker.to_owned());
+                job.started_at_ms = Some(now);
+                out.push(Lease {
+                    key: LeaseKey {
+                        queue: queue.clone(),
+                        id,
+                        token: job.token,
+                    },
+                    attempt: job.attempts,
+                    invocation: job.invocation.clone(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn wait_for_work(&self, queues: &[String], timeout: Duration) -> Result<(), BrokerError> {
+        let mut notified = pin!(self.work.notified());
+        notified.as_mut().enable();
+        if self.any_ready(queues) {
+            return Ok(());
+        }
+        let _ = tokio::time::timeout(timeout, notified).await;
+        Ok(())
+    }
+
+    async fn heartbeat(
+        &self,
+        leases: &[LeaseKey],
+        lease: Duration,
+    ) -> Result<Vec<LeaseKey>, BrokerError> {
+        let deadline = now_ms() + lease.as_millis() as u64;
+        let mut state = self.lock();
+        let mut lost = Vec::new();
+        for key in leases {
+            let held = state
+                .get(&key.queue, &key.id)
+                .is_some_and(|j| j.state == JobState::Leased && j.token == key.token);
+            if held {
+                let q = state.queues.get_mut(&key.queue).expect("queue of a job");
+                q.leased.insert(key.id.clone(), deadline);
+            } else {
+                lost.push(key.clone());
+            }
+        }
+        Ok(lost)
+    }
+
+    async fn complete(&self, acks: &[Ack], result_ttl: Duration) -> Result<usize, BrokerError> {
+        let now = now_ms();
+        let mut stale = 0;
+        let mut finished = false;
+        {
+            let mut state = self.lock();
+            for ack in acks {
+                let key = &ack.lease;
+                let held = state
+                    .get(&key.queue, &key.id)
+                    .is_some_and(|j| j.state == JobState::Leased && j.token == key.token);
+                if !held {
+                    stale += 1;
+                    continue;
+                }
+                let q = state.queues.get_mut(&key.queue).expect("queue of a job");
+                q.leased.remove(&key.id);
+                match &ack.completion {
+                    Completion::Succeeded(report) => {
+                        let job = state.get(&key.queue, &key.id).expect("held above");
+                        job.state = JobState::Succeeded;
+                        job.finished_at_ms = Some(now);
+                        job.report = Some(report.clone());
+                        job.expires_at = Some(now + result_ttl.as_millis() as u64);
+                        finished = true;
+                    }
+                    Completion::Retry {
+                        delay,
+                        error,
+                        report,
+                    } => {
+                        let due = now + delay.as_millis() as u64;
+                        let q = state.queues.get_mut(&key.queue).expect("queue of a job");
+                        q.scheduled.insert((due, key.id.clone()));
+                        let job = state.get(&key.queue, &key.id).expect("held above");
+                        job.state = JobState::Scheduled;
+                        job.due_at = Some(due);
+                        job.last_error = Some(error.clone());
+                        if report.is_some() {
+                            job.report = report.clone();
+                        }
+                    }
+                    Completion::Dead { error, report } => {
+                        let q = state.queues.get_mut(&key.queue).expect("queue of a job");
+                        q.dead.insert((now, key.id.clone()));
+                        let job = state.get(&key.queue, &key.id).expect("held above");
+                        job.state = JobState::Dead;
+                        job.finished_at_ms = Some(now);
+                        job.last_error = Some(error.clone());
+                        if report.is_some() {
+                            job.report = report.clone();
+                        }
+                        finished = true;
+                    }
+                }
+            }
+        }
+        if finished {
+            self.done.notify_waiters();
+        }
+        Ok(stale)
+    }
+
+    async fn release(&self, leases: &[LeaseKey]) -> Result<(), BrokerError> {
+        {
+            let mut state = self.lock();
+            for key in leases {
+                let held = state
+                    .get(&key.queue, &key.id)
+                    .is_some_and(|j| j.state == JobState::Leased && j.token == key.token);
+                if held {
+                    let q = state.queues.get_mut(&key.queue).expect("queue of a job");
+                    q.leased.remove(&key.id);
+                    state.get(&key.queue, &key.id).expect("held").attempts -= 1;
+                    state.make_ready(&key.queue, &key.id, true);
+                }
+            }
+        }
+        self.work.notify_waiters();
+        Ok(())
+    }
+
+    async fn maintain(&self, queue: &str) -> Result<Maintenance, BrokerError> {
+        let now = now_ms();
+        let mut done = Maintenance::default();
+        {
+            let mut state = self.lock();
+            let Some(q) = state.queues.get_mut(queue) else {
+                return Ok(done);
+            };
+            let mut due = Vec::new();
+            while let Some(first) = q.scheduled.first() {
+                if first.0 > now {
+                    break;
+                }
+                due.push(q.scheduled.pop_first().expect("checked").1);
+            }
+            let expired: Vec<String> = q
+                .leased
+                .iter()
+                .filter(|(_, deadline)| **deadline <= now)
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in &expired {
+                q.leased.remove(id);
+            }
+            for id in due {
+                if state.get(queue, &id).is_some() {
+                    state.make_ready(queue, &id, false);
+                    done.promoted += 1;
+                }
+            }
+            for id in expired {
+                let Some(job) = state.get(queue, &id) else {
+                    continue;
+                };
+                let last = job.attempts >= job.invocation.max_attempts;
+                job.last_error = Some(lease_expired(job.attempts, job.worker.as_deref(), now));
+                if last {
+                    job.state = JobState::Dead;
+                    job.finished_at_ms = Some(now);
+                    let q = state.queues.get_mut(queue).expect("queue of a job");
+                    q.dead.insert((now, id));
+                    done.expired_dead += 1;
+                } else {
+                    state.make_ready(queue, &id, false);
+                    done.recovered += 1;
+                }
+            }
+            let before = state.jobs.len();
+            state
+                .jobs
+                .retain(|_, j| j.expires_at.is_none_or(|t| t > now));
+            let _expired_results = before - state.jobs.len();
+        }
+        if done.promoted + done.recovered > 0 {
+            self.work.notify_waiters();
+        }
+        if done.expired_dead > 0 {
+            self.done.notify_waiters();
+        }
+        Ok(done)
+    }
+
+    async fn job(&self, queue: Option<&str>, id: &str) -> Result<Option<JobRecord>, BrokerError> {
+        let mut state = self.lock();
+        let queues: Vec<String> = match queue {
+            Some(q) => vec![q.to_owned()],
+            None => state.queues.keys().cloned().collect(),
+        };
+        Ok(queues
+            .iter()
+            .find_map(|q| state.get(q, id).map(|j| j.record(q, id))))
+    }
+
+    async fn wait_job(
+        &self,
+        queue: &str,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<Option<JobRecord>, BrokerError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let mut notified = pin!(self.done.notified());
+            notified.as_mut().enable();
+            let record = self.job(Some(queue), id).await?;
+            match &record {
+                Some(r) if !r.state.is_final() => {}
+                _ => return Ok(record),
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Ok(record);
+            }
+        }
+    }
+
+    async fn queues(&self) -> Result<Vec<QueueCounts>, BrokerError> {
+        Ok(self
+            .lock()
+            .queues
+            .iter()
+            .map(|(name, q)| QueueCounts {
+                queue: name.clone(),
+                ready: q.ready.len() as u64,
+                scheduled: q.scheduled.len() as u64,
+                leased: q.leased.len() as u64,
+                dead: q.dead.len() as u64,
+            })
+            .collect())
+    }
+
+    async fn dead(&self, queue: &str, limit: usize) -> Result<Vec<JobRecord>, BrokerError> {
+        let mut state = self.lock();
+        let ids: Vec<String> = state
+            .queues
+            .get(queue)
+            .map(|q| {
+                q.dead
+                    .iter()
+                    .rev()
+                    .take(limit)
+                    .map(|(_, id)| id.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(ids
+            .iter()
+            .filter_map(|id| state.get(queue, id).map(|j| j.record(queue, id)))
+            .collect())
+    }
+
+    async fn retry_dead(&self, queue: &str, id: &str) -> Result<bool, BrokerError> {
+        {
+            let mut state = self.lock();
+            let Some(job) = state.get(queue, id) else {
+                return Ok(false);
+            };
+            if job.state != JobState::Dead {
+                return Ok(false);
+            }
+            let died = job.finished_at_ms.expect("dead jobs have a time");
+            job.attempts = 0;
+            job.finished_at_ms = None;
+            let q = state.queues.get_mut(queue).expect("queue of a job");
+            q.dead.remove(&(died, id.to_owned()));
+            state.make_ready(queue, id, false);
+        }
+        self.work.notify_waiters();
+        Ok(true)
+    }
+
+    async fn delete_dead(&self, queue: &str, id: &str) -> Result<bool, BrokerError> {
+        let mut state = self.lock();
+        let Some(job) = state.get(queue, id) else {
+            return Ok(false);
+        };
+        if job.state != JobState::Dead {
+            return Ok(false);
+        }
+        let died = job.finished_at_ms.expect("dead jobs have a time");
+        let q = state.queues.get_mut(queue).expect("queue of a job");
+        q.dead.remove(&(died, id.to_owned()));
+        state.jobs.remove(&(queue.to_owned(), id.to_owned()));
+        Ok(true)
+    }
+}
+
+/// The error recorded when a worker stopped heartbeating. Mirrored in `lua/maintain.lua`.
+fn lease_expired(attempt: u32, worker: Option<&str>, now: u64) -> AttemptError {
+    AttemptError {
+        attempt,
+        kind: "lease_expired".to_owned(),
+        message: format!(
+            "the lease expired: worker `{}` stopped heartbeating (killed, hung or cut off from the broker)",
+            worker.unwrap_or("?")
+        ),
+        at_ms: now,
+    }
+}

@@ -1,0 +1,371 @@
+//! The broker: where accepted jobs and uploaded modules live until a worker is done with them.
+//!
+//! [`Broker`] is what every backend must do; [`redis::RedisBroker`] is the shared one (many workers
+//! on many machines) and [`memory::MemoryBroker`] the embedded one (the demo, tests, single-process
+//! use). Both keep the same state machine:
+//!
+//! ```text
+//!  enqueue ──► ready ◄──────── scheduled ◄── enqueue with run_at
+//!               │  ▲  promote (due) ▲
+//!         fetch │  │ lease expired  │ retryable failure (backoff)
+//!               ▼  │ / hand back    │
+//!              leased ──────────────┘
+//!               │  └──────────────► dead ──► (retry: ready, delete: gone)
+//!               ▼   fail / attempts used up / lease expired on the last attempt
+//!           succeeded (kept for the result TTL)
+//! ```
+//!
+//! Each arrow is one atomic step. A lease carries a token; a worker's late acknowledgement of a
+//! lease that expired (and was handed to someone else) is ignored, so a job is never completed
+//! twice by different attempts. What a broker must not do: run jobs or decide retry policy — the
+//! worker computes the backoff and passes it in.
+
+pub mod memory;
+pub mod redis;
+
+use std::collections::HashSet;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::invocation::{Invocation, InvocationError, NewJob};
+use crate::modules::ModuleHash;
+use crate::sandbox::{Captured, LogRecord, Progress};
+
+/// Where a job is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Waiting to be fetched.
+    Ready,
+    /// Waiting for its `run_at` or its retry backoff.
+    Scheduled,
+    /// Fetched by a worker that holds the lease.
+    Leased,
+    /// Done; kept for the result TTL.
+    Succeeded,
+    /// Failed for good; kept until retried or deleted.
+    Dead,
+}
+
+impl JobState {
+    /// Whether the job will not change any more on its own.
+    pub fn is_final(self) -> bool {
+        matches!(self, JobState::Succeeded | JobState::Dead)
+    }
+
+    /// The lowercase name stored in Redis and shown by the CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Ready => "ready",
+            JobState::Scheduled => "scheduled",
+            JobState::Leased => "leased",
+            JobState::Succeeded => "succeeded",
+            JobState::Dead => "dead",
+        }
+    }
+
+    /// Parses the stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "ready" => JobState::Ready,
+            "scheduled" => JobState::Scheduled,
+            "leased" => JobState::Leased,
+            "succeeded" => JobState::Succeeded,
+            "dead" => JobState::Dead,
+            _ => return None,
+        })
+    }
+}
+
+/// A fetched job: the worker holds it until it acknowledges or the lease expires.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Lease {
+    /// Which lease this is.
+    pub key: LeaseKey,
+    /// The attempt this run is, from 1.
+    pub attempt: u32,
+    /// The invocation as enqueued.
+    pub invocation: Invocation,
+}
+
+/// Names one lease of one job: the acknowledgement and the heartbeat must present it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct LeaseKey {
+    /// The queue.
+    pub queue: String,
+    /// The job id.
+    pub id: String,
+    /// Counts the job's leases; only the newest may acknowledge.
+    pub token: u64,
+}
+
+/// Why one attempt failed, as kept in the job's record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptError {
+    /// The attempt, from 1.
+    pub attempt: u32,
+    /// A short stable name: `trap`, `out_of_fuel`, `timeout`, `memory_limit`, `stack_overflow`,
+    /// `retry`, `fail`, `instantiate`, `module` (could not be loaded) or `lease_expired`.
+    pub kind: String,
+    /// The full reason.
+    pub message: String,
+    /// When it happened (Unix ms).
+    pub at_ms: u64,
+}
+
+/// What the last attempt produced, kept in the job's record.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunReport {
+    /// The attempt this describes.
+    pub attempt: u32,
+    /// The worker that ran it.
+    pub worker: String,
+    /// The job's result (success only), as JSON (`{"$bytes": …}` for non-JSON bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    /// Captured stdout.
+    pub stdout: Captured,
+    /// Captured stderr.
+    pub stderr: Captured,
+    /// Log records, oldest first.
+    pub logs: Vec<LogRecord>,
+    /// Records dropped over the cap.
+    pub logs_dropped: u64,
+    /// The last progress reported.
+    pub progress: Option<Progress>,
+    /// Fuel consumed.
+    pub fuel_used: u64,
+    /// Wall time of the run, in milliseconds.
+    pub wall_ms: f64,
+    /// Ids of the sub-jobs it enqueued.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sub_jobs: Vec<String>,
+}
+
+/// How an attempt ended, as the worker reports it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Completion {
+    /// Store the result and keep it for the TTL.
+    Succeeded(RunReport),
+    /// Run again after `delay`.
+    Retry {
+        /// The backoff.
+        delay: Duration,
+        /// Why this attempt failed.
+        error: AttemptError,
+        /// What it produced (may be empty when it never ran).
+        report: Option<RunReport>,
+    },
+    /// Move to the dead set.
+    Dead {
+        /// Why the last attempt failed.
+        error: AttemptError,
+        /// What it produced.
+        report: Option<RunReport>,
+    },
+}
+
+/// One acknowledgement.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ack {
+    /// The lease being acknowledged.
+    pub lease: LeaseKey,
+    /// How the attempt ended.
+    pub completion: Completion,
+}
+
+/// Everything the broker knows about one job.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobRecord {
+    /// The job id.
+    pub id: String,
+    /// The queue.
+    pub queue: String,
+    /// Where it is.
+    pub state: JobState,
+    /// The invocation as enqueued.
+    pub invocation: Invocation,
+    /// Attempts started so far.
+    pub attempts: u32,
+    /// When it was accepted (Unix ms).
+    pub enqueued_at_ms: u64,
+    /// When the latest attempt started.
+    pub started_at_ms: Option<u64>,
+    /// When it succeeded or died.
+    pub finished_at_ms: Option<u64>,
+    /// The worker that ran the latest attempt.
+    pub worker: Option<String>,
+    /// The latest failure.
+    pub last_error: Option<AttemptError>,
+    /// What the latest finished attempt produced.
+    pub report: Option<RunReport>,
+}
+
+/// Whether an enqueue created the job or found it already there (same id).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Enqueued {
+    /// A new job.
+    Created,
+    /// A job with this id exists; nothing changed.
+    Existed,
+}
+
+/// Job counts of one queue.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct QueueCounts {
+    /// The queue.
+    pub queue: String,
+    /// Waiting to be fetched.
+    pub ready: u64,
+    /// Waiting for a time (delayed or backing off).
+    pub scheduled: u64,
+    /// Held by workers.
+    pub leased: u64,
+    /// In the dead set.
+    pub dead: u64,
+}
+
+/// An uploaded module.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleInfo {
+    /// Its content address.
+    pub hash: ModuleHash,
+    /// Size in bytes.
+    pub size: u64,
+    /// When it was first uploaded (Unix ms).
+    pub uploaded_at_ms: u64,
+}
+
+/// What one maintenance pass did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Maintenance {
+    /// Scheduled jobs that came due and became ready.
+    pub promoted: u64,
+    /// Expired leases returned to ready.
+    pub recovered: u64,
+    /// Expired leases on a last attempt, moved to the dead set.
+    pub expired_dead: u64,
+}
+
+/// Why a broker call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// Redis could not be reached or refused the command (after the client's own retries).
+    #[error("redis: {0}")]
+    Redis(#[from] ::redis::RedisError),
+    /// The invocation was refused.
+    #[error(transparent)]
+    Invocation(#[from] InvocationError),
+    /// Stored data did not parse: written by something other than wasmq, or damaged.
+    #[error("corrupt record for `{what}`: {reason}")]
+    Corrupt {
+        /// The key or id.
+        what: String,
+        /// What did not parse.
+        reason: String,
+    },
+}
+
+/// What every backend must do. All methods are safe to call from many workers at once.
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// Stores module bytes under `hash` (already checked by the caller). Idempotent: a second
+    /// upload keeps the first upload's time.
+    async fn put_module(&self, hash: ModuleHash, bytes: &[u8]) -> Result<ModuleInfo, BrokerError>;
+
+    /// The module's bytes, if it was uploaded.
+    async fn module(&self, hash: ModuleHash) -> Result<Option<Vec<u8>>, BrokerError>;
+
+    /// Whether the module was uploaded.
+    async fn has_module(&self, hash: ModuleHash) -> Result<bool, BrokerError>;
+
+    /// Every uploaded module, oldest first.
+    async fn modules(&self) -> Result<Vec<ModuleInfo>, BrokerError>;
+
+    /// Accepts checked jobs, in order; a job whose id exists is left alone. Does not check that
+    /// the modules exist: use [`enqueue_checked`].
+    async fn enqueue(&self, jobs: &[NewJob]) -> Result<Vec<Enqueued>, BrokerError>;
+
+    /// Moves up to `max` ready jobs from `queues` (earlier queues first) to leased, with a lease of
+    /// `lease` held by `worker`.
+    async fn fetch(
+        &self,
+        queues: &[String],
+        max: usize,
+        lease: Duration,
+        worker: &str,
+    ) -> Result<Vec<Lease>, BrokerError>;
+
+    /// Returns when one of `queues` may have a ready job, or after `timeout`.
+    async fn wait_for_work(&self, queues: &[String], timeout: Duration) -> Result<(), BrokerError>;
+
+    /// Extends `leases` to `lease` from now; returns the ones this worker no longer holds.
+    async fn heartbeat(
+        &self,
+        leases: &[LeaseKey],
+        lease: Duration,
+    ) -> Result<Vec<LeaseKey>, BrokerError>;
+
+    /// Applies acknowledgements, each atomically (state, result, output and lease in one step).
+    /// Succeeded jobs are kept for `result_ttl`. Returns how many were stale (the lease had
+    /// expired and moved on) and so ignored.
+    async fn complete(&self, acks: &[Ack], result_ttl: Duration) -> Result<usize, BrokerError>;
+
+    /// Hands leased jobs back to the front of ready without counting the attempt (shutdown).
+    async fn release(&self, leases: &[LeaseKey]) -> Result<(), BrokerError>;
+
+    /// Promotes due scheduled jobs and recovers expired leases of `queue`. Safe to run in every
+    /// worker at once.
+    async fn maintain(&self, queue: &str) -> Result<Maintenance, BrokerError>;
+
+    /// The job's record; with no `queue`, every known queue is searched.
+    async fn job(&self, queue: Option<&str>, id: &str) -> Result<Option<JobRecord>, BrokerError>;
+
+    /// Waits until the job is final or `timeout` passes, then returns its record.
+    async fn wait_job(
+        &self,
+        queue: &str,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<Option<JobRecord>, BrokerError>;
+
+    /// Counts per queue, for every queue that was ever used.
+    async fn queues(&self) -> Result<Vec<QueueCounts>, BrokerError>;
+
+    /// The newest `limit` dead jobs of `queue`, newest first.
+    async fn dead(&self, queue: &str, limit: usize) -> Result<Vec<JobRecord>, BrokerError>;
+
+    /// Moves a dead job back to ready with a fresh set of attempts. False if it is not dead.
+    async fn retry_dead(&self, queue: &str, id: &str) -> Result<bool, BrokerError>;
+
+    /// Deletes a dead job. False if it is not dead.
+    async fn delete_dead(&self, queue: &str, id: &str) -> Result<bool, BrokerError>;
+}
+
+/// Enqueues after checking that every module named was uploaded: an unknown module is refused here,
+/// never discovered later by a worker.
+pub async fn enqueue_checked(
+    broker: &dyn Broker,
+    jobs: &[NewJob],
+) -> Result<Vec<Enqueued>, BrokerError> {
+    let mut seen = HashSet::new();
+    for job in jobs {
+        let hash = job.invocation.module;
+        if seen.insert(hash) && !broker.has_module(hash).await? {
+            return Err(InvocationError::UnknownModule(hash).into());
+        }
+    }
+    broker.enqueue(jobs).await
+}
+
+/// Now, in Unix milliseconds.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

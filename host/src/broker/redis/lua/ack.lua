@@ -1,0 +1,30 @@
+-- Acknowledge attempts: ARGV[3] = result TTL in seconds, then per job: id, token,
+-- action (ok | retry | dead), retry delay ms, error JSON (or ''), report JSON (or '').
+-- State, result, output and the lease change together. Returns how many acks were stale.
+local now = now_ms()
+local ttl = tonumber(ARGV[3])
+local stale = 0
+for i = 4, #ARGV, 6 do
+  local id, token, action, delay, err, report = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3]), ARGV[i + 4], ARGV[i + 5]
+  local jk = ARGV[1] .. id
+  if not holds(id, token) then
+    stale = stale + 1
+  else
+    redis.call('ZREM', KEYS[3], id)
+    if report ~= '' then redis.call('HSET', jk, 'report', report) end
+    if err ~= '' then redis.call('HSET', jk, 'err', err) end
+    if action == 'ok' then
+      redis.call('HSET', jk, 'state', 'succeeded', 'fin', now)
+      redis.call('EXPIRE', jk, ttl)
+      notify(id)
+    elseif action == 'retry' then
+      redis.call('HSET', jk, 'state', 'scheduled')
+      redis.call('ZADD', KEYS[2], now + delay, id)
+    else
+      redis.call('HSET', jk, 'state', 'dead', 'fin', now)
+      redis.call('ZADD', KEYS[4], now, id)
+      notify(id)
+    end
+  end
+end
+return stale

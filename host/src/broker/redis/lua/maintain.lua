@@ -1,0 +1,36 @@
+-- Promote due scheduled jobs and recover expired leases, at most ARGV[3] of each.
+-- Safe to run from every worker at once. Returns {promoted, recovered, expired to dead}.
+local now = now_ms()
+local limit = tonumber(ARGV[3])
+local promoted, recovered, died = 0, 0, 0
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, limit)) do
+  redis.call('ZREM', KEYS[2], id)
+  if redis.call('EXISTS', ARGV[1] .. id) == 1 then
+    make_ready(id, false)
+    promoted = promoted + 1
+  end
+end
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, limit)) do
+  redis.call('ZREM', KEYS[3], id)
+  local jk = ARGV[1] .. id
+  local f = redis.call('HMGET', jk, 'attempts', 'max', 'worker')
+  if f[1] then
+    -- Mirrors memory.rs `lease_expired`.
+    local err = cjson.encode({
+      attempt = tonumber(f[1]), kind = 'lease_expired', at_ms = now,
+      message = 'the lease expired: worker `' .. (f[3] or '?') ..
+        '` stopped heartbeating (killed, hung or cut off from the broker)'})
+    redis.call('HSET', jk, 'err', err)
+    if tonumber(f[1]) >= tonumber(f[2]) then
+      redis.call('HSET', jk, 'state', 'dead', 'fin', now)
+      redis.call('ZADD', KEYS[4], now, id)
+      notify(id)
+      died = died + 1
+    else
+      make_ready(id, false)
+      recovered = recovered + 1
+    end
+  end
+end
+if promoted + recovered > 0 then wake() end
+return {promoted, recovered, died}

@@ -1,0 +1,14 @@
+-- Hand leased jobs back to the front of ready without counting the attempt (graceful shutdown):
+-- ARGV[3..] = id, token pairs.
+local n = 0
+for i = 3, #ARGV, 2 do
+  local id, token = ARGV[i], ARGV[i + 1]
+  if holds(id, token) then
+    redis.call('ZREM', KEYS[3], id)
+    redis.call('HINCRBY', ARGV[1] .. id, 'attempts', -1)
+    make_ready(id, true)
+    n = n + 1
+  end
+end
+if n > 0 then wake() end
+return n

@@ -1,0 +1,755 @@
+//! The Redis broker: jobs, leases and modules in one Redis shared by every worker.
+//!
+//! Every job state change is one Lua script (`lua/*.lua`, each prefixed by `lua/common.lua`), so a
+//! crash between two commands can never leave a half-moved job. Every key is built by [`Keys`];
+//! the keys of one queue share the hash tag `{queue}` so each script touches one Redis Cluster slot.
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `wasmq:{q}:ready` | zset | ids by priority, then enqueue order |
+//! | `wasmq:{q}:scheduled` | zset | ids by due time (delayed jobs, retry backoff) |
+//! | `wasmq:{q}:leased` | zset | ids by lease deadline |
+//! | `wasmq:{q}:dead` | zset | ids by time of death |
+//! | `wasmq:{q}:job:<id>` | hash | `inv` (the invocation JSON), `state`, `attempts`, `max`, `prio`, `enq`, `lease` (token), `worker`, `started`, `fin`, `err`, `report` |
+//! | `wasmq:{q}:wake` | list | at most one token: a blocked worker's `BLPOP` wakes on it |
+//! | `wasmq:{q}:done:<id>` | list | tokens for clients waiting on a job (`--wait`) |
+//! | `wasmq:{q}:seq` | string | enqueue counter (FIFO within a priority) |
+//! | `wasmq:queues` | set | every queue name used |
+//! | `wasmq:{modules}:index` | hash | hex digest → `{size, uploaded_at_ms}` |
+//! | `wasmq:{modules}:bytes:<hex>` | string | the component bytes |
+//!
+//! Commands go through one auto-reconnecting [`ConnectionManager`] (requests from concurrent tasks
+//! are pipelined on it); blocking `BLPOP`s get their own connections. A command that fails because
+//! the connection dropped or Redis is loading is retried: every script is safe to repeat (enqueue is
+//! idempotent by id, acks and heartbeats check the lease token).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{LazyLock, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::{AsyncConnectionConfig, RedisError, RetryMethod, Script, ScriptInvocation};
+
+use super::{
+    Ack, AttemptError, Broker, BrokerError, Completion, Enqueued, JobRecord, JobState, Lease,
+    LeaseKey, Maintenance, ModuleInfo, QueueCounts, RunReport,
+};
+use crate::invocation::{Invocation, NewJob};
+use crate::modules::ModuleHash;
+
+/// How long a command is retried while Redis is unreachable or loading before the error is
+/// returned: long enough to ride out a Redis restart or failover, short enough that a worker
+/// notices a dead Redis and says so.
+const RETRY_WINDOW: Duration = Duration::from_secs(30);
+
+/// Longest single `BLPOP`; longer waits are several of them. Connections used for blocking calls
+/// time out a little after this, so a silently vanished server is noticed.
+const MAX_BLOCK: Duration = Duration::from_secs(5);
+
+/// Jobs per enqueue script call: bounds how long one call holds Redis.
+const ENQUEUE_CHUNK: usize = 500;
+
+/// Due jobs and expired leases handled per maintenance pass and queue.
+const MAINTAIN_LIMIT: usize = 1000;
+
+macro_rules! script {
+    ($name:literal) => {
+        Script::new(concat!(
+            include_str!("lua/common.lua"),
+            include_str!(concat!("lua/", $name, ".lua"))
+        ))
+    };
+}
+
+struct Scripts {
+    enqueue: Script,
+    fetch: Script,
+    heartbeat: Script,
+    ack: Script,
+    release: Script,
+    maintain: Script,
+    watch: Script,
+    dead_retry: Script,
+    dead_delete: Script,
+    put_module: Script,
+}
+
+static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
+    enqueue: script!("enqueue"),
+    fetch: script!("fetch"),
+    heartbeat: script!("heartbeat"),
+    ack: script!("ack"),
+    release: script!("release"),
+    maintain: script!("maintain"),
+    watch: script!("watch"),
+    dead_retry: script!("dead_retry"),
+    dead_delete: script!("dead_delete"),
+    put_module: Script::new(include_str!("lua/put_module.lua")),
+});
+
+/// Every Redis key wasmq uses, built in one place.
+#[derive(Clone, Debug)]
+pub struct Keys {
+    prefix: String,
+}
+
+/// The keys of one queue, in the order job scripts take them.
+#[derive(Clone, Debug)]
+pub struct QueueKeys {
+    /// `KEYS[1..=6]`: ready, scheduled, leased, dead, wake, seq.
+    pub keys: [String; 6],
+    /// Prefix of job hashes: `wasmq:{q}:job:`.
+    pub job_prefix: String,
+    /// Prefix of waiter lists: `wasmq:{q}:done:`.
+    pub done_prefix: String,
+}
+
+impl Keys {
+    /// Keys under `prefix` (normally `wasmq`).
+    pub fn new(prefix: &str) -> Self {
+        Keys {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// The keys of `queue`.
+    pub fn queue(&self, queue: &str) -> QueueKeys {
+        let base = format!("{}:{{{queue}}}:", self.prefix);
+        QueueKeys {
+            keys: ["ready", "scheduled", "leased", "dead", "wake", "seq"]
+                .map(|k| format!("{base}{k}")),
+            job_prefix: format!("{base}job:"),
+            done_prefix: format!("{base}done:"),
+        }
+    }
+
+    /// The job hash of `id` in `queue`.
+    pub fn job(&self, queue: &str, id: &str) -> String {
+        format!("{}:{{{queue}}}:job:{id}", self.prefix)
+    }
+
+    /// The waiter list of `id` in `queue`.
+    pub fn done(&self, queue: &str, id: &str) -> String {
+        format!("{}:{{{queue}}}:done:{id}", self.prefix)
+    }
+
+    /// The set of queue names.
+    pub fn queues(&self) -> String {
+        format!("{}:queues", self.prefix)
+    }
+
+    /// The module index.
+    pub fn module_index(&self) -> String {
+        format!("{}:{{modules}}:index", self.prefix)
+    }
+
+    /// The bytes of a module.
+    pub fn module_bytes(&self, hash: ModuleHash) -> String {
+        format!("{}:{{modules}}:bytes:{}", self.prefix, hash.hex())
+    }
+}
+
+/// The Redis broker.
+pub struct RedisBroker {
+    client: redis::Client,
+    conn: ConnectionManager,
+    /// Idle connections for blocking commands.
+    blocking: Mutex<Vec<MultiplexedConnection>>,
+    keys: Keys,
+    /// Queues this process already added to `wasmq:queues`.
+    registered: Mutex<HashSet<String>>,
+}
+
+impl RedisBroker {
+    /// Connects to `url` (`redis://host:port/db`), with keys under `wasmq`.
+    pub async fn connect(url: &str) -> Result<Self, BrokerError> {
+        Self::connect_with_prefix(url, "wasmq").await
+    }
+
+    /// Connects to `url` with keys under `prefix`.
+    pub async fn connect_with_prefix(url: &str, prefix: &str) -> Result<Self, BrokerError> {
+        let client = redis::Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            // Scripts over a few hundred jobs take milliseconds; a second is a struggling server.
+            .set_response_timeout(Some(Duration::from_secs(10)))
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_max_delay(Duration::from_secs(1));
+        let conn = ConnectionManager::new_with_config(client.clone(), config).await?;
+        Ok(RedisBroker {
+            client,
+            conn,
+            blocking: Mutex::new(Vec::new()),
+            keys: Keys::new(prefix),
+            registered: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// The key builder.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// Runs a command or script, retrying while the failure is a dropped connection or a server
+    /// that is loading.
+    async fn retrying<T, F, Fut>(&self, mut call: F) -> Result<T, BrokerError>
+    where
+        F: FnMut(ConnectionManager) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
+        let start = tokio::time::Instant::now();
+        let mut pause = Duration::from_millis(20);
+        loop {
+            match call(self.conn.clone()).await {
+                Ok(v) => return Ok(v),
+                Err(e) if transient(&e) && start.elapsed() < RETRY_WINDOW => {
+                    tracing::debug!(error = %e, "redis call failed; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    async fn script<T: redis::FromRedisValue>(
+        &self,
+        invocation: &ScriptInvocation<'_>,
+    ) -> Result<T, BrokerError> {
+        self.retrying(|mut c| async move { invocation.invoke_async(&mut c).await })
+            .await
+    }
+
+    fn queue_script<'s>(&self, script: &'s Script, queue: &str) -> ScriptInvocation<'s> {
+        let qk = self.keys.queue(queue);
+        let mut inv = script.prepare_invoke();
+        for k in &qk.keys {
+            inv.key(k);
+        }
+        inv.arg(qk.job_prefix).arg(qk.done_prefix);
+        inv
+    }
+
+    /// Runs a blocking command on a dedicated connection.
+    async fn blocking<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, BrokerError> {
+        let pooled = self.blocking.lock().expect("not poisoned").pop();
+        let mut conn = match pooled {
+            Some(c) => c,
+            None => {
+                let config = AsyncConnectionConfig::new()
+                    .set_response_timeout(Some(MAX_BLOCK + Duration::from_secs(5)));
+                self.client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await?
+            }
+        };
+        let result = cmd.query_async(&mut conn).await;
+        // A connection that failed is dropped; the next call opens a fresh one.
+        if result.is_ok() {
+            self.blocking.lock().expect("not poisoned").push(conn);
+        }
+        Ok(result?)
+    }
+
+    async fn register_queues<'a>(
+        &self,
+        queues: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), BrokerError> {
+        let new: Vec<String> = {
+            let known = self.registered.lock().expect("not poisoned");
+            queues
+                .into_iter()
+                .filter(|q| !known.contains(*q))
+                .map(str::to_owned)
+                .collect::<HashSet<_>>()
+                .into_iter()
+                .collect()
+        };
+        if new.is_empty() {
+            return Ok(());
+        }
+        let key = self.keys.queues();
+        self.retrying(|mut c| {
+            let (key, new) = (key.clone(), new.clone());
+            async move {
+                redis::cmd("SADD")
+                    .arg(key)
+                    .arg(new)
+                    .query_async::<()>(&mut c)
+                    .await
+            }
+        })
+        .await?;
+        self.registered.lock().expect("not poisoned").extend(new);
+        Ok(())
+    }
+
+    async fn queue_names(&self) -> Result<Vec<String>, BrokerError> {
+        let key = self.keys.queues();
+        let mut names: Vec<String> = self
+            .retrying(|mut c| {
+                let key = key.clone();
+                async move { redis::cmd("SMEMBERS").arg(key).query_async(&mut c).await }
+            })
+            .await?;
+        names.sort();
+        Ok(names)
+    }
+
+    async fn records(
+        &self,
+        queue: &str,
+        ids: &[String],
+    ) -> Result<Vec<Option<JobRecord>>, BrokerError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.cmd("HGETALL").arg(self.keys.job(queue, id));
+        }
+        let maps: Vec<HashMap<String, String>> = self
+            .retrying(|mut c| {
+                let pipe = pipe.clone();
+                async move { pipe.query_async(&mut c).await }
+            })
+            .await?;
+        ids.iter()
+            .zip(maps)
+            .map(|(id, map)| parse_record(queue, id, map))
+            .collect()
+    }
+}
+
+/// Whether a failed call may succeed if repeated (connection dropped, server loading or failing
+/// over).
+fn transient(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || matches!(
+            e.retry_method(),
+            RetryMethod::Reconnect
+                | RetryMethod::ReconnectFromInitialConnections
+                | RetryMethod::WaitAndRetry
+                | RetryMethod::RetryImmediately
+        )
+}
+
+fn corrupt(what: &str, reason: impl ToString) -> BrokerError {
+    BrokerError::Corrupt {
+        what: what.to_owned(),
+        reason: reason.to_string(),
+    }
+}
+
+fn parse_record(
+    queue: &str,
+    id: &str,
+    mut map: HashMap<String, String>,
+) -> Result<Option<JobRecord>, BrokerError> {
+    if map.is_empty() {
+        return Ok(None);
+    }
+    let what = format!("{queue}/{id}");
+    let mut take = |field: &str| map.remove(field);
+    let inv = take("inv").ok_or_else(|| corrupt(&what, "no `inv` field"))?;
+    let invocation: Invocation =
+        serde_json::from_str(&inv).map_err(|e| corrupt(&what, format!("`inv`: {e}")))?;
+    let state = take("state")
+        .and_then(|s| JobState::parse(&s))
+        .ok_or_else(|| corrupt(&what, "missing or unknown `state`"))?;
+    let num = |v: Option<String>| v.and_then(|s| s.parse::<u64>().ok());
+    let last_error: Option<AttemptError> = take("err")
+        .map(|s| serde_json::from_str(&s).map_err(|e| corrupt(&what, format!("`err`: {e}"))))
+        .transpose()?;
+    let report: Option<RunReport> = take("report")
+        .map(|s| serde_json::from_str(&s).map_err(|e| corrupt(&what, format!("`report`: {e}"))))
+        .transpose()?;
+    Ok(Some(JobRecord {
+        id: id.to_owned(),
+        queue: queue.to_owned(),
+        state,
+        invocation,
+        attempts: num(take("attempts")).unwrap_or(0) as u32,
+        enqueued_at_ms: num(take("enq")).unwrap_or(0),
+        started_at_ms: num(take("started")),
+        finished_at_ms: num(take("fin")),
+        worker: take("worker"),
+        last_error,
+        report,
+    }))
+}
+
+fn json_or_empty<T: serde::Serialize>(v: Option<&T>) -> String {
+    v.map(|v| serde_json::to_string(v).expect("plain data serialises"))
+        .unwrap_or_default()
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    async fn put_module(&self, hash: ModuleHash, bytes: &[u8]) -> Result<ModuleInfo, BrokerError> {
+        let mut inv = SCRIPTS.put_module.prepare_invoke();
+        inv.key(self.keys.module_index())
+            .key(self.keys.module_bytes(hash))
+            .arg(hash.hex())
+            .arg(bytes);
+        let info: String = self.script(&inv).await?;
+        parse_module_info(&hash.hex(), &info)
+    }
+
+    async fn module(&self, hash: ModuleHash) -> Result<Option<Vec<u8>>, BrokerError> {
+        let key = self.keys.module_bytes(hash);
+        self.retrying(|mut c| {
+            let key = key.clone();
+            async move { redis::cmd("GET").arg(key).query_async(&mut c).await }
+        })
+        .await
+    }
+
+    async fn has_module(&self, hash: ModuleHash) -> Result<bool, BrokerError> {
+        let key = self.keys.module_index();
+        self.retrying(|mut c| {
+            let key = key.clone();
+            async move {
+                redis::cmd("HEXISTS")
+                    .arg(key)
+                    .arg(hash.hex())
+                    .query_async(&mut c)
+                    .await
+            }
+        })
+        .await
+    }
+
+    async fn modules(&self) -> Result<Vec<ModuleInfo>, BrokerError> {
+        let key = self.keys.module_index();
+        let map: HashMap<String, String> = self
+            .retrying(|mut c| {
+                let key = key.clone();
+                async move { redis::cmd("HGETALL").arg(key).query_async(&mut c).await }
+            })
+            .await?;
+        let mut all = map
+            .iter()
+            .map(|(hex, info)| parse_module_info(hex, info))
+            .collect::<Result<Vec<_>, _>>()?;
+        all.sort_by_key(|m| m.uploaded_at_ms);
+        Ok(all)
+    }
+
+    async fn enqueue(&self, jobs: &[NewJob]) -> Result<Vec<Enqueued>, BrokerError> {
+        self.register_queues(jobs.iter().map(NewJob::queue)).await?;
+        // Group by queue (one slot per script call), keeping each job's position.
+        let mut by_queue: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, job) in jobs.iter().enumerate() {
+            by_queue.entry(job.queue()).or_default().push(i);
+        }
+        let mut calls = Vec::new();
+        for (queue, positions) in &by_queue {
+            for chunk in positions.chunks(ENQUEUE_CHUNK) {
+                let mut inv = self.queue_script(&SCRIPTS.enqueue, queue);
+                inv.arg(chunk.len());
+                for &i in chunk {
+                    let job = &jobs[i];
+                    let inv_json =
+                        serde_json::to_string(&job.invocation).expect("plain data serialises");
+                    inv.arg(job.id())
+                        .arg(inv_json)
+                        .arg(job.invocation.priority)
+                        .arg(job.invocation.max_attempts)
+                        .arg(job.run_at_ms.unwrap_or(0));
+                }
+                calls.push((chunk, inv));
+            }
+        }
+        // Chunks go out together: the connection pipelines them.
+        let replies = futures_util::future::join_all(
+            calls.iter().map(|(_, inv)| self.script::<Vec<u8>>(inv)),
+        )
+        .await;
+        let mut out = vec![Enqueued::Existed; jobs.len()];
+        for ((chunk, _), reply) in calls.iter().zip(replies) {
+            for (&i, created) in chunk.iter().zip(reply?) {
+                out[i] = if created == 1 {
+                    Enqueued::Created
+                } else {
+                    Enqueued::Existed
+                };
+            }
+        }
+        Ok(out)
+    }
+
+    async fn fetch(
+        &self,
+        queues: &[String],
+        max: usize,
+        lease: Duration,
+        worker: &str,
+    ) -> Result<Vec<Lease>, BrokerError> {
+        let mut out = Vec::new();
+        for queue in queues {
+            if out.len() >= max {
+                break;
+            }
+            let mut inv = self.queue_script(&SCRIPTS.fetch, queue);
+            inv.arg(max - out.len())
+                .arg(lease.as_millis() as u64)
+                .arg(worker);
+            let rows: Vec<(String, String, u32, u64)> = self.script(&inv).await?;
+            for (id, inv_json, attempt, token) in rows {
+                let invocation = serde_json::from_str(&inv_json)
+                    .map_err(|e| corrupt(&format!("{queue}/{id}"), format!("`inv`: {e}")))?;
+                out.push(Lease {
+                    key: LeaseKey {
+                        queue: queue.clone(),
+                        id,
+                        token,
+                    },
+                    attempt,
+                    invocation,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn wait_for_work(&self, queues: &[String], timeout: Duration) -> Result<(), BrokerError> {
+        // One BLPOP over every queue's wake key. (On Redis Cluster these would be one BLPOP per
+        // queue: the keys live in different slots.)
+        let mut cmd = redis::cmd("BLPOP");
+        for q in queues {
+            cmd.arg(&self.keys.queue(q).keys[4]);
+        }
+        cmd.arg(timeout.min(MAX_BLOCK).as_secs_f64().max(0.001));
+        let _: Option<(String, String)> = self.blocking(cmd).await?;
+        Ok(())
+    }
+
+    async fn heartbeat(
+        &self,
+        leases: &[LeaseKey],
+        lease: Duration,
+    ) -> Result<Vec<LeaseKey>, BrokerError> {
+        let mut lost = Vec::new();
+        for (queue, group) in group_by_queue(leases) {
+            let mut inv = self.queue_script(&SCRIPTS.heartbeat, queue);
+            inv.arg(lease.as_millis() as u64);
+            for key in &group {
+                inv.arg(&key.id).arg(key.token);
+            }
+            let gone: Vec<String> = self.script(&inv).await?;
+            let gone: HashSet<String> = gone.into_iter().collect();
+            lost.extend(group.into_iter().filter(|k| gone.contains(&k.id)).cloned());
+        }
+        Ok(lost)
+    }
+
+    async fn complete(&self, acks: &[Ack], result_ttl: Duration) -> Result<usize, BrokerError> {
+        let mut by_queue: HashMap<&str, Vec<&Ack>> = HashMap::new();
+        for ack in acks {
+            by_queue.entry(&ack.lease.queue).or_default().push(ack);
+        }
+        let mut stale = 0;
+        for (queue, group) in by_queue {
+            let mut inv = self.queue_script(&SCRIPTS.ack, queue);
+            inv.arg(result_ttl.as_secs().max(1));
+            for ack in group {
+                let (action, delay, error, report) = match &ack.completion {
+                    Completion::Succeeded(report) => ("ok", 0, None, Some(report)),
+                    Completion::Retry {
+                        delay,
+                        error,
+                        report,
+                    } => (
+                        "retry",
+                        delay.as_millis() as u64,
+                        Some(error),
+                        report.as_ref(),
+                    ),
+                    Completion::Dead { error, report } => ("dead", 0, Some(error), report.as_ref()),
+                };
+                inv.arg(&ack.lease.id)
+                    .arg(ack.lease.token)
+                    .arg(action)
+                    .arg(delay)
+                    .arg(json_or_empty(error))
+                    .arg(json_or_empty(report));
+            }
+            let n: usize = self.script(&inv).await?;
+            stale += n;
+        }
+        Ok(stale)
+    }
+
+    async fn release(&self, leases: &[LeaseKey]) -> Result<(), BrokerError> {
+        for (queue, group) in group_by_queue(leases) {
+            let mut inv = self.queue_script(&SCRIPTS.release, queue);
+            for key in group {
+                inv.arg(&key.id).arg(key.token);
+            }
+            let _: usize = self.script(&inv).await?;
+        }
+        Ok(())
+    }
+
+    async fn maintain(&self, queue: &str) -> Result<Maintenance, BrokerError> {
+        let mut inv = self.queue_script(&SCRIPTS.maintain, queue);
+        inv.arg(MAINTAIN_LIMIT);
+        let (promoted, recovered, expired_dead): (u64, u64, u64) = self.script(&inv).await?;
+        Ok(Maintenance {
+            promoted,
+            recovered,
+            expired_dead,
+        })
+    }
+
+    async fn job(&self, queue: Option<&str>, id: &str) -> Result<Option<JobRecord>, BrokerError> {
+        let queues = match queue {
+            Some(q) => vec![q.to_owned()],
+            None => self.queue_names().await?,
+        };
+        for q in queues {
+            if let Some(record) = self.records(&q, &[id.to_owned()]).await?.pop().flatten() {
+                return Ok(Some(record));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn wait_job(
+        &self,
+        queue: &str,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<Option<JobRecord>, BrokerError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut inv = self.queue_script(&SCRIPTS.watch, queue);
+        inv.arg(id);
+        let state: Option<String> = self.script(&inv).await?;
+        let already_final = state
+            .as_deref()
+            .and_then(JobState::parse)
+            .is_none_or(JobState::is_final);
+        if !already_final {
+            let done = self.keys.done(queue, id);
+            loop {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                let mut cmd = redis::cmd("BLPOP");
+                cmd.arg(&done)
+                    .arg(left.min(MAX_BLOCK).as_secs_f64().max(0.001));
+                let popped: Option<(String, String)> = self.blocking(cmd).await?;
+                if popped.is_some() {
+                    break;
+                }
+                // A token can be missed across a reconnect; the record is the truth.
+                let record = self.job(Some(queue), id).await?;
+                if record.as_ref().is_none_or(|r| r.state.is_final()) {
+                    return Ok(record);
+                }
+            }
+        }
+        self.job(Some(queue), id).await
+    }
+
+    async fn queues(&self) -> Result<Vec<QueueCounts>, BrokerError> {
+        let names = self.queue_names().await?;
+        let mut pipe = redis::pipe();
+        for q in &names {
+            let qk = self.keys.queue(q);
+            for key in &qk.keys[..4] {
+                pipe.cmd("ZCARD").arg(key);
+            }
+        }
+        let counts: Vec<u64> = self
+            .retrying(|mut c| {
+                let pipe = pipe.clone();
+                async move { pipe.query_async(&mut c).await }
+            })
+            .await?;
+        Ok(names
+            .into_iter()
+            .zip(counts.chunks(4))
+            .map(|(queue, c)| QueueCounts {
+                queue,
+                ready: c[0],
+                scheduled: c[1],
+                leased: c[2],
+                dead: c[3],
+            })
+            .collect())
+    }
+
+    async fn dead(&self, queue: &str, limit: usize) -> Result<Vec<JobRecord>, BrokerError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let key = self.keys.queue(queue).keys[3].clone();
+        let ids: Vec<String> = self
+            .retrying(|mut c| {
+                let key = key.clone();
+                async move {
+                    redis::cmd("ZREVRANGE")
+                        .arg(key)
+                        .arg(0)
+                        .arg(limit - 1)
+                        .query_async(&mut c)
+                        .await
+                }
+            })
+            .await?;
+        Ok(self
+            .records(queue, &ids)
+            .await?
+            .into_iter()
+            .flatten()
+            .collect())
+    }
+
+    async fn retry_dead(&self, queue: &str, id: &str) -> Result<bool, BrokerError> {
+        let mut inv = self.queue_script(&SCRIPTS.dead_retry, queue);
+        inv.arg(id);
+        let n: u32 = self.script(&inv).await?;
+        Ok(n == 1)
+    }
+
+    async fn delete_dead(&self, queue: &str, id: &str) -> Result<bool, BrokerError> {
+        let mut inv = self.queue_script(&SCRIPTS.dead_delete, queue);
+        inv.arg(id);
+        let n: u32 = self.script(&inv).await?;
+        Ok(n == 1)
+    }
+}
+
+fn parse_module_info(hex: &str, info: &str) -> Result<ModuleInfo, BrokerError> {
+    #[derive(serde::Deserialize)]
+    struct Stored {
+        size: u64,
+        uploaded_at_ms: u64,
+    }
+    let hash: ModuleHash = format!("sha256:{hex}")
+        .parse()
+        .map_err(|e| corrupt(hex, e))?;
+    let stored: Stored = serde_json::from_str(info).map_err(|e| corrupt(hex, e))?;
+    Ok(ModuleInfo {
+        hash,
+        size: stored.size,
+        uploaded_at_ms: stored.uploaded_at_ms,
+    })
+}
+
+fn group_by_queue(leases: &[LeaseKey]) -> Vec<(&str, Vec<&LeaseKey>)> {
+    let mut groups: Vec<(&str, Vec<&LeaseKey>)> = Vec::new();
+    for key in leases {
+        match groups.iter_mut().find(|(q, _)| *q == key.queue) {
+            Some((_, g)) => g.push(key),
+            None => groups.push((&key.queue, vec![key])),
+        }
+    }
+    groups
+}

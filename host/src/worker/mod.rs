@@ -1,0 +1,550 @@
+//! The worker: fetch → run → acknowledge, with heartbeats and a graceful drain.
+//!
+//! One [`Worker`] keeps up to `concurrency` jobs in flight on the tokio runtime. Guests waiting on
+//! I/O hold no thread; a CPU-bound guest yields at every epoch tick, so it cannot starve the others.
+//!
+//! - **Fetch** asks the broker for as many jobs as there are free slots, in one atomic step that
+//!   leases them; with nothing ready it blocks on the broker (no polling).
+//! - **Heartbeats** extend every held lease each `lease / 3`; a lease found lost (it expired and
+//!   the job went to someone else) aborts the local run, whose result would be ignored anyway.
+//! - **Acknowledgements** are batched: whatever finished while the previous batch was in flight goes
+//!   out in one call, each ack atomic on its own.
+//! - **Outcomes**: success stores the report; a retryable failure is retried after
+//!   [`Backoff`] until `max_attempts`, then dead; the guest's `fail` is dead at once.
+//! - **Shutdown**: stop fetching, let running jobs finish within the grace period, abort the rest and
+//!   hand their leases back (the attempt is not counted), then flush the acks.
+//!
+//! What it must not do: touch wasmtime (that is `sandbox`) or Redis (that is `broker`).
+
+mod modules;
+mod sub_jobs;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::task::{AbortHandle, JoinSet};
+use tracing::Instrument as _;
+
+use crate::broker::{Ack, AttemptError, Broker, Completion, Lease, LeaseKey, RunReport, now_ms};
+use crate::invocation::{args_to_bytes, bytes_to_json};
+use crate::sandbox::{JobInfo, RunOutcome, RunRequest, Sandbox};
+pub use crate::scheduler::Backoff;
+pub use modules::ModuleCache;
+pub use sub_jobs::BrokerSubJobs;
+
+/// How a worker runs.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// Queues to take jobs from, in priority order.
+    pub queues: Vec<String>,
+    /// Jobs in flight at once.
+    pub concurrency: usize,
+    /// How long a fetched job stays leased without a heartbeat. 30 s: a killed worker's jobs run
+    /// again within half a minute, and three heartbeats must all be missed first.
+    pub lease: Duration,
+    /// How long running jobs get to finish after a shutdown signal. 25 s, Sidekiq's default: inside
+    /// the 30 s most process managers wait before SIGKILL.
+    pub grace: Duration,
+    /// How long succeeded jobs' records are kept. A day, like Celery's result expiry.
+    pub result_ttl: Duration,
+    /// Retry delays.
+    pub backoff: Backoff,
+    /// Period of the maintenance pass (promote due jobs, recover expired leases). Also the
+    /// resolution of `run_at` and of retry delays.
+    pub maintain_every: Duration,
+    /// The most jobs one fetch takes.
+    pub fetch_batch: usize,
+    /// This worker's name in job records: `host:pid:random`.
+    pub name: String,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            queues: vec![crate::invocation::DEFAULT_QUEUE.to_owned()],
+            concurrency: 16,
+            lease: Duration::from_secs(30),
+            grace: Duration::from_secs(25),
+            result_ttl: Duration::from_secs(24 * 3600),
+            backoff: Backoff::default(),
+            maintain_every: Duration::from_secs(1),
+            // Enough to amortise a round trip over many no-op jobs; small enough that one worker
+            // does not hoard a queue that others could share.
+            fetch_batch: 64,
+            name: default_name(),
+        }
+    }
+}
+
+/// `host:pid:4-hex`, unique enough to tell workers apart in records and logs.
+pub fn default_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned());
+    format!("{host}:{}:{:04x}", std::process::id(), fastrand::u16(..))
+}
+
+/// Counters of what a worker did.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Jobs fetched.
+    pub fetched: AtomicU64,
+    /// Attempts that succeeded.
+    pub succeeded: AtomicU64,
+    /// Attempts that failed and were scheduled again.
+    pub retried: AtomicU64,
+    /// Jobs moved to the dead set.
+    pub dead: AtomicU64,
+    /// Acks ignored because the lease had moved on.
+    pub stale: AtomicU64,
+    /// Jobs handed back at shutdown.
+    pub released: AtomicU64,
+    /// Fuel used by every attempt.
+    pub fuel_used: AtomicU64,
+}
+
+/// A snapshot of [`Counters`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct WorkerStats {
+    /// Jobs fetched.
+    pub fetched: u64,
+    /// Attempts that succeeded.
+    pub succeeded: u64,
+    /// Attempts that failed and were scheduled again.
+    pub retried: u64,
+    /// Jobs moved to the dead set.
+    pub dead: u64,
+    /// Acks ignored because the lease had moved on.
+    pub stale: u64,
+    /// Jobs handed back at shutdown.
+    pub released: u64,
+    /// Fuel used by every attempt.
+    pub fuel_used: u64,
+}
+
+impl Counters {
+    /// The current values.
+    pub fn snapshot(&self) -> WorkerStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        WorkerStats {
+            fetched: get(&self.fetched),
+            succeeded: get(&self.succeeded),
+            retried: get(&self.retried),
+            dead: get(&self.dead),
+            stale: get(&self.stale),
+            released: get(&self.released),
+            fuel_used: get(&self.fuel_used),
+        }
+    }
+}
+
+/// A worker process's job loop.
+pub struct Worker {
+    broker: Arc<dyn Broker>,
+    sandbox: Sandbox,
+    modules: ModuleCache,
+    config: WorkerConfig,
+    counters: Arc<Counters>,
+}
+
+/// A job in flight: how to stop it, and whether its ack is already on its way.
+struct InFlight {
+    abort: Option<AbortHandle>,
+    acking: bool,
+}
+
+type InFlightMap = Arc<Mutex<HashMap<LeaseKey, InFlight>>>;
+
+impl Worker {
+    /// A worker taking jobs from `broker` and running them in `sandbox`.
+    pub fn new(broker: Arc<dyn Broker>, sandbox: Sandbox, config: WorkerConfig) -> Self {
+        Worker {
+            modules: ModuleCache::new(broker.clone(), sandbox.clone()),
+            broker,
+            sandbox,
+            config,
+            counters: Arc::default(),
+        }
+    }
+
+    /// Live counters (for progress displays).
+    pub fn counters(&self) -> Arc<Counters> {
+        self.counters.clone()
+    }
+
+    /// Runs until `shutdown` completes, then drains (see the module docs) and returns the counts.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> WorkerStats {
+        let config = &self.config;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let inflight: InFlightMap = Arc::default();
+        let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
+        let (ack_tx, ack_rx) = mpsc::unbounded_channel::<Ack>();
+
+        let acker = tokio::spawn(ack_loop(
+            self.broker.clone(),
+            ack_rx,
+            inflight.clone(),
+            self.counters.clone(),
+            config.result_ttl,
+        ));
+        let heartbeat = tokio::spawn(heartbeat_loop(
+            self.broker.clone(),
+            inflight.clone(),
+            config.lease,
+            stop_rx.clone(),
+        ));
+        let maintenance = tokio::spawn(crate::scheduler::maintain(
+            self.broker.clone(),
+            config.queues.clone(),
+            config.maintain_every,
+            stop_rx.clone(),
+        ));
+
+        let mut jobs = JoinSet::new();
+        let mut shutdown = std::pin::pin!(shutdown);
+        tracing::info!(worker = %config.name, queues = ?config.queues, concurrency = config.concurrency, "worker started");
+        loop {
+            // Reap finished tasks so the set does not grow.
+            while jobs.try_join_next().is_some() {}
+            let permits = tokio::select! {
+                _ = &mut shutdown => break,
+                p = take_slots(&slots, config.fetch_batch) => p,
+            };
+            let fetched = tokio::select! {
+                _ = &mut shutdown => break,
+                f = self.broker.fetch(&config.queues, permits.len(), config.lease, &config.name) => f,
+            };
+            let leases = match fetched {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, "fetch failed; retrying in 1 s");
+                    tokio::select! {
+                        _ = &mut shutdown => break,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
+            };
+            if leases.is_empty() {
+                drop(permits);
+                tokio::select! {
+                    _ = &mut shutdown => break,
+                    r = self.broker.wait_for_work(&config.queues, config.maintain_every) => {
+                        if let Err(e) = r {
+                            tracing::warn!(error = %e, "waiting for work failed; retrying in 1 s");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                }
+                continue;
+            }
+            self.counters
+                .fetched
+                .fetch_add(leases.len() as u64, Ordering::Relaxed);
+            let mut permits = permits.into_iter();
+            for lease in leases {
+                let permit = permits.next().expect("fetched at most one job per slot");
+                let key = lease.key.clone();
+                inflight.lock().expect("not poisoned").insert(
+                    key.clone(),
+                    InFlight {
+                        abort: None,
+                        acking: false,
+                    },
+                );
+                let task = self.attempt(lease, permit, ack_tx.clone(), inflight.clone());
+                let handle = jobs.spawn(task);
+                if let Some(entry) = inflight.lock().expect("not poisoned").get_mut(&key) {
+                    entry.abort = Some(handle);
+                }
+            }
+        }
+
+        // Drain: no more fetches; running jobs get the grace period.
+        tracing::info!(worker = %config.name, running = jobs.len(), grace = ?config.grace, "shutting down: draining");
+        let drained = tokio::time::timeout(config.grace, async {
+            while jobs.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            jobs.abort_all();
+            while jobs.join_next().await.is_some() {}
+            let unfinished: Vec<LeaseKey> = inflight
+                .lock()
+                .expect("not poisoned")
+                .iter()
+                .filter(|(_, f)| !f.acking)
+                .map(|(k, _)| k.clone())
+                .collect();
+            tracing::warn!(
+                count = unfinished.len(),
+                "grace period over: handing jobs back"
+            );
+            match self.broker.release(&unfinished).await {
+                Ok(()) => {
+                    self.counters
+                        .released
+                        .fetch_add(unfinished.len() as u64, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "could not hand jobs back; their leases will expire and they will run again")
+                }
+            }
+        }
+        drop(ack_tx);
+        let _ = acker.await;
+        let _ = stop_tx.send(true);
+        let _ = heartbeat.await;
+        let _ = maintenance.await;
+        let stats = self.counters.snapshot();
+        tracing::info!(worker = %config.name, ?stats, "worker stopped");
+        stats
+    }
+
+    /// One attempt of one job, as a task: run it, decide what happens next, queue the ack.
+    fn attempt(
+        &self,
+        lease: Lease,
+        permit: OwnedSemaphorePermit,
+        acks: mpsc::UnboundedSender<Ack>,
+        inflight: InFlightMap,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let modules = self.modules.clone();
+        let sandbox = self.sandbox.clone();
+        let broker = self.broker.clone();
+        let config = self.config.clone();
+        let counters = self.counters.clone();
+        let span = tracing::info_span!("job", id = %lease.key.id, queue = %lease.key.queue, module = %lease.invocation.module, attempt = lease.attempt);
+        async move {
+            let inv = &lease.invocation;
+            let info = JobInfo {
+                id: lease.key.id.clone(),
+                queue: lease.key.queue.clone(),
+                attempt: lease.attempt,
+                max_attempts: inv.max_attempts,
+            };
+            let completion = match prepare(&modules, &sandbox, &lease).await {
+                Err(error) => {
+                    tracing::warn!(kind = %error.kind, error = %error.message, "job could not start");
+                    decide(&config, &lease, error, None, error_is_permanent)
+                }
+                Ok((module, args)) => {
+                    let sub_jobs = Arc::new(BrokerSubJobs::new(broker, sandbox.ceilings()));
+                    let request = RunRequest {
+                        info,
+                        args,
+                        limits: inv.limits(),
+                        sub_jobs: sub_jobs.clone(),
+                    };
+                    let outcome = sandbox.run(&module, request).await;
+                    counters
+                        .fuel_used
+                        .fetch_add(outcome.fuel_used, Ordering::Relaxed);
+                    let report = report(&config.name, lease.attempt, &outcome, sub_jobs.ids());
+                    match outcome.result {
+                        Ok(_) => Completion::Succeeded(report),
+                        Err(failure) => {
+                            let error = AttemptError {
+                                attempt: lease.attempt,
+                                kind: failure.kind().to_owned(),
+                                message: failure.to_string(),
+                                at_ms: now_ms(),
+                            };
+                            tracing::info!(kind = %error.kind, error = %error.message, "attempt failed");
+                            let retryable = failure.is_retryable();
+                            decide(&config, &lease, error, Some(report), |_| !retryable)
+                        }
+                    }
+                }
+            };
+            drop(permit);
+            if let Some(entry) = inflight.lock().expect("not poisoned").get_mut(&lease.key) {
+                entry.acking = true;
+            }
+            // The acker outlives every job task: a send cannot fail while jobs run.
+            let _ = acks.send(Ack {
+                lease: lease.key,
+                completion,
+            });
+        }
+        .instrument(span)
+    }
+}
+
+/// Fetches (once per process) and compiles the module, checks limits and decodes the arguments.
+async fn prepare(
+    modules: &ModuleCache,
+    sandbox: &Sandbox,
+    lease: &Lease,
+) -> Result<(crate::sandbox::JobModule, Vec<u8>), AttemptError> {
+    let inv = &lease.invocation;
+    let error = |kind: &str, message: String| AttemptError {
+        attempt: lease.attempt,
+        kind: kind.to_owned(),
+        message,
+        at_ms: now_ms(),
+    };
+    // The enqueuer checked its own ceilings; this worker's operator may allow less.
+    inv.limits()
+        .check(sandbox.ceilings())
+        .map_err(|e| error("limits", format!("refused by this worker: {e}")))?;
+    let args = args_to_bytes(&inv.args).map_err(|e| error("args", e.to_string()))?;
+    let module = modules.get(inv.module).await.map_err(|e| {
+        error(
+            if e.permanent {
+                "module"
+            } else {
+                "module_unavailable"
+            },
+            e.message,
+        )
+    })?;
+    Ok((module, args))
+}
+
+fn error_is_permanent(error: &AttemptError) -> bool {
+    matches!(error.kind.as_str(), "limits" | "args" | "module")
+}
+
+/// Retry with backoff while attempts remain and the failure is retryable; otherwise dead.
+fn decide(
+    config: &WorkerConfig,
+    lease: &Lease,
+    error: AttemptError,
+    report: Option<RunReport>,
+    permanent: impl Fn(&AttemptError) -> bool,
+) -> Completion {
+    if !permanent(&error) && lease.attempt < lease.invocation.max_attempts {
+        Completion::Retry {
+            delay: config.backoff.delay(lease.attempt),
+            error,
+            report,
+        }
+    } else {
+        Completion::Dead { error, report }
+    }
+}
+
+fn report(worker: &str, attempt: u32, outcome: &RunOutcome, sub_jobs: Vec<String>) -> RunReport {
+    RunReport {
+        attempt,
+        worker: worker.to_owned(),
+        result: outcome.result.as_ref().ok().map(|b| bytes_to_json(b)),
+        stdout: outcome.stdout.clone(),
+        stderr: outcome.stderr.clone(),
+        logs: outcome.logs.clone(),
+        logs_dropped: outcome.logs_dropped,
+        progress: outcome.progress.clone(),
+        fuel_used: outcome.fuel_used,
+        wall_ms: outcome.wall_time.as_secs_f64() * 1e3,
+        sub_jobs,
+    }
+}
+
+/// Waits for one free slot, then takes as many more as are free, up to `max`.
+async fn take_slots(slots: &Arc<Semaphore>, max: usize) -> Vec<OwnedSemaphorePermit> {
+    let first = slots
+        .clone()
+        .acquire_owned()
+        .await
+        .expect("the semaphore is never closed");
+    let mut permits = vec![first];
+    while permits.len() < max.max(1) {
+        match slots.clone().try_acquire_owned() {
+            Ok(p) => permits.push(p),
+            Err(_) => break,
+        }
+    }
+    permits
+}
+
+/// Sends acks in batches: everything that finished while the previous batch was in flight.
+async fn ack_loop(
+    broker: Arc<dyn Broker>,
+    mut rx: mpsc::UnboundedReceiver<Ack>,
+    inflight: InFlightMap,
+    counters: Arc<Counters>,
+    result_ttl: Duration,
+) {
+    // An ack batch this large holds Redis for about a millisecond.
+    const MAX_BATCH: usize = 256;
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let mut pause = Duration::from_millis(50);
+        loop {
+            match broker.complete(&batch, result_ttl).await {
+                Ok(stale) => {
+                    counters.stale.fetch_add(stale as u64, Ordering::Relaxed);
+                    if stale > 0 {
+                        tracing::warn!(
+                            stale,
+                            "acks ignored: those leases had expired and moved on"
+                        );
+                    }
+                    break;
+                }
+                Err(e) => {
+                    // Keep trying: giving up would make the lease expire and the job run again.
+                    tracing::warn!(error = %e, jobs = batch.len(), "ack failed; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+        let mut map = inflight.lock().expect("not poisoned");
+        for ack in batch.drain(..) {
+            map.remove(&ack.lease);
+            let counter = match ack.completion {
+                Completion::Succeeded(_) => &counters.succeeded,
+                Completion::Retry { .. } => &counters.retried,
+                Completion::Dead { .. } => &counters.dead,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Extends every held lease each `lease / 3`: two heartbeats may be lost before a lease expires.
+async fn heartbeat_loop(
+    broker: Arc<dyn Broker>,
+    inflight: InFlightMap,
+    lease: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let period = lease / 3;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let held: Vec<LeaseKey> = inflight
+            .lock()
+            .expect("not poisoned")
+            .keys()
+            .cloned()
+            .collect();
+        if held.is_empty() {
+            continue;
+        }
+        match broker.heartbeat(&held, lease).await {
+            Ok(lost) => {
+                let mut map = inflight.lock().expect("not poisoned");
+                for key in lost {
+                    // A job whose ack is on its way is left to it: the ack will be counted stale.
+                    if map.get(&key).is_some_and(|f| !f.acking) {
+                        tracing::warn!(id = %key.id, queue = %key.queue, "lease lost; abandoning the run");
+                        if let Some(handle) = map.remove(&key).and_then(|f| f.abort) {
+                            handle.abort();
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+        }
+    }
+}

@@ -1,0 +1,487 @@
+//! The broker's behaviour, tested the same way against the in-memory broker and a real Redis (each
+//! Redis test starts its own `redis-server`).
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::redis::RedisServer;
+use serde_json::json;
+use wasmq::broker::memory::MemoryBroker;
+use wasmq::broker::redis::RedisBroker;
+use wasmq::broker::{
+    Ack, AttemptError, Broker, Completion, Enqueued, JobState, Lease, RunReport, enqueue_checked,
+};
+use wasmq::invocation::{Invocation, NewJob};
+use wasmq::modules::ModuleHash;
+use wasmq::sandbox::Limits;
+
+/// A broker under test, plus the Redis server behind it (kept alive for the test).
+struct Backend {
+    broker: Arc<dyn Broker>,
+    _redis: Option<RedisServer>,
+}
+
+async fn memory() -> Backend {
+    Backend {
+        broker: Arc::new(MemoryBroker::new()),
+        _redis: None,
+    }
+}
+
+async fn redis() -> Backend {
+    let server = RedisServer::start();
+    let broker = RedisBroker::connect(&server.url()).await.unwrap();
+    Backend {
+        broker: Arc::new(broker),
+        _redis: Some(server),
+    }
+}
+
+const LEASE: Duration = Duration::from_secs(30);
+const TTL: Duration = Duration::from_secs(3600);
+
+fn module() -> ModuleHash {
+    ModuleHash::of(b"not really a component: the broker does not look")
+}
+
+fn job(id: &str, f: impl FnOnce(&mut Invocation)) -> NewJob {
+    let mut inv = Invocation::new(module());
+    inv.id = Some(id.to_owned());
+    inv.args = json!({ "id": id });
+    f(&mut inv);
+    inv.prepare(&Limits::default_ceilings()).unwrap()
+}
+
+async fn put(b: &dyn Broker, jobs: &[NewJob]) -> Vec<Enqueued> {
+    b.put_module(module(), b"x").await.unwrap();
+    enqueue_checked(b, jobs).await.unwrap()
+}
+
+async fn fetch(b: &dyn Broker, max: usize) -> Vec<Lease> {
+    b.fetch(&["default".to_owned()], max, LEASE, "w1")
+        .await
+        .unwrap()
+}
+
+fn ids(leases: &[Lease]) -> Vec<&str> {
+    leases.iter().map(|l| l.key.id.as_str()).collect()
+}
+
+fn ok(lease: &Lease) -> Ack {
+    Ack {
+        lease: lease.key.clone(),
+        completion: Completion::Succeeded(RunReport {
+            attempt: lease.attempt,
+            worker: "w1".into(),
+            result: Some(json!({"done": lease.key.id})),
+            fuel_used: 42,
+            ..RunReport::default()
+        }),
+    }
+}
+
+fn error(lease: &Lease, kind: &str) -> AttemptError {
+    AttemptError {
+        attempt: lease.attempt,
+        kind: kind.into(),
+        message: format!("{kind} on attempt {}", lease.attempt),
+        at_ms: 1,
+    }
+}
+
+async fn state(b: &dyn Broker, id: &str) -> Option<JobState> {
+    b.job(None, id).await.unwrap().map(|r| r.state)
+}
+
+async fn modules_are_stored_once(b: Backend) {
+    let b = b.broker.as_ref();
+    assert!(!b.has_module(module()).await.unwrap());
+    let first = b.put_module(module(), b"bytes").await.unwrap();
+    assert_eq!(first.size, 5);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let again = b.put_module(module(), b"bytes").await.unwrap();
+    assert_eq!(again, first, "re-upload keeps the first upload");
+    assert!(b.has_module(module()).await.unwrap());
+    assert_eq!(b.module(module()).await.unwrap().unwrap(), b"bytes");
+    assert_eq!(b.modules().await.unwrap(), vec![first]);
+    let other = ModuleHash::of(b"other");
+    assert_eq!(b.module(other).await.unwrap(), None);
+}
+
+async fn unknown_modules_are_refused(b: Backend) {
+    let err = enqueue_checked(b.broker.as_ref(), &[job("a", |_| {})])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("was never uploaded"), "{err}");
+    assert!(b.broker.job(None, "a").await.unwrap().is_none());
+}
+
+async fn a_job_runs_once_and_keeps_its_result(b: Backend) {
+    let b = b.broker.as_ref();
+    assert_eq!(put(b, &[job("a", |_| {})]).await, vec![Enqueued::Created]);
+    assert_eq!(state(b, "a").await, Some(JobState::Ready));
+    let leases = fetch(b, 10).await;
+    assert_eq!(ids(&leases), ["a"]);
+    assert_eq!(leases[0].attempt, 1);
+    assert_eq!(leases[0].invocation.args, json!({"id": "a"}));
+    assert!(
+        fetch(b, 10).await.is_empty(),
+        "a leased job is not fetched twice"
+    );
+    assert_eq!(state(b, "a").await, Some(JobState::Leased));
+    assert_eq!(b.complete(&[ok(&leases[0])], TTL).await.unwrap(), 0);
+    let record = b.job(Some("default"), "a").await.unwrap().unwrap();
+    assert_eq!(record.state, JobState::Succeeded);
+    assert_eq!(record.attempts, 1);
+    assert_eq!(record.worker.as_deref(), Some("w1"));
+    let report = record.report.unwrap();
+    assert_eq!(report.result, Some(json!({"done": "a"})));
+    assert_eq!(report.fuel_used, 42);
+    assert!(record.finished_at_ms.unwrap() >= record.enqueued_at_ms);
+    // A second ack of the same lease is stale and changes nothing.
+    assert_eq!(b.complete(&[ok(&leases[0])], TTL).await.unwrap(), 1);
+}
+
+async fn enqueue_is_idempotent_by_id(b: Backend) {
+    let b = b.broker.as_ref();
+    let jobs = [job("same", |_| {}), job("same", |i| i.args = json!(2))];
+    assert_eq!(
+        put(b, &jobs).await,
+        vec![Enqueued::Created, Enqueued::Existed]
+    );
+    assert_eq!(put(b, &jobs[..1]).await, vec![Enqueued::Existed]);
+    let leases = fetch(b, 10).await;
+    assert_eq!(ids(&leases), ["same"]);
+    assert_eq!(
+        leases[0].invocation.args,
+        json!({"id": "same"}),
+        "first wins"
+    );
+    b.complete(&[ok(&leases[0])], TTL).await.unwrap();
+    assert_eq!(
+        put(b, &jobs[..1]).await,
+        vec![Enqueued::Existed],
+        "while the result is kept"
+    );
+}
+
+async fn priority_then_fifo(b: Backend) {
+    let b = b.broker.as_ref();
+    put(
+        b,
+        &[
+            job("low", |i| i.priority = -5),
+            job("first", |_| {}),
+            job("urgent", |i| i.priority = 100),
+            job("second", |_| {}),
+            job("high", |i| i.priority = 3),
+        ],
+    )
+    .await;
+    let order: Vec<String> = fetch(b, 10).await.into_iter().map(|l| l.key.id).collect();
+    assert_eq!(order, ["urgent", "high", "first", "second", "low"]);
+}
+
+async fn queues_are_separate_and_counted(b: Backend) {
+    let b = b.broker.as_ref();
+    put(
+        b,
+        &[
+            job("m1", |i| i.queue = "mail".into()),
+            job("m2", |i| i.queue = "mail".into()),
+            job("d1", |_| {}),
+            job("later", |i| i.run_at = Some("2999-01-01T00:00:00Z".into())),
+        ],
+    )
+    .await;
+    let mail = b.fetch(&["mail".to_owned()], 1, LEASE, "w1").await.unwrap();
+    assert_eq!(ids(&mail), ["m1"]);
+    let counts = b.queues().await.unwrap();
+    let by_name = |q: &str| counts.iter().find(|c| c.queue == q).unwrap().clone();
+    let m = by_name("mail");
+    assert_eq!((m.ready, m.scheduled, m.leased, m.dead), (1, 0, 1, 0));
+    let d = by_name("default");
+    assert_eq!((d.ready, d.scheduled, d.leased, d.dead), (1, 1, 0, 0));
+    // Earlier queues first.
+    let both = b
+        .fetch(&["default".to_owned(), "mail".to_owned()], 5, LEASE, "w1")
+        .await
+        .unwrap();
+    assert_eq!(ids(&both), ["d1", "m2"]);
+}
+
+async fn delayed_jobs_wait_for_their_time(b: Backend) {
+    let b = b.broker.as_ref();
+    let at = wasmq::invocation::format_time(wasmq::broker::now_ms() + 400);
+    put(b, &[job("later", |i| i.run_at = Some(at))]).await;
+    assert_eq!(state(b, "later").await, Some(JobState::Scheduled));
+    b.maintain("default").await.unwrap();
+    assert!(fetch(b, 1).await.is_empty(), "not before its time");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(b.maintain("default").await.unwrap().promoted, 1);
+    assert_eq!(ids(&fetch(b, 1).await), ["later"]);
+}
+
+async fn retries_back_off_then_die(b: Backend) {
+    let b = b.broker.as_ref();
+    put(b, &[job("r", |i| i.max_attempts = 2)]).await;
+    let first = fetch(b, 1).await.remove(0);
+    let retry = Ack {
+        lease: first.key.clone(),
+        completion: Completion::Retry {
+            delay: Duration::from_millis(150),
+            error: error(&first, "trap"),
+            report: None,
+        },
+    };
+    b.complete(&[retry], TTL).await.unwrap();
+    let record = b.job(None, "r").await.unwrap().unwrap();
+    assert_eq!(record.state, JobState::Scheduled);
+    assert_eq!(record.last_error.unwrap().kind, "trap");
+    b.maintain("default").await.unwrap();
+    assert!(fetch(b, 1).await.is_empty(), "backing off");
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    b.maintain("default").await.unwrap();
+    let second = fetch(b, 1).await.remove(0);
+    assert_eq!(second.attempt, 2);
+    // The first attempt's lease is gone: its late ack is ignored.
+    assert_eq!(b.complete(&[ok(&first)], TTL).await.unwrap(), 1);
+    let dead = Ack {
+        lease: second.key.clone(),
+        completion: Completion::Dead {
+            error: error(&second, "out_of_fuel"),
+            report: None,
+        },
+    };
+    b.complete(&[dead], TTL).await.unwrap();
+    let record = b.job(None, "r").await.unwrap().unwrap();
+    assert_eq!(record.state, JobState::Dead);
+    assert_eq!(record.attempts, 2);
+    assert_eq!(
+        record.last_error.unwrap().message,
+        "out_of_fuel on attempt 2"
+    );
+}
+
+async fn expired_leases_are_recovered(b: Backend) {
+    let b = b.broker.as_ref();
+    put(b, &[job("a", |i| i.max_attempts = 2)]).await;
+    let short = Duration::from_millis(100);
+    let q = ["default".to_owned()];
+    let first = b.fetch(&q, 1, short, "doomed").await.unwrap().remove(0);
+    b.maintain("default").await.unwrap();
+    assert_eq!(
+        state(b, "a").await,
+        Some(JobState::Leased),
+        "not yet expired"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(b.maintain("default").await.unwrap().recovered, 1);
+    let record = b.job(None, "a").await.unwrap().unwrap();
+    assert_eq!(record.state, JobState::Ready);
+    let err = record.last_error.unwrap();
+    assert_eq!(err.kind, "lease_expired");
+    assert!(err.message.contains("`doomed`"), "{}", err.message);
+    let second = b.fetch(&q, 1, short, "w2").await.unwrap().remove(0);
+    assert_eq!(second.attempt, 2);
+    assert_eq!(
+        b.heartbeat(std::slice::from_ref(&first.key), LEASE)
+            .await
+            .unwrap(),
+        vec![first.key.clone()],
+        "the old holder learns it lost the lease"
+    );
+    assert_eq!(b.complete(&[ok(&first)], TTL).await.unwrap(), 1);
+    // On the last attempt an expired lease is the end.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(b.maintain("default").await.unwrap().expired_dead, 1);
+    let record = b.job(None, "a").await.unwrap().unwrap();
+    assert_eq!(record.state, JobState::Dead);
+    assert_eq!(b.dead("default", 10).await.unwrap()[0].id, "a");
+}
+
+async fn heartbeats_keep_leases(b: Backend) {
+    let b = b.broker.as_ref();
+    put(b, &[job("a", |_| {})]).await;
+    let q = ["default".to_owned()];
+    let lease = b
+        .fetch(&q, 1, Duration::from_millis(300), "w1")
+        .await
+        .unwrap()
+        .remove(0);
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let lost = b
+            .heartbeat(std::slice::from_ref(&lease.key), Duration::from_millis(300))
+            .await
+            .unwrap();
+        assert!(lost.is_empty());
+        assert_eq!(b.maintain("default").await.unwrap().recovered, 0);
+    }
+    assert_eq!(b.complete(&[ok(&lease)], TTL).await.unwrap(), 0);
+}
+
+async fn released_jobs_go_to_the_front_uncounted(b: Backend) {
+    let b = b.broker.as_ref();
+    put(b, &[job("a", |_| {}), job("b", |_| {})]).await;
+    let a = fetch(b, 1).await.remove(0);
+    b.release(std::slice::from_ref(&a.key)).await.unwrap();
+    let again = fetch(b, 1).await.remove(0);
+    assert_eq!(again.key.id, "a", "handed back to the front");
+    assert_eq!(again.attempt, 1, "a handed-back attempt does not count");
+}
+
+async fn dead_jobs_can_be_retried_or_deleted(b: Backend) {
+    let b = b.broker.as_ref();
+    put(
+        b,
+        &[
+            job("x", |i| i.max_attempts = 1),
+            job("y", |i| i.max_attempts = 1),
+        ],
+    )
+    .await;
+    for lease in fetch(b, 2).await {
+        let ack = Ack {
+            completion: Completion::Dead {
+                error: error(&lease, "fail"),
+                report: None,
+            },
+            lease: lease.key,
+        };
+        b.complete(&[ack], TTL).await.unwrap();
+    }
+    let dead: Vec<String> = b
+        .dead("default", 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(dead.len(), 2);
+    assert!(b.retry_dead("default", "x").await.unwrap());
+    assert!(
+        !b.retry_dead("default", "x").await.unwrap(),
+        "no longer dead"
+    );
+    let again = fetch(b, 1).await.remove(0);
+    assert_eq!((again.key.id.as_str(), again.attempt), ("x", 1));
+    assert!(b.delete_dead("default", "y").await.unwrap());
+    assert!(b.job(None, "y").await.unwrap().is_none());
+    assert!(!b.delete_dead("default", "y").await.unwrap());
+    assert!(b.dead("default", 10).await.unwrap().is_empty());
+}
+
+async fn waiters_wake_when_a_job_ends(b: Backend) {
+    let broker = b.broker.clone();
+    put(broker.as_ref(), &[job("a", |_| {})]).await;
+    let waiter = tokio::spawn({
+        let broker = broker.clone();
+        async move {
+            let start = Instant::now();
+            let r = broker
+                .wait_job("default", "a", Duration::from_secs(20))
+                .await
+                .unwrap();
+            (r.unwrap().state, start.elapsed())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let lease = fetch(broker.as_ref(), 1).await.remove(0);
+    broker.complete(&[ok(&lease)], TTL).await.unwrap();
+    let (state, waited) = waiter.await.unwrap();
+    assert_eq!(state, JobState::Succeeded);
+    assert!(
+        waited < Duration::from_secs(10),
+        "woken, not timed out: {waited:?}"
+    );
+    // Waiting on a job that is not final returns it as it is at the timeout.
+    put(broker.as_ref(), &[job("b", |_| {})]).await;
+    let r = broker
+        .wait_job("default", "b", Duration::from_millis(100))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.state, JobState::Ready);
+    assert!(
+        broker
+            .wait_job("default", "nope", Duration::from_millis(100))
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+async fn blocked_fetchers_wake_on_enqueue(b: Backend) {
+    let broker = b.broker.clone();
+    broker.put_module(module(), b"x").await.unwrap();
+    let q = vec!["default".to_owned()];
+    let waiter = tokio::spawn({
+        let broker = broker.clone();
+        async move {
+            let start = Instant::now();
+            broker
+                .wait_for_work(&q, Duration::from_secs(4))
+                .await
+                .unwrap();
+            start.elapsed()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    put(broker.as_ref(), &[job("a", |_| {})]).await;
+    let waited = waiter.await.unwrap();
+    assert!(
+        waited < Duration::from_secs(3),
+        "woken by the enqueue: {waited:?}"
+    );
+}
+
+async fn results_expire(b: Backend) {
+    let b = b.broker.as_ref();
+    put(b, &[job("a", |_| {})]).await;
+    let lease = fetch(b, 1).await.remove(0);
+    b.complete(&[ok(&lease)], Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(state(b, "a").await, Some(JobState::Succeeded));
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(state(b, "a").await, None);
+    assert_eq!(
+        put(b, &[job("a", |_| {})]).await,
+        vec![Enqueued::Created],
+        "the id is free again once the result expired"
+    );
+}
+
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        mod on_memory {
+            use super::*;
+            $( #[tokio::test] async fn $name() { super::$name(memory().await).await } )*
+        }
+        mod on_redis {
+            use super::*;
+            $( #[tokio::test] async fn $name() { super::$name(redis().await).await } )*
+        }
+    };
+}
+
+suite!(
+    modules_are_stored_once,
+    unknown_modules_are_refused,
+    a_job_runs_once_and_keeps_its_result,
+    enqueue_is_idempotent_by_id,
+    priority_then_fifo,
+    queues_are_separate_and_counted,
+    delayed_jobs_wait_for_their_time,
+    retries_back_off_then_die,
+    expired_leases_are_recovered,
+    heartbeats_keep_leases,
+    released_jobs_go_to_the_front_uncounted,
+    dead_jobs_can_be_retried_or_deleted,
+    waiters_wake_when_a_job_ends,
+    blocked_fetchers_wake_on_enqueue,
+    results_expire,
+);
