@@ -178,7 +178,7 @@ pub struct Ack {
 }
 
 /// Everything the broker knows about one job.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct JobRecord {
     /// The job id.
     pub id: String,

@@ -29,6 +29,8 @@ pub(crate) struct BenchArgs {
 enum BenchWhat {
     /// Compile, cache-load and per-run figures for the sample jobs.
     Sandbox(SandboxBench),
+    /// Enqueue and processing throughput and end-to-end latency through Redis.
+    Queue(super::bench_queue::QueueBench),
 }
 
 #[derive(Debug, Args)]
@@ -46,8 +48,15 @@ struct SandboxBench {
     markdown_kib: usize,
 }
 
-pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
-    let BenchWhat::Sandbox(args) = args.what;
+pub(crate) async fn run(
+    args: BenchArgs,
+    redis: super::queue::RedisArgs,
+    cache_dir: Option<std::path::PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let args = match args.what {
+        BenchWhat::Sandbox(args) => args,
+        BenchWhat::Queue(args) => return super::bench_queue::run(args, redis, cache_dir).await,
+    };
     if cfg!(debug_assertions) {
         println!(
             "warning: this is a debug build of wasmq; run `cargo run --release -p wasmq -- bench sandbox`"
@@ -187,7 +196,7 @@ async fn run_ok(
 }
 
 /// Prints median, p99 and min of `samples`; returns the median.
-fn report(name: &str, samples: &mut [Duration]) -> Duration {
+pub(crate) fn report(name: &str, samples: &mut [Duration]) -> Duration {
     samples.sort();
     let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
     let us = |d: Duration| d.as_secs_f64() * 1e6;

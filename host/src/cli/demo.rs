@@ -1,24 +1,32 @@
-//! `wasmq demo`: runs the sample jobs — real work, and the `chaos` job hitting each limit — and
-//! prints what happened in a table.
+//! `wasmq demo`: the whole system in one process — the sample jobs uploaded to the embedded
+//! in-memory broker, a batch enqueued (real work, a fan-out, `chaos` jobs that hit each limit and
+//! retry), one worker running them with a progress bar, then a summary table.
 
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 
 use super::JobsDir;
 use super::report::group;
-use super::run::local_id;
-use crate::invocation::{args_to_bytes, bytes_to_json};
-use crate::sandbox::{JobInfo, Limits, NoSubJobs, RunRequest, Sandbox};
+use crate::broker::memory::MemoryBroker;
+use crate::broker::{Broker, JobRecord, JobState, enqueue_checked};
+use crate::invocation::{Invocation, NewJob};
+use crate::modules::ModuleHash;
+use crate::sandbox::{Limits, Sandbox};
+use crate::worker::{Backoff, Worker, WorkerConfig};
 
 /// Flags of `wasmq demo`.
 #[derive(Debug, Args)]
 pub(crate) struct DemoArgs {
     #[command(flatten)]
     jobs: JobsDir,
+    /// Jobs in flight in the worker.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
 }
 
 const MESSY_CSV: &str = "\
@@ -30,153 +38,292 @@ ada lovelace,ada@example.com,London
 Ada Lovelace,Ada@EXAMPLE.com,London
 ";
 
-const DOC: &str = "# wasmq\n\nJobs are **components**.\n\n## Limits\n\n| limit | enforced by |\n|---|---|\n| fuel | wasmtime |\n| memory | limiter |\n\n- [x] sandbox\n- [ ] queue\n";
+const DOC: &str = "# wasmq\n\nJobs are **components**.\n\n## Limits\n\n| limit | enforced by |\n|---|---|\n| fuel | wasmtime |\n| memory | limiter |\n\n- [x] sandbox\n- [x] queue\n";
+
+/// Sub-jobs the fan-out case enqueues.
+const FANOUT: u32 = 5;
+
+const JOBS: [&str; 5] = ["hello", "csv-clean", "markdown", "fanout", "chaos"];
 
 struct Case {
     job: &'static str,
     what: &'static str,
-    /// The outcome the case must end with: `succeeded` or a failure kind.
-    expect: &'static str,
+    /// How the job must end: `succeeded`, or `dead` with this failure kind.
+    expect: (JobState, Option<&'static str>),
     args: Value,
-    limits: Limits,
+    /// Changes to the default invocation (limits, attempts).
+    tweak: fn(&mut Invocation),
 }
 
-fn cases() -> Vec<Case> {
-    let d = Limits::default();
+const OK: (JobState, Option<&str>) = (JobState::Succeeded, None);
+
+fn dead(kind: &'static str) -> (JobState, Option<&'static str>) {
+    (JobState::Dead, Some(kind))
+}
+
+fn cases(hello: ModuleHash) -> Vec<Case> {
     vec![
         Case {
             job: "hello",
             what: "greet",
-            expect: "succeeded",
+            expect: OK,
             args: json!({"name": "wasmq"}),
-            limits: d,
+            tweak: |_| {},
         },
         Case {
             job: "csv-clean",
             what: "clean 5 messy rows",
-            expect: "succeeded",
+            expect: OK,
             args: json!({"csv": MESSY_CSV, "key": ["email"]}),
-            limits: d,
+            tweak: |_| {},
         },
         Case {
             job: "markdown",
             what: "render a page",
-            expect: "succeeded",
+            expect: OK,
             args: json!({"markdown": DOC}),
-            limits: d,
+            tweak: |_| {},
+        },
+        Case {
+            job: "fanout",
+            what: "fan out 5 hello sub-jobs",
+            expect: OK,
+            args: json!({"module": hello, "count": FANOUT, "args": {"name": "sub-job"}}),
+            tweak: |_| {},
+        },
+        Case {
+            job: "chaos",
+            what: "fail twice, then succeed",
+            expect: OK,
+            args: json!({"mode": "flaky", "failures": 2}),
+            tweak: |_| {},
+        },
+        Case {
+            job: "chaos",
+            what: "print 4 MiB, 64 KiB kept",
+            expect: OK,
+            args: json!({"mode": "print", "bytes": 4 << 20}),
+            tweak: |_| {},
         },
         Case {
             job: "chaos",
             what: "spin forever, 50M fuel",
-            expect: "out_of_fuel",
+            expect: dead("out_of_fuel"),
             args: json!({"mode": "spin"}),
-            limits: Limits {
-                fuel: 50_000_000,
-                ..d
+            tweak: |i| {
+                i.fuel = 50_000_000;
+                i.max_attempts = 2
             },
         },
         Case {
             job: "chaos",
             what: "allocate forever, 32 MiB cap",
-            expect: "memory_limit",
+            expect: dead("memory_limit"),
             args: json!({"mode": "alloc"}),
-            limits: Limits {
-                memory_bytes: 32 << 20,
-                ..d
+            tweak: |i| {
+                i.memory_mb = 32;
+                i.max_attempts = 2
             },
         },
         Case {
             job: "chaos",
             what: "sleep 10 s, 300 ms deadline",
-            expect: "timeout",
+            expect: dead("timeout"),
             args: json!({"mode": "sleep", "ms": 10_000}),
-            limits: Limits {
-                timeout: Duration::from_millis(300),
-                ..d
+            tweak: |i| {
+                i.timeout_ms = 300;
+                i.max_attempts = 2
             },
         },
         Case {
             job: "chaos",
             what: "recurse forever",
-            expect: "stack_overflow",
+            expect: dead("stack_overflow"),
             args: json!({"mode": "recurse"}),
-            limits: d,
-        },
-        Case {
-            job: "chaos",
-            what: "print 4 MiB, 64 KiB kept",
-            expect: "succeeded",
-            args: json!({"mode": "print", "bytes": 4 << 20}),
-            limits: d,
+            tweak: |i| i.max_attempts = 1,
         },
         Case {
             job: "chaos",
             what: "panic",
-            expect: "trap",
+            expect: dead("trap"),
             args: json!({"mode": "panic", "message": "disk on fire"}),
-            limits: d,
+            tweak: |i| i.max_attempts = 2,
         },
         Case {
             job: "chaos",
             what: "give up for good",
-            expect: "fail",
+            expect: dead("fail"),
             args: json!({"mode": "fail", "message": "invoice already paid"}),
-            limits: d,
+            tweak: |_| {},
         },
     ]
 }
 
 pub(crate) async fn run(sandbox: Sandbox, args: DemoArgs) -> anyhow::Result<ExitCode> {
+    let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new());
+
+    // 1. Upload: validate each sample job and store it under its hash.
+    let mut hashes = std::collections::HashMap::new();
+    for name in JOBS {
+        let bytes = args.jobs.read(name)?;
+        let module = sandbox.load_async(bytes.clone()).await?;
+        broker.put_module(module.hash(), &bytes).await?;
+        println!(
+            "uploaded {name:<10} {} ({} bytes)",
+            module.hash(),
+            group(bytes.len() as u64)
+        );
+        hashes.insert(name, module.hash());
+    }
+
+    // 2. Enqueue the batch.
+    let cases = cases(hashes["hello"]);
+    let jobs = cases
+        .iter()
+        .enumerate()
+        .map(|(n, case)| {
+            let mut inv = Invocation::new(hashes[case.job]);
+            inv.id = Some(format!("demo-{:02}-{}", n + 1, case.job));
+            inv.queue = "demo".into();
+            inv.args = case.args.clone();
+            (case.tweak)(&mut inv);
+            inv.prepare(&Limits::default_ceilings())
+        })
+        .collect::<Result<Vec<NewJob>, _>>()?;
+    enqueue_checked(broker.as_ref(), &jobs).await?;
+    println!("enqueued {} jobs on queue `demo`\n", jobs.len());
+
+    // 3. One worker; short backoff so the retries happen while you watch.
+    let config = WorkerConfig {
+        queues: vec!["demo".into()],
+        concurrency: args.concurrency,
+        backoff: Backoff {
+            base: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+        },
+        maintain_every: Duration::from_millis(50),
+        ..WorkerConfig::default()
+    };
+    let worker = Worker::new(broker.clone(), sandbox, config);
+    let counters = worker.counters();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(worker.run(async {
+        let _ = stopped.await;
+    }));
+    let total = jobs.len() as u64 + u64::from(FANOUT);
+    let bar = ProgressBar::new(total);
+    bar.set_style(ProgressStyle::with_template(
+        "{bar:40} {pos}/{len} jobs ended  {msg}",
+    )?);
+    loop {
+        let c = counters.snapshot();
+        bar.set_position(c.succeeded + c.dead);
+        bar.set_message(format!("{} retries", c.retried));
+        let q = broker.queues().await?;
+        if q.iter().all(|q| q.ready + q.scheduled + q.leased == 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bar.finish_and_clear();
+    let _ = stop.send(());
+    let stats = running.await?;
+
+    // 4. Summary.
     println!(
-        "{:<10} {:<30} {:<14} {:>9} {:>13}  detail",
-        "job", "case", "outcome", "time", "fuel"
+        "{:<18} {:<30} {:<10} {:>8} {:>13}  detail",
+        "job", "case", "state", "attempts", "fuel"
     );
     let mut unexpected = 0;
-    for case in cases() {
-        let bytes = args.jobs.read(case.job)?;
-        let module = sandbox.load_async(bytes).await?;
-        let info = JobInfo {
-            id: local_id(),
-            queue: "demo".into(),
-            attempt: 1,
-            max_attempts: 1,
-        };
-        let request = RunRequest {
-            info,
-            args: args_to_bytes(&case.args)?,
-            limits: case.limits,
-            sub_jobs: Arc::new(NoSubJobs),
-        };
-        let outcome = sandbox.run(&module, request).await;
-        let (label, detail) = match &outcome.result {
-            Ok(bytes) => {
-                let mut detail = bytes_to_json(bytes).to_string();
-                if outcome.stdout.truncated {
-                    detail = format!(
-                        "stdout truncated: {} of {} bytes kept; {detail}",
-                        outcome.stdout.text.len(),
-                        outcome.stdout.total_bytes
-                    );
-                }
-                ("succeeded".to_owned(), detail)
-            }
-            Err(f) => (f.kind().to_owned(), f.to_string()),
-        };
-        if label != case.expect {
+    let mut sub_jobs = Vec::new();
+    for (case, job) in cases.iter().zip(&jobs) {
+        let record = broker
+            .job(Some("demo"), job.id())
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("job `{}` vanished", job.id()))?;
+        let kind = record.last_error.as_ref().map(|e| e.kind.as_str());
+        let ended = (
+            record.state,
+            if record.state == JobState::Dead {
+                kind
+            } else {
+                None
+            },
+        );
+        if ended != case.expect {
             unexpected += 1;
         }
-        let detail: String = detail.chars().take(90).collect();
+        if let Some(r) = &record.report {
+            sub_jobs.extend(r.sub_jobs.iter().cloned());
+        }
         println!(
-            "{:<10} {:<30} {:<14} {:>6.1} ms {:>13}  {detail}",
-            case.job,
+            "{:<18} {:<30} {:<10} {:>8} {:>13}  {}",
+            job.id(),
             case.what,
-            label,
-            outcome.wall_time.as_secs_f64() * 1e3,
-            group(outcome.fuel_used)
+            record.state.as_str(),
+            record.attempts,
+            group(record.report.as_ref().map_or(0, |r| r.fuel_used)),
+            detail(&record)
         );
     }
+    let mut sub_ok = 0;
+    for id in &sub_jobs {
+        if broker
+            .job(Some("demo"), id)
+            .await?
+            .is_some_and(|r| r.state == JobState::Succeeded)
+        {
+            sub_ok += 1;
+        }
+    }
+    println!(
+        "{:<18} {:<30} {:<10} {:>8} {:>13}  {}",
+        "demo-04-*.N",
+        "the fan-out's sub-jobs (hello)",
+        format!("{sub_ok}/{} ok", sub_jobs.len()),
+        "",
+        "",
+        sub_jobs.join(" ")
+    );
+    if sub_ok != FANOUT as usize {
+        unexpected += 1;
+    }
+    println!(
+        "\n{} attempts succeeded, {} were retried, {} jobs dead · {} fuel in all",
+        stats.succeeded,
+        stats.retried,
+        stats.dead,
+        group(stats.fuel_used)
+    );
     if unexpected > 0 {
-        anyhow::bail!("{unexpected} demo case(s) did not end as expected");
+        anyhow::bail!("{unexpected} demo job(s) did not end as expected");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The result, or the reason it died, on one line.
+fn detail(r: &JobRecord) -> String {
+    let text = match (r.state, &r.last_error, &r.report) {
+        (JobState::Succeeded, _, Some(rep)) => {
+            let mut t = rep
+                .result
+                .as_ref()
+                .map(Value::to_string)
+                .unwrap_or_default();
+            if rep.stdout.truncated {
+                t = format!(
+                    "stdout truncated: {} of {} bytes kept; {t}",
+                    rep.stdout.text.len(),
+                    rep.stdout.total_bytes
+                );
+            }
+            if let Some(e) = &r.last_error {
+                t = format!("after `{}` on attempt {}; {t}", e.kind, e.attempt);
+            }
+            t
+        }
+        (_, Some(e), _) => format!("{}: {}", e.kind, e.message),
+        _ => String::new(),
+    };
+    text.chars().take(90).collect()
 }

@@ -4,12 +4,16 @@
 //! `anyhow` chains for `main` to print; job failures are not errors but outcomes (exit code 1).
 
 mod bench;
+mod bench_queue;
 mod demo;
+mod queue;
 mod report;
 mod run;
+mod worker;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -29,16 +33,34 @@ pub struct Cli {
     /// Compile every module afresh; neither read nor write the artifact cache.
     #[arg(long, global = true)]
     no_cache: bool,
+
+    #[command(flatten)]
+    redis: queue::RedisArgs,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run one invocation of a job component locally and print its outcome.
     Run(run::RunArgs),
-    /// Run the sample jobs (built by `sample-jobs/build.sh`) and show what the sandbox does.
+    /// Run the sample jobs through a worker on the embedded broker and summarise what happened.
     Demo(demo::DemoArgs),
-    /// Measure the sandbox and print the figures.
+    /// Measure the sandbox or the queue and print the figures.
     Bench(bench::BenchArgs),
+    /// Validate job components and store them in Redis; prints each one's `sha256:…`.
+    Upload(queue::UploadArgs),
+    /// List the uploaded modules.
+    Modules(queue::ModulesArgs),
+    /// Enqueue a job (or a JSON-lines file of invocations); prints the job ids.
+    Enqueue(queue::EnqueueArgs),
+    /// Run jobs from Redis until SIGTERM/SIGINT.
+    Worker(worker::WorkerArgs),
+    /// Show one job: state, attempts, result, output, failure.
+    Job(queue::JobArgs),
+    /// Job counts per queue.
+    Queues(queue::QueuesArgs),
+    /// List, retry or delete dead jobs.
+    #[command(subcommand)]
+    Dead(queue::DeadCommand),
 }
 
 /// Flags shared by commands that look for the sample jobs.
@@ -72,19 +94,50 @@ impl Cli {
         } else {
             Some(self.cache_dir.unwrap_or_else(default_cache_dir))
         };
+        let redis = self.redis;
         match self.command {
-            Command::Run(args) => run::run(sandbox(cache_dir)?, args).await,
-            Command::Demo(args) => demo::run(sandbox(cache_dir)?, args).await,
-            Command::Bench(args) => bench::run(args).await,
+            Command::Run(args) => run::run(sandbox(cache_dir, 0)?, args).await,
+            Command::Demo(args) => demo::run(sandbox(cache_dir, 0)?, args).await,
+            Command::Bench(args) => bench::run(args, redis, cache_dir).await,
+            Command::Upload(args) => {
+                queue::upload(
+                    redis.connect().await?.as_ref(),
+                    &sandbox(cache_dir, 0)?,
+                    args,
+                )
+                .await
+            }
+            Command::Modules(args) => queue::modules(redis.connect().await?.as_ref(), args).await,
+            Command::Enqueue(args) => {
+                queue::enqueue(redis.connect().await?, &sandbox(None, 0)?, args).await
+            }
+            Command::Worker(args) => {
+                let sandbox = sandbox(cache_dir, args.concurrency())?;
+                worker::run(redis.connect().await?, sandbox, args).await
+            }
+            Command::Job(args) => queue::job(redis.connect().await?.as_ref(), args).await,
+            Command::Queues(args) => queue::queues(redis.connect().await?.as_ref(), args).await,
+            Command::Dead(command) => queue::dead(redis.connect().await?.as_ref(), command).await,
         }
     }
 }
 
-fn sandbox(cache_dir: Option<PathBuf>) -> anyhow::Result<Sandbox> {
+/// The sandbox, with room for at least `concurrency` instances at once.
+pub(crate) fn sandbox(cache_dir: Option<PathBuf>, concurrency: usize) -> anyhow::Result<Sandbox> {
+    let defaults = SandboxConfig::default();
     Sandbox::new(SandboxConfig {
         cache_dir,
-        ..SandboxConfig::default()
+        max_instances: defaults.max_instances.max(concurrency as u32),
+        ..defaults
     })
+}
+
+/// Parses a duration for a flag: `250ms`, `10s`, `5m`, `1h 30m`, `2 days`.
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    let d: jiff::SignedDuration = text
+        .parse()
+        .map_err(|e| format!("`{text}` is not a duration such as `10s`, `5m` or `1h 30m`: {e}"))?;
+    Duration::try_from(d).map_err(|_| format!("`{text}` is negative"))
 }
 
 fn default_cache_dir() -> PathBuf {

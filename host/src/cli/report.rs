@@ -4,8 +4,9 @@ use std::fmt::Write as _;
 
 use serde_json::{Value, json};
 
-use crate::invocation::bytes_to_json;
-use crate::sandbox::{Captured, JobModule, RunOutcome};
+use crate::broker::JobRecord;
+use crate::invocation::{bytes_to_json, format_time};
+use crate::sandbox::{Captured, JobModule, LogRecord, Progress, RunOutcome};
 
 /// The outcome as one JSON object (the shape `wasmq run --json` prints).
 pub(crate) fn outcome_json(module: &JobModule, outcome: &RunOutcome) -> Value {
@@ -71,9 +72,80 @@ pub(crate) fn outcome_text(module: &JobModule, outcome: &RunOutcome) -> String {
     }
     stream(&mut out, "stdout", &outcome.stdout);
     stream(&mut out, "stderr", &outcome.stderr);
-    if !outcome.logs.is_empty() {
+    logs_and_progress(
+        &mut out,
+        &outcome.logs,
+        outcome.logs_dropped,
+        outcome.progress.as_ref(),
+    );
+    out
+}
+
+/// A job's record for a person (`wasmq job`, `enqueue --wait`).
+pub(crate) fn record_text(r: &JobRecord) -> String {
+    let mut out = String::new();
+    let inv = &r.invocation;
+    let _ = writeln!(
+        out,
+        "job {} on queue `{}`: {}",
+        r.id,
+        r.queue,
+        r.state.as_str()
+    );
+    let _ = writeln!(out, "module: {}", inv.module);
+    let _ = writeln!(out, "attempts: {} of {}", r.attempts, inv.max_attempts);
+    let mut times = vec![format!("enqueued {}", format_time(r.enqueued_at_ms))];
+    if let Some(t) = r.started_at_ms {
+        times.push(format!("last started {}", format_time(t)));
+    }
+    if let Some(t) = r.finished_at_ms {
+        times.push(format!("finished {}", format_time(t)));
+    }
+    let _ = writeln!(out, "{}", times.join(" · "));
+    if let Some(w) = &r.worker {
+        let _ = writeln!(out, "worker: {w}");
+    }
+    if let Some(e) = &r.last_error {
+        let _ = writeln!(
+            out,
+            "last error (attempt {}, {}): {}",
+            e.attempt, e.kind, e.message
+        );
+    }
+    if let Some(rep) = &r.report {
+        let _ = writeln!(
+            out,
+            "attempt {}: {:.2} ms · fuel {}",
+            rep.attempt,
+            rep.wall_ms,
+            group(rep.fuel_used)
+        );
+        if let Some(result) = &rep.result {
+            let _ = writeln!(
+                out,
+                "result: {}",
+                serde_json::to_string_pretty(result).unwrap_or_default()
+            );
+        }
+        if !rep.sub_jobs.is_empty() {
+            let _ = writeln!(out, "sub-jobs: {}", rep.sub_jobs.join(", "));
+        }
+        stream(&mut out, "stdout", &rep.stdout);
+        stream(&mut out, "stderr", &rep.stderr);
+        logs_and_progress(&mut out, &rep.logs, rep.logs_dropped, rep.progress.as_ref());
+    }
+    out
+}
+
+fn logs_and_progress(
+    out: &mut String,
+    logs: &[LogRecord],
+    dropped: u64,
+    progress: Option<&Progress>,
+) {
+    if !logs.is_empty() {
         let _ = writeln!(out, "logs:");
-        for r in &outcome.logs {
+        for r in logs {
             let _ = writeln!(
                 out,
                 "  +{:>5} ms {:<5} {}",
@@ -82,11 +154,11 @@ pub(crate) fn outcome_text(module: &JobModule, outcome: &RunOutcome) -> String {
                 r.message
             );
         }
-        if outcome.logs_dropped > 0 {
-            let _ = writeln!(out, "  ({} more records dropped)", outcome.logs_dropped);
+        if dropped > 0 {
+            let _ = writeln!(out, "  ({dropped} more records dropped)");
         }
     }
-    if let Some(p) = &outcome.progress {
+    if let Some(p) = progress {
         let _ = writeln!(
             out,
             "progress: {}%{}",
@@ -97,7 +169,6 @@ pub(crate) fn outcome_text(module: &JobModule, outcome: &RunOutcome) -> String {
                 .unwrap_or_default()
         );
     }
-    out
 }
 
 fn stream(out: &mut String, name: &str, c: &Captured) {

@@ -1,0 +1,449 @@
+//! The commands that talk to a Redis broker: `upload`, `modules`, `enqueue`, `job`, `queues`,
+//! `dead`.
+
+use std::io::{BufRead as _, Read as _};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Subcommand};
+use futures_util::StreamExt as _;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::report;
+use crate::broker::redis::RedisBroker;
+use crate::broker::{Broker, Enqueued, JobRecord, JobState, enqueue_checked};
+use crate::invocation::{Invocation, NewJob, format_time};
+use crate::modules::ModuleHash;
+use crate::sandbox::Sandbox;
+
+/// Where the broker is: shared by every command that needs Redis.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct RedisArgs {
+    /// Redis URL.
+    #[arg(
+        long,
+        env = "WASMQ_REDIS",
+        default_value = "redis://127.0.0.1:6379/",
+        global = true
+    )]
+    pub(crate) redis: String,
+}
+
+impl RedisArgs {
+    pub(crate) async fn connect(&self) -> anyhow::Result<Arc<RedisBroker>> {
+        let broker = RedisBroker::connect(&self.redis)
+            .await
+            .with_context(|| format!("failed to connect to Redis at `{}`", self.redis))?;
+        Ok(Arc::new(broker))
+    }
+}
+
+/// Flags of `wasmq upload`.
+#[derive(Debug, Args)]
+pub(crate) struct UploadArgs {
+    /// Job components (`.wasm`) to upload.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+}
+
+/// Validates each component like a worker would (it must fit the `wasmq:job` world), stores it
+/// under its hash and prints the hash.
+pub(crate) async fn upload(
+    broker: &dyn Broker,
+    sandbox: &Sandbox,
+    args: UploadArgs,
+) -> anyhow::Result<ExitCode> {
+    for file in &args.files {
+        let hash = upload_one(broker, sandbox, file).await?;
+        println!("{hash}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads, validates and stores one component.
+pub(crate) async fn upload_one(
+    broker: &dyn Broker,
+    sandbox: &Sandbox,
+    file: &std::path::Path,
+) -> anyhow::Result<ModuleHash> {
+    let bytes =
+        std::fs::read(file).with_context(|| format!("failed to read `{}`", file.display()))?;
+    let hash = ModuleHash::of(&bytes);
+    let module = sandbox
+        .load_async(bytes.clone())
+        .await
+        .with_context(|| format!("`{}` is not a wasmq job", file.display()))?;
+    let info = broker.put_module(module.hash(), &bytes).await?;
+    eprintln!(
+        "{}: {} bytes, uploaded {}",
+        file.display(),
+        info.size,
+        format_time(info.uploaded_at_ms)
+    );
+    Ok(hash)
+}
+
+/// Flags of `wasmq modules`.
+#[derive(Debug, Args)]
+pub(crate) struct ModulesArgs {
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) async fn modules(broker: &dyn Broker, args: ModulesArgs) -> anyhow::Result<ExitCode> {
+    let all = broker.modules().await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{:<71} {:>12}  uploaded", "module", "bytes");
+    for m in all {
+        println!(
+            "{:<71} {:>12}  {}",
+            m.hash,
+            report::group(m.size),
+            format_time(m.uploaded_at_ms)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Flags of `wasmq enqueue`.
+#[derive(Debug, Args)]
+pub(crate) struct EnqueueArgs {
+    /// The module (`sha256:…`, as printed by `wasmq upload`).
+    #[arg(required_unless_present = "file")]
+    module: Option<ModuleHash>,
+    /// Arguments as JSON (`{"$bytes": "<base64>"}` for raw bytes).
+    #[arg(long, default_value = "null")]
+    args: String,
+    /// Queue.
+    #[arg(long, default_value = crate::invocation::DEFAULT_QUEUE)]
+    queue: String,
+    /// Run after this long (`10s`, `5m`, `1h 30m`).
+    #[arg(long, value_parser = super::parse_duration, conflicts_with = "at")]
+    delay: Option<Duration>,
+    /// Run at this RFC 3339 time.
+    #[arg(long)]
+    at: Option<String>,
+    /// Attempts in all.
+    #[arg(long)]
+    max_attempts: Option<u32>,
+    /// Job id, also the idempotency key [default: a new UUIDv7].
+    #[arg(long)]
+    id: Option<String>,
+    /// Higher runs first (-100 to 100).
+    #[arg(long, allow_negative_numbers = true)]
+    priority: Option<i32>,
+    /// Fuel budget per attempt.
+    #[arg(long)]
+    fuel: Option<u64>,
+    /// Deadline per attempt, in milliseconds.
+    #[arg(long)]
+    timeout_ms: Option<u64>,
+    /// Memory cap per attempt, in MiB.
+    #[arg(long)]
+    memory_mb: Option<u64>,
+    /// Enqueue every invocation in this JSON-lines file (`-` for stdin) instead; one per line.
+    #[arg(long, conflicts_with = "module")]
+    file: Option<PathBuf>,
+    /// Wait for the jobs to end and print their outcomes.
+    #[arg(long)]
+    wait: bool,
+    /// Give up waiting after this long.
+    #[arg(long, value_parser = super::parse_duration, default_value = "5m")]
+    wait_timeout: Duration,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+impl EnqueueArgs {
+    fn invocation(&self, module: ModuleHash) -> anyhow::Result<Invocation> {
+        let mut inv = Invocation::new(module);
+        inv.args = serde_json::from_str(&self.args).context("`--args` is not JSON")?;
+        inv.queue = self.queue.clone();
+        inv.id = self.id.clone();
+        inv.max_attempts = self.max_attempts.unwrap_or(inv.max_attempts);
+        inv.priority = self.priority.unwrap_or(inv.priority);
+        inv.fuel = self.fuel.unwrap_or(inv.fuel);
+        inv.timeout_ms = self.timeout_ms.unwrap_or(inv.timeout_ms);
+        inv.memory_mb = self.memory_mb.unwrap_or(inv.memory_mb);
+        inv.run_at = match (&self.at, self.delay) {
+            (Some(at), _) => Some(at.clone()),
+            (None, Some(d)) => Some(format_time(crate::broker::now_ms() + d.as_millis() as u64)),
+            (None, None) => None,
+        };
+        Ok(inv)
+    }
+}
+
+/// Jobs per enqueue call when reading a file: the broker pipelines the chunks inside one call.
+const BULK_CHUNK: usize = 5000;
+
+pub(crate) async fn enqueue(
+    broker: Arc<dyn Broker>,
+    sandbox: &Sandbox,
+    args: EnqueueArgs,
+) -> anyhow::Result<ExitCode> {
+    let ceilings = sandbox.ceilings();
+    let jobs: Vec<NewJob> = match (&args.file, args.module) {
+        (Some(path), _) => read_jsonl(path)?
+            .into_iter()
+            .map(|(line, text)| {
+                Invocation::from_json(text.as_bytes())
+                    .and_then(|inv| inv.prepare(ceilings))
+                    .with_context(|| format!("line {line} of `{}`", path.display()))
+            })
+            .collect::<anyhow::Result<_>>()?,
+        (None, Some(module)) => vec![args.invocation(module)?.prepare(ceilings)?],
+        (None, None) => bail!("name a module, or `--file` with invocations"),
+    };
+    // Nothing is enqueued unless every line was valid.
+    let mut outcomes = Vec::with_capacity(jobs.len());
+    for chunk in jobs.chunks(BULK_CHUNK) {
+        outcomes.extend(enqueue_checked(broker.as_ref(), chunk).await?);
+    }
+    let existed = outcomes.iter().filter(|o| **o == Enqueued::Existed).count();
+    if !args.wait {
+        if args.json {
+            let rows: Vec<_> = jobs
+                .iter()
+                .zip(&outcomes)
+                .map(|(j, o)| serde_json::json!({"id": j.id(), "queue": j.queue(), "enqueued": o}))
+                .collect();
+            println!("{}", serde_json::to_string(&rows)?);
+        } else {
+            for job in &jobs {
+                println!("{}", job.id());
+            }
+        }
+        if existed > 0 {
+            eprintln!("{existed} job(s) already existed with the same id and were left alone");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let records = wait_all(broker, &jobs, args.wait_timeout).await?;
+    let mut all_ok = true;
+    for (job, record) in jobs.iter().zip(&records) {
+        all_ok &= record
+            .as_ref()
+            .is_some_and(|r| r.state == JobState::Succeeded);
+        show_record(job.id(), record.as_ref(), args.json || jobs.len() > 1)?;
+    }
+    Ok(if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// The non-empty lines of a JSON-lines file, numbered from 1.
+fn read_jsonl(path: &PathBuf) -> anyhow::Result<Vec<(usize, String)>> {
+    let mut text = String::new();
+    if path.as_os_str() == "-" {
+        std::io::stdin().read_to_string(&mut text)?;
+    } else {
+        text = std::fs::read_to_string(path)
+            .with_context(|| format!("failed to read `{}`", path.display()))?;
+    }
+    Ok(text
+        .as_bytes()
+        .lines()
+        .enumerate()
+        .filter_map(|(i, l)| {
+            let l = l.ok()?;
+            (!l.trim().is_empty()).then(|| (i + 1, l))
+        })
+        .collect())
+}
+
+/// Waits for every job (a few at a time), with a progress bar when there are several.
+pub(crate) async fn wait_all(
+    broker: Arc<dyn Broker>,
+    jobs: &[NewJob],
+    timeout: Duration,
+) -> anyhow::Result<Vec<Option<JobRecord>>> {
+    let bar = if jobs.len() > 1 {
+        let bar = ProgressBar::new(jobs.len() as u64);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} jobs ended  {elapsed_precise}  {msg}",
+            )
+            .expect("a valid template"),
+        );
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let deadline = tokio::time::Instant::now() + timeout;
+    let results: Vec<_> = futures_util::stream::iter(jobs.iter().map(|job| {
+        let broker = broker.clone();
+        let bar = bar.clone();
+        async move {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let r = broker.wait_job(job.queue(), job.id(), left).await;
+            bar.inc(1);
+            r
+        }
+    }))
+    // Each waiter holds a blocking Redis connection: a few at a time is plenty.
+    .buffered(16)
+    .collect()
+    .await;
+    bar.finish_and_clear();
+    results.into_iter().map(|r| Ok(r?)).collect()
+}
+
+fn show_record(id: &str, record: Option<&JobRecord>, json: bool) -> anyhow::Result<()> {
+    match (record, json) {
+        (None, true) => println!("{}", serde_json::json!({"id": id, "state": null})),
+        (None, false) => println!("job `{id}` not found (never enqueued, or its result expired)"),
+        (Some(r), true) => println!("{}", serde_json::to_string(r)?),
+        (Some(r), false) => print!("{}", report::record_text(r)),
+    }
+    Ok(())
+}
+
+/// Flags of `wasmq job`.
+#[derive(Debug, Args)]
+pub(crate) struct JobArgs {
+    /// The job id.
+    id: String,
+    /// The job's queue [default: search every queue].
+    #[arg(long)]
+    queue: Option<String>,
+    /// Wait until the job has succeeded or died.
+    #[arg(long)]
+    wait: bool,
+    /// Give up waiting after this long.
+    #[arg(long, value_parser = super::parse_duration, default_value = "5m")]
+    wait_timeout: Duration,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) async fn job(broker: &dyn Broker, args: JobArgs) -> anyhow::Result<ExitCode> {
+    let mut record = broker.job(args.queue.as_deref(), &args.id).await?;
+    if args.wait
+        && let Some(r) = &record
+        && !r.state.is_final()
+    {
+        record = broker
+            .wait_job(&r.queue.clone(), &args.id, args.wait_timeout)
+            .await?;
+    }
+    show_record(&args.id, record.as_ref(), args.json)?;
+    Ok(match record {
+        None => ExitCode::from(2),
+        Some(r) if r.state == JobState::Dead => ExitCode::from(1),
+        Some(_) => ExitCode::SUCCESS,
+    })
+}
+
+/// Flags of `wasmq queues`.
+#[derive(Debug, Args)]
+pub(crate) struct QueuesArgs {
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) async fn queues(broker: &dyn Broker, args: QueuesArgs) -> anyhow::Result<ExitCode> {
+    let counts = broker.queues().await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&counts)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<24} {:>10} {:>10} {:>10} {:>10}",
+        "queue", "ready", "scheduled", "leased", "dead"
+    );
+    for c in counts {
+        println!(
+            "{:<24} {:>10} {:>10} {:>10} {:>10}",
+            c.queue, c.ready, c.scheduled, c.leased, c.dead
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `wasmq dead …`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum DeadCommand {
+    /// List the newest dead jobs with their last error.
+    List {
+        /// Queue.
+        #[arg(long, default_value = crate::invocation::DEFAULT_QUEUE)]
+        queue: String,
+        /// How many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put a dead job back on its queue with a fresh set of attempts.
+    Retry {
+        /// The job id.
+        id: String,
+        /// Queue.
+        #[arg(long, default_value = crate::invocation::DEFAULT_QUEUE)]
+        queue: String,
+    },
+    /// Delete a dead job.
+    Delete {
+        /// The job id.
+        id: String,
+        /// Queue.
+        #[arg(long, default_value = crate::invocation::DEFAULT_QUEUE)]
+        queue: String,
+    },
+}
+
+pub(crate) async fn dead(broker: &dyn Broker, command: DeadCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        DeadCommand::List { queue, limit, json } => {
+            let dead = broker.dead(&queue, limit).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&dead)?);
+            } else {
+                println!("{:<38} {:>8}  {:<20} last error", "id", "attempts", "died");
+                for r in dead {
+                    let err = r
+                        .last_error
+                        .as_ref()
+                        .map(|e| format!("{}: {}", e.kind, e.message))
+                        .unwrap_or_default();
+                    println!(
+                        "{:<38} {:>8}  {:<20} {}",
+                        r.id,
+                        r.attempts,
+                        r.finished_at_ms.map(format_time).unwrap_or_default(),
+                        err
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DeadCommand::Retry { id, queue } => {
+            if !broker.retry_dead(&queue, &id).await? {
+                bail!("job `{id}` is not in the dead set of queue `{queue}`");
+            }
+            println!("{id}: back on queue `{queue}`");
+            Ok(ExitCode::SUCCESS)
+        }
+        DeadCommand::Delete { id, queue } => {
+            if !broker.delete_dead(&queue, &id).await? {
+                bail!("job `{id}` is not in the dead set of queue `{queue}`");
+            }
+            println!("{id}: deleted");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
