@@ -25,8 +25,11 @@ pub struct ModuleError {
 pub struct ModuleCache {
     broker: Arc<dyn Broker>,
     sandbox: Sandbox,
-    cells: Arc<Mutex<HashMap<ModuleHash, Arc<OnceCell<Result<JobModule, ModuleError>>>>>>,
+    cells: Arc<Mutex<HashMap<ModuleHash, Arc<Slot>>>>,
 }
+
+/// One module's load, done once: the module or a permanent failure.
+type Slot = OnceCell<Result<JobModule, ModuleError>>;
 
 impl ModuleCache {
     /// An empty cache over `broker`, compiling with `sandbox`.

@@ -15,7 +15,7 @@
 //! | `retry`   | `message`?        | returns `job-error::retry` |
 //! | `fail`    | `message`?        | returns `job-error::fail` |
 //! | `flaky`   | `failures`        | returns `retry` on the first `failures` attempts, then succeeds |
-//! | `enqueue` | `module`, `args`? | enqueues one sub-job and returns its id |
+//! | `enqueue` | `module`, `args`?, `retry_attempts`? | enqueues one sub-job and returns its id; on the first `retry_attempts` attempts returns `retry` after enqueueing |
 //! | `probe`   | `addr`?           | reports what ambient authority it has: env, args, files, sockets |
 
 use std::hint::black_box;
@@ -29,19 +29,46 @@ use wasmq_guest::{JobError, JobInfo};
 #[serde(rename_all = "snake_case", tag = "mode")]
 enum Mode {
     Ok,
-    Spin { iterations: Option<u64> },
-    Alloc { mb: Option<u64> },
-    Recurse { depth: Option<u64> },
-    Sleep { ms: u64 },
-    Panic { message: Option<String> },
+    Spin {
+        iterations: Option<u64>,
+    },
+    Alloc {
+        mb: Option<u64>,
+    },
+    Recurse {
+        depth: Option<u64>,
+    },
+    Sleep {
+        ms: u64,
+    },
+    Panic {
+        message: Option<String>,
+    },
     Trap,
-    Print { bytes: u64, stream: Option<String> },
-    Log { count: Option<u32> },
-    Retry { message: Option<String> },
-    Fail { message: Option<String> },
-    Flaky { failures: u32 },
-    Enqueue { module: String, args: Option<Value> },
-    Probe { addr: Option<String> },
+    Print {
+        bytes: u64,
+        stream: Option<String>,
+    },
+    Log {
+        count: Option<u32>,
+    },
+    Retry {
+        message: Option<String>,
+    },
+    Fail {
+        message: Option<String>,
+    },
+    Flaky {
+        failures: u32,
+    },
+    Enqueue {
+        module: String,
+        args: Option<Value>,
+        retry_attempts: Option<u32>,
+    },
+    Probe {
+        addr: Option<String>,
+    },
 }
 
 /// Recurses `max` levels deep (or until the stack overflows). Only scalars, so every frame lives
@@ -162,9 +189,16 @@ fn chaos(info: &JobInfo, mode: Mode) -> Result<Value, JobError> {
                 "dns": dns,
             }))
         }
-        Mode::Enqueue { module, args } => {
+        Mode::Enqueue {
+            module,
+            args,
+            retry_attempts,
+        } => {
             let id = wasmq_guest::enqueue(&module, &args.unwrap_or(Value::Null))
                 .map_err(JobError::fail)?;
+            if info.attempt <= retry_attempts.unwrap_or(0) {
+                return Err(JobError::retry(format!("enqueued {id}, then failed")));
+            }
             Ok(json!({"enqueued": id}))
         }
     }

@@ -1,0 +1,336 @@
+//! The worker end to end with the real sample jobs, on the in-memory broker and on a real Redis:
+//! retries with backoff, the dead set, fan-out, the worker's own ceilings, graceful shutdown.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::redis::RedisServer;
+use serde_json::{Value, json};
+use wasmq::broker::memory::MemoryBroker;
+use wasmq::broker::redis::RedisBroker;
+use wasmq::broker::{Broker, JobRecord, JobState, enqueue_checked};
+use wasmq::invocation::{Invocation, NewJob};
+use wasmq::modules::ModuleHash;
+use wasmq::sandbox::Limits;
+use wasmq::worker::{Backoff, Worker, WorkerConfig, WorkerStats};
+
+struct Backend {
+    broker: Arc<dyn Broker>,
+    _redis: Option<RedisServer>,
+}
+
+async fn memory() -> Backend {
+    Backend {
+        broker: Arc::new(MemoryBroker::new()),
+        _redis: None,
+    }
+}
+
+async fn redis() -> Backend {
+    let server = RedisServer::start();
+    Backend {
+        broker: Arc::new(RedisBroker::connect(&server.url()).await.unwrap()),
+        _redis: Some(server),
+    }
+}
+
+/// Fast retries and maintenance, so tests take milliseconds, not minutes.
+fn config() -> WorkerConfig {
+    WorkerConfig {
+        concurrency: 4,
+        backoff: Backoff {
+            base: Duration::from_millis(20),
+            max: Duration::from_millis(100),
+        },
+        maintain_every: Duration::from_millis(20),
+        ..WorkerConfig::default()
+    }
+}
+
+async fn upload(b: &dyn Broker, name: &str) -> ModuleHash {
+    let bytes = common::job(name);
+    let hash = ModuleHash::of(&bytes);
+    b.put_module(hash, &bytes).await.unwrap();
+    hash
+}
+
+fn job(module: ModuleHash, id: &str, args: Value, f: impl FnOnce(&mut Invocation)) -> NewJob {
+    let mut inv = Invocation::new(module);
+    inv.id = Some(id.to_owned());
+    inv.args = args;
+    f(&mut inv);
+    inv.prepare(&Limits::default_ceilings()).unwrap()
+}
+
+/// Runs a worker until every job in `jobs` is final (or 60 s pass), then stops it.
+async fn run_until_final(
+    b: &Arc<dyn Broker>,
+    config: WorkerConfig,
+    jobs: &[NewJob],
+) -> (Vec<JobRecord>, WorkerStats) {
+    enqueue_checked(b.as_ref(), jobs).await.unwrap();
+    let worker = Worker::new(b.clone(), common::sandbox().clone(), config);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(worker.run(async {
+        let _ = stopped.await;
+    }));
+    let mut records = Vec::new();
+    for j in jobs {
+        let r = b
+            .wait_job(j.queue(), j.id(), Duration::from_secs(60))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(r.state.is_final(), "{} still {:?}", r.id, r.state);
+        records.push(r);
+    }
+    let _ = stop.send(());
+    (records, running.await.unwrap())
+}
+
+async fn flaky_jobs_succeed_on_a_later_attempt(b: Backend) {
+    let chaos = upload(b.broker.as_ref(), "chaos").await;
+    let flaky = job(
+        chaos,
+        "flaky",
+        json!({"mode": "flaky", "failures": 2}),
+        |i| i.max_attempts = 3,
+    );
+    let (records, stats) = run_until_final(&b.broker, config(), &[flaky]).await;
+    let r = &records[0];
+    assert_eq!(r.state, JobState::Succeeded);
+    assert_eq!(r.attempts, 3);
+    assert_eq!(
+        r.report.as_ref().unwrap().result,
+        Some(json!({"succeeded_on_attempt": 3}))
+    );
+    assert_eq!(
+        r.last_error.as_ref().unwrap().kind,
+        "retry",
+        "the earlier failure is kept"
+    );
+    assert_eq!((stats.retried, stats.succeeded, stats.dead), (2, 1, 0));
+}
+
+async fn always_failing_jobs_die_with_their_last_error(b: Backend) {
+    let chaos = upload(b.broker.as_ref(), "chaos").await;
+    let jobs = [
+        job(
+            chaos,
+            "retry",
+            json!({"mode": "retry", "message": "upstream 503"}),
+            |i| i.max_attempts = 4,
+        ),
+        job(chaos, "fuel", json!({"mode": "spin"}), |i| {
+            i.max_attempts = 2;
+            i.fuel = 5_000_000;
+        }),
+        job(
+            chaos,
+            "fail",
+            json!({"mode": "fail", "message": "bad input"}),
+            |i| i.max_attempts = 5,
+        ),
+    ];
+    let (records, _) = run_until_final(&b.broker, config(), &jobs).await;
+    let summary: Vec<_> = records
+        .iter()
+        .map(|r| {
+            let e = r.last_error.as_ref().unwrap();
+            (r.state, r.attempts, e.kind.as_str(), e.attempt)
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (JobState::Dead, 4, "retry", 4),
+            (JobState::Dead, 2, "out_of_fuel", 2),
+            (JobState::Dead, 1, "fail", 1),
+        ],
+        "`fail` is never retried"
+    );
+    assert!(
+        records[0]
+            .last_error
+            .as_ref()
+            .unwrap()
+            .message
+            .contains("upstream 503")
+    );
+    let dead = b.broker.dead("default", 10).await.unwrap();
+    assert_eq!(dead.len(), 3);
+}
+
+async fn fan_out_enqueues_real_sub_jobs(b: Backend) {
+    let hello = upload(b.broker.as_ref(), "hello").await;
+    let fanout = upload(b.broker.as_ref(), "fanout").await;
+    let parent = job(
+        fanout,
+        "parent",
+        json!({"module": hello, "count": 3, "args": {"name": "kid"}}),
+        |_| {},
+    );
+    let (records, _) = run_until_final(&b.broker, config(), &[parent]).await;
+    let report = records[0].report.clone().unwrap();
+    assert_eq!(report.sub_jobs, ["parent.1", "parent.2", "parent.3"]);
+    // The sub-jobs ran (the worker ran until the parent ended; they may still be finishing).
+    let worker = Worker::new(b.broker.clone(), common::sandbox().clone(), config());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(worker.run(async {
+        let _ = stopped.await;
+    }));
+    for id in &report.sub_jobs {
+        let r = b
+            .broker
+            .wait_job("default", id, Duration::from_secs(30))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.state, JobState::Succeeded, "{id}");
+        assert_eq!(r.invocation.module, hello);
+        assert_eq!(r.invocation.args["name"], "kid");
+    }
+    let _ = stop.send(());
+    running.await.unwrap();
+}
+
+async fn a_retried_parent_does_not_duplicate_sub_jobs(b: Backend) {
+    let hello = upload(b.broker.as_ref(), "hello").await;
+    let chaos = upload(b.broker.as_ref(), "chaos").await;
+    // Attempts 1 and 2 enqueue a sub-job and then fail; attempt 3 enqueues it and succeeds.
+    let parent = job(
+        chaos,
+        "p",
+        json!({"mode": "enqueue", "module": hello, "args": {"name": "once"}, "retry_attempts": 2}),
+        |_| {},
+    );
+    let (records, _) = run_until_final(&b.broker, config(), &[parent]).await;
+    assert_eq!(
+        (records[0].state, records[0].attempts),
+        (JobState::Succeeded, 3)
+    );
+    assert_eq!(
+        records[0].report.as_ref().unwrap().result,
+        Some(json!({"enqueued": "p.1"})),
+        "every attempt got the same sub-job id"
+    );
+    let counts = b.broker.queues().await.unwrap();
+    let total: u64 = counts
+        .iter()
+        .map(|c| c.ready + c.scheduled + c.leased + c.dead)
+        .sum();
+    let sub = b.broker.job(None, "p.1").await.unwrap().unwrap();
+    assert!(
+        total == 0 && sub.state == JobState::Succeeded
+            || total == 1 && sub.state == JobState::Ready,
+        "exactly one sub-job: {counts:?}, {:?}",
+        sub.state
+    );
+    assert!(b.broker.job(None, "p.2").await.unwrap().is_none());
+}
+
+async fn the_worker_enforces_its_own_ceilings(b: Backend) {
+    let hello = upload(b.broker.as_ref(), "hello").await;
+    // Accepted by an enqueuer with the default ceilings, above this worker's.
+    let big = job(hello, "big", json!({"name": "x"}), |i| i.memory_mb = 512);
+    enqueue_checked(b.broker.as_ref(), &[big]).await.unwrap();
+    let strict = wasmq::sandbox::Sandbox::new(wasmq::sandbox::SandboxConfig {
+        ceilings: Limits {
+            memory_bytes: 128 << 20,
+            ..Limits::default_ceilings()
+        },
+        ..Default::default()
+    })
+    .unwrap();
+    let worker = Worker::new(b.broker.clone(), strict, config());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(worker.run(async {
+        let _ = stopped.await;
+    }));
+    let r = b
+        .broker
+        .wait_job("default", "big", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    let _ = stop.send(());
+    running.await.unwrap();
+    assert_eq!(r.state, JobState::Dead);
+    assert_eq!(r.attempts, 1, "a limit no retry can fix is not retried");
+    let e = r.last_error.unwrap();
+    assert_eq!(e.kind, "limits");
+    assert!(e.message.contains("`memory_mb` is 512"), "{}", e.message);
+}
+
+async fn shutdown_finishes_short_jobs_and_hands_back_long_ones(b: Backend) {
+    let chaos = upload(b.broker.as_ref(), "chaos").await;
+    let jobs = [
+        job(chaos, "short", json!({"mode": "sleep", "ms": 300}), |_| {}),
+        job(
+            chaos,
+            "long",
+            json!({"mode": "sleep", "ms": 20_000}),
+            |_| {},
+        ),
+    ];
+    enqueue_checked(b.broker.as_ref(), &jobs).await.unwrap();
+    let worker = Worker::new(
+        b.broker.clone(),
+        common::sandbox().clone(),
+        WorkerConfig {
+            grace: Duration::from_secs(2),
+            ..config()
+        },
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(worker.run(async {
+        let _ = stopped.await;
+    }));
+    // Both running, then the signal.
+    for _ in 0..200 {
+        let q = b.broker.queues().await.unwrap();
+        if q.iter().map(|q| q.leased).sum::<u64>() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let _ = stop.send(());
+    let stats = running.await.unwrap();
+    assert_eq!((stats.succeeded, stats.released), (1, 1));
+    let short = b.broker.job(None, "short").await.unwrap().unwrap();
+    assert_eq!(
+        short.state,
+        JobState::Succeeded,
+        "finished within the grace period"
+    );
+    let long = b.broker.job(None, "long").await.unwrap().unwrap();
+    assert_eq!(long.state, JobState::Ready, "handed back, not lost");
+    assert_eq!(
+        long.attempts, 0,
+        "and the interrupted attempt is not counted"
+    );
+}
+
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        mod on_memory {
+            use super::*;
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(memory().await).await } )*
+        }
+        mod on_redis {
+            use super::*;
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(redis().await).await } )*
+        }
+    };
+}
+
+suite!(
+    flaky_jobs_succeed_on_a_later_attempt,
+    always_failing_jobs_die_with_their_last_error,
+    fan_out_enqueues_real_sub_jobs,
+    a_retried_parent_does_not_duplicate_sub_jobs,
+    the_worker_enforces_its_own_ceilings,
+    shutdown_finishes_short_jobs_and_hands_back_long_ones,
+);
