@@ -86,3 +86,21 @@ pub fn ok_json(outcome: &RunOutcome) -> Value {
         Err(f) => panic!("expected success, got {f}; stderr: {}", outcome.stderr.text),
     }
 }
+
+/// The `wasmq` binary, pointed at `redis_url` with its artifact cache in `cache`, run from the
+/// repository root.
+pub fn wasmq_cmd(redis_url: &str, cache: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wasmq"));
+    cmd.env("WASMQ_REDIS", redis_url)
+        .env("WASMQ_CACHE_DIR", cache)
+        .current_dir(repo_root());
+    cmd
+}
+
+/// The path of sample job `name`'s component.
+pub fn job_path(name: &str) -> String {
+    jobs_dir()
+        .join(format!("{}.wasm", name.replace('-', "_")))
+        .display()
+        .to_string()
+}
