@@ -181,3 +181,261 @@ fn demo_runs_every_case() {
         assert!(stdout.contains(kind), "missing {kind} in:\n{stdout}");
     }
 }
+
+/// A private Redis, a worker process on it, and `wasmq` commands against it.
+struct Queue {
+    redis: common::redis::RedisServer,
+    cache: tempfile::TempDir,
+    worker: Option<std::process::Child>,
+}
+
+impl Queue {
+    fn new() -> Self {
+        Queue {
+            redis: common::redis::RedisServer::start(),
+            cache: tempfile::tempdir().unwrap(),
+            worker: None,
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        common::wasmq_cmd(&self.redis.url(), self.cache.path())
+            .args(args)
+            .output()
+            .expect("wasmq runs")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    }
+
+    fn start_worker(&mut self) {
+        let child = common::wasmq_cmd(&self.redis.url(), self.cache.path())
+            .args([
+                "worker",
+                "--backoff-base",
+                "50ms",
+                "--maintain-every",
+                "50ms",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        self.worker = Some(child);
+    }
+}
+
+impl Drop for Queue {
+    fn drop(&mut self) {
+        if let Some(mut w) = self.worker.take() {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
+    }
+}
+
+#[test]
+fn upload_enqueue_wait_and_inspect() {
+    let mut q = Queue::new();
+    let hash = q.ok(&["upload", &common::job_path("hello")]);
+    let hash = hash.trim();
+    assert!(hash.starts_with("sha256:") && hash.len() == 71, "{hash}");
+    assert_eq!(
+        q.ok(&["upload", &common::job_path("hello")]).trim(),
+        hash,
+        "idempotent"
+    );
+    let modules: Value = serde_json::from_str(&q.ok(&["modules", "--json"])).unwrap();
+    assert_eq!(modules.as_array().unwrap().len(), 1);
+    assert_eq!(modules[0]["hash"], hash);
+    assert!(modules[0]["size"].as_u64().unwrap() > 10_000);
+
+    q.start_worker();
+    let out = q.ok(&[
+        "enqueue",
+        hash,
+        "--args",
+        r#"{"name":"Ada"}"#,
+        "--id",
+        "greet",
+        "--wait",
+    ]);
+    assert!(
+        out.contains("job greet on queue `default`: succeeded"),
+        "{out}"
+    );
+    assert!(out.contains("\"message\": \"Hello, Ada!\""), "{out}");
+
+    let record: Value = serde_json::from_str(&q.ok(&["job", "greet", "--json"])).unwrap();
+    assert_eq!(record["state"], "succeeded");
+    assert_eq!(record["attempts"], 1);
+    assert_eq!(record["report"]["result"]["message"], "Hello, Ada!");
+
+    // The id is the idempotency key.
+    let again = q.run(&[
+        "enqueue",
+        hash,
+        "--args",
+        r#"{"name":"Bob"}"#,
+        "--id",
+        "greet",
+    ]);
+    assert_eq!(again.status.code(), Some(0));
+    assert!(
+        text(&again.stderr).contains("already existed"),
+        "{}",
+        text(&again.stderr)
+    );
+    let record: Value = serde_json::from_str(&q.ok(&["job", "greet", "--json"])).unwrap();
+    assert_eq!(record["invocation"]["args"]["name"], "Ada");
+
+    // Bulk from stdin, waited on together.
+    let lines: String = (0..20)
+        .map(|i| {
+            format!("{{\"module\":\"{hash}\",\"id\":\"bulk-{i}\",\"args\":{{\"name\":\"{i}\"}}}}\n")
+        })
+        .collect();
+    let mut child = common::wasmq_cmd(&q.redis.url(), q.cache.path())
+        .args(["enqueue", "--file", "-", "--wait", "--json"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), lines.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let states: Vec<Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["state"].clone())
+        .collect();
+    assert_eq!(states, vec![Value::from("succeeded"); 20]);
+
+    let queues: Value = serde_json::from_str(&q.ok(&["queues", "--json"])).unwrap();
+    assert_eq!(queues[0]["queue"], "default");
+    assert_eq!(queues[0]["ready"], 0);
+    assert_eq!(queues[0]["leased"], 0);
+}
+
+#[test]
+fn enqueue_refuses_bad_invocations_and_names_the_field() {
+    let q = Queue::new();
+    let hash = q.ok(&["upload", &common::job_path("hello")]);
+    let hash = hash.trim();
+    let never = format!("sha256:{}", "ab".repeat(32));
+    let bad_lines = q.cache.path().join("bad.jsonl");
+    std::fs::write(
+        &bad_lines,
+        format!("{{\"module\":\"{hash}\"}}\n{{\"module\":\"{hash}\",\"colour\":\"red\"}}\n"),
+    )
+    .unwrap();
+    let cases: [(&[&str], &str); 7] = [
+        (&["enqueue", &never], "was never uploaded"),
+        (
+            &["enqueue", "sha256:xyz"],
+            "must be `sha256:` followed by 64",
+        ),
+        (
+            &["enqueue", hash, "--memory-mb", "100000"],
+            "`memory_mb` is 100000, above the operator's ceiling",
+        ),
+        (
+            &["enqueue", hash, "--queue", "a b"],
+            "`queue` `a b` contains ` `",
+        ),
+        (
+            &["enqueue", hash, "--max-attempts", "0"],
+            "`max_attempts` must be between 1 and 100",
+        ),
+        (
+            &["enqueue", hash, "--delay", "soon"],
+            "`soon` is not a duration",
+        ),
+        (
+            &["enqueue", "--file", bad_lines.to_str().unwrap()],
+            "line 2 of",
+        ),
+    ];
+    for (args, expected) in cases {
+        let out = q.run(args);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stdout)
+        );
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+    assert!(
+        text(
+            &q.run(&["enqueue", "--file", bad_lines.to_str().unwrap()])
+                .stderr
+        )
+        .contains("unknown field `colour`")
+    );
+    // Nothing from the bad file was enqueued, not even its valid first line.
+    let queues: Value = serde_json::from_str(&q.ok(&["queues", "--json"])).unwrap();
+    assert_eq!(queues, serde_json::json!([]));
+    let out = q.run(&["upload", "Cargo.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("`Cargo.toml` is not a wasmq job"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn dead_jobs_are_listed_retried_and_deleted() {
+    let mut q = Queue::new();
+    let chaos = q.ok(&["upload", &common::job_path("chaos")]);
+    let chaos = chaos.trim();
+    let args = r#"{"mode":"retry","message":"upstream down"}"#;
+    q.start_worker();
+    let out = q.run(&[
+        "enqueue",
+        chaos,
+        "--args",
+        args,
+        "--id",
+        "x",
+        "--max-attempts",
+        "2",
+        "--wait",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "a dead job exits 1");
+    assert!(text(&out.stdout).contains("dead"), "{}", text(&out.stdout));
+
+    let dead: Value = serde_json::from_str(&q.ok(&["dead", "list", "--json"])).unwrap();
+    assert_eq!(dead[0]["id"], "x");
+    assert_eq!(dead[0]["attempts"], 2);
+    assert_eq!(dead[0]["last_error"]["kind"], "retry");
+    let listing = q.ok(&["dead", "list"]);
+    assert!(
+        listing.contains("retry: job asked to be retried: upstream down"),
+        "{listing}"
+    );
+
+    assert!(
+        q.ok(&["dead", "retry", "x"])
+            .contains("back on queue `default`")
+    );
+    let out = q.run(&["job", "x", "--wait", "--json"]);
+    let record: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(record["state"], "dead", "it failed again");
+    assert_eq!(record["attempts"], 2, "with a fresh set of attempts");
+
+    assert!(q.ok(&["dead", "delete", "x"]).contains("deleted"));
+    let out = q.run(&["dead", "delete", "x"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("job `x` is not in the dead set of queue `default`"));
+    assert_eq!(q.run(&["job", "x"]).status.code(), Some(2), "gone");
+}

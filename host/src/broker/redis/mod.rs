@@ -659,6 +659,9 @@ impl Broker for RedisBroker {
 
     async fn queues(&self) -> Result<Vec<QueueCounts>, BrokerError> {
         let names = self.queue_names().await?;
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut pipe = redis::pipe();
         for q in &names {
             let qk = self.keys.queue(q);
