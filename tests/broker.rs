@@ -111,7 +111,10 @@ async fn modules_are_stored_once(b: Backend) {
 }
 
 async fn unknown_modules_are_refused(b: Backend) {
-    assert!(b.broker.queues().await.unwrap().is_empty(), "no queue used yet");
+    assert!(
+        b.broker.queues().await.unwrap().is_empty(),
+        "no queue used yet"
+    );
     let err = enqueue_checked(b.broker.as_ref(), &[job("a", |_| {})])
         .await
         .unwrap_err();

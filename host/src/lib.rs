@@ -8,11 +8,14 @@
 //! # Layout
 //!
 //! - [`modules`]: content addresses, first validation of uploaded bytes, the artifact cache.
-//! - [`invocation`]: how `args` and results travel as JSON (`{"$bytes": …}` for raw bytes).
+//! - [`invocation`]: the wire format of a job (JSON, `docs/invocation.schema.json`) and its checks.
+//! - [`broker`]: the `Broker` trait and the job state machine; `redis` and `memory` backends.
+//! - [`worker`]: fetch → run → acknowledge, heartbeats, sub-jobs, graceful drain.
+//! - [`scheduler`]: retry backoff and the promote-and-recover loop every worker runs.
 //! - [`sandbox`]: the only place that configures wasmtime — engine, compile, limits, one run.
-//! - [`cli`]: the `wasmq` command line (`run`, `demo`, `bench`).
+//! - [`cli`]: the `wasmq` command line.
 //!
-//! Data flows one way: cli → sandbox → outcome.
+//! Data flows one way: cli → broker → worker → sandbox → broker.
 
 pub mod broker;
 pub mod cli;
