@@ -313,6 +313,81 @@ async fn shutdown_finishes_short_jobs_and_hands_back_long_ones(b: Backend) {
     );
 }
 
+async fn heartbeats_keep_a_long_job_from_running_twice(b: Backend) {
+    let chaos = upload(b.broker.as_ref(), "chaos").await;
+    // The job outlives its lease three times over; heartbeats (every lease/3) keep it.
+    let long = job(chaos, "long", json!({"mode": "sleep", "ms": 1800}), |_| {});
+    let config = WorkerConfig {
+        lease: Duration::from_millis(600),
+        ..config()
+    };
+    let (records, stats) = run_until_final(&b.broker, config, &[long]).await;
+    assert_eq!(records[0].state, JobState::Succeeded);
+    assert_eq!(
+        records[0].attempts, 1,
+        "never recovered while its worker was alive"
+    );
+    assert!(records[0].last_error.is_none());
+    assert_eq!((stats.fetched, stats.stale), (1, 0));
+}
+
+async fn waiting_and_spinning_guests_do_not_hold_up_the_rest(b: Backend) {
+    let chaos = upload(b.broker.as_ref(), "chaos").await;
+    let hello = upload(b.broker.as_ref(), "hello").await;
+    // One guest that spins until its 3 s deadline, eight that sleep in a host call, and quick
+    // ones — on a runtime with a single thread (see the test attribute).
+    let mut jobs = vec![job(chaos, "spin", json!({"mode": "spin"}), |i| {
+        i.fuel = 100_000_000_000;
+        i.timeout_ms = 3000;
+        i.max_attempts = 1;
+    })];
+    for n in 0..8 {
+        jobs.push(job(
+            chaos,
+            &format!("sleep-{n}"),
+            json!({"mode": "sleep", "ms": 400}),
+            |_| {},
+        ));
+    }
+    for n in 0..8 {
+        jobs.push(job(
+            hello,
+            &format!("quick-{n}"),
+            json!({"name": n.to_string()}),
+            |_| {},
+        ));
+    }
+    let config = WorkerConfig {
+        concurrency: 32,
+        ..config()
+    };
+    let (records, _) = run_until_final(&b.broker, config, &jobs).await;
+    let spin = &records[0];
+    assert_eq!(spin.last_error.as_ref().unwrap().kind, "timeout");
+    let spin_end = spin.finished_at_ms.unwrap();
+    for r in &records[1..] {
+        assert_eq!(r.state, JobState::Succeeded, "{}: {:?}", r.id, r.last_error);
+        assert!(
+            r.finished_at_ms.unwrap() < spin_end,
+            "{} finished while the spinning guest was still running",
+            r.id
+        );
+    }
+    // The sleepers overlapped: every one started before any finished.
+    let sleepers = &records[1..9];
+    let last_start = sleepers
+        .iter()
+        .map(|r| r.started_at_ms.unwrap())
+        .max()
+        .unwrap();
+    let first_end = sleepers
+        .iter()
+        .map(|r| r.finished_at_ms.unwrap())
+        .min()
+        .unwrap();
+    assert!(last_start <= first_end, "sleeping guests held the thread");
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod on_memory {
@@ -333,4 +408,20 @@ suite!(
     a_retried_parent_does_not_duplicate_sub_jobs,
     the_worker_enforces_its_own_ceilings,
     shutdown_finishes_short_jobs_and_hands_back_long_ones,
+    heartbeats_keep_a_long_job_from_running_twice,
 );
+
+/// On a single-threaded runtime, so a guest that held the thread would show.
+mod one_thread {
+    use super::*;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn on_memory() {
+        waiting_and_spinning_guests_do_not_hold_up_the_rest(memory().await).await
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn on_redis() {
+        waiting_and_spinning_guests_do_not_hold_up_the_rest(redis().await).await
+    }
+}

@@ -216,10 +216,12 @@ impl Worker {
                 _ = &mut shutdown => break,
                 p = take_slots(&slots, config.fetch_batch) => p,
             };
-            let fetched = tokio::select! {
-                _ = &mut shutdown => break,
-                f = self.broker.fetch(&config.queues, permits.len(), config.lease, &config.name) => f,
-            };
+            // Not raced with shutdown: a fetch abandoned after Redis ran it would leave its jobs
+            // leased to nobody until the leases expire.
+            let fetched = self
+                .broker
+                .fetch(&config.queues, permits.len(), config.lease, &config.name)
+                .await;
             let leases = match fetched {
                 Ok(l) => l,
                 Err(e) => {
@@ -473,10 +475,13 @@ async fn ack_loop(
 ) {
     // An ack batch this large holds Redis for about a millisecond.
     const MAX_BATCH: usize = 256;
+    // Each round already retries for the broker's retry window (30 s for Redis): ten rounds ride
+    // out a long outage without pinning a shutting-down worker forever.
+    const ROUNDS: u32 = 10;
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let mut pause = Duration::from_millis(50);
-        loop {
+        for round in 1..=ROUNDS {
             match broker.complete(&batch, result_ttl).await {
                 Ok(stale) => {
                     counters.stale.fetch_add(stale as u64, Ordering::Relaxed);
@@ -488,8 +493,11 @@ async fn ack_loop(
                     }
                     break;
                 }
+                Err(e) if round == ROUNDS => {
+                    tracing::error!(error = %e, jobs = batch.len(), "giving up on acks: these jobs' leases will expire and they will run again");
+                }
                 Err(e) => {
-                    // Keep trying: giving up would make the lease expire and the job run again.
+                    // Keep trying: giving up makes the lease expire and the job run again.
                     tracing::warn!(error = %e, jobs = batch.len(), "ack failed; retrying");
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(2));
