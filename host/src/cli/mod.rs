@@ -108,9 +108,7 @@ impl Cli {
                 .await
             }
             Command::Modules(args) => queue::modules(redis.connect().await?.as_ref(), args).await,
-            Command::Enqueue(args) => {
-                queue::enqueue(redis.connect().await?, &sandbox(None, 0)?, args).await
-            }
+            Command::Enqueue(args) => queue::enqueue(redis.connect().await?, args).await,
             Command::Worker(args) => {
                 let sandbox = sandbox(cache_dir, args.concurrency())?;
                 worker::run(redis.connect().await?, sandbox, args).await

@@ -187,10 +187,10 @@ const BULK_CHUNK: usize = 5000;
 
 pub(crate) async fn enqueue(
     broker: Arc<dyn Broker>,
-    sandbox: &Sandbox,
     args: EnqueueArgs,
 ) -> anyhow::Result<ExitCode> {
-    let ceilings = sandbox.ceilings();
+    // The operator's ceilings; workers check them again against their own.
+    let ceilings = &crate::sandbox::Limits::default_ceilings();
     let jobs: Vec<NewJob> = match (&args.file, args.module) {
         (Some(path), _) => read_jsonl(path)?
             .into_iter()

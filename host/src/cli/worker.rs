@@ -4,6 +4,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::Args;
 
 use crate::broker::Broker;
@@ -54,11 +55,7 @@ impl WorkerArgs {
             );
         }
         for q in &self.queues {
-            let probe = crate::invocation::Invocation {
-                queue: q.clone(),
-                ..crate::invocation::Invocation::new(crate::modules::ModuleHash::of(b""))
-            };
-            probe.prepare(&crate::sandbox::Limits::default_ceilings())?;
+            crate::invocation::check_queue_name(q).context("`--queues`")?;
         }
         Ok(WorkerConfig {
             queues: self.queues.clone(),

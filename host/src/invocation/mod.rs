@@ -182,9 +182,7 @@ impl Invocation {
     /// Checks every field against the format and the operator's `ceilings`, fills in a generated
     /// id when there is none, and returns the job to hand to a broker.
     pub fn prepare(mut self, ceilings: &Limits) -> Result<NewJob, InvocationError> {
-        check_name("queue", &self.queue, MAX_QUEUE_NAME, |c| {
-            c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')
-        })?;
+        check_queue_name(&self.queue)?;
         match &self.id {
             Some(id) => check_name("id", id, MAX_ID_LEN, |c| c.is_ascii_graphic())?,
             None => self.id = Some(uuid::Uuid::now_v7().to_string()),
@@ -220,6 +218,14 @@ impl Invocation {
             run_at_ms,
         })
     }
+}
+
+/// Checks a queue name: 1 to 64 ASCII letters, digits, `_`, `-` or `.` (no `{}`: queue names
+/// become Redis hash tags).
+pub fn check_queue_name(name: &str) -> Result<(), InvocationError> {
+    check_name("queue", name, MAX_QUEUE_NAME, |c| {
+        c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')
+    })
 }
 
 fn check_name(
