@@ -11,7 +11,8 @@ use serde_json::json;
 use wasmq::broker::memory::MemoryBroker;
 use wasmq::broker::redis::RedisBroker;
 use wasmq::broker::{
-    Ack, AttemptError, Broker, Completion, Enqueued, JobState, Lease, RunReport, enqueue_checked,
+    Ack, AttemptError, Broker, CancelOutcome, Completion, Enqueued, JobState, Lease,
+    ModuleDeletion, QueueCounts, RunReport, enqueue_checked,
 };
 use wasmq::invocation::{Invocation, NewJob};
 use wasmq::modules::ModuleHash;
@@ -25,14 +26,17 @@ struct Backend {
 
 async fn memory() -> Backend {
     Backend {
-        broker: Arc::new(MemoryBroker::new()),
+        broker: Arc::new(MemoryBroker::new().with_result_ttl(TTL)),
         _redis: None,
     }
 }
 
 async fn redis() -> Backend {
     let server = RedisServer::start();
-    let broker = RedisBroker::connect(&server.url()).await.unwrap();
+    let broker = RedisBroker::connect(&server.url())
+        .await
+        .unwrap()
+        .with_result_ttl(TTL);
     Backend {
         broker: Arc::new(broker),
         _redis: Some(server),
@@ -40,7 +44,8 @@ async fn redis() -> Backend {
 }
 
 const LEASE: Duration = Duration::from_secs(30);
-const TTL: Duration = Duration::from_secs(3600);
+/// Results are kept this long in these tests (so `results_expire` can watch one go).
+const TTL: Duration = Duration::from_secs(2);
 
 fn module() -> ModuleHash {
     ModuleHash::of(b"not really a component: the broker does not look")
@@ -135,7 +140,7 @@ async fn a_job_runs_once_and_keeps_its_result(b: Backend) {
         "a leased job is not fetched twice"
     );
     assert_eq!(state(b, "a").await, Some(JobState::Leased));
-    assert_eq!(b.complete(&[ok(&leases[0])], TTL).await.unwrap(), 0);
+    assert_eq!(b.complete(&[ok(&leases[0])]).await.unwrap(), 0);
     let record = b.job(Some("default"), "a").await.unwrap().unwrap();
     assert_eq!(record.state, JobState::Succeeded);
     assert_eq!(record.attempts, 1);
@@ -145,7 +150,7 @@ async fn a_job_runs_once_and_keeps_its_result(b: Backend) {
     assert_eq!(report.fuel_used, 42);
     assert!(record.finished_at_ms.unwrap() >= record.enqueued_at_ms);
     // A second ack of the same lease is stale and changes nothing.
-    assert_eq!(b.complete(&[ok(&leases[0])], TTL).await.unwrap(), 1);
+    assert_eq!(b.complete(&[ok(&leases[0])]).await.unwrap(), 1);
 }
 
 async fn enqueue_is_idempotent_by_id(b: Backend) {
@@ -163,7 +168,7 @@ async fn enqueue_is_idempotent_by_id(b: Backend) {
         json!({"id": "same"}),
         "first wins"
     );
-    b.complete(&[ok(&leases[0])], TTL).await.unwrap();
+    b.complete(&[ok(&leases[0])]).await.unwrap();
     assert_eq!(
         put(b, &jobs[..1]).await,
         vec![Enqueued::Existed],
@@ -240,7 +245,7 @@ async fn retries_back_off_then_die(b: Backend) {
             report: None,
         },
     };
-    b.complete(&[retry], TTL).await.unwrap();
+    b.complete(&[retry]).await.unwrap();
     let record = b.job(None, "r").await.unwrap().unwrap();
     assert_eq!(record.state, JobState::Scheduled);
     assert_eq!(record.last_error.unwrap().kind, "trap");
@@ -251,7 +256,7 @@ async fn retries_back_off_then_die(b: Backend) {
     let second = fetch(b, 1).await.remove(0);
     assert_eq!(second.attempt, 2);
     // The first attempt's lease is gone: its late ack is ignored.
-    assert_eq!(b.complete(&[ok(&first)], TTL).await.unwrap(), 1);
+    assert_eq!(b.complete(&[ok(&first)]).await.unwrap(), 1);
     let dead = Ack {
         lease: second.key.clone(),
         completion: Completion::Dead {
@@ -259,7 +264,7 @@ async fn retries_back_off_then_die(b: Backend) {
             report: None,
         },
     };
-    b.complete(&[dead], TTL).await.unwrap();
+    b.complete(&[dead]).await.unwrap();
     let record = b.job(None, "r").await.unwrap().unwrap();
     assert_eq!(record.state, JobState::Dead);
     assert_eq!(record.attempts, 2);
@@ -293,11 +298,12 @@ async fn expired_leases_are_recovered(b: Backend) {
     assert_eq!(
         b.heartbeat(std::slice::from_ref(&first.key), LEASE)
             .await
-            .unwrap(),
+            .unwrap()
+            .lost,
         vec![first.key.clone()],
         "the old holder learns it lost the lease"
     );
-    assert_eq!(b.complete(&[ok(&first)], TTL).await.unwrap(), 1);
+    assert_eq!(b.complete(&[ok(&first)]).await.unwrap(), 1);
     // On the last attempt an expired lease is the end.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(b.maintain("default").await.unwrap().expired_dead, 1);
@@ -317,14 +323,14 @@ async fn heartbeats_keep_leases(b: Backend) {
         .remove(0);
     for _ in 0..4 {
         tokio::time::sleep(Duration::from_millis(150)).await;
-        let lost = b
+        let beat = b
             .heartbeat(std::slice::from_ref(&lease.key), Duration::from_millis(300))
             .await
             .unwrap();
-        assert!(lost.is_empty());
+        assert_eq!(beat, Default::default());
         assert_eq!(b.maintain("default").await.unwrap().recovered, 0);
     }
-    assert_eq!(b.complete(&[ok(&lease)], TTL).await.unwrap(), 0);
+    assert_eq!(b.complete(&[ok(&lease)]).await.unwrap(), 0);
 }
 
 async fn released_jobs_go_to_the_front_uncounted(b: Backend) {
@@ -355,7 +361,7 @@ async fn dead_jobs_can_be_retried_or_deleted(b: Backend) {
             },
             lease: lease.key,
         };
-        b.complete(&[ack], TTL).await.unwrap();
+        b.complete(&[ack]).await.unwrap();
     }
     let dead: Vec<String> = b
         .dead("default", 10)
@@ -394,7 +400,7 @@ async fn waiters_wake_when_a_job_ends(b: Backend) {
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
     let lease = fetch(broker.as_ref(), 1).await.remove(0);
-    broker.complete(&[ok(&lease)], TTL).await.unwrap();
+    broker.complete(&[ok(&lease)]).await.unwrap();
     let (state, waited) = waiter.await.unwrap();
     assert_eq!(state, JobState::Succeeded);
     assert!(
@@ -446,17 +452,259 @@ async fn results_expire(b: Backend) {
     let b = b.broker.as_ref();
     put(b, &[job("a", |_| {})]).await;
     let lease = fetch(b, 1).await.remove(0);
-    b.complete(&[ok(&lease)], Duration::from_secs(1))
-        .await
-        .unwrap();
+    b.complete(&[ok(&lease)]).await.unwrap();
     assert_eq!(state(b, "a").await, Some(JobState::Succeeded));
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    tokio::time::sleep(TTL + Duration::from_millis(200)).await;
     assert_eq!(state(b, "a").await, None);
     assert_eq!(
         put(b, &[job("a", |_| {})]).await,
         vec![Enqueued::Created],
         "the id is free again once the result expired"
     );
+}
+
+async fn cancelling_waiting_and_running_jobs(b: Backend) {
+    let b = b.broker.as_ref();
+    put(
+        b,
+        &[
+            job("waiting", |_| {}),
+            job("running", |_| {}),
+            job("later", |i| i.run_at = Some("2999-01-01T00:00:00Z".into())),
+        ],
+    )
+    .await;
+    let running = b
+        .fetch(&["default".to_owned()], 1, LEASE, "w1")
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(running.key.id, "waiting", "FIFO: the first job was fetched");
+    // `waiting` is the one running now; cancel the other two while they wait.
+    assert_eq!(
+        b.cancel("default", "running").await.unwrap(),
+        CancelOutcome::Cancelled
+    );
+    assert_eq!(
+        b.cancel("default", "later").await.unwrap(),
+        CancelOutcome::Cancelled
+    );
+    assert!(
+        fetch(b, 5).await.is_empty(),
+        "cancelled jobs are not fetched"
+    );
+    assert_eq!(state(b, "later").await, Some(JobState::Cancelled));
+
+    // A running job is flagged; its worker hears it on the next heartbeat and stops it.
+    assert_eq!(
+        b.cancel("default", "waiting").await.unwrap(),
+        CancelOutcome::Cancelling
+    );
+    let beat = b
+        .heartbeat(std::slice::from_ref(&running.key), LEASE)
+        .await
+        .unwrap();
+    assert_eq!(beat.cancel, vec![running.key.clone()]);
+    let ack = Ack {
+        lease: running.key.clone(),
+        completion: Completion::Cancelled {
+            error: error(&running, "cancelled"),
+        },
+    };
+    assert_eq!(b.complete(&[ack]).await.unwrap(), 0);
+    let r = b.job(None, "waiting").await.unwrap().unwrap();
+    assert_eq!(r.state, JobState::Cancelled);
+    assert_eq!(
+        b.cancel("default", "waiting").await.unwrap(),
+        CancelOutcome::AlreadyFinal(JobState::Cancelled)
+    );
+    assert_eq!(
+        b.cancel("default", "nope").await.unwrap(),
+        CancelOutcome::NotFound
+    );
+    let c = counts(b).await;
+    assert_eq!((c.ready, c.scheduled, c.leased, c.dead), (0, 0, 0, 0));
+    assert_eq!(c.totals.cancelled, 3);
+}
+
+async fn a_failing_attempt_of_a_cancelled_job_is_not_retried(b: Backend) {
+    let b = b.broker.as_ref();
+    put(b, &[job("a", |_| {})]).await;
+    let lease = fetch(b, 1).await.remove(0);
+    assert_eq!(
+        b.cancel("default", "a").await.unwrap(),
+        CancelOutcome::Cancelling
+    );
+    let retry = Ack {
+        lease: lease.key.clone(),
+        completion: Completion::Retry {
+            delay: Duration::ZERO,
+            error: error(&lease, "trap"),
+            report: None,
+        },
+    };
+    b.complete(&[retry]).await.unwrap();
+    assert_eq!(state(b, "a").await, Some(JobState::Cancelled));
+}
+
+async fn totals_count_every_outcome(b: Backend) {
+    let b = b.broker.as_ref();
+    put(
+        b,
+        &[
+            job("ok", |_| {}),
+            job("flaky", |_| {}),
+            job("doomed", |i| i.max_attempts = 1),
+        ],
+    )
+    .await;
+    put(b, &[job("ok", |_| {})]).await; // an existing id is not counted again
+    for lease in fetch(b, 3).await {
+        let completion = match lease.key.id.as_str() {
+            "ok" => ok(&lease).completion,
+            "flaky" => Completion::Retry {
+                delay: Duration::ZERO,
+                error: error(&lease, "retry"),
+                report: None,
+            },
+            _ => Completion::Dead {
+                error: error(&lease, "fail"),
+                report: None,
+            },
+        };
+        b.complete(&[Ack {
+            lease: lease.key,
+            completion,
+        }])
+        .await
+        .unwrap();
+    }
+    let t = counts(b).await.totals;
+    assert_eq!(
+        (
+            t.enqueued,
+            t.succeeded,
+            t.failed,
+            t.retried,
+            t.dead,
+            t.cancelled,
+            t.recovered
+        ),
+        (3, 1, 2, 1, 1, 0, 0)
+    );
+}
+
+async fn modules_in_use_are_not_deleted(b: Backend) {
+    let b = b.broker.as_ref();
+    put(b, &[job("a", |_| {}), job("b", |_| {})]).await;
+    assert_eq!(
+        b.delete_module(module(), false).await.unwrap(),
+        ModuleDeletion::InUse(2)
+    );
+    for lease in fetch(b, 2).await {
+        b.complete(&[ok(&lease)]).await.unwrap();
+    }
+    // Succeeded jobs do not hold a module.
+    assert_eq!(
+        b.delete_module(module(), false).await.unwrap(),
+        ModuleDeletion::Deleted
+    );
+    assert!(!b.has_module(module()).await.unwrap());
+    assert_eq!(
+        b.delete_module(module(), false).await.unwrap(),
+        ModuleDeletion::NotFound
+    );
+    // Forced, it goes even while a job names it.
+    put(b, &[job("c", |_| {})]).await;
+    assert_eq!(
+        b.delete_module(module(), true).await.unwrap(),
+        ModuleDeletion::Deleted
+    );
+}
+
+async fn counts(b: &dyn Broker) -> QueueCounts {
+    b.queues()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|q| q.queue == "default")
+        .unwrap_or_default()
+}
+
+/// Only Redis can hold what a careless direct writer put there.
+#[tokio::test]
+async fn invalid_invocations_written_to_redis_go_dead_with_the_reason() {
+    let server = RedisServer::start();
+    let broker = RedisBroker::connect(&server.url()).await.unwrap();
+    put(&broker, &[job("fine", |_| {})]).await;
+    // Damage the stored invocation as a direct writer might.
+    server.cmd(&[
+        "HSET",
+        "wasmq:{default}:job:fine",
+        "inv",
+        r#"{"module":"sha256:00","extra":1}"#,
+    ]);
+    assert!(fetch(&broker, 5).await.is_empty(), "not handed to a worker");
+    let r = broker.job(None, "fine").await;
+    // The record's `inv` no longer parses, so reading it reports corruption by name…
+    let err = r.unwrap_err().to_string();
+    assert!(err.contains("corrupt record for `default/fine`"), "{err}");
+    // …and the job sits in the dead set instead of blocking the queue.
+    let c = counts(&broker).await;
+    assert_eq!((c.ready, c.leased, c.dead), (0, 0, 1));
+    let reason = server.cmd(&["HGET", "wasmq:{default}:job:fine", "err"]);
+    let reason: String = redis::from_redis_value(reason).unwrap();
+    assert!(reason.contains("\"kind\":\"invocation\""), "{reason}");
+    assert!(
+        reason.contains("must be `sha256:` followed by 64"),
+        "{reason}"
+    );
+}
+
+/// The enqueue script refuses what would break a worker, for writers that skip the CLI.
+#[tokio::test]
+async fn the_enqueue_script_checks_direct_writers() {
+    let server = RedisServer::start();
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let script = redis::Script::new(include_str!("../docs/redis-enqueue.lua"));
+    let keys = wasmq::broker::redis::Keys::new("wasmq").queue("default");
+    let good = serde_json::json!({"module": module()}).to_string();
+    let call = |id: &str, inv: &str, prio: &str, max: &str| {
+        let mut i = script.prepare_invoke();
+        for k in &keys.keys {
+            i.key(k);
+        }
+        i.arg(&keys.job_prefix).arg(&keys.done_prefix).arg(1);
+        i.arg(id).arg(inv).arg(prio).arg(max).arg(0);
+        i
+    };
+    let cases = [
+        (
+            call("a", "not json", "0", "5"),
+            "invocation is not a JSON object",
+        ),
+        (
+            call("a", r#"{"module":"sha256:AB"}"#, "0", "5"),
+            "`module` must be",
+        ),
+        (call("a", &good, "101", "5"), "priority must be"),
+        (call("a", &good, "0", "0"), "max attempts must be"),
+        (call("a b", &good, "0", "5"), "id must be"),
+    ];
+    for (inv, want) in cases {
+        let err = inv
+            .invoke_async::<Vec<u8>>(&mut conn)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(want), "{err}");
+    }
+    let created: Vec<u8> = call("ok", &good, "0", "5")
+        .invoke_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(created, [1]);
 }
 
 macro_rules! suite {
@@ -488,4 +736,8 @@ suite!(
     waiters_wake_when_a_job_ends,
     blocked_fetchers_wake_on_enqueue,
     results_expire,
+    cancelling_waiting_and_running_jobs,
+    a_failing_attempt_of_a_cancelled_job_is_not_retried,
+    totals_count_every_outcome,
+    modules_in_use_are_not_deleted,
 );

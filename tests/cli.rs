@@ -439,3 +439,22 @@ fn dead_jobs_are_listed_retried_and_deleted() {
     assert!(text(&out.stderr).contains("job `x` is not in the dead set of queue `default`"));
     assert_eq!(q.run(&["job", "x"]).status.code(), Some(2), "gone");
 }
+
+#[test]
+fn cancel_a_scheduled_job() {
+    let q = Queue::new();
+    let hash = q.ok(&["upload", &common::job_path("hello")]);
+    q.ok(&["enqueue", hash.trim(), "--id", "later", "--delay", "1h"]);
+    let queues: Value = serde_json::from_str(&q.ok(&["queues", "--json"])).unwrap();
+    assert_eq!(queues[0]["scheduled"], 1);
+    assert_eq!(q.ok(&["cancel", "later"]).trim(), "later: cancelled");
+    let record: Value = serde_json::from_str(&q.ok(&["job", "later", "--json"])).unwrap();
+    assert_eq!(record["state"], "cancelled");
+    let out = q.run(&["cancel", "later"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("job `later` already ended: cancelled"));
+    let queues: Value = serde_json::from_str(&q.ok(&["queues", "--json"])).unwrap();
+    assert_eq!(queues[0]["scheduled"], 0);
+    assert_eq!(queues[0]["totals"]["cancelled"], 1);
+    assert_eq!(queues[0]["totals"]["enqueued"], 1);
+}

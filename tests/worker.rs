@@ -388,6 +388,52 @@ async fn waiting_and_spinning_guests_do_not_hold_up_the_rest(b: Backend) {
     assert!(last_start <= first_end, "sleeping guests held the thread");
 }
 
+async fn a_running_job_can_be_cancelled(b: Backend) {
+    let chaos = upload(b.broker.as_ref(), "chaos").await;
+    let long = job(
+        chaos,
+        "long",
+        json!({"mode": "sleep", "ms": 20_000}),
+        |_| {},
+    );
+    enqueue_checked(b.broker.as_ref(), &[long]).await.unwrap();
+    let worker = Worker::new(
+        b.broker.clone(),
+        common::sandbox().clone(),
+        WorkerConfig {
+            lease: Duration::from_millis(600),
+            ..config()
+        },
+    );
+    let counters = worker.counters();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(worker.run(async {
+        let _ = stopped.await;
+    }));
+    while b.broker.job(None, "long").await.unwrap().unwrap().state != JobState::Leased {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let outcome = b.broker.cancel("default", "long").await.unwrap();
+    assert_eq!(outcome, wasmq::broker::CancelOutcome::Cancelling);
+    let r = b
+        .broker
+        .wait_job("default", "long", Duration::from_secs(15))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        r.state,
+        JobState::Cancelled,
+        "stopped long before its 20 s sleep ended"
+    );
+    assert_eq!(r.attempts, 1, "and not retried");
+    assert_eq!(r.last_error.unwrap().kind, "cancelled");
+    let _ = stop.send(());
+    let stats = running.await.unwrap();
+    assert_eq!((stats.cancelled, stats.succeeded), (1, 0));
+    assert_eq!(counters.snapshot().cancelled, 1);
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod on_memory {
@@ -409,6 +455,7 @@ suite!(
     the_worker_enforces_its_own_ceilings,
     shutdown_finishes_short_jobs_and_hands_back_long_ones,
     heartbeats_keep_a_long_job_from_running_twice,
+    a_running_job_can_be_cancelled,
 );
 
 /// On a single-threaded runtime, so a guest that held the thread would show.

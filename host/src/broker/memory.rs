@@ -13,16 +13,17 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 
 use super::{
-    Ack, AttemptError, Broker, BrokerError, Completion, Enqueued, JobRecord, JobState, Lease,
-    LeaseKey, Maintenance, ModuleInfo, QueueCounts, RunReport, now_ms,
+    Ack, AttemptError, Broker, BrokerError, CancelOutcome, Completion, DEFAULT_RESULT_TTL,
+    Enqueued, Heartbeat, JobRecord, JobState, Lease, LeaseKey, Maintenance, ModuleDeletion,
+    ModuleInfo, QueueCounts, QueueTotals, RunReport, now_ms,
 };
 use crate::invocation::{Invocation, NewJob};
 use crate::modules::ModuleHash;
 
 /// The in-process broker.
-#[derive(Default)]
 pub struct MemoryBroker {
     state: Mutex<State>,
+    result_ttl: Duration,
     /// Woken when a job becomes ready.
     work: Notify,
     /// Woken when a job becomes final.
@@ -47,6 +48,7 @@ struct Queue {
     /// (died at, id).
     dead: BTreeSet<(u64, String)>,
     seq: u64,
+    totals: QueueTotals,
 }
 
 struct Job {
@@ -64,6 +66,8 @@ struct Job {
     ready_key: Option<(i32, u64)>,
     due_at: Option<u64>,
     expires_at: Option<u64>,
+    /// Someone asked to cancel it while it ran.
+    cancel: bool,
 }
 
 impl Job {
@@ -113,10 +117,27 @@ impl State {
     }
 }
 
+impl Default for MemoryBroker {
+    fn default() -> Self {
+        MemoryBroker {
+            state: Mutex::default(),
+            result_ttl: DEFAULT_RESULT_TTL,
+            work: Notify::new(),
+            done: Notify::new(),
+        }
+    }
+}
+
 impl MemoryBroker {
     /// An empty broker.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Keeps succeeded and cancelled jobs' records for `ttl` (default a day).
+    pub fn with_result_ttl(mut self, ttl: Duration) -> Self {
+        self.result_ttl = ttl;
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -200,8 +221,15 @@ impl Broker for MemoryBroker {
                         ready_key: None,
                         due_at: None,
                         expires_at: None,
+                        cancel: false,
                     },
                 );
+                state
+                    .queues
+                    .get_mut(queue)
+                    .expect("created above")
+                    .totals
+                    .enqueued += 1;
                 match job.run_at_ms {
                     Some(at) if at > now => {
                         let q = state.queues.get_mut(queue).expect("created above");
@@ -277,26 +305,32 @@ impl Broker for MemoryBroker {
         &self,
         leases: &[LeaseKey],
         lease: Duration,
-    ) -> Result<Vec<LeaseKey>, BrokerError> {
+    ) -> Result<Heartbeat, BrokerError> {
         let deadline = now_ms() + lease.as_millis() as u64;
         let mut state = self.lock();
-        let mut lost = Vec::new();
+        let mut beat = Heartbeat::default();
         for key in leases {
             let held = state
                 .get(&key.queue, &key.id)
-                .is_some_and(|j| j.state == JobState::Leased && j.token == key.token);
-            if held {
-                let q = state.queues.get_mut(&key.queue).expect("queue of a job");
-                q.leased.insert(key.id.clone(), deadline);
-            } else {
-                lost.push(key.clone());
+                .filter(|j| j.state == JobState::Leased && j.token == key.token)
+                .map(|j| j.cancel);
+            match held {
+                Some(cancel) => {
+                    let q = state.queues.get_mut(&key.queue).expect("queue of a job");
+                    q.leased.insert(key.id.clone(), deadline);
+                    if cancel {
+                        beat.cancel.push(key.clone());
+                    }
+                }
+                None => beat.lost.push(key.clone()),
             }
         }
-        Ok(lost)
+        Ok(beat)
     }
 
-    async fn complete(&self, acks: &[Ack], result_ttl: Duration) -> Result<usize, BrokerError> {
+    async fn complete(&self, acks: &[Ack]) -> Result<usize, BrokerError> {
         let now = now_ms();
+        let result_ttl = self.result_ttl;
         let mut stale = 0;
         let mut finished = false;
         {
@@ -312,44 +346,15 @@ impl Broker for MemoryBroker {
                 }
                 let q = state.queues.get_mut(&key.queue).expect("queue of a job");
                 q.leased.remove(&key.id);
-                match &ack.completion {
-                    Completion::Succeeded(report) => {
-                        let job = state.get(&key.queue, &key.id).expect("held above");
-                        job.state = JobState::Succeeded;
-                        job.finished_at_ms = Some(now);
-                        job.report = Some(report.clone());
-                        job.expires_at = Some(now + result_ttl.as_millis() as u64);
-                        finished = true;
-                    }
-                    Completion::Retry {
-                        delay,
-                        error,
-                        report,
-                    } => {
-                        let due = now + delay.as_millis() as u64;
-                        let q = state.queues.get_mut(&key.queue).expect("queue of a job");
-                        q.scheduled.insert((due, key.id.clone()));
-                        let job = state.get(&key.queue, &key.id).expect("held above");
-                        job.state = JobState::Scheduled;
-                        job.due_at = Some(due);
-                        job.last_error = Some(error.clone());
-                        if report.is_some() {
-                            job.report = report.clone();
-                        }
-                    }
-                    Completion::Dead { error, report } => {
-                        let q = state.queues.get_mut(&key.queue).expect("queue of a job");
-                        q.dead.insert((now, key.id.clone()));
-                        let job = state.get(&key.queue, &key.id).expect("held above");
-                        job.state = JobState::Dead;
-                        job.finished_at_ms = Some(now);
-                        job.last_error = Some(error.clone());
-                        if report.is_some() {
-                            job.report = report.clone();
-                        }
-                        finished = true;
-                    }
-                }
+                let wants_cancel = state.get(&key.queue, &key.id).expect("held").cancel;
+                finished |= apply(
+                    &mut state,
+                    key,
+                    &ack.completion,
+                    wants_cancel,
+                    now,
+                    result_ttl,
+                );
             }
         }
         if finished {
@@ -411,6 +416,16 @@ impl Broker for MemoryBroker {
                 let Some(job) = state.get(queue, &id) else {
                     continue;
                 };
+                if job.cancel {
+                    end_cancelled(job, now, self.result_ttl);
+                    state
+                        .queues
+                        .get_mut(queue)
+                        .expect("queue of a job")
+                        .totals
+                        .cancelled += 1;
+                    continue;
+                }
                 let last = job.attempts >= job.invocation.max_attempts;
                 job.last_error = Some(lease_expired(job.attempts, job.worker.as_deref(), now));
                 if last {
@@ -418,9 +433,16 @@ impl Broker for MemoryBroker {
                     job.finished_at_ms = Some(now);
                     let q = state.queues.get_mut(queue).expect("queue of a job");
                     q.dead.insert((now, id));
+                    q.totals.dead += 1;
                     done.expired_dead += 1;
                 } else {
                     state.make_ready(queue, &id, false);
+                    state
+                        .queues
+                        .get_mut(queue)
+                        .expect("queue of a job")
+                        .totals
+                        .recovered += 1;
                     done.recovered += 1;
                 }
             }
@@ -482,6 +504,7 @@ impl Broker for MemoryBroker {
                 scheduled: q.scheduled.len() as u64,
                 leased: q.leased.len() as u64,
                 dead: q.dead.len() as u64,
+                totals: q.totals.clone(),
             })
             .collect())
     }
@@ -540,6 +563,145 @@ impl Broker for MemoryBroker {
         state.jobs.remove(&(queue.to_owned(), id.to_owned()));
         Ok(true)
     }
+
+    async fn cancel(&self, queue: &str, id: &str) -> Result<CancelOutcome, BrokerError> {
+        let now = now_ms();
+        let outcome = {
+            let mut state = self.lock();
+            let Some(job) = state.get(queue, id) else {
+                return Ok(CancelOutcome::NotFound);
+            };
+            match job.state {
+                JobState::Ready | JobState::Scheduled => {
+                    let (ready_key, due_at) = (job.ready_key, job.due_at);
+                    end_cancelled(job, now, self.result_ttl);
+                    let q = state.queues.get_mut(queue).expect("queue of a job");
+                    if let Some(k) = ready_key {
+                        q.ready.remove(&k);
+                    }
+                    if let Some(at) = due_at {
+                        q.scheduled.remove(&(at, id.to_owned()));
+                    }
+                    q.totals.cancelled += 1;
+                    CancelOutcome::Cancelled
+                }
+                JobState::Leased => {
+                    job.cancel = true;
+                    CancelOutcome::Cancelling
+                }
+                final_state => CancelOutcome::AlreadyFinal(final_state),
+            }
+        };
+        if outcome == CancelOutcome::Cancelled {
+            self.done.notify_waiters();
+        }
+        Ok(outcome)
+    }
+
+    async fn delete_module(
+        &self,
+        hash: ModuleHash,
+        force: bool,
+    ) -> Result<ModuleDeletion, BrokerError> {
+        let mut state = self.lock();
+        if !state.modules.contains_key(&hash) {
+            return Ok(ModuleDeletion::NotFound);
+        }
+        let users = state
+            .jobs
+            .values()
+            .filter(|j| {
+                j.invocation.module == hash
+                    && !matches!(j.state, JobState::Succeeded | JobState::Cancelled)
+            })
+            .count() as u64;
+        if users > 0 && !force {
+            return Ok(ModuleDeletion::InUse(users));
+        }
+        state.modules.remove(&hash);
+        Ok(ModuleDeletion::Deleted)
+    }
+}
+
+/// Applies one held lease's completion; true when the job became final.
+fn apply(
+    state: &mut State,
+    key: &LeaseKey,
+    completion: &Completion,
+    wants_cancel: bool,
+    now: u64,
+    result_ttl: Duration,
+) -> bool {
+    fn totals<'a>(state: &'a mut State, queue: &str) -> &'a mut QueueTotals {
+        &mut state.queues.get_mut(queue).expect("queue of a job").totals
+    }
+    match completion {
+        Completion::Succeeded(report) => {
+            let job = state.get(&key.queue, &key.id).expect("held");
+            job.state = JobState::Succeeded;
+            job.finished_at_ms = Some(now);
+            job.report = Some(report.clone());
+            job.cancel = false;
+            job.expires_at = Some(now + result_ttl.as_millis() as u64);
+            totals(state, &key.queue).succeeded += 1;
+            true
+        }
+        Completion::Cancelled { error } | Completion::Retry { error, .. }
+            if wants_cancel || matches!(completion, Completion::Cancelled { .. }) =>
+        {
+            let job = state.get(&key.queue, &key.id).expect("held");
+            job.last_error = Some(error.clone());
+            end_cancelled(job, now, result_ttl);
+            let t = totals(state, &key.queue);
+            t.failed += 1;
+            t.cancelled += 1;
+            true
+        }
+        Completion::Retry {
+            delay,
+            error,
+            report,
+        } => {
+            let due = now + delay.as_millis() as u64;
+            let q = state.queues.get_mut(&key.queue).expect("queue of a job");
+            q.scheduled.insert((due, key.id.clone()));
+            q.totals.failed += 1;
+            q.totals.retried += 1;
+            let job = state.get(&key.queue, &key.id).expect("held");
+            job.state = JobState::Scheduled;
+            job.due_at = Some(due);
+            job.last_error = Some(error.clone());
+            if report.is_some() {
+                job.report = report.clone();
+            }
+            false
+        }
+        Completion::Dead { error, report } => {
+            let q = state.queues.get_mut(&key.queue).expect("queue of a job");
+            q.dead.insert((now, key.id.clone()));
+            q.totals.failed += 1;
+            q.totals.dead += 1;
+            let job = state.get(&key.queue, &key.id).expect("held");
+            job.state = JobState::Dead;
+            job.cancel = false;
+            job.finished_at_ms = Some(now);
+            job.last_error = Some(error.clone());
+            if report.is_some() {
+                job.report = report.clone();
+            }
+            true
+        }
+        Completion::Cancelled { .. } => unreachable!("matched above"),
+    }
+}
+
+fn end_cancelled(job: &mut Job, now: u64, result_ttl: Duration) {
+    job.state = JobState::Cancelled;
+    job.cancel = false;
+    job.ready_key = None;
+    job.due_at = None;
+    job.finished_at_ms = Some(now);
+    job.expires_at = Some(now + result_ttl.as_millis() as u64);
 }
 
 /// The error recorded when a worker stopped heartbeating. Mirrored in `lua/maintain.lua`.

@@ -48,12 +48,17 @@ pub enum JobState {
     Succeeded,
     /// Failed for good; kept until retried or deleted.
     Dead,
+    /// Cancelled before it ended; kept for the result TTL, never retried.
+    Cancelled,
 }
 
 impl JobState {
     /// Whether the job will not change any more on its own.
     pub fn is_final(self) -> bool {
-        matches!(self, JobState::Succeeded | JobState::Dead)
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Dead | JobState::Cancelled
+        )
     }
 
     /// The lowercase name stored in Redis and shown by the CLI.
@@ -64,6 +69,7 @@ impl JobState {
             JobState::Leased => "leased",
             JobState::Succeeded => "succeeded",
             JobState::Dead => "dead",
+            JobState::Cancelled => "cancelled",
         }
     }
 
@@ -75,6 +81,7 @@ impl JobState {
             "leased" => JobState::Leased,
             "succeeded" => JobState::Succeeded,
             "dead" => JobState::Dead,
+            "cancelled" => JobState::Cancelled,
             _ => return None,
         })
     }
@@ -166,6 +173,11 @@ pub enum Completion {
         /// What it produced.
         report: Option<RunReport>,
     },
+    /// Stopped because its cancellation was requested; never retried.
+    Cancelled {
+        /// What the interrupted attempt looked like.
+        error: AttemptError,
+    },
 }
 
 /// One acknowledgement.
@@ -227,7 +239,67 @@ pub struct QueueCounts {
     pub leased: u64,
     /// In the dead set.
     pub dead: u64,
+    /// Running totals since the queue was first used.
+    pub totals: QueueTotals,
 }
+
+/// Running totals of one queue, kept by the broker for every worker together.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueTotals {
+    /// Jobs accepted (repeated ids not counted).
+    pub enqueued: u64,
+    /// Jobs that succeeded.
+    pub succeeded: u64,
+    /// Attempts that failed (each retry and each death counts one).
+    pub failed: u64,
+    /// Attempts scheduled again after a failure.
+    pub retried: u64,
+    /// Jobs moved to the dead set.
+    pub dead: u64,
+    /// Jobs cancelled.
+    pub cancelled: u64,
+    /// Expired leases returned to ready (a worker died or lost Redis).
+    pub recovered: u64,
+}
+
+/// What a heartbeat learned about the leases it extended.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// Leases this worker no longer holds (expired and moved on).
+    pub lost: Vec<LeaseKey>,
+    /// Leases whose job someone asked to cancel.
+    pub cancel: Vec<LeaseKey>,
+}
+
+/// What a cancel request did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelOutcome {
+    /// The job was waiting; it is cancelled now.
+    Cancelled,
+    /// The job is running; its worker will stop it and it will end cancelled.
+    Cancelling,
+    /// The job had already ended in this state.
+    AlreadyFinal(JobState),
+    /// No such job.
+    NotFound,
+}
+
+/// What deleting a module did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModuleDeletion {
+    /// Deleted.
+    Deleted,
+    /// Refused: this many jobs that have not succeeded still name it.
+    InUse(u64),
+    /// No such module.
+    NotFound,
+}
+
+/// How long a broker keeps the records of jobs that succeeded or were cancelled. A day, like
+/// Celery's result expiry: long enough to look a job up the next morning.
+pub const DEFAULT_RESULT_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// An uploaded module.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -303,17 +375,18 @@ pub trait Broker: Send + Sync + 'static {
     /// Returns when one of `queues` may have a ready job, or after `timeout`.
     async fn wait_for_work(&self, queues: &[String], timeout: Duration) -> Result<(), BrokerError>;
 
-    /// Extends `leases` to `lease` from now; returns the ones this worker no longer holds.
+    /// Extends `leases` to `lease` from now; reports the ones this worker no longer holds and the
+    /// ones to cancel.
     async fn heartbeat(
         &self,
         leases: &[LeaseKey],
         lease: Duration,
-    ) -> Result<Vec<LeaseKey>, BrokerError>;
+    ) -> Result<Heartbeat, BrokerError>;
 
     /// Applies acknowledgements, each atomically (state, result, output and lease in one step).
-    /// Succeeded jobs are kept for `result_ttl`. Returns how many were stale (the lease had
-    /// expired and moved on) and so ignored.
-    async fn complete(&self, acks: &[Ack], result_ttl: Duration) -> Result<usize, BrokerError>;
+    /// Succeeded jobs are kept for the broker's result TTL. Returns how many were stale (the lease
+    /// had expired and moved on) and so ignored.
+    async fn complete(&self, acks: &[Ack]) -> Result<usize, BrokerError>;
 
     /// Hands leased jobs back to the front of ready without counting the attempt (shutdown).
     async fn release(&self, leases: &[LeaseKey]) -> Result<(), BrokerError>;
@@ -344,6 +417,16 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Deletes a dead job. False if it is not dead.
     async fn delete_dead(&self, queue: &str, id: &str) -> Result<bool, BrokerError>;
+
+    /// Cancels a job: at once if it is waiting, through its worker if it is running.
+    async fn cancel(&self, queue: &str, id: &str) -> Result<CancelOutcome, BrokerError>;
+
+    /// Deletes a module; refused while jobs that have not succeeded name it, unless `force`.
+    async fn delete_module(
+        &self,
+        hash: ModuleHash,
+        force: bool,
+    ) -> Result<ModuleDeletion, BrokerError>;
 }
 
 /// Enqueues after checking that every module named was uploaded: an unknown module is refused here,

@@ -56,7 +56,9 @@ enum Command {
     Worker(worker::WorkerArgs),
     /// Show one job: state, attempts, result, output, failure.
     Job(queue::JobArgs),
-    /// Job counts per queue.
+    /// Cancel a job: at once if it is waiting, through its worker if it is running.
+    Cancel(queue::CancelArgs),
+    /// Job counts and running totals per queue.
     Queues(queue::QueuesArgs),
     /// List, retry or delete dead jobs.
     #[command(subcommand)]
@@ -111,9 +113,11 @@ impl Cli {
             Command::Enqueue(args) => queue::enqueue(redis.connect().await?, args).await,
             Command::Worker(args) => {
                 let sandbox = sandbox(cache_dir, args.concurrency())?;
-                worker::run(redis.connect().await?, sandbox, args).await
+                let broker = redis.connect_with_ttl(args.result_ttl()).await?;
+                worker::run(broker, sandbox, args).await
             }
             Command::Job(args) => queue::job(redis.connect().await?.as_ref(), args).await,
+            Command::Cancel(args) => queue::cancel(redis.connect().await?.as_ref(), args).await,
             Command::Queues(args) => queue::queues(redis.connect().await?.as_ref(), args).await,
             Command::Dead(command) => queue::dead(redis.connect().await?.as_ref(), command).await,
         }

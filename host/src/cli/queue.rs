@@ -14,7 +14,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::report;
 use crate::broker::redis::RedisBroker;
-use crate::broker::{Broker, Enqueued, JobRecord, JobState, enqueue_checked};
+use crate::broker::{Broker, CancelOutcome, Enqueued, JobRecord, JobState, enqueue_checked};
 use crate::invocation::{Invocation, NewJob, format_time};
 use crate::modules::ModuleHash;
 use crate::sandbox::Sandbox;
@@ -34,10 +34,23 @@ pub(crate) struct RedisArgs {
 
 impl RedisArgs {
     pub(crate) async fn connect(&self) -> anyhow::Result<Arc<RedisBroker>> {
-        let broker = RedisBroker::connect(&self.redis)
+        Ok(Arc::new(self.connect_plain().await?))
+    }
+
+    /// Connects, keeping succeeded jobs' records for `result_ttl`.
+    pub(crate) async fn connect_with_ttl(
+        &self,
+        result_ttl: Duration,
+    ) -> anyhow::Result<Arc<RedisBroker>> {
+        Ok(Arc::new(
+            self.connect_plain().await?.with_result_ttl(result_ttl),
+        ))
+    }
+
+    async fn connect_plain(&self) -> anyhow::Result<RedisBroker> {
+        RedisBroker::connect(&self.redis)
             .await
-            .with_context(|| format!("failed to connect to Redis at `{}`", self.redis))?;
-        Ok(Arc::new(broker))
+            .with_context(|| format!("failed to connect to Redis at `{}`", self.redis))
     }
 }
 
@@ -361,14 +374,59 @@ pub(crate) async fn queues(broker: &dyn Broker, args: QueuesArgs) -> anyhow::Res
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<24} {:>10} {:>10} {:>10} {:>10}",
-        "queue", "ready", "scheduled", "leased", "dead"
+        "{:<24} {:>9} {:>9} {:>9} {:>9} │ {:>10} {:>10} {:>9} {:>9}",
+        "queue",
+        "ready",
+        "scheduled",
+        "leased",
+        "dead",
+        "enqueued",
+        "succeeded",
+        "retried",
+        "failed"
     );
     for c in counts {
+        let t = &c.totals;
         println!(
-            "{:<24} {:>10} {:>10} {:>10} {:>10}",
-            c.queue, c.ready, c.scheduled, c.leased, c.dead
+            "{:<24} {:>9} {:>9} {:>9} {:>9} │ {:>10} {:>10} {:>9} {:>9}",
+            c.queue,
+            c.ready,
+            c.scheduled,
+            c.leased,
+            c.dead,
+            t.enqueued,
+            t.succeeded,
+            t.retried,
+            t.failed
         );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Flags of `wasmq cancel`.
+#[derive(Debug, Args)]
+pub(crate) struct CancelArgs {
+    /// The job id.
+    id: String,
+    /// The job's queue [default: search every queue].
+    #[arg(long)]
+    queue: Option<String>,
+}
+
+pub(crate) async fn cancel(broker: &dyn Broker, args: CancelArgs) -> anyhow::Result<ExitCode> {
+    let Some(record) = broker.job(args.queue.as_deref(), &args.id).await? else {
+        bail!("job `{}` not found", args.id);
+    };
+    match broker.cancel(&record.queue, &args.id).await? {
+        CancelOutcome::Cancelled => println!("{}: cancelled", args.id),
+        CancelOutcome::Cancelling => println!(
+            "{}: running; its worker stops it at its next heartbeat and it ends cancelled",
+            args.id
+        ),
+        CancelOutcome::AlreadyFinal(state) => {
+            bail!("job `{}` already ended: {}", args.id, state.as_str())
+        }
+        CancelOutcome::NotFound => bail!("job `{}` not found", args.id),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -45,6 +45,10 @@ impl WorkerArgs {
         self.concurrency
     }
 
+    pub(crate) fn result_ttl(&self) -> Duration {
+        self.result_ttl
+    }
+
     pub(crate) fn config(&self) -> anyhow::Result<WorkerConfig> {
         if self.concurrency == 0 {
             anyhow::bail!("`--concurrency` must be at least 1");
@@ -62,7 +66,6 @@ impl WorkerArgs {
             concurrency: self.concurrency,
             lease: self.lease,
             grace: self.grace,
-            result_ttl: self.result_ttl,
             backoff: Backoff {
                 base: self.backoff_base,
                 max: self.backoff_max,

@@ -49,8 +49,6 @@ pub struct WorkerConfig {
     /// How long running jobs get to finish after a shutdown signal. 25 s, Sidekiq's default: inside
     /// the 30 s most process managers wait before SIGKILL.
     pub grace: Duration,
-    /// How long succeeded jobs' records are kept. A day, like Celery's result expiry.
-    pub result_ttl: Duration,
     /// Retry delays.
     pub backoff: Backoff,
     /// Period of the maintenance pass (promote due jobs, recover expired leases). Also the
@@ -69,7 +67,6 @@ impl Default for WorkerConfig {
             concurrency: 16,
             lease: Duration::from_secs(30),
             grace: Duration::from_secs(25),
-            result_ttl: Duration::from_secs(24 * 3600),
             backoff: Backoff::default(),
             maintain_every: Duration::from_secs(1),
             // Enough to amortise a round trip over many no-op jobs; small enough that one worker
@@ -101,6 +98,8 @@ pub struct Counters {
     pub retried: AtomicU64,
     /// Jobs moved to the dead set.
     pub dead: AtomicU64,
+    /// Jobs stopped because their cancellation was requested.
+    pub cancelled: AtomicU64,
     /// Acks ignored because the lease had moved on.
     pub stale: AtomicU64,
     /// Jobs handed back at shutdown.
@@ -120,6 +119,8 @@ pub struct WorkerStats {
     pub retried: u64,
     /// Jobs moved to the dead set.
     pub dead: u64,
+    /// Jobs stopped because their cancellation was requested.
+    pub cancelled: u64,
     /// Acks ignored because the lease had moved on.
     pub stale: u64,
     /// Jobs handed back at shutdown.
@@ -137,6 +138,7 @@ impl Counters {
             succeeded: get(&self.succeeded),
             retried: get(&self.retried),
             dead: get(&self.dead),
+            cancelled: get(&self.cancelled),
             stale: get(&self.stale),
             released: get(&self.released),
             fuel_used: get(&self.fuel_used),
@@ -156,6 +158,7 @@ pub struct Worker {
 /// A job in flight: how to stop it, and whether its ack is already on its way.
 struct InFlight {
     abort: Option<AbortHandle>,
+    attempt: u32,
     acking: bool,
 }
 
@@ -191,12 +194,12 @@ impl Worker {
             ack_rx,
             inflight.clone(),
             self.counters.clone(),
-            config.result_ttl,
         ));
         let heartbeat = tokio::spawn(heartbeat_loop(
             self.broker.clone(),
             inflight.clone(),
             config.lease,
+            ack_tx.clone(),
             stop_rx.clone(),
         ));
         let maintenance = tokio::spawn(crate::scheduler::maintain(
@@ -256,6 +259,7 @@ impl Worker {
                     key.clone(),
                     InFlight {
                         abort: None,
+                        attempt: lease.attempt,
                         acking: false,
                     },
                 );
@@ -298,10 +302,12 @@ impl Worker {
                 }
             }
         }
-        drop(ack_tx);
-        let _ = acker.await;
+        // Heartbeats ran through the drain; the heartbeat loop holds an ack sender (for
+        // cancellations), so it stops before the acker can see its channel close.
         let _ = stop_tx.send(true);
         let _ = heartbeat.await;
+        drop(ack_tx);
+        let _ = acker.await;
         let _ = maintenance.await;
         let stats = self.counters.snapshot();
         tracing::info!(worker = %config.name, ?stats, "worker stopped");
@@ -471,7 +477,6 @@ async fn ack_loop(
     mut rx: mpsc::UnboundedReceiver<Ack>,
     inflight: InFlightMap,
     counters: Arc<Counters>,
-    result_ttl: Duration,
 ) {
     // An ack batch this large holds Redis for about a millisecond.
     const MAX_BATCH: usize = 256;
@@ -482,7 +487,7 @@ async fn ack_loop(
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let mut pause = Duration::from_millis(50);
         for round in 1..=ROUNDS {
-            match broker.complete(&batch, result_ttl).await {
+            match broker.complete(&batch).await {
                 Ok(stale) => {
                     counters.stale.fetch_add(stale as u64, Ordering::Relaxed);
                     if stale > 0 {
@@ -511,17 +516,20 @@ async fn ack_loop(
                 Completion::Succeeded(_) => &counters.succeeded,
                 Completion::Retry { .. } => &counters.retried,
                 Completion::Dead { .. } => &counters.dead,
+                Completion::Cancelled { .. } => &counters.cancelled,
             };
             counter.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
 
-/// Extends every held lease each `lease / 3`: two heartbeats may be lost before a lease expires.
+/// Extends every held lease each `lease / 3` (two heartbeats may be lost before a lease expires),
+/// abandons runs whose lease was lost and stops those whose cancellation was requested.
 async fn heartbeat_loop(
     broker: Arc<dyn Broker>,
     inflight: InFlightMap,
     lease: Duration,
+    acks: mpsc::UnboundedSender<Ack>,
     mut stop: watch::Receiver<bool>,
 ) {
     let period = lease / 3;
@@ -540,9 +548,29 @@ async fn heartbeat_loop(
             continue;
         }
         match broker.heartbeat(&held, lease).await {
-            Ok(lost) => {
+            Ok(beat) => {
                 let mut map = inflight.lock().expect("not poisoned");
-                for key in lost {
+                for key in beat.cancel {
+                    let Some(entry) = map.get_mut(&key).filter(|f| !f.acking) else {
+                        continue;
+                    };
+                    tracing::info!(id = %key.id, queue = %key.queue, "cancelled while running; stopping it");
+                    if let Some(handle) = entry.abort.take() {
+                        handle.abort();
+                    }
+                    entry.acking = true;
+                    let error = AttemptError {
+                        attempt: entry.attempt,
+                        kind: "cancelled".to_owned(),
+                        message: "cancelled while running; the attempt was stopped".to_owned(),
+                        at_ms: now_ms(),
+                    };
+                    let _ = acks.send(Ack {
+                        lease: key,
+                        completion: Completion::Cancelled { error },
+                    });
+                }
+                for key in beat.lost {
                     // A job whose ack is on its way is left to it: the ack will be counted stale.
                     if map.get(&key).is_some_and(|f| !f.acking) {
                         tracing::warn!(id = %key.id, queue = %key.queue, "lease lost; abandoning the run");

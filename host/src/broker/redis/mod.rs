@@ -10,10 +10,11 @@
 //! | `wasmq:{q}:scheduled` | zset | ids by due time (delayed jobs, retry backoff) |
 //! | `wasmq:{q}:leased` | zset | ids by lease deadline |
 //! | `wasmq:{q}:dead` | zset | ids by time of death |
-//! | `wasmq:{q}:job:<id>` | hash | `inv` (the invocation JSON), `state`, `attempts`, `max`, `prio`, `enq`, `lease` (token), `worker`, `started`, `fin`, `err`, `report` |
+//! | `wasmq:{q}:job:<id>` | hash | `inv` (the invocation JSON), `state`, `attempts`, `max`, `prio`, `enq`, `lease` (token), `worker`, `started`, `fin`, `err`, `report`, `cancel`, `waiters` |
 //! | `wasmq:{q}:wake` | list | at most one token: a blocked worker's `BLPOP` wakes on it |
 //! | `wasmq:{q}:done:<id>` | list | tokens for clients waiting on a job (`--wait`) |
 //! | `wasmq:{q}:seq` | string | enqueue counter (FIFO within a priority) |
+//! | `wasmq:{q}:stats` | hash | running totals: `enqueued`, `succeeded`, `failed`, `retried`, `dead`, `cancelled`, `recovered` |
 //! | `wasmq:queues` | set | every queue name used |
 //! | `wasmq:{modules}:index` | hash | hex digest → `{size, uploaded_at_ms}` |
 //! | `wasmq:{modules}:bytes:<hex>` | string | the component bytes |
@@ -32,8 +33,9 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnecti
 use redis::{AsyncConnectionConfig, RedisError, RetryMethod, Script, ScriptInvocation};
 
 use super::{
-    Ack, AttemptError, Broker, BrokerError, Completion, Enqueued, JobRecord, JobState, Lease,
-    LeaseKey, Maintenance, ModuleInfo, QueueCounts, RunReport,
+    Ack, AttemptError, Broker, BrokerError, CancelOutcome, Completion, DEFAULT_RESULT_TTL,
+    Enqueued, Heartbeat, JobRecord, JobState, Lease, LeaseKey, Maintenance, ModuleDeletion,
+    ModuleInfo, QueueCounts, QueueTotals, RunReport, now_ms,
 };
 use crate::invocation::{Invocation, NewJob};
 use crate::modules::ModuleHash;
@@ -72,7 +74,9 @@ struct Scripts {
     watch: Script,
     dead_retry: Script,
     dead_delete: Script,
+    cancel: Script,
     put_module: Script,
+    delete_module: Script,
 }
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
@@ -85,7 +89,9 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     watch: script!("watch"),
     dead_retry: script!("dead_retry"),
     dead_delete: script!("dead_delete"),
+    cancel: script!("cancel"),
     put_module: Script::new(include_str!("lua/put_module.lua")),
+    delete_module: Script::new(include_str!("lua/delete_module.lua")),
 });
 
 /// Every Redis key wasmq uses, built in one place.
@@ -97,8 +103,8 @@ pub struct Keys {
 /// The keys of one queue, in the order job scripts take them.
 #[derive(Clone, Debug)]
 pub struct QueueKeys {
-    /// `KEYS[1..=6]`: ready, scheduled, leased, dead, wake, seq.
-    pub keys: [String; 6],
+    /// `KEYS[1..=7]`: ready, scheduled, leased, dead, wake, seq, stats.
+    pub keys: [String; 7],
     /// Prefix of job hashes: `wasmq:{q}:job:`.
     pub job_prefix: String,
     /// Prefix of waiter lists: `wasmq:{q}:done:`.
@@ -117,8 +123,16 @@ impl Keys {
     pub fn queue(&self, queue: &str) -> QueueKeys {
         let base = format!("{}:{{{queue}}}:", self.prefix);
         QueueKeys {
-            keys: ["ready", "scheduled", "leased", "dead", "wake", "seq"]
-                .map(|k| format!("{base}{k}")),
+            keys: [
+                "ready",
+                "scheduled",
+                "leased",
+                "dead",
+                "wake",
+                "seq",
+                "stats",
+            ]
+            .map(|k| format!("{base}{k}")),
             job_prefix: format!("{base}job:"),
             done_prefix: format!("{base}done:"),
         }
@@ -157,6 +171,7 @@ pub struct RedisBroker {
     /// Idle connections for blocking commands.
     blocking: Mutex<Vec<MultiplexedConnection>>,
     keys: Keys,
+    result_ttl: Duration,
     /// Queues this process already added to `wasmq:queues`.
     registered: Mutex<HashSet<String>>,
 }
@@ -181,8 +196,19 @@ impl RedisBroker {
             conn,
             blocking: Mutex::new(Vec::new()),
             keys: Keys::new(prefix),
+            result_ttl: DEFAULT_RESULT_TTL,
             registered: Mutex::new(HashSet::new()),
         })
+    }
+
+    /// Keeps succeeded and cancelled jobs' records for `ttl` (default a day).
+    pub fn with_result_ttl(mut self, ttl: Duration) -> Self {
+        self.result_ttl = ttl;
+        self
+    }
+
+    fn ttl_secs(&self) -> u64 {
+        self.result_ttl.as_secs().max(1)
     }
 
     /// The key builder.
@@ -499,18 +525,38 @@ impl Broker for RedisBroker {
                 .arg(lease.as_millis() as u64)
                 .arg(worker);
             let rows: Vec<(String, String, u32, u64)> = self.script(&inv).await?;
+            let mut refused = Vec::new();
             for (id, inv_json, attempt, token) in rows {
-                let invocation = serde_json::from_str(&inv_json)
-                    .map_err(|e| corrupt(&format!("{queue}/{id}"), format!("`inv`: {e}")))?;
-                out.push(Lease {
-                    key: LeaseKey {
-                        queue: queue.clone(),
-                        id,
-                        token,
-                    },
-                    attempt,
-                    invocation,
-                });
+                let key = LeaseKey {
+                    queue: queue.clone(),
+                    id,
+                    token,
+                };
+                match Invocation::from_json(inv_json.as_bytes()) {
+                    Ok(invocation) => out.push(Lease {
+                        key,
+                        attempt,
+                        invocation,
+                    }),
+                    // Written straight into Redis by something that skipped the checks: the job
+                    // ends dead with the reason instead of stalling every worker that fetches it.
+                    Err(e) => refused.push(Ack {
+                        lease: key,
+                        completion: Completion::Dead {
+                            error: AttemptError {
+                                attempt,
+                                kind: "invocation".to_owned(),
+                                message: e.to_string(),
+                                at_ms: now_ms(),
+                            },
+                            report: None,
+                        },
+                    }),
+                }
+            }
+            if !refused.is_empty() {
+                tracing::warn!(queue = %queue, count = refused.len(), "invalid invocations moved to the dead set");
+                self.complete(&refused).await?;
             }
         }
         Ok(out)
@@ -532,22 +578,29 @@ impl Broker for RedisBroker {
         &self,
         leases: &[LeaseKey],
         lease: Duration,
-    ) -> Result<Vec<LeaseKey>, BrokerError> {
-        let mut lost = Vec::new();
+    ) -> Result<Heartbeat, BrokerError> {
+        let mut beat = Heartbeat::default();
         for (queue, group) in group_by_queue(leases) {
             let mut inv = self.queue_script(&SCRIPTS.heartbeat, queue);
             inv.arg(lease.as_millis() as u64);
             for key in &group {
                 inv.arg(&key.id).arg(key.token);
             }
-            let gone: Vec<String> = self.script(&inv).await?;
+            let (gone, cancel): (Vec<String>, Vec<String>) = self.script(&inv).await?;
             let gone: HashSet<String> = gone.into_iter().collect();
-            lost.extend(group.into_iter().filter(|k| gone.contains(&k.id)).cloned());
+            let cancel: HashSet<String> = cancel.into_iter().collect();
+            for key in group {
+                if gone.contains(&key.id) {
+                    beat.lost.push(key.clone());
+                } else if cancel.contains(&key.id) {
+                    beat.cancel.push(key.clone());
+                }
+            }
         }
-        Ok(lost)
+        Ok(beat)
     }
 
-    async fn complete(&self, acks: &[Ack], result_ttl: Duration) -> Result<usize, BrokerError> {
+    async fn complete(&self, acks: &[Ack]) -> Result<usize, BrokerError> {
         let mut by_queue: HashMap<&str, Vec<&Ack>> = HashMap::new();
         for ack in acks {
             by_queue.entry(&ack.lease.queue).or_default().push(ack);
@@ -555,7 +608,7 @@ impl Broker for RedisBroker {
         let mut stale = 0;
         for (queue, group) in by_queue {
             let mut inv = self.queue_script(&SCRIPTS.ack, queue);
-            inv.arg(result_ttl.as_secs().max(1));
+            inv.arg(self.ttl_secs());
             for ack in group {
                 let (action, delay, error, report) = match &ack.completion {
                     Completion::Succeeded(report) => ("ok", 0, None, Some(report)),
@@ -570,6 +623,7 @@ impl Broker for RedisBroker {
                         report.as_ref(),
                     ),
                     Completion::Dead { error, report } => ("dead", 0, Some(error), report.as_ref()),
+                    Completion::Cancelled { error } => ("cancelled", 0, Some(error), None),
                 };
                 inv.arg(&ack.lease.id)
                     .arg(ack.lease.token)
@@ -597,7 +651,7 @@ impl Broker for RedisBroker {
 
     async fn maintain(&self, queue: &str) -> Result<Maintenance, BrokerError> {
         let mut inv = self.queue_script(&SCRIPTS.maintain, queue);
-        inv.arg(MAINTAIN_LIMIT);
+        inv.arg(MAINTAIN_LIMIT).arg(self.ttl_secs());
         let (promoted, recovered, expired_dead): (u64, u64, u64) = self.script(&inv).await?;
         Ok(Maintenance {
             promoted,
@@ -675,15 +729,38 @@ impl Broker for RedisBroker {
                 async move { pipe.query_async(&mut c).await }
             })
             .await?;
+        let mut pipe = redis::pipe();
+        for q in &names {
+            pipe.cmd("HGETALL").arg(&self.keys.queue(q).keys[6]);
+        }
+        let stats: Vec<HashMap<String, u64>> = self
+            .retrying(|mut c| {
+                let pipe = pipe.clone();
+                async move { pipe.query_async(&mut c).await }
+            })
+            .await?;
         Ok(names
             .into_iter()
             .zip(counts.chunks(4))
-            .map(|(queue, c)| QueueCounts {
-                queue,
-                ready: c[0],
-                scheduled: c[1],
-                leased: c[2],
-                dead: c[3],
+            .zip(stats)
+            .map(|((queue, c), t)| {
+                let get = |f: &str| t.get(f).copied().unwrap_or(0);
+                QueueCounts {
+                    queue,
+                    ready: c[0],
+                    scheduled: c[1],
+                    leased: c[2],
+                    dead: c[3],
+                    totals: QueueTotals {
+                        enqueued: get("enqueued"),
+                        succeeded: get("succeeded"),
+                        failed: get("failed"),
+                        retried: get("retried"),
+                        dead: get("dead"),
+                        cancelled: get("cancelled"),
+                        recovered: get("recovered"),
+                    },
+                }
             })
             .collect())
     }
@@ -727,6 +804,101 @@ impl Broker for RedisBroker {
         let n: u32 = self.script(&inv).await?;
         Ok(n == 1)
     }
+
+    async fn cancel(&self, queue: &str, id: &str) -> Result<CancelOutcome, BrokerError> {
+        let mut inv = self.queue_script(&SCRIPTS.cancel, queue);
+        inv.arg(id).arg(self.ttl_secs());
+        let outcome: String = self.script(&inv).await?;
+        Ok(match outcome.as_str() {
+            "cancelled" => CancelOutcome::Cancelled,
+            "cancelling" => CancelOutcome::Cancelling,
+            "missing" => CancelOutcome::NotFound,
+            other => CancelOutcome::AlreadyFinal(
+                other
+                    .strip_prefix("final:")
+                    .and_then(JobState::parse)
+                    .ok_or_else(|| corrupt(id, format!("cancel outcome `{other}`")))?,
+            ),
+        })
+    }
+
+    async fn delete_module(
+        &self,
+        hash: ModuleHash,
+        force: bool,
+    ) -> Result<ModuleDeletion, BrokerError> {
+        if !self.has_module(hash).await? {
+            return Ok(ModuleDeletion::NotFound);
+        }
+        if !force {
+            let users = self.jobs_using(hash).await?;
+            if users > 0 {
+                return Ok(ModuleDeletion::InUse(users));
+            }
+        }
+        let mut inv = SCRIPTS.delete_module.prepare_invoke();
+        inv.key(self.keys.module_index())
+            .key(self.keys.module_bytes(hash))
+            .arg(hash.hex());
+        let n: u32 = self.script(&inv).await?;
+        Ok(if n == 1 {
+            ModuleDeletion::Deleted
+        } else {
+            ModuleDeletion::NotFound
+        })
+    }
+}
+
+impl RedisBroker {
+    /// Counts jobs that are waiting, running or dead and name `hash`: a scan of every queue, for
+    /// the rare admin operation that needs it.
+    async fn jobs_using(&self, hash: ModuleHash) -> Result<u64, BrokerError> {
+        const PAGE: isize = 1000;
+        let mut users = 0;
+        for queue in self.queue_names().await? {
+            let qk = self.keys.queue(&queue);
+            for index in &qk.keys[..4] {
+                let mut start = 0;
+                loop {
+                    let ids: Vec<String> = self
+                        .retrying(|mut c| {
+                            let index = index.clone();
+                            async move {
+                                redis::cmd("ZRANGE")
+                                    .arg(index)
+                                    .arg(start)
+                                    .arg(start + PAGE - 1)
+                                    .query_async(&mut c)
+                                    .await
+                            }
+                        })
+                        .await?;
+                    if ids.is_empty() {
+                        break;
+                    }
+                    let mut pipe = redis::pipe();
+                    for id in &ids {
+                        pipe.cmd("HGET").arg(self.keys.job(&queue, id)).arg("inv");
+                    }
+                    let invs: Vec<Option<String>> = self
+                        .retrying(|mut c| {
+                            let pipe = pipe.clone();
+                            async move { pipe.query_async(&mut c).await }
+                        })
+                        .await?;
+                    users += invs
+                        .iter()
+                        .flatten()
+                        .filter(|inv| {
+                            Invocation::from_json(inv.as_bytes()).is_ok_and(|i| i.module == hash)
+                        })
+                        .count() as u64;
+                    start += PAGE;
+                }
+            }
+        }
+        Ok(users)
+    }
 }
 
 fn parse_module_info(hex: &str, info: &str) -> Result<ModuleInfo, BrokerError> {
@@ -755,4 +927,20 @@ fn group_by_queue(leases: &[LeaseKey]) -> Vec<(&str, Vec<&LeaseKey>)> {
         }
     }
     groups
+}
+
+#[cfg(test)]
+mod tests {
+    /// `docs/redis-enqueue.lua` is what direct writers load: it must be exactly the script the
+    /// broker runs. Regenerate with `cat lua/common.lua lua/enqueue.lua > docs/redis-enqueue.lua`.
+    #[test]
+    fn the_published_enqueue_script_is_the_one_in_use() {
+        assert_eq!(
+            include_str!("../../../../docs/redis-enqueue.lua"),
+            concat!(
+                include_str!("lua/common.lua"),
+                include_str!("lua/enqueue.lua")
+            )
+        );
+    }
 }

@@ -1,9 +1,11 @@
 -- Acknowledge attempts: ARGV[3] = result TTL in seconds, then per job: id, token,
--- action (ok | retry | dead), retry delay ms, error JSON (or ''), report JSON (or '').
--- State, result, output and the lease change together. Returns how many acks were stale.
+-- action (ok | retry | dead | cancelled), retry delay ms, error JSON (or ''), report JSON (or '').
+-- State, result, output and the lease change together. A retry of a job whose cancellation was
+-- requested ends it as cancelled instead. Returns how many acks were stale.
 local now = now_ms()
 local ttl = tonumber(ARGV[3])
 local stale = 0
+local n = {succeeded = 0, failed = 0, retried = 0, dead = 0, cancelled = 0}
 for i = 4, #ARGV, 6 do
   local id, token, action, delay, err, report = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3]), ARGV[i + 4], ARGV[i + 5]
   local jk = ARGV[1] .. id
@@ -12,19 +14,29 @@ for i = 4, #ARGV, 6 do
   else
     redis.call('ZREM', KEYS[3], id)
     if report ~= '' then redis.call('HSET', jk, 'report', report) end
-    if err ~= '' then redis.call('HSET', jk, 'err', err) end
+    if err ~= '' then redis.call('HSET', jk, 'err', err); n.failed = n.failed + 1 end
+    if action == 'retry' and redis.call('HEXISTS', jk, 'cancel') == 1 then action = 'cancelled' end
     if action == 'ok' then
       redis.call('HSET', jk, 'state', 'succeeded', 'fin', now)
+      redis.call('HDEL', jk, 'cancel')
       redis.call('EXPIRE', jk, ttl)
       notify(id)
+      n.succeeded = n.succeeded + 1
     elseif action == 'retry' then
       redis.call('HSET', jk, 'state', 'scheduled')
       redis.call('ZADD', KEYS[2], now + delay, id)
+      n.retried = n.retried + 1
+    elseif action == 'cancelled' then
+      cancelled(id, ttl)
+      n.cancelled = n.cancelled + 1
     else
       redis.call('HSET', jk, 'state', 'dead', 'fin', now)
+      redis.call('HDEL', jk, 'cancel')
       redis.call('ZADD', KEYS[4], now, id)
       notify(id)
+      n.dead = n.dead + 1
     end
   end
 end
+for field, v in pairs(n) do count(field, v) end
 return stale

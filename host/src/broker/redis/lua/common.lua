@@ -3,6 +3,7 @@
 --   1 ready (zset: ready_score → id)   2 scheduled (zset: due ms → id)
 --   3 leased (zset: deadline ms → id)  4 dead (zset: died at ms → id)
 --   5 wake (list: at most one token)   6 seq (counter)
+--   7 stats (hash: running totals per outcome)
 -- and ARGV[1] = job key prefix ("wasmq:{q}:job:"), ARGV[2] = done key prefix ("wasmq:{q}:done:").
 -- Every key of a queue shares the hash tag {q}, so one script touches one Redis Cluster slot.
 
@@ -42,6 +43,21 @@ local function notify(id)
     redis.call('EXPIRE', dk, 300)
     redis.call('HDEL', jk, 'waiters')
   end
+end
+
+-- Add to the queue's running totals (enqueued, succeeded, failed, retried, dead, cancelled,
+-- recovered).
+local function count(field, n)
+  if n > 0 then redis.call('HINCRBY', KEYS[7], field, n) end
+end
+
+-- End a job as cancelled; its record is kept for the result TTL like a success.
+local function cancelled(id, ttl)
+  local jk = ARGV[1] .. id
+  redis.call('HSET', jk, 'state', 'cancelled', 'fin', now_ms())
+  redis.call('HDEL', jk, 'cancel')
+  redis.call('EXPIRE', jk, ttl)
+  notify(id)
 end
 
 -- Whether `id` is leased under `token`.

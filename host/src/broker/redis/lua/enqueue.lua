@@ -1,13 +1,37 @@
--- Accept jobs: ARGV[3] = count, then per job: id, invocation JSON, priority, max attempts,
+-- Accept jobs. ARGV[3] = count, then per job: id, invocation JSON, priority, max attempts,
 -- run_at ms (0 = now). A job whose id exists is left alone (idempotency).
 -- Returns per job 1 (created) or 0 (existed).
+--
+-- This is also the way in for systems that write to Redis directly: prepend common.lua (or use
+-- docs/redis-enqueue.lua, the two joined), pass the queue's seven keys (see common.lua) and add the
+-- queue's name to the `wasmq:queues` set. The checks below refuse what would break a worker; the
+-- worker checks the rest (the module exists, limits within its ceilings) and fails such jobs with
+-- the reason.
+local n = tonumber(ARGV[3])
+if not n or #ARGV ~= 3 + 5 * n then
+  return redis.error_reply('wasmq: ARGV must be job prefix, done prefix, count, then 5 values per job')
+end
+local function refuse(id, what) return redis.error_reply('wasmq: job `' .. id .. '`: ' .. what) end
+for i = 4, #ARGV, 5 do
+  local id, inv, prio, max, run_at = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
+  if id == '' or string.len(id) > 200 or string.find(id, '[%s%c]') then return refuse(id, 'id must be 1 to 200 visible characters') end
+  local ok, decoded = pcall(cjson.decode, inv)
+  if not ok or type(decoded) ~= 'table' then return refuse(id, 'invocation is not a JSON object') end
+  if type(decoded.module) ~= 'string' or not string.match(decoded.module, '^sha256:' .. string.rep('[0-9a-f]', 64) .. '$') then
+    return refuse(id, '`module` must be `sha256:` and 64 lowercase hex digits')
+  end
+  if not prio or prio ~= math.floor(prio) or prio < -100 or prio > 100 then return refuse(id, 'priority must be an integer from -100 to 100') end
+  if not max or max ~= math.floor(max) or max < 1 or max > 100 then return refuse(id, 'max attempts must be an integer from 1 to 100') end
+  if not run_at then return refuse(id, 'run_at must be Unix milliseconds (0 for now)') end
+end
 local now = now_ms()
 local out = {}
 local woke = false
-local i = 4
-for j = 1, tonumber(ARGV[3]) do
+local created = 0
+local j = 0
+for i = 4, #ARGV, 5 do
+  j = j + 1
   local id, inv, prio, max, run_at = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], tonumber(ARGV[i + 4])
-  i = i + 5
   local jk = ARGV[1] .. id
   if redis.call('EXISTS', jk) == 1 then
     out[j] = 0
@@ -21,7 +45,9 @@ for j = 1, tonumber(ARGV[3]) do
       woke = true
     end
     out[j] = 1
+    created = created + 1
   end
 end
+count('enqueued', created)
 if woke then wake() end
 return out

@@ -1,4 +1,5 @@
--- Promote due scheduled jobs and recover expired leases, at most ARGV[3] of each.
+-- Promote due scheduled jobs and recover expired leases, at most ARGV[3] of each; ARGV[4] is the
+-- result TTL in seconds (for jobs whose cancellation was pending when their lease expired).
 -- Safe to run from every worker at once. Returns {promoted, recovered, expired to dead}.
 local now = now_ms()
 local limit = tonumber(ARGV[3])
@@ -13,8 +14,11 @@ end
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, limit)) do
   redis.call('ZREM', KEYS[3], id)
   local jk = ARGV[1] .. id
-  local f = redis.call('HMGET', jk, 'attempts', 'max', 'worker')
-  if f[1] then
+  local f = redis.call('HMGET', jk, 'attempts', 'max', 'worker', 'cancel')
+  if f[1] and f[4] then
+    cancelled(id, tonumber(ARGV[4]))
+    count('cancelled', 1)
+  elseif f[1] then
     -- Mirrors memory.rs `lease_expired`.
     local err = cjson.encode({
       attempt = tonumber(f[1]), kind = 'lease_expired', at_ms = now,
@@ -32,5 +36,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0
     end
   end
 end
+count('recovered', recovered)
+count('dead', died)
 if promoted + recovered > 0 then wake() end
 return {promoted, recovered, died}

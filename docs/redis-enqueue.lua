@@ -1,0 +1,121 @@
+-- Shared by every job-state script (prepended by redis/mod.rs).
+-- Job scripts all take the same KEYS:
+--   1 ready (zset: ready_score → id)   2 scheduled (zset: due ms → id)
+--   3 leased (zset: deadline ms → id)  4 dead (zset: died at ms → id)
+--   5 wake (list: at most one token)   6 seq (counter)
+--   7 stats (hash: running totals per outcome)
+-- and ARGV[1] = job key prefix ("wasmq:{q}:job:"), ARGV[2] = done key prefix ("wasmq:{q}:done:").
+-- Every key of a queue shares the hash tag {q}, so one script touches one Redis Cluster slot.
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Higher priority first, enqueue order within a priority: 2^44 sequence numbers per level and
+-- 201 levels fit exactly in the 53-bit mantissa of a sorted-set score.
+local function ready_score(prio, seq)
+  return (100 - prio) * 17592186044416 + seq
+end
+
+-- Leave one token for a worker blocked in BLPOP; never more than one.
+local function wake()
+  redis.call('RPUSH', KEYS[5], 1)
+  redis.call('LTRIM', KEYS[5], 0, 0)
+end
+
+local function make_ready(id, front)
+  local jk = ARGV[1] .. id
+  local prio = tonumber(redis.call('HGET', jk, 'prio'))
+  local seq = 0
+  if not front then seq = redis.call('INCR', KEYS[6]) end
+  redis.call('ZADD', KEYS[1], ready_score(prio, seq), id)
+  redis.call('HSET', jk, 'state', 'ready')
+end
+
+-- Wake everyone waiting for this job to become final.
+local function notify(id)
+  local jk = ARGV[1] .. id
+  local n = tonumber(redis.call('HGET', jk, 'waiters') or '0')
+  if n > 0 then
+    local dk = ARGV[2] .. id
+    for _ = 1, n do redis.call('RPUSH', dk, 1) end
+    redis.call('EXPIRE', dk, 300)
+    redis.call('HDEL', jk, 'waiters')
+  end
+end
+
+-- Add to the queue's running totals (enqueued, succeeded, failed, retried, dead, cancelled,
+-- recovered).
+local function count(field, n)
+  if n > 0 then redis.call('HINCRBY', KEYS[7], field, n) end
+end
+
+-- End a job as cancelled; its record is kept for the result TTL like a success.
+local function cancelled(id, ttl)
+  local jk = ARGV[1] .. id
+  redis.call('HSET', jk, 'state', 'cancelled', 'fin', now_ms())
+  redis.call('HDEL', jk, 'cancel')
+  redis.call('EXPIRE', jk, ttl)
+  notify(id)
+end
+
+-- Whether `id` is leased under `token`.
+local function holds(id, token)
+  local cur = redis.call('HMGET', ARGV[1] .. id, 'state', 'lease')
+  return cur[1] == 'leased' and cur[2] == token
+end
+
+-- Accept jobs. ARGV[3] = count, then per job: id, invocation JSON, priority, max attempts,
+-- run_at ms (0 = now). A job whose id exists is left alone (idempotency).
+-- Returns per job 1 (created) or 0 (existed).
+--
+-- This is also the way in for systems that write to Redis directly: prepend common.lua (or use
+-- docs/redis-enqueue.lua, the two joined), pass the queue's seven keys (see common.lua) and add the
+-- queue's name to the `wasmq:queues` set. The checks below refuse what would break a worker; the
+-- worker checks the rest (the module exists, limits within its ceilings) and fails such jobs with
+-- the reason.
+local n = tonumber(ARGV[3])
+if not n or #ARGV ~= 3 + 5 * n then
+  return redis.error_reply('wasmq: ARGV must be job prefix, done prefix, count, then 5 values per job')
+end
+local function refuse(id, what) return redis.error_reply('wasmq: job `' .. id .. '`: ' .. what) end
+for i = 4, #ARGV, 5 do
+  local id, inv, prio, max, run_at = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
+  if id == '' or string.len(id) > 200 or string.find(id, '[%s%c]') then return refuse(id, 'id must be 1 to 200 visible characters') end
+  local ok, decoded = pcall(cjson.decode, inv)
+  if not ok or type(decoded) ~= 'table' then return refuse(id, 'invocation is not a JSON object') end
+  if type(decoded.module) ~= 'string' or not string.match(decoded.module, '^sha256:' .. string.rep('[0-9a-f]', 64) .. '$') then
+    return refuse(id, '`module` must be `sha256:` and 64 lowercase hex digits')
+  end
+  if not prio or prio ~= math.floor(prio) or prio < -100 or prio > 100 then return refuse(id, 'priority must be an integer from -100 to 100') end
+  if not max or max ~= math.floor(max) or max < 1 or max > 100 then return refuse(id, 'max attempts must be an integer from 1 to 100') end
+  if not run_at then return refuse(id, 'run_at must be Unix milliseconds (0 for now)') end
+end
+local now = now_ms()
+local out = {}
+local woke = false
+local created = 0
+local j = 0
+for i = 4, #ARGV, 5 do
+  j = j + 1
+  local id, inv, prio, max, run_at = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], tonumber(ARGV[i + 4])
+  local jk = ARGV[1] .. id
+  if redis.call('EXISTS', jk) == 1 then
+    out[j] = 0
+  else
+    redis.call('HSET', jk, 'inv', inv, 'attempts', 0, 'max', max, 'prio', prio, 'enq', now, 'lease', 0)
+    if run_at > now then
+      redis.call('HSET', jk, 'state', 'scheduled')
+      redis.call('ZADD', KEYS[2], run_at, id)
+    else
+      make_ready(id, false)
+      woke = true
+    end
+    out[j] = 1
+    created = created + 1
+  end
+end
+count('enqueued', created)
+if woke then wake() end
+return out
