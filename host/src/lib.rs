@@ -17,6 +17,7 @@
 //!
 //! Data flows one way: cli → broker → worker → sandbox → broker.
 
+pub mod api;
 pub mod broker;
 pub mod cli;
 pub mod invocation;

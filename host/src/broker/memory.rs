@@ -156,6 +156,10 @@ impl MemoryBroker {
 
 #[async_trait]
 impl Broker for MemoryBroker {
+    async fn ping(&self) -> Result<(), BrokerError> {
+        Ok(())
+    }
+
     async fn put_module(&self, hash: ModuleHash, bytes: &[u8]) -> Result<ModuleInfo, BrokerError> {
         let mut state = self.lock();
         let entry = state.modules.entry(hash).or_insert_with(|| {

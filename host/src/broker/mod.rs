@@ -345,6 +345,9 @@ pub enum BrokerError {
 /// What every backend must do. All methods are safe to call from many workers at once.
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
+    /// Checks that the broker answers (a round trip to Redis).
+    async fn ping(&self) -> Result<(), BrokerError>;
+
     /// Stores module bytes under `hash` (already checked by the caller). Idempotent: a second
     /// upload keeps the first upload's time.
     async fn put_module(&self, hash: ModuleHash, bytes: &[u8]) -> Result<ModuleInfo, BrokerError>;

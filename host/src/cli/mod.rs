@@ -9,6 +9,7 @@ mod demo;
 mod queue;
 mod report;
 mod run;
+mod serve;
 mod worker;
 
 use std::path::PathBuf;
@@ -54,6 +55,8 @@ enum Command {
     Enqueue(queue::EnqueueArgs),
     /// Run jobs from Redis until SIGTERM/SIGINT.
     Worker(worker::WorkerArgs),
+    /// Serve the HTTP API (and optionally run a worker in the same process).
+    Serve(serve::ServeArgs),
     /// Show one job: state, attempts, result, output, failure.
     Job(queue::JobArgs),
     /// Cancel a job: at once if it is waiting, through its worker if it is running.
@@ -115,6 +118,10 @@ impl Cli {
                 let sandbox = sandbox(cache_dir, args.concurrency())?;
                 let broker = redis.connect_with_ttl(args.result_ttl()).await?;
                 worker::run(broker, sandbox, args).await
+            }
+            Command::Serve(args) => {
+                let sandbox = sandbox(cache_dir, args.workers())?;
+                serve::run(redis, sandbox, args).await
             }
             Command::Job(args) => queue::job(redis.connect().await?.as_ref(), args).await,
             Command::Cancel(args) => queue::cancel(redis.connect().await?.as_ref(), args).await,

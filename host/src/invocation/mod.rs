@@ -166,7 +166,54 @@ impl Invocation {
 
     /// Parses one invocation from JSON.
     pub fn from_json(json: &[u8]) -> Result<Self, InvocationError> {
-        serde_json::from_slice(json).map_err(|e| InvocationError::Parse(e.to_string()))
+        Self::from_value_or_json(&mut serde_json::Deserializer::from_slice(json))
+    }
+
+    /// Parses one invocation from a JSON value (one element of a bulk request).
+    pub fn from_value(value: Value) -> Result<Self, InvocationError> {
+        Self::from_value_or_json(value)
+    }
+
+    fn from_value_or_json<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Self, InvocationError>
+    where
+        D::Error: std::fmt::Display,
+    {
+        serde_path_to_error::deserialize(d).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            if path == "." || inner.contains('`') && inner.contains("field") {
+                InvocationError::Parse(inner)
+            } else {
+                InvocationError::Parse(format!("`{path}`: {inner}"))
+            }
+        })
+    }
+
+    /// The field a refusal is about, when it is about one field.
+    pub fn error_field(e: &InvocationError) -> Option<String> {
+        match e {
+            InvocationError::Field { field, .. } => Some((*field).to_owned()),
+            InvocationError::Limit(l) => Some(l.field().to_owned()),
+            InvocationError::UnknownModule(_) => Some("module".to_owned()),
+            InvocationError::Parse(msg) => {
+                let quoted = msg.split('`').nth(1)?;
+                let known = [
+                    "module",
+                    "args",
+                    "queue",
+                    "id",
+                    "max_attempts",
+                    "timeout_ms",
+                    "fuel",
+                    "memory_mb",
+                    "run_at",
+                    "priority",
+                ];
+                (msg.starts_with('`') || msg.contains("field"))
+                    .then(|| quoted.to_owned())
+                    .filter(|f| known.contains(&f.as_str()) || msg.contains("unknown field"))
+            }
+        }
     }
 
     /// The sandbox limits of one attempt.
@@ -336,6 +383,38 @@ mod tests {
             let err = parse(input.clone()).unwrap_err().to_string();
             assert!(err.contains(want), "{input}: got `{err}`, want `{want}`");
         }
+    }
+
+    #[test]
+    fn refusals_name_their_field_for_the_api() {
+        let cases = [
+            (json!({}), Some("module")),
+            (json!({"module": "sha1:abc"}), Some("module")),
+            (json!({"module": HASH, "colour": 1}), Some("colour")),
+            (json!({"module": HASH, "fuel": "lots"}), Some("fuel")),
+            (json!({"module": HASH, "fuel": 0}), Some("fuel")),
+            (
+                json!({"module": HASH, "memory_mb": 4096}),
+                Some("memory_mb"),
+            ),
+            (json!({"module": HASH, "queue": "a b"}), Some("queue")),
+            (json!({"module": HASH, "run_at": 5}), Some("run_at")),
+            (json!([1]), None),
+        ];
+        for (input, want) in cases {
+            let err = parse(input.clone()).unwrap_err();
+            assert_eq!(
+                Invocation::error_field(&err).as_deref(),
+                want,
+                "{input}: {err}"
+            );
+        }
+        let err = parse(json!({"module": HASH, "fuel": "lots"})).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("invalid invocation: `fuel`: invalid type"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -100,6 +100,15 @@ pub enum LimitError {
     },
 }
 
+impl LimitError {
+    /// The invocation field that is out of range.
+    pub fn field(&self) -> &'static str {
+        match self {
+            LimitError::Zero { field } | LimitError::AboveCeiling { field, .. } => field,
+        }
+    }
+}
+
 mod duration_ms {
     use std::time::Duration;
 

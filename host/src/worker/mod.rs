@@ -87,8 +87,65 @@ pub fn default_name() -> String {
     format!("{host}:{}:{:04x}", std::process::id(), fastrand::u16(..))
 }
 
+/// A histogram with fixed bucket bounds, updated lock-free from every job task.
+#[derive(Debug)]
+pub struct Histogram {
+    /// Upper bounds of the buckets, ascending (the `+Inf` bucket is implicit).
+    pub bounds: &'static [f64],
+    counts: Vec<AtomicU64>,
+    /// Sum of the observations, in millionths (so it fits an integer atomic).
+    sum_micros: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    /// An empty histogram.
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Histogram {
+            bounds,
+            counts: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            sum_micros: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+
+    /// Records one observation.
+    pub fn observe(&self, value: f64) {
+        if let Some(i) = self.bounds.iter().position(|b| value <= *b) {
+            self.counts[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.sum_micros
+            .fetch_add((value * 1e6) as u64, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Cumulative counts per bound (Prometheus `le` buckets), the sum and the count.
+    pub fn snapshot(&self) -> (Vec<(f64, u64)>, f64, u64) {
+        let mut running = 0;
+        let buckets = self
+            .bounds
+            .iter()
+            .zip(&self.counts)
+            .map(|(b, c)| {
+                running += c.load(Ordering::Relaxed);
+                (*b, running)
+            })
+            .collect();
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        (buckets, sum, self.count.load(Ordering::Relaxed))
+    }
+}
+
+/// Bucket bounds of attempt durations, in seconds: from a no-op job to the 15-minute ceiling.
+pub const DURATION_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 900.0,
+];
+
+/// Bucket bounds of fuel per attempt: decades from a no-op job to the default ceiling.
+pub const FUEL_BUCKETS: &[f64] = &[1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11];
+
 /// Counters of what a worker did.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Counters {
     /// Jobs fetched.
     pub fetched: AtomicU64,
@@ -106,6 +163,27 @@ pub struct Counters {
     pub released: AtomicU64,
     /// Fuel used by every attempt.
     pub fuel_used: AtomicU64,
+    /// Wall time of each attempt that ran, in seconds.
+    pub duration: Histogram,
+    /// Fuel of each attempt that ran.
+    pub fuel: Histogram,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            fetched: AtomicU64::new(0),
+            succeeded: AtomicU64::new(0),
+            retried: AtomicU64::new(0),
+            dead: AtomicU64::new(0),
+            cancelled: AtomicU64::new(0),
+            stale: AtomicU64::new(0),
+            released: AtomicU64::new(0),
+            fuel_used: AtomicU64::new(0),
+            duration: Histogram::new(DURATION_BUCKETS),
+            fuel: Histogram::new(FUEL_BUCKETS),
+        }
+    }
 }
 
 /// A snapshot of [`Counters`].
@@ -353,6 +431,8 @@ impl Worker {
                     counters
                         .fuel_used
                         .fetch_add(outcome.fuel_used, Ordering::Relaxed);
+                    counters.duration.observe(outcome.wall_time.as_secs_f64());
+                    counters.fuel.observe(outcome.fuel_used as f64);
                     let report = report(&config.name, lease.attempt, &outcome, sub_jobs.ids());
                     match outcome.result {
                         Ok(_) => Completion::Succeeded(report),

@@ -415,6 +415,13 @@ fn json_or_empty<T: serde::Serialize>(v: Option<&T>) -> String {
 
 #[async_trait]
 impl Broker for RedisBroker {
+    async fn ping(&self) -> Result<(), BrokerError> {
+        // One attempt, no retries: a health check reports the present, not the next 30 s.
+        let mut conn = self.conn.clone();
+        redis::cmd("PING").query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+
     async fn put_module(&self, hash: ModuleHash, bytes: &[u8]) -> Result<ModuleInfo, BrokerError> {
         let mut inv = SCRIPTS.put_module.prepare_invoke();
         inv.key(self.keys.module_index())

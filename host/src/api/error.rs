@@ -1,0 +1,95 @@
+//! The API's one error shape: `{"error": {"code": "…", "message": "…", "field": …}}` with the status
+//! code that fits. Every handler error becomes an [`ApiError`] here and nowhere else.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::broker::BrokerError;
+use crate::invocation::{Invocation, InvocationError};
+
+/// An error response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// A stable machine-readable code (`invalid_invocation`, `unauthorized`, …).
+    pub code: &'static str,
+    /// What went wrong, for a person.
+    pub message: String,
+    /// The request field at fault, when there is one (`fuel`, `jobs[3].module`).
+    pub field: Option<String>,
+}
+
+impl ApiError {
+    /// An error without a field.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    /// 404 with `what` named.
+    pub fn not_found(what: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", what)
+    }
+
+    /// 400 for a malformed request.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    /// An invocation refused; `prefix` locates it in a bulk request (`jobs[3]`).
+    pub fn invocation(e: &InvocationError, prefix: Option<&str>) -> Self {
+        let code = match e {
+            InvocationError::UnknownModule(_) => "unknown_module",
+            _ => "invalid_invocation",
+        };
+        let field = Invocation::error_field(e);
+        let (message, field) = match prefix {
+            Some(p) => (
+                format!("{p}: {e}"),
+                Some(field.map_or_else(|| p.to_owned(), |f| format!("{p}.{f}"))),
+            ),
+            None => (e.to_string(), field),
+        };
+        ApiError {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code,
+            message,
+            field,
+        }
+    }
+}
+
+impl From<BrokerError> for ApiError {
+    fn from(e: BrokerError) -> Self {
+        match e {
+            BrokerError::Invocation(inv) => ApiError::invocation(&inv, None),
+            BrokerError::Redis(r) => {
+                tracing::warn!(error = %r, "broker unavailable");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    format!("the broker is unavailable: {r}"),
+                )
+            }
+            BrokerError::Corrupt { .. } => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "corrupt", e.to_string())
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({
+            "error": { "code": self.code, "message": self.message, "field": self.field }
+        });
+        (self.status, Json(body)).into_response()
+    }
+}
