@@ -1,0 +1,557 @@
+//! The HTTP API through its router (no socket), against a real Redis: every route, the token
+//! scopes, and for each kind of bad input the status code and the one error shape.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use common::redis::RedisServer;
+use serde_json::{Value, json};
+use tower::ServiceExt as _;
+use wasmq::api::{ApiState, BodyLimits, Tokens, router};
+use wasmq::broker::Broker;
+use wasmq::broker::redis::RedisBroker;
+use wasmq::sandbox::Limits;
+use wasmq::worker::{Backoff, Worker, WorkerConfig};
+
+const ADMIN: &str = "admin-secret-0123456789";
+const ENQUEUER: &str = "enqueue-secret-0123456789";
+const UPLOADER: &str = "upload-secret-0123456789";
+
+struct Api {
+    state: ApiState,
+    _redis: RedisServer,
+}
+
+impl Api {
+    async fn new() -> Self {
+        Self::with_limits(BodyLimits::default()).await
+    }
+
+    async fn with_limits(limits: BodyLimits) -> Self {
+        let redis = RedisServer::start();
+        let broker: Arc<dyn Broker> = Arc::new(RedisBroker::connect(&redis.url()).await.unwrap());
+        let tokens = Tokens::parse(&format!(
+            "ops:{ADMIN}:admin\nci:{ENQUEUER}:enqueue\nbuild:{UPLOADER}:upload"
+        ))
+        .unwrap();
+        Api {
+            state: ApiState {
+                broker,
+                sandbox: common::sandbox().clone(),
+                tokens: Arc::new(tokens),
+                limits,
+                ceilings: Limits::default_ceilings(),
+                worker: None,
+            },
+            _redis: redis,
+        }
+    }
+
+    /// Sends a request; returns the status and the body (JSON, or a string for text bodies).
+    async fn call(
+        &self,
+        method: Method,
+        uri: &str,
+        token: Option<&str>,
+        body: Body,
+    ) -> (StatusCode, Value) {
+        let mut req = Request::builder().method(method).uri(uri);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let resp = router(self.state.clone())
+            .oneshot(req.body(body).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        (status, value)
+    }
+
+    async fn get(&self, uri: &str) -> (StatusCode, Value) {
+        self.call(Method::GET, uri, Some(ADMIN), Body::empty())
+            .await
+    }
+
+    async fn post_json(&self, uri: &str, token: &str, v: &Value) -> (StatusCode, Value) {
+        self.call(Method::POST, uri, Some(token), Body::from(v.to_string()))
+            .await
+    }
+
+    async fn upload(&self, name: &str) -> String {
+        let (status, body) = self
+            .call(
+                Method::POST,
+                "/v1/modules",
+                Some(UPLOADER),
+                Body::from(common::job(name)),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["module"].as_str().unwrap().to_owned()
+    }
+
+    fn worker(
+        &self,
+    ) -> (
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<wasmq::worker::WorkerStats>,
+    ) {
+        let worker = Worker::new(
+            self.state.broker.clone(),
+            common::sandbox().clone(),
+            WorkerConfig {
+                backoff: Backoff {
+                    base: Duration::from_millis(20),
+                    max: Duration::from_millis(50),
+                },
+                maintain_every: Duration::from_millis(20),
+                ..WorkerConfig::default()
+            },
+        );
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        (
+            tx,
+            tokio::spawn(worker.run(async {
+                let _ = rx.await;
+            })),
+        )
+    }
+}
+
+/// Every error has exactly this shape.
+fn assert_error(
+    status: StatusCode,
+    body: &Value,
+    want_status: StatusCode,
+    code: &str,
+    field: Option<&str>,
+) {
+    assert_eq!(status, want_status, "{body}");
+    let e = &body["error"];
+    assert_eq!(e["code"], code, "{body}");
+    assert!(
+        e["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    assert_eq!(e["field"].as_str(), field, "{body}");
+    assert_eq!(
+        body.as_object().unwrap().len(),
+        1,
+        "nothing but `error`: {body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_and_scopes() {
+    let api = Api::new().await;
+    let (s, b) = api
+        .call(Method::GET, "/v1/queues", None, Body::empty())
+        .await;
+    assert_error(s, &b, StatusCode::UNAUTHORIZED, "unauthorized", None);
+    let (s, b) = api
+        .call(
+            Method::GET,
+            "/v1/queues",
+            Some("not-a-token-at-all"),
+            Body::empty(),
+        )
+        .await;
+    assert_error(s, &b, StatusCode::UNAUTHORIZED, "unauthorized", None);
+    assert!(
+        !b.to_string().contains("not-a-token"),
+        "the token is not echoed"
+    );
+    // Any valid token reads; writing needs the scope.
+    let (s, _) = api
+        .call(Method::GET, "/v1/queues", Some(ENQUEUER), Body::empty())
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, b) = api
+        .call(
+            Method::POST,
+            "/v1/modules",
+            Some(ENQUEUER),
+            Body::from(common::job("hello")),
+        )
+        .await;
+    assert_error(s, &b, StatusCode::FORBIDDEN, "forbidden", None);
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`ci` lacks the `upload` scope")
+    );
+    let (s, b) = api
+        .call(
+            Method::POST,
+            "/v1/dead/x/retry",
+            Some(UPLOADER),
+            Body::empty(),
+        )
+        .await;
+    assert_error(s, &b, StatusCode::FORBIDDEN, "forbidden", None);
+    // Public routes.
+    let (s, b) = api.call(Method::GET, "/healthz", None, Body::empty()).await;
+    assert_eq!((s, b), (StatusCode::OK, json!({"status": "ok"})));
+    let (s, b) = api
+        .call(Method::GET, "/openapi.json", None, Body::empty())
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(b["openapi"], "3.1.0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn modules_are_validated_stored_and_guarded() {
+    let api = Api::with_limits(BodyLimits {
+        module_bytes: 512 << 10,
+        request_bytes: 1 << 20,
+    })
+    .await;
+    let hello = api.upload("hello").await;
+    assert_eq!(api.upload("hello").await, hello, "idempotent");
+    let (s, b) = api.get("/v1/modules").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(b["modules"][0]["hash"], hello.as_str());
+    let (s, b) = api.get(&format!("/v1/modules/{hello}")).await;
+    assert_eq!(
+        (s, b["size"].as_u64().unwrap() > 10_000),
+        (StatusCode::OK, true)
+    );
+
+    let (s, b) = api
+        .call(
+            Method::POST,
+            "/v1/modules",
+            Some(UPLOADER),
+            Body::from("not wasm"),
+        )
+        .await;
+    assert_error(
+        s,
+        &b,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_module",
+        None,
+    );
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not a WebAssembly binary"),
+        "{b}"
+    );
+    let (s, b) = api
+        .call(Method::POST, "/v1/modules", Some(UPLOADER), Body::empty())
+        .await;
+    assert_error(s, &b, StatusCode::BAD_REQUEST, "bad_request", None);
+    let (s, b) = api
+        .call(
+            Method::POST,
+            "/v1/modules",
+            Some(UPLOADER),
+            Body::from(vec![0u8; 600 << 10]),
+        )
+        .await;
+    assert_error(
+        s,
+        &b,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        None,
+    );
+    let (s, b) = api.get("/v1/modules/sha256:nothex").await;
+    assert_error(s, &b, StatusCode::BAD_REQUEST, "bad_request", Some("hash"));
+    let never = format!("sha256:{}", "0".repeat(64));
+    let (s, b) = api.get(&format!("/v1/modules/{never}")).await;
+    assert_error(s, &b, StatusCode::NOT_FOUND, "not_found", None);
+
+    // In use by a waiting job: refused unless forced.
+    let (s, _) = api
+        .post_json(
+            "/v1/jobs",
+            ENQUEUER,
+            &json!({"module": hello, "run_at": "2999-01-01T00:00:00Z"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    let uri = format!("/v1/modules/{hello}");
+    let (s, b) = api
+        .call(Method::DELETE, &uri, Some(ADMIN), Body::empty())
+        .await;
+    assert_error(s, &b, StatusCode::CONFLICT, "module_in_use", None);
+    let (s, b) = api
+        .call(
+            Method::DELETE,
+            &format!("{uri}?force=true"),
+            Some(ADMIN),
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{b}");
+    let (s, b) = api
+        .call(Method::DELETE, &uri, Some(ADMIN), Body::empty())
+        .await;
+    assert_error(s, &b, StatusCode::NOT_FOUND, "not_found", None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_invocations_name_the_field() {
+    let api = Api::with_limits(BodyLimits {
+        module_bytes: 64 << 20,
+        request_bytes: 4096,
+    })
+    .await;
+    let hello = api.upload("hello").await;
+    let never = format!("sha256:{}", "ab".repeat(32));
+    let cases: Vec<(Body, StatusCode, &str, Option<&str>)> = vec![
+        (
+            Body::from("{not json"),
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            None,
+        ),
+        (
+            Body::from(json!({"module": hello, "fuel": "lots"}).to_string()),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_invocation",
+            Some("fuel"),
+        ),
+        (
+            Body::from(json!({"module": hello, "colour": 1}).to_string()),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_invocation",
+            Some("colour"),
+        ),
+        (
+            Body::from(json!({"args": 1}).to_string()),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_invocation",
+            Some("module"),
+        ),
+        (
+            Body::from(json!({"module": "sha256:xyz"}).to_string()),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_invocation",
+            Some("module"),
+        ),
+        (
+            Body::from(json!({"module": never}).to_string()),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_module",
+            Some("module"),
+        ),
+        (
+            Body::from(json!({"module": hello, "memory_mb": 4096}).to_string()),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_invocation",
+            Some("memory_mb"),
+        ),
+        (
+            Body::from(json!({"module": hello, "queue": "no spaces"}).to_string()),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_invocation",
+            Some("queue"),
+        ),
+        (
+            Body::from(
+                json!({"jobs": [{"module": hello}, {"module": hello, "max_attempts": 0}]})
+                    .to_string(),
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_invocation",
+            Some("jobs[1].max_attempts"),
+        ),
+        (
+            Body::from(json!({"jobs": [{"module": hello}, {"module": never}]}).to_string()),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_module",
+            Some("jobs[1].module"),
+        ),
+        (
+            Body::from(json!({"jobs": 5}).to_string()),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_invocation",
+            Some("jobs"),
+        ),
+        (
+            Body::from(vec![b' '; 5000]),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            None,
+        ),
+    ];
+    for (body, status, code, field) in cases {
+        let (s, b) = api
+            .call(Method::POST, "/v1/jobs", Some(ENQUEUER), body)
+            .await;
+        assert_error(s, &b, status, code, field);
+    }
+    // All or nothing: the valid first job of a refused bulk request was not enqueued.
+    let (_, b) = api.get("/v1/queues").await;
+    assert_eq!(b["queues"], json!([]), "{b}");
+    let (s, b) = api
+        .call(Method::PUT, "/v1/jobs", Some(ADMIN), Body::empty())
+        .await;
+    assert_error(
+        s,
+        &b,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        None,
+    );
+    let (s, b) = api.get("/v2/everything").await;
+    assert_error(s, &b, StatusCode::NOT_FOUND, "not_found", None);
+    let (s, b) = api.get("/v1/jobs/x?colour=red").await;
+    assert_error(s, &b, StatusCode::BAD_REQUEST, "bad_request", None);
+    let (s, b) = api.get("/v1/jobs/x?wait=soon").await;
+    assert_error(s, &b, StatusCode::BAD_REQUEST, "bad_request", Some("wait"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_run_and_are_waited_on_cancelled_and_retried() {
+    let api = Api::new().await;
+    let hello = api.upload("hello").await;
+    let chaos = api.upload("chaos").await;
+    let (s, b) = api
+        .post_json(
+            "/v1/jobs",
+            ENQUEUER,
+            &json!({"module": hello, "id": "greet", "args": {"name": "Ada"}}),
+        )
+        .await;
+    assert_eq!(
+        (s, &b),
+        (
+            StatusCode::ACCEPTED,
+            &json!({"id": "greet", "queue": "default", "created": true})
+        )
+    );
+    let (_, b) = api
+        .post_json(
+            "/v1/jobs",
+            ENQUEUER,
+            &json!({"module": hello, "id": "greet"}),
+        )
+        .await;
+    assert_eq!(b["created"], false, "idempotent on id");
+    let (s, b) = api
+        .post_json(
+            "/v1/jobs",
+            ENQUEUER,
+            &json!({"jobs": [
+                {"module": chaos, "id": "doomed", "args": {"mode": "fail", "message": "no"}},
+                {"module": hello, "id": "later", "run_at": "2999-01-01T00:00:00Z"},
+            ]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    assert_eq!(b["jobs"].as_array().unwrap().len(), 2);
+
+    // Cancel the scheduled one before any worker runs.
+    let (s, b) = api
+        .call(
+            Method::DELETE,
+            "/v1/jobs/later",
+            Some(ENQUEUER),
+            Body::empty(),
+        )
+        .await;
+    assert_eq!((s, &b["outcome"]), (StatusCode::OK, &json!("cancelled")));
+    let (s, b) = api
+        .call(
+            Method::DELETE,
+            "/v1/jobs/later",
+            Some(ENQUEUER),
+            Body::empty(),
+        )
+        .await;
+    assert_error(s, &b, StatusCode::CONFLICT, "already_final", None);
+    let (s, b) = api
+        .call(
+            Method::DELETE,
+            "/v1/jobs/nope",
+            Some(ENQUEUER),
+            Body::empty(),
+        )
+        .await;
+    assert_error(s, &b, StatusCode::NOT_FOUND, "not_found", None);
+
+    let (stop, running) = api.worker();
+    let (s, b) = api.get("/v1/jobs/greet?wait=30s").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(b["state"], "succeeded");
+    assert_eq!(b["report"]["result"], json!({"message": "Hello, Ada!"}));
+    assert!(b["report"]["fuel_used"].as_u64().unwrap() > 0);
+    let (_, b) = api.get("/v1/jobs/doomed?wait=30s&queue=default").await;
+    assert_eq!(
+        (b["state"].as_str(), b["last_error"]["kind"].as_str()),
+        (Some("dead"), Some("fail"))
+    );
+    let (s, b) = api.get("/v1/jobs/nope").await;
+    assert_error(s, &b, StatusCode::NOT_FOUND, "not_found", None);
+
+    let (_, b) = api.get("/v1/dead").await;
+    assert_eq!(b["jobs"][0]["id"], "doomed");
+    let (s, b) = api
+        .call(
+            Method::POST,
+            "/v1/dead/doomed/retry",
+            Some(ADMIN),
+            Body::empty(),
+        )
+        .await;
+    assert_eq!((s, &b["state"]), (StatusCode::OK, &json!("ready")));
+    let (_, b) = api.get("/v1/jobs/doomed?wait=30s").await;
+    assert_eq!(b["state"], "dead");
+    let (s, _) = api
+        .call(
+            Method::DELETE,
+            "/v1/dead/doomed",
+            Some(ADMIN),
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, b) = api
+        .call(
+            Method::DELETE,
+            "/v1/dead/doomed",
+            Some(ADMIN),
+            Body::empty(),
+        )
+        .await;
+    assert_error(s, &b, StatusCode::NOT_FOUND, "not_found", None);
+
+    let (_, b) = api.get("/v1/queues").await;
+    let totals = &b["queues"][0]["totals"];
+    assert_eq!(
+        (
+            totals["enqueued"].as_u64(),
+            totals["succeeded"].as_u64(),
+            totals["cancelled"].as_u64()
+        ),
+        (Some(3), Some(1), Some(1))
+    );
+    let (s, text) = api.get("/metrics").await;
+    assert_eq!(s, StatusCode::OK);
+    let text = text.as_str().unwrap();
+    assert!(
+        text.contains("wasmq_jobs_succeeded_total{queue=\"default\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("wasmq_jobs_dead_total{queue=\"default\"} 2"),
+        "{text}"
+    );
+    let _ = stop.send(());
+    running.await.unwrap();
+}
