@@ -1,20 +1,35 @@
 #!/usr/bin/env bash
 # The test command (README): installs what the tests need when it is missing — the wasm32-wasip2
-# target (the sample jobs) and redis-server (the broker, worker, CLI and fault tests each start
-# their own) — then runs every test in the workspace. Extra arguments go to `cargo test`.
+# target (the sample jobs), redis-server (the broker, worker, CLI, API and fault tests each start
+# their own), Python 3 with `redis`, Node and curl (the client tests) — then runs every test in the
+# workspace. Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 if ! rustup target list --installed | grep -qx wasm32-wasip2; then
   rustup target add wasm32-wasip2
 fi
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+apt_updated=""
+apt_install() {
+  [ -n "$apt_updated" ] || { $SUDO apt-get update; apt_updated=1; }
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y "$@"
+}
+
 if ! command -v redis-server >/dev/null; then
-  SUDO=""
-  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO apt-get update
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y redis-server
+  apt_install redis-server
   # The package may start a system-wide server; the tests never use it.
   ($SUDO service redis-server stop || $SUDO systemctl stop redis-server) >/dev/null 2>&1 || true
+fi
+# The client tests (tests/clients.rs): Python 3 with the `redis` package, Node >= 18, curl.
+command -v python3 >/dev/null || apt_install python3
+command -v curl >/dev/null || apt_install curl
+if ! command -v node >/dev/null || [ "$(node -p 'process.versions.node.split(".")[0]')" -lt 18 ]; then
+  apt_install nodejs
+fi
+if ! python3 -c 'import redis' 2>/dev/null; then
+  python3 -m pip install --quiet redis 2>/dev/null || apt_install python3-redis
 fi
 
 cargo test --workspace "$@"
