@@ -23,7 +23,7 @@ const UPLOADER: &str = "upload-secret-0123456789";
 
 struct Api {
     state: ApiState,
-    _redis: RedisServer,
+    redis: RedisServer,
 }
 
 impl Api {
@@ -47,7 +47,7 @@ impl Api {
                 ceilings: Limits::default_ceilings(),
                 worker: None,
             },
-            _redis: redis,
+            redis,
         }
     }
 
@@ -99,8 +99,9 @@ impl Api {
         body["module"].as_str().unwrap().to_owned()
     }
 
+    /// Starts an in-process worker whose histograms `/metrics` reports, as `serve --workers` does.
     fn worker(
-        &self,
+        &mut self,
     ) -> (
         tokio::sync::oneshot::Sender<()>,
         tokio::task::JoinHandle<wasmq::worker::WorkerStats>,
@@ -117,6 +118,7 @@ impl Api {
                 ..WorkerConfig::default()
             },
         );
+        self.state.worker = Some(worker.counters());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         (
             tx,
@@ -418,7 +420,7 @@ async fn bad_invocations_name_the_field() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_run_and_are_waited_on_cancelled_and_retried() {
-    let api = Api::new().await;
+    let mut api = Api::new().await;
     let hello = api.upload("hello").await;
     let chaos = api.upload("chaos").await;
     let (s, b) = api
@@ -552,6 +554,25 @@ async fn jobs_run_and_are_waited_on_cancelled_and_retried() {
         text.contains("wasmq_jobs_dead_total{queue=\"default\"} 2"),
         "{text}"
     );
+    // Three attempts ran in this process: greet, and doomed twice.
+    assert!(
+        text.contains("wasmq_job_duration_seconds_count 3"),
+        "{text}"
+    );
+    assert!(
+        text.contains("wasmq_job_fuel_bucket{le=\"+Inf\"} 3"),
+        "{text}"
+    );
     let _ = stop.send(());
     running.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_reports_a_lost_redis() {
+    let mut api = Api::new().await;
+    let (s, _) = api.call(Method::GET, "/healthz", None, Body::empty()).await;
+    assert_eq!(s, StatusCode::OK);
+    api.redis.kill();
+    let (s, b) = api.call(Method::GET, "/healthz", None, Body::empty()).await;
+    assert_error(s, &b, StatusCode::SERVICE_UNAVAILABLE, "unavailable", None);
 }
