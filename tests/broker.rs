@@ -11,7 +11,7 @@ use serde_json::json;
 use wasmq::broker::memory::MemoryBroker;
 use wasmq::broker::redis::RedisBroker;
 use wasmq::broker::{
-    Ack, AttemptError, Broker, CancelOutcome, Completion, Enqueued, JobState, Lease,
+    Ack, AttemptError, Broker, CancelOutcome, Completion, CronEntry, Enqueued, JobState, Lease,
     ModuleDeletion, QueueCounts, RunReport, enqueue_checked,
 };
 use wasmq::invocation::{Invocation, NewJob};
@@ -622,6 +622,45 @@ async fn modules_in_use_are_not_deleted(b: Backend) {
     );
 }
 
+async fn cron_ticks_fire_once(b: Backend) {
+    let b = b.broker.as_ref();
+    b.put_module(module(), b"x").await.unwrap();
+    let entry = CronEntry {
+        name: "nightly".into(),
+        schedule: "0 3 * * *".into(),
+        invocation: Invocation::new(module()),
+        next_ms: 1_000,
+    };
+    b.put_cron(&entry).await.unwrap();
+    assert_eq!(b.crons(None).await.unwrap(), vec![entry.clone()]);
+    assert_eq!(b.crons(Some("other")).await.unwrap(), vec![]);
+    let job = wasmq::scheduler::cron_job(&entry, 1_000).unwrap();
+    assert_eq!(job.id(), "cron:nightly:1000");
+    // Two workers see the same due tick; one fires it.
+    assert!(
+        b.fire_cron("default", "nightly", 1_000, 2_000, &job)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !b.fire_cron("default", "nightly", 1_000, 2_000, &job)
+            .await
+            .unwrap()
+    );
+    assert_eq!(b.crons(None).await.unwrap()[0].next_ms, 2_000);
+    assert_eq!(ids(&fetch(b, 5).await), ["cron:nightly:1000"]);
+    assert!(b.remove_cron("default", "nightly").await.unwrap());
+    assert!(!b.remove_cron("default", "nightly").await.unwrap());
+    let later = wasmq::scheduler::cron_job(&entry, 2_000).unwrap();
+    assert!(
+        !b.fire_cron("default", "nightly", 2_000, 3_000, &later)
+            .await
+            .unwrap(),
+        "removed"
+    );
+    assert_eq!(counts(b).await.totals.enqueued, 1);
+}
+
 async fn counts(b: &dyn Broker) -> QueueCounts {
     b.queues()
         .await
@@ -740,4 +779,5 @@ suite!(
     a_failing_attempt_of_a_cancelled_job_is_not_retried,
     totals_count_every_outcome,
     modules_in_use_are_not_deleted,
+    cron_ticks_fire_once,
 );

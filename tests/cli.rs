@@ -458,3 +458,60 @@ fn cancel_a_scheduled_job() {
     assert_eq!(queues[0]["totals"]["cancelled"], 1);
     assert_eq!(queues[0]["totals"]["enqueued"], 1);
 }
+
+#[test]
+fn cron_entries_are_added_listed_and_removed() {
+    let q = Queue::new();
+    let hash = q.ok(&["upload", &common::job_path("hello")]);
+    let hash = hash.trim();
+    let out = q.ok(&[
+        "cron",
+        "add",
+        "nightly",
+        "0 3 * * *",
+        hash,
+        "--args",
+        r#"{"name":"night"}"#,
+    ]);
+    assert!(
+        out.starts_with("nightly: `0 3 * * *` on queue `default`, next at "),
+        "{out}"
+    );
+    let list: Value = serde_json::from_str(&q.ok(&["cron", "list", "--json"])).unwrap();
+    assert_eq!(list[0]["name"], "nightly");
+    assert_eq!(list[0]["invocation"]["args"]["name"], "night");
+    assert!(list[0]["next_ms"].as_u64().unwrap() > 0);
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &["cron", "add", "x", "every day", hash],
+            "`every day` is not a cron expression",
+        ),
+        (
+            &["cron", "add", "bad name", "* * * * *", hash],
+            "`name` `bad name` must be",
+        ),
+        (
+            &[
+                "cron",
+                "add",
+                "x",
+                "* * * * *",
+                &format!("sha256:{}", "0".repeat(64)),
+            ],
+            "was never uploaded",
+        ),
+    ];
+    for (args, want) in cases {
+        let out = q.run(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(
+            text(&out.stderr).contains(want),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    assert!(q.ok(&["cron", "remove", "nightly"]).contains("removed"));
+    let out = q.run(&["cron", "remove", "nightly"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("no cron entry `nightly` on queue `default`"));
+}

@@ -21,6 +21,17 @@ struct Backend {
     _redis: Option<RedisServer>,
 }
 
+impl Backend {
+    /// The same broker through a separate connection (Redis), or shared (memory): what another
+    /// worker process would have.
+    async fn another_connection(&self) -> Arc<dyn Broker> {
+        match &self._redis {
+            Some(server) => Arc::new(RedisBroker::connect(&server.url()).await.unwrap()),
+            None => self.broker.clone(),
+        }
+    }
+}
+
 async fn memory() -> Backend {
     Backend {
         broker: Arc::new(MemoryBroker::new()),
@@ -434,6 +445,92 @@ async fn a_running_job_can_be_cancelled(b: Backend) {
     assert_eq!(counters.snapshot().cancelled, 1);
 }
 
+/// Three workers (each with its own broker connection on Redis) run one every-second schedule:
+/// every tick in the window produces exactly one job — none missing, none doubled.
+async fn a_cron_tick_enqueues_exactly_one_job_across_workers(b: Backend) {
+    let hello = upload(b.broker.as_ref(), "hello").await;
+    let mut inv = Invocation::new(hello);
+    inv.args = json!({"name": "cron"});
+    let entry = wasmq::scheduler::add_cron(b.broker.as_ref(), "every", "* * * * * *", inv)
+        .await
+        .unwrap();
+    let first = entry.next_ms;
+    let mut stops = Vec::new();
+    let mut running = Vec::new();
+    for _ in 0..3 {
+        let broker = b.another_connection().await;
+        let worker = Worker::new(
+            broker,
+            common::sandbox().clone(),
+            WorkerConfig {
+                maintain_every: Duration::from_millis(50),
+                ..config()
+            },
+        );
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        stops.push(stop);
+        running.push(tokio::spawn(worker.run(async {
+            let _ = stopped.await;
+        })));
+    }
+    tokio::time::sleep(Duration::from_millis(3600)).await;
+    for stop in stops {
+        let _ = stop.send(());
+    }
+    for r in running {
+        r.await.unwrap();
+    }
+    let last = b.broker.crons(None).await.unwrap()[0].next_ms;
+    let ticks: Vec<u64> = (first..last).step_by(1000).collect();
+    assert!(ticks.len() >= 3, "{} ticks in 3.6 s", ticks.len());
+    for tick in &ticks {
+        let id = format!("cron:every:{tick}");
+        let r = b.broker.job(None, &id).await.unwrap();
+        assert!(r.is_some(), "tick {tick} has no job");
+    }
+    let totals = b.broker.queues().await.unwrap()[0].totals.clone();
+    assert_eq!(
+        totals.enqueued,
+        ticks.len() as u64,
+        "one job per tick, no more"
+    );
+}
+
+/// With no worker running, ticks pass unfired; the first worker back enqueues one job for them.
+async fn missed_cron_ticks_are_coalesced(b: Backend) {
+    let hello = upload(b.broker.as_ref(), "hello").await;
+    let entry = wasmq::scheduler::add_cron(
+        b.broker.as_ref(),
+        "m",
+        "* * * * * *",
+        Invocation::new(hello),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(2600)).await;
+    let back = wasmq::broker::now_ms();
+    let fired = wasmq::scheduler::fire_due_crons(b.broker.as_ref(), "default")
+        .await
+        .unwrap();
+    assert_eq!(fired, 1, "one job for the missed ticks");
+    assert!(
+        b.broker
+            .job(None, &format!("cron:m:{}", entry.next_ms))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let next = b.broker.crons(None).await.unwrap()[0].next_ms;
+    assert!(next > back, "the schedule continues from the present");
+    assert_eq!(b.broker.queues().await.unwrap()[0].totals.enqueued, 1);
+    assert_eq!(
+        wasmq::scheduler::fire_due_crons(b.broker.as_ref(), "default")
+            .await
+            .unwrap(),
+        0
+    );
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod on_memory {
@@ -456,6 +553,8 @@ suite!(
     shutdown_finishes_short_jobs_and_hands_back_long_ones,
     heartbeats_keep_a_long_job_from_running_twice,
     a_running_job_can_be_cancelled,
+    a_cron_tick_enqueues_exactly_one_job_across_workers,
+    missed_cron_ticks_are_coalesced,
 );
 
 /// On a single-threaded runtime, so a guest that held the thread would show.

@@ -94,7 +94,11 @@ class Client:
 
     def upload(self, component: Union[bytes, str, "os.PathLike[str]"]) -> str:
         """Uploads a job component (bytes or a path); returns its `sha256:…` address."""
-        data = component if isinstance(component, bytes) else open(component, "rb").read()
+        if isinstance(component, bytes):
+            data = component
+        else:
+            with open(component, "rb") as f:
+                data = f.read()
         return self._request("POST", "/v1/modules", data, "application/wasm")["module"]
 
     def enqueue(

@@ -13,9 +13,9 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 
 use super::{
-    Ack, AttemptError, Broker, BrokerError, CancelOutcome, Completion, DEFAULT_RESULT_TTL,
-    Enqueued, Heartbeat, JobRecord, JobState, Lease, LeaseKey, Maintenance, ModuleDeletion,
-    ModuleInfo, QueueCounts, QueueTotals, RunReport, now_ms,
+    Ack, AttemptError, Broker, BrokerError, CancelOutcome, Completion, CronEntry,
+    DEFAULT_RESULT_TTL, Enqueued, Heartbeat, JobRecord, JobState, Lease, LeaseKey, Maintenance,
+    ModuleDeletion, ModuleInfo, QueueCounts, QueueTotals, RunReport, now_ms,
 };
 use crate::invocation::{Invocation, NewJob};
 use crate::modules::ModuleHash;
@@ -35,6 +35,8 @@ struct State {
     queues: BTreeMap<String, Queue>,
     jobs: HashMap<(String, String), Job>,
     modules: BTreeMap<ModuleHash, (Arc<Vec<u8>>, ModuleInfo)>,
+    /// (queue, name) → entry, its `next_ms` the next tick.
+    crons: BTreeMap<(String, String), CronEntry>,
 }
 
 #[derive(Default)]
@@ -600,6 +602,56 @@ impl Broker for MemoryBroker {
             self.done.notify_waiters();
         }
         Ok(outcome)
+    }
+
+    async fn put_cron(&self, entry: &CronEntry) -> Result<(), BrokerError> {
+        let mut state = self.lock();
+        let queue = entry.invocation.queue.clone();
+        state.queues.entry(queue.clone()).or_default();
+        state
+            .crons
+            .insert((queue, entry.name.clone()), entry.clone());
+        Ok(())
+    }
+
+    async fn crons(&self, queue: Option<&str>) -> Result<Vec<CronEntry>, BrokerError> {
+        Ok(self
+            .lock()
+            .crons
+            .iter()
+            .filter(|((q, _), _)| queue.is_none_or(|want| want == q))
+            .map(|(_, e)| e.clone())
+            .collect())
+    }
+
+    async fn remove_cron(&self, queue: &str, name: &str) -> Result<bool, BrokerError> {
+        Ok(self
+            .lock()
+            .crons
+            .remove(&(queue.to_owned(), name.to_owned()))
+            .is_some())
+    }
+
+    async fn fire_cron(
+        &self,
+        queue: &str,
+        name: &str,
+        tick_ms: u64,
+        next_ms: u64,
+        job: &NewJob,
+    ) -> Result<bool, BrokerError> {
+        {
+            let mut state = self.lock();
+            let Some(entry) = state.crons.get_mut(&(queue.to_owned(), name.to_owned())) else {
+                return Ok(false);
+            };
+            if entry.next_ms != tick_ms {
+                return Ok(false);
+            }
+            entry.next_ms = next_ms;
+        }
+        self.enqueue(std::slice::from_ref(job)).await?;
+        Ok(true)
     }
 
     async fn delete_module(

@@ -297,6 +297,24 @@ pub enum ModuleDeletion {
     NotFound,
 }
 
+/// A recurring job: an invocation enqueued at each tick of a cron schedule.
+///
+/// Missed ticks (no worker serving the queue was running) are coalesced: the first worker back
+/// enqueues one job for them, then the schedule continues from the present.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CronEntry {
+    /// Unique within its queue.
+    pub name: String,
+    /// A cron expression: 5 fields, or 6 with seconds first (`*/10 * * * * *`), UTC.
+    pub schedule: String,
+    /// What each tick enqueues (its `queue` is the entry's queue; `id` is left empty — each job's
+    /// id is `cron:<name>:<tick in Unix ms>`).
+    pub invocation: Invocation,
+    /// The next tick, Unix ms (filled in by the broker when listing).
+    #[serde(default)]
+    pub next_ms: u64,
+}
+
 /// How long a broker keeps the records of jobs that succeeded or were cancelled. A day, like
 /// Celery's result expiry: long enough to look a job up the next morning.
 pub const DEFAULT_RESULT_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -424,6 +442,27 @@ pub trait Broker: Send + Sync + 'static {
     /// Cancels a job: at once if it is waiting, through its worker if it is running.
     async fn cancel(&self, queue: &str, id: &str) -> Result<CancelOutcome, BrokerError>;
 
+    /// Adds or replaces a cron entry (on `entry.invocation.queue`), next firing at `entry.next_ms`.
+    async fn put_cron(&self, entry: &CronEntry) -> Result<(), BrokerError>;
+
+    /// Cron entries of `queue`, or of every queue.
+    async fn crons(&self, queue: Option<&str>) -> Result<Vec<CronEntry>, BrokerError>;
+
+    /// Removes a cron entry. False if there was none.
+    async fn remove_cron(&self, queue: &str, name: &str) -> Result<bool, BrokerError>;
+
+    /// Enqueues `job` for the entry's tick `tick_ms` and moves the entry to `next_ms` — only if
+    /// its next tick is still `tick_ms`, so that each tick fires once however many workers try.
+    /// True if this call fired it.
+    async fn fire_cron(
+        &self,
+        queue: &str,
+        name: &str,
+        tick_ms: u64,
+        next_ms: u64,
+        job: &NewJob,
+    ) -> Result<bool, BrokerError>;
+
     /// Deletes a module; refused while jobs that have not succeeded name it, unless `force`.
     async fn delete_module(
         &self,
@@ -438,6 +477,12 @@ pub async fn enqueue_checked(
     broker: &dyn Broker,
     jobs: &[NewJob],
 ) -> Result<Vec<Enqueued>, BrokerError> {
+    check_modules(broker, jobs).await?;
+    broker.enqueue(jobs).await
+}
+
+/// Refuses jobs whose module was never uploaded.
+pub async fn check_modules(broker: &dyn Broker, jobs: &[NewJob]) -> Result<(), BrokerError> {
     let mut seen = HashSet::new();
     for job in jobs {
         let hash = job.invocation.module;
@@ -445,7 +490,7 @@ pub async fn enqueue_checked(
             return Err(InvocationError::UnknownModule(hash).into());
         }
     }
-    broker.enqueue(jobs).await
+    Ok(())
 }
 
 /// Now, in Unix milliseconds.

@@ -5,6 +5,7 @@
 
 mod bench;
 mod bench_queue;
+mod cron;
 mod demo;
 mod queue;
 mod report;
@@ -66,6 +67,9 @@ enum Command {
     /// List, retry or delete dead jobs.
     #[command(subcommand)]
     Dead(queue::DeadCommand),
+    /// Add, list or remove recurring (cron) jobs.
+    #[command(subcommand)]
+    Cron(cron::CronCommand),
 }
 
 /// Flags shared by commands that look for the sample jobs.
@@ -127,6 +131,7 @@ impl Cli {
             Command::Cancel(args) => queue::cancel(redis.connect().await?.as_ref(), args).await,
             Command::Queues(args) => queue::queues(redis.connect().await?.as_ref(), args).await,
             Command::Dead(command) => queue::dead(redis.connect().await?.as_ref(), command).await,
+            Command::Cron(command) => cron::run(redis.connect().await?.as_ref(), command).await,
         }
     }
 }

@@ -15,6 +15,8 @@
 //! | `wasmq:{q}:done:<id>` | list | tokens for clients waiting on a job (`--wait`) |
 //! | `wasmq:{q}:seq` | string | enqueue counter (FIFO within a priority) |
 //! | `wasmq:{q}:stats` | hash | running totals: `enqueued`, `succeeded`, `failed`, `retried`, `dead`, `cancelled`, `recovered` |
+//! | `wasmq:{q}:cron` | hash | cron entry name → entry JSON (schedule, invocation template) |
+//! | `wasmq:{q}:cron_next` | hash | cron entry name → next tick (Unix ms) |
 //! | `wasmq:queues` | set | every queue name used |
 //! | `wasmq:{modules}:index` | hash | hex digest → `{size, uploaded_at_ms}` |
 //! | `wasmq:{modules}:bytes:<hex>` | string | the component bytes |
@@ -33,9 +35,9 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnecti
 use redis::{AsyncConnectionConfig, RedisError, RetryMethod, Script, ScriptInvocation};
 
 use super::{
-    Ack, AttemptError, Broker, BrokerError, CancelOutcome, Completion, DEFAULT_RESULT_TTL,
-    Enqueued, Heartbeat, JobRecord, JobState, Lease, LeaseKey, Maintenance, ModuleDeletion,
-    ModuleInfo, QueueCounts, QueueTotals, RunReport, now_ms,
+    Ack, AttemptError, Broker, BrokerError, CancelOutcome, Completion, CronEntry,
+    DEFAULT_RESULT_TTL, Enqueued, Heartbeat, JobRecord, JobState, Lease, LeaseKey, Maintenance,
+    ModuleDeletion, ModuleInfo, QueueCounts, QueueTotals, RunReport, now_ms,
 };
 use crate::invocation::{Invocation, NewJob};
 use crate::modules::ModuleHash;
@@ -75,6 +77,9 @@ struct Scripts {
     dead_retry: Script,
     dead_delete: Script,
     cancel: Script,
+    cron_put: Script,
+    cron_remove: Script,
+    cron_fire: Script,
     put_module: Script,
     delete_module: Script,
 }
@@ -90,6 +95,9 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     dead_retry: script!("dead_retry"),
     dead_delete: script!("dead_delete"),
     cancel: script!("cancel"),
+    cron_put: script!("cron_put"),
+    cron_remove: script!("cron_remove"),
+    cron_fire: script!("cron_fire"),
     put_module: Script::new(include_str!("lua/put_module.lua")),
     delete_module: Script::new(include_str!("lua/delete_module.lua")),
 });
@@ -109,6 +117,8 @@ pub struct QueueKeys {
     pub job_prefix: String,
     /// Prefix of waiter lists: `wasmq:{q}:done:`.
     pub done_prefix: String,
+    /// Cron entries (`KEYS[8]` of the cron scripts) and their next ticks (`KEYS[9]`).
+    pub cron: [String; 2],
 }
 
 impl Keys {
@@ -135,6 +145,7 @@ impl Keys {
             .map(|k| format!("{base}{k}")),
             job_prefix: format!("{base}job:"),
             done_prefix: format!("{base}done:"),
+            cron: [format!("{base}cron"), format!("{base}cron_next")],
         }
     }
 
@@ -253,6 +264,15 @@ impl RedisBroker {
             inv.key(k);
         }
         inv.arg(qk.job_prefix).arg(qk.done_prefix);
+        inv
+    }
+
+    /// A cron script: the queue's seven keys, then its cron entry and next-tick hashes.
+    fn cron_script<'s>(&self, script: &'s Script, queue: &str) -> ScriptInvocation<'s> {
+        let mut inv = self.queue_script(script, queue);
+        for k in self.keys.queue(queue).cron {
+            inv.key(k);
+        }
         inv
     }
 
@@ -827,6 +847,77 @@ impl Broker for RedisBroker {
                     .ok_or_else(|| corrupt(id, format!("cancel outcome `{other}`")))?,
             ),
         })
+    }
+
+    async fn put_cron(&self, entry: &CronEntry) -> Result<(), BrokerError> {
+        let queue = &entry.invocation.queue;
+        self.register_queues([queue.as_str()]).await?;
+        let mut inv = self.cron_script(&SCRIPTS.cron_put, queue);
+        inv.arg(&entry.name)
+            .arg(serde_json::to_string(entry).expect("plain data serialises"))
+            .arg(entry.next_ms);
+        let _: u32 = self.script(&inv).await?;
+        Ok(())
+    }
+
+    async fn crons(&self, queue: Option<&str>) -> Result<Vec<CronEntry>, BrokerError> {
+        let queues = match queue {
+            Some(q) => vec![q.to_owned()],
+            None => self.queue_names().await?,
+        };
+        let mut all = Vec::new();
+        for q in queues {
+            let [entries_key, next_key] = self.keys.queue(&q).cron;
+            let (entries, next): (HashMap<String, String>, HashMap<String, u64>) = self
+                .retrying(|mut c| {
+                    let (a, b) = (entries_key.clone(), next_key.clone());
+                    async move {
+                        redis::pipe()
+                            .cmd("HGETALL")
+                            .arg(a)
+                            .cmd("HGETALL")
+                            .arg(b)
+                            .query_async(&mut c)
+                            .await
+                    }
+                })
+                .await?;
+            for (name, json) in entries {
+                let mut entry: CronEntry = serde_json::from_str(&json)
+                    .map_err(|e| corrupt(&format!("cron {q}/{name}"), e))?;
+                entry.next_ms = next.get(&name).copied().unwrap_or(0);
+                all.push(entry);
+            }
+        }
+        all.sort_by(|a, b| (&a.invocation.queue, &a.name).cmp(&(&b.invocation.queue, &b.name)));
+        Ok(all)
+    }
+
+    async fn remove_cron(&self, queue: &str, name: &str) -> Result<bool, BrokerError> {
+        let mut inv = self.cron_script(&SCRIPTS.cron_remove, queue);
+        inv.arg(name);
+        let n: u32 = self.script(&inv).await?;
+        Ok(n == 1)
+    }
+
+    async fn fire_cron(
+        &self,
+        queue: &str,
+        name: &str,
+        tick_ms: u64,
+        next_ms: u64,
+        job: &NewJob,
+    ) -> Result<bool, BrokerError> {
+        let mut inv = self.cron_script(&SCRIPTS.cron_fire, queue);
+        inv.arg(name)
+            .arg(tick_ms)
+            .arg(next_ms)
+            .arg(job.id())
+            .arg(serde_json::to_string(&job.invocation).expect("plain data serialises"))
+            .arg(job.invocation.priority)
+            .arg(job.invocation.max_attempts);
+        let fired: u32 = self.script(&inv).await?;
+        Ok(fired == 1)
     }
 
     async fn delete_module(
