@@ -576,3 +576,71 @@ async fn health_reports_a_lost_redis() {
     let (s, b) = api.call(Method::GET, "/healthz", None, Body::empty()).await;
     assert_error(s, &b, StatusCode::SERVICE_UNAVAILABLE, "unavailable", None);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cron_entries_over_http() {
+    let api = Api::new().await;
+    let hello = api.upload("hello").await;
+    let entry = json!({"name": "nightly", "schedule": "0 3 * * *", "invocation": {"module": hello, "args": {"name": "n"}}});
+    let (s, b) = api.post_json("/v1/cron", ENQUEUER, &entry).await;
+    assert_error(s, &b, StatusCode::FORBIDDEN, "forbidden", None);
+    let (s, b) = api.post_json("/v1/cron", ADMIN, &entry).await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    assert!(b["next_ms"].as_u64().unwrap() > 0);
+    let (_, b) = api.get("/v1/cron").await;
+    assert_eq!(b["cron"][0]["name"], "nightly");
+    let never = format!("sha256:{}", "0".repeat(64));
+    let cases = [
+        (
+            json!({"name": "x", "schedule": "sometimes", "invocation": {"module": hello}}),
+            "invalid_invocation",
+            Some("schedule"),
+        ),
+        (
+            json!({"name": "no spaces", "schedule": "* * * * *", "invocation": {"module": hello}}),
+            "invalid_invocation",
+            Some("name"),
+        ),
+        (
+            json!({"name": "x", "schedule": "* * * * *", "invocation": {"module": never}}),
+            "unknown_module",
+            Some("invocation.module"),
+        ),
+        (
+            json!({"name": "x", "schedule": "* * * * *", "invocation": {"module": hello, "fuel": 0}}),
+            "invalid_invocation",
+            Some("invocation.fuel"),
+        ),
+        (
+            json!({"name": "x", "schedule": "* * * * *", "invocation": {"module": hello, "id": "fixed"}}),
+            "invalid_invocation",
+            Some("invocation"),
+        ),
+    ];
+    for (body, code, field) in cases {
+        let (s, b) = api.post_json("/v1/cron", ADMIN, &body).await;
+        assert_error(s, &b, StatusCode::UNPROCESSABLE_ENTITY, code, field);
+    }
+    let (s, b) = api
+        .post_json("/v1/cron", ADMIN, &json!({"name": "x"}))
+        .await;
+    assert_error(s, &b, StatusCode::BAD_REQUEST, "invalid_json", None);
+    let (s, _) = api
+        .call(
+            Method::DELETE,
+            "/v1/cron/nightly",
+            Some(ADMIN),
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, b) = api
+        .call(
+            Method::DELETE,
+            "/v1/cron/nightly",
+            Some(ADMIN),
+            Body::empty(),
+        )
+        .await;
+    assert_error(s, &b, StatusCode::NOT_FOUND, "not_found", None);
+}

@@ -99,6 +99,12 @@ pub enum Endpoint {
     RetryDead,
     /// `DELETE /v1/dead/{id}`
     DeleteDead,
+    /// `GET /v1/cron`
+    ListCron,
+    /// `POST /v1/cron`
+    AddCron,
+    /// `DELETE /v1/cron/{name}`
+    RemoveCron,
     /// `GET /healthz`
     Health,
     /// `GET /metrics`
@@ -109,7 +115,7 @@ pub enum Endpoint {
 
 impl Endpoint {
     /// Every route the server has.
-    pub const ALL: [Endpoint; 14] = [
+    pub const ALL: [Endpoint; 17] = [
         Endpoint::UploadModule,
         Endpoint::ListModules,
         Endpoint::GetModule,
@@ -121,6 +127,9 @@ impl Endpoint {
         Endpoint::ListDead,
         Endpoint::RetryDead,
         Endpoint::DeleteDead,
+        Endpoint::ListCron,
+        Endpoint::AddCron,
+        Endpoint::RemoveCron,
         Endpoint::Health,
         Endpoint::Metrics,
         Endpoint::OpenApi,
@@ -141,6 +150,9 @@ impl Endpoint {
             ListDead => (Method::GET, "/v1/dead"),
             RetryDead => (Method::POST, "/v1/dead/{id}/retry"),
             DeleteDead => (Method::DELETE, "/v1/dead/{id}"),
+            ListCron => (Method::GET, "/v1/cron"),
+            AddCron => (Method::POST, "/v1/cron"),
+            RemoveCron => (Method::DELETE, "/v1/cron/{name}"),
             Health => (Method::GET, "/healthz"),
             Metrics => (Method::GET, "/metrics"),
             OpenApi => (Method::GET, "/openapi.json"),
@@ -154,8 +166,10 @@ impl Endpoint {
             Health | OpenApi => None,
             UploadModule => Some(Scope::Upload),
             Enqueue | CancelJob => Some(Scope::Enqueue),
-            DeleteModule | RetryDead | DeleteDead => Some(Scope::Admin),
-            ListModules | GetModule | GetJob | Queues | ListDead | Metrics => Some(Scope::Read),
+            DeleteModule | RetryDead | DeleteDead | AddCron | RemoveCron => Some(Scope::Admin),
+            ListModules | GetModule | GetJob | Queues | ListDead | ListCron | Metrics => {
+                Some(Scope::Read)
+            }
         }
     }
 
@@ -177,6 +191,11 @@ impl Endpoint {
             ListDead => on(filter, list_dead),
             RetryDead => on(filter, retry_dead),
             DeleteDead => on(filter, delete_dead),
+            ListCron => on(filter, list_cron),
+            AddCron => {
+                on(filter, add_cron).layer(DefaultBodyLimit::max(state.limits.request_bytes))
+            }
+            RemoveCron => on(filter, remove_cron),
             Health => on(filter, health),
             Metrics => on(filter, metrics),
             OpenApi => on(filter, openapi),
@@ -526,6 +545,63 @@ async fn delete_dead(
     if !state.broker.delete_dead(&queue, &id).await? {
         return Err(ApiError::not_found(format!(
             "job `{id}` is not in the dead set of queue `{queue}`"
+        )));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_cron(State(state): State<ApiState>, req: Request) -> Result<Json<Value>, ApiError> {
+    let QueueParam { queue } = parse_query(req.uri().query())?;
+    Ok(Json(
+        json!({ "cron": state.broker.crons(queue.as_deref()).await? }),
+    ))
+}
+
+/// `POST /v1/cron`'s body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewCron {
+    name: String,
+    schedule: String,
+    invocation: Value,
+}
+
+async fn add_cron(State(state): State<ApiState>, Body(bytes): Body) -> Result<Response, ApiError> {
+    let new: NewCron = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("the body must be {{\"name\", \"schedule\", \"invocation\"}}: {e}"),
+        )
+    })?;
+    let invocation = Invocation::from_value(new.invocation)
+        .map_err(|e| ApiError::invocation(&e, Some("invocation")))?;
+    let entry =
+        crate::scheduler::add_cron(state.broker.as_ref(), &new.name, &new.schedule, invocation)
+            .await
+            .map_err(|e| match e {
+                // The entry's own fields (`name`, `schedule`) are named as they are; the rest are
+                // inside the invocation.
+                crate::broker::BrokerError::Invocation(inv) => {
+                    let own = matches!(&inv, crate::invocation::InvocationError::Field { field, .. }
+                    if matches!(*field, "name" | "schedule" | "invocation"));
+                    ApiError::invocation(&inv, (!own).then_some("invocation"))
+                }
+                other => other.into(),
+            })?;
+    Ok((StatusCode::CREATED, Json(json!(entry))).into_response())
+}
+
+async fn remove_cron(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    req: Request,
+) -> Result<StatusCode, ApiError> {
+    let QueueParam { queue } = parse_query(req.uri().query())?;
+    let queue = queue.unwrap_or_else(|| DEFAULT_QUEUE.to_owned());
+    if !state.broker.remove_cron(&queue, &name).await? {
+        return Err(ApiError::not_found(format!(
+            "no cron entry `{name}` on queue `{queue}`"
         )));
     }
     Ok(StatusCode::NO_CONTENT)

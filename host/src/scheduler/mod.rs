@@ -63,12 +63,14 @@ pub fn next_tick(schedule: &str, after_ms: u64) -> Result<u64, String> {
 
 /// The job a cron entry enqueues for `tick_ms`: its id is `cron:<name>:<tick>`, so a tick can
 /// never produce two jobs.
-pub fn cron_job(entry: &CronEntry, tick_ms: u64) -> Result<NewJob, String> {
+pub fn cron_job(
+    entry: &CronEntry,
+    tick_ms: u64,
+) -> Result<NewJob, crate::invocation::InvocationError> {
     let mut inv = entry.invocation.clone();
     inv.id = Some(format!("cron:{}:{tick_ms}", entry.name));
     inv.run_at = None;
     inv.prepare(&Limits::default_ceilings())
-        .map_err(|e| e.to_string())
 }
 
 /// Checks a new cron entry — its name, schedule and invocation, and that its module was uploaded
@@ -108,7 +110,7 @@ pub async fn add_cron(
         next_ms,
     };
     // The same checks a tick's job gets, now rather than at the first tick.
-    let job = cron_job(&entry, next_ms).map_err(|e| field("invocation", e))?;
+    let job = cron_job(&entry, next_ms)?;
     crate::broker::check_modules(broker, std::slice::from_ref(&job)).await?;
     broker.put_cron(&entry).await?;
     Ok(entry)
@@ -125,7 +127,7 @@ pub async fn fire_due_crons(broker: &dyn Broker, queue: &str) -> Result<u64, Str
         }
         // Ticks missed while no worker ran are coalesced into this one job.
         let next = next_tick(&entry.schedule, now)?;
-        let job = cron_job(&entry, entry.next_ms)?;
+        let job = cron_job(&entry, entry.next_ms).map_err(|e| e.to_string())?;
         if broker
             .fire_cron(queue, &entry.name, entry.next_ms, next, &job)
             .await
