@@ -531,6 +531,49 @@ async fn missed_cron_ticks_are_coalesced(b: Backend) {
     );
 }
 
+/// A guest's progress reports are visible in its record while it runs.
+async fn progress_is_visible_while_a_job_runs(b: Backend) {
+    let chaos = upload(b.broker.as_ref(), "chaos").await;
+    let job = job(
+        chaos,
+        "slow",
+        json!({"mode": "steps", "steps": 5, "ms": 300}),
+        |_| {},
+    );
+    enqueue_checked(b.broker.as_ref(), &[job]).await.unwrap();
+    let worker = Worker::new(b.broker.clone(), common::sandbox().clone(), config());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(worker.run(async {
+        let _ = stopped.await;
+    }));
+    let mut seen_while_running = Vec::new();
+    loop {
+        let r = b.broker.job(None, "slow").await.unwrap().unwrap();
+        if r.state.is_final() {
+            assert_eq!(r.state, JobState::Succeeded);
+            let last = r.report.unwrap().progress.unwrap();
+            assert_eq!(
+                (last.percent, last.note.as_deref()),
+                (100, Some("step 5 of 5"))
+            );
+            break;
+        }
+        if r.state == JobState::Leased
+            && let Some(p) = r.progress
+            && !seen_while_running.contains(&p.percent)
+        {
+            seen_while_running.push(p.percent);
+        }
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    let _ = stop.send(());
+    running.await.unwrap();
+    assert!(
+        seen_while_running.iter().filter(|p| **p < 100).count() >= 2,
+        "saw {seen_while_running:?} while it ran"
+    );
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod on_memory {
@@ -555,6 +598,7 @@ suite!(
     a_running_job_can_be_cancelled,
     a_cron_tick_enqueues_exactly_one_job_across_workers,
     missed_cron_ticks_are_coalesced,
+    progress_is_visible_while_a_job_runs,
 );
 
 /// On a single-threaded runtime, so a guest that held the thread would show.

@@ -58,6 +58,7 @@ export interface Job {
   finished_at_ms: number | null;
   worker: string | null;
   last_error: AttemptError | null;
+  progress: { percent: number; note: string | null } | null;
   report: RunReport | null;
 }
 

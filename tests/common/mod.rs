@@ -70,6 +70,7 @@ pub fn request_with(
         args: wasmq::invocation::args_to_bytes(args).expect("args"),
         limits,
         sub_jobs,
+        progress: None,
     }
 }
 

@@ -50,6 +50,7 @@ class Job(TypedDict, total=False):
     finished_at_ms: Optional[int]
     worker: Optional[str]
     last_error: Optional[Dict[str, Any]]
+    progress: Optional[Dict[str, Any]]
     report: Optional[Dict[str, Any]]
 
 

@@ -19,6 +19,7 @@ use super::{
 };
 use crate::invocation::{Invocation, NewJob};
 use crate::modules::ModuleHash;
+use crate::sandbox::Progress;
 
 /// The in-process broker.
 pub struct MemoryBroker {
@@ -63,6 +64,7 @@ struct Job {
     finished_at_ms: Option<u64>,
     worker: Option<String>,
     last_error: Option<AttemptError>,
+    progress: Option<Progress>,
     report: Option<RunReport>,
     /// Where the job sits in its queue's `ready` or `scheduled` index.
     ready_key: Option<(i32, u64)>,
@@ -85,6 +87,7 @@ impl Job {
             finished_at_ms: self.finished_at_ms,
             worker: self.worker.clone(),
             last_error: self.last_error.clone(),
+            progress: self.progress.clone(),
             report: self.report.clone(),
         }
     }
@@ -223,6 +226,7 @@ impl Broker for MemoryBroker {
                         finished_at_ms: None,
                         worker: None,
                         last_error: None,
+                        progress: None,
                         report: None,
                         ready_key: None,
                         due_at: None,
@@ -367,6 +371,19 @@ impl Broker for MemoryBroker {
             self.done.notify_waiters();
         }
         Ok(stale)
+    }
+
+    async fn report_progress(&self, updates: &[(LeaseKey, Progress)]) -> Result<(), BrokerError> {
+        let mut state = self.lock();
+        for (key, progress) in updates {
+            if let Some(job) = state
+                .get(&key.queue, &key.id)
+                .filter(|j| j.state == JobState::Leased && j.token == key.token)
+            {
+                job.progress = Some(progress.clone());
+            }
+        }
+        Ok(())
     }
 
     async fn release(&self, leases: &[LeaseKey]) -> Result<(), BrokerError> {

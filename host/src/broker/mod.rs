@@ -212,6 +212,8 @@ pub struct JobRecord {
     pub worker: Option<String>,
     /// The latest failure.
     pub last_error: Option<AttemptError>,
+    /// The latest progress the guest reported, updated while it runs.
+    pub progress: Option<Progress>,
     /// What the latest finished attempt produced.
     pub report: Option<RunReport>,
 }
@@ -408,6 +410,9 @@ pub trait Broker: Send + Sync + 'static {
     /// Succeeded jobs are kept for the broker's result TTL. Returns how many were stale (the lease
     /// had expired and moved on) and so ignored.
     async fn complete(&self, acks: &[Ack]) -> Result<usize, BrokerError>;
+
+    /// Records running jobs' latest progress (ignored for leases that moved on).
+    async fn report_progress(&self, updates: &[(LeaseKey, Progress)]) -> Result<(), BrokerError>;
 
     /// Hands leased jobs back to the front of ready without counting the attempt (shutdown).
     async fn release(&self, leases: &[LeaseKey]) -> Result<(), BrokerError>;

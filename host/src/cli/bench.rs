@@ -180,6 +180,7 @@ fn request(args: Vec<u8>, limits: Limits) -> RunRequest {
         args,
         limits,
         sub_jobs: Arc::new(NoSubJobs),
+        progress: None,
     }
 }
 

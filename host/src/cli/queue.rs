@@ -347,9 +347,7 @@ pub(crate) async fn job(broker: &dyn Broker, args: JobArgs) -> anyhow::Result<Ex
         && let Some(r) = &record
         && !r.state.is_final()
     {
-        record = broker
-            .wait_job(&r.queue.clone(), &args.id, args.wait_timeout)
-            .await?;
+        record = wait_with_progress(broker, &r.queue.clone(), &args.id, args.wait_timeout).await?;
     }
     show_record(&args.id, record.as_ref(), args.json)?;
     Ok(match record {
@@ -357,6 +355,40 @@ pub(crate) async fn job(broker: &dyn Broker, args: JobArgs) -> anyhow::Result<Ex
         Some(r) if r.state == JobState::Dead => ExitCode::from(1),
         Some(_) => ExitCode::SUCCESS,
     })
+}
+
+/// Waits for a job to end, drawing its reported progress as a bar (on a terminal).
+async fn wait_with_progress(
+    broker: &dyn Broker,
+    queue: &str,
+    id: &str,
+    timeout: Duration,
+) -> anyhow::Result<Option<JobRecord>> {
+    let bar = ProgressBar::new(100);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos:>3}%  {msg}").expect("a valid template"),
+    );
+    let deadline = tokio::time::Instant::now() + timeout;
+    let record = loop {
+        // Short waits rather than one long one, so the bar follows the job's progress.
+        let slice = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .min(Duration::from_millis(250));
+        let record = broker.wait_job(queue, id, slice).await?;
+        match &record {
+            Some(r) if !r.state.is_final() && !slice.is_zero() => {
+                if let Some(p) = &r.progress {
+                    bar.set_position(u64::from(p.percent));
+                    bar.set_message(p.note.clone().unwrap_or_default());
+                } else {
+                    bar.set_message(r.state.as_str());
+                }
+            }
+            _ => break record,
+        }
+    };
+    bar.finish_and_clear();
+    Ok(record)
 }
 
 /// Flags of `wasmq queues`.

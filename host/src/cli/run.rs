@@ -141,6 +141,7 @@ pub(crate) async fn run(sandbox: Sandbox, args: RunArgs) -> anyhow::Result<ExitC
         args: arg_bytes,
         limits,
         sub_jobs: sub_jobs.clone(),
+        progress: None,
     };
     let outcome = sandbox.run(&module, request).await;
     let recorded = sub_jobs.take();

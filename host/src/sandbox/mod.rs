@@ -134,6 +134,13 @@ impl SubJobSink for NoSubJobs {
     }
 }
 
+/// Where a guest's `progress` calls go while it runs (the final progress is also in the outcome).
+/// Called on the guest's thread: it must be cheap and must not block.
+pub trait ProgressSink: Send + Sync {
+    /// The guest reported `progress`.
+    fn progress(&self, job: &JobInfo, progress: &Progress);
+}
+
 /// One run's request.
 #[derive(Clone)]
 pub struct RunRequest {
@@ -145,6 +152,8 @@ pub struct RunRequest {
     pub limits: Limits,
     /// Where `enqueue` calls go.
     pub sub_jobs: Arc<dyn SubJobSink>,
+    /// Where progress reports go as they happen, if anywhere.
+    pub progress: Option<Arc<dyn ProgressSink>>,
 }
 
 impl fmt::Debug for RunRequest {
@@ -572,6 +581,7 @@ impl Sandbox {
             progress: None,
             info: request.info.clone(),
             sub_jobs: request.sub_jobs.clone(),
+            progress_sink: request.progress.clone(),
             started,
         };
         let mut store = Store::new(&self.inner.engine, state);
@@ -819,6 +829,7 @@ struct RunState {
     progress: Option<Progress>,
     info: JobInfo,
     sub_jobs: Arc<dyn SubJobSink>,
+    progress_sink: Option<Arc<dyn ProgressSink>>,
     started: Instant,
 }
 
@@ -867,10 +878,14 @@ impl bindings::wasmq::job::host::Host for RunState {
     }
 
     fn progress(&mut self, percent: u8, note: Option<String>) {
-        self.progress = Some(Progress {
+        let progress = Progress {
             percent: percent.min(100),
             note: note.map(cut),
-        });
+        };
+        if let Some(sink) = &self.progress_sink {
+            sink.progress(&self.info, &progress);
+        }
+        self.progress = Some(progress);
     }
 
     async fn enqueue(&mut self, module: String, args: Vec<u8>) -> Result<String, String> {

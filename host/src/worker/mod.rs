@@ -31,7 +31,7 @@ use tracing::Instrument as _;
 
 use crate::broker::{Ack, AttemptError, Broker, Completion, Lease, LeaseKey, RunReport, now_ms};
 use crate::invocation::{args_to_bytes, bytes_to_json};
-use crate::sandbox::{JobInfo, RunOutcome, RunRequest, Sandbox};
+use crate::sandbox::{JobInfo, Progress, ProgressSink, RunOutcome, RunRequest, Sandbox};
 pub use crate::scheduler::Backoff;
 pub use modules::ModuleCache;
 pub use sub_jobs::BrokerSubJobs;
@@ -231,6 +231,27 @@ pub struct Worker {
     modules: ModuleCache,
     config: WorkerConfig,
     counters: Arc<Counters>,
+    progress: Arc<ProgressBoard>,
+}
+
+/// How often running jobs' latest progress goes to the broker: a progress bar that moves four
+/// times a second looks live, and it costs one script call per worker per period however often
+/// guests report.
+const PROGRESS_FLUSH: Duration = Duration::from_millis(250);
+
+/// The latest progress of each running job, between flushes.
+#[derive(Default)]
+struct ProgressBoard {
+    latest: Mutex<HashMap<(String, String), Progress>>,
+}
+
+impl ProgressSink for ProgressBoard {
+    fn progress(&self, job: &JobInfo, progress: &Progress) {
+        self.latest
+            .lock()
+            .expect("not poisoned")
+            .insert((job.queue.clone(), job.id.clone()), progress.clone());
+    }
 }
 
 /// A job in flight: how to stop it, and whether its ack is already on its way.
@@ -251,6 +272,7 @@ impl Worker {
             sandbox,
             config,
             counters: Arc::default(),
+            progress: Arc::default(),
         }
     }
 
@@ -278,6 +300,12 @@ impl Worker {
             inflight.clone(),
             config.lease,
             ack_tx.clone(),
+            stop_rx.clone(),
+        ));
+        let progress = tokio::spawn(progress_loop(
+            self.broker.clone(),
+            self.progress.clone(),
+            inflight.clone(),
             stop_rx.clone(),
         ));
         let maintenance = tokio::spawn(crate::scheduler::maintain(
@@ -386,6 +414,7 @@ impl Worker {
         let _ = heartbeat.await;
         drop(ack_tx);
         let _ = acker.await;
+        let _ = progress.await;
         let _ = maintenance.await;
         let stats = self.counters.snapshot();
         tracing::info!(worker = %config.name, ?stats, "worker stopped");
@@ -405,6 +434,7 @@ impl Worker {
         let broker = self.broker.clone();
         let config = self.config.clone();
         let counters = self.counters.clone();
+        let board = self.progress.clone();
         let span = tracing::info_span!("job", id = %lease.key.id, queue = %lease.key.queue, module = %lease.invocation.module, attempt = lease.attempt);
         async move {
             let inv = &lease.invocation;
@@ -426,6 +456,7 @@ impl Worker {
                         args,
                         limits: inv.limits(),
                         sub_jobs: sub_jobs.clone(),
+                        progress: Some(board.clone()),
                     };
                     let outcome = sandbox.run(&module, request).await;
                     counters
@@ -599,6 +630,41 @@ async fn ack_loop(
                 Completion::Cancelled { .. } => &counters.cancelled,
             };
             counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Sends running jobs' latest progress to the broker every [`PROGRESS_FLUSH`].
+async fn progress_loop(
+    broker: Arc<dyn Broker>,
+    board: Arc<ProgressBoard>,
+    inflight: InFlightMap,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(PROGRESS_FLUSH) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let latest = std::mem::take(&mut *board.latest.lock().expect("not poisoned"));
+        if latest.is_empty() {
+            continue;
+        }
+        let updates: Vec<(LeaseKey, Progress)> = inflight
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .filter(|(_, f)| !f.acking)
+            .filter_map(|(k, _)| {
+                latest
+                    .get(&(k.queue.clone(), k.id.clone()))
+                    .map(|p| (k.clone(), p.clone()))
+            })
+            .collect();
+        if !updates.is_empty()
+            && let Err(e) = broker.report_progress(&updates).await
+        {
+            tracing::warn!(error = %e, "progress update failed");
         }
     }
 }

@@ -12,6 +12,7 @@
 //! | `trap`    |                   | executes `unreachable` directly |
 //! | `print`   | `bytes`, `stream`?| writes `bytes` bytes to stdout (or `"stderr"`) |
 //! | `log`     | `count`?          | writes `count` log records and reports progress |
+//! | `steps`   | `steps`, `ms`     | sleeps `ms` then reports progress, `steps` times ("step i of n") |
 //! | `retry`   | `message`?        | returns `job-error::retry` |
 //! | `fail`    | `message`?        | returns `job-error::fail` |
 //! | `flaky`   | `failures`        | returns `retry` on the first `failures` attempts, then succeeds |
@@ -39,6 +40,10 @@ enum Mode {
         depth: Option<u64>,
     },
     Sleep {
+        ms: u64,
+    },
+    Steps {
+        steps: u32,
         ms: u64,
     },
     Panic {
@@ -150,6 +155,14 @@ fn chaos(info: &JobInfo, mode: Mode) -> Result<Value, JobError> {
                 wasmq_guest::progress(((i + 1) * 100 / count.max(1)) as u8, None);
             }
             Ok(json!({"logged": count}))
+        }
+        Mode::Steps { steps, ms } => {
+            for i in 1..=steps {
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+                let note = format!("step {i} of {steps}");
+                wasmq_guest::progress((i * 100 / steps.max(1)) as u8, Some(&note));
+            }
+            Ok(json!({"steps": steps}))
         }
         Mode::Retry { message } => Err(JobError::retry(
             message.unwrap_or_else(|| "chaos retry".into()),

@@ -10,7 +10,7 @@
 //! | `wasmq:{q}:scheduled` | zset | ids by due time (delayed jobs, retry backoff) |
 //! | `wasmq:{q}:leased` | zset | ids by lease deadline |
 //! | `wasmq:{q}:dead` | zset | ids by time of death |
-//! | `wasmq:{q}:job:<id>` | hash | `inv` (the invocation JSON), `state`, `attempts`, `max`, `prio`, `enq`, `lease` (token), `worker`, `started`, `fin`, `err`, `report`, `cancel`, `waiters` |
+//! | `wasmq:{q}:job:<id>` | hash | `inv` (the invocation JSON), `state`, `attempts`, `max`, `prio`, `enq`, `lease` (token), `worker`, `started`, `fin`, `err`, `report`, `progress` (live), `cancel`, `waiters` |
 //! | `wasmq:{q}:wake` | list | at most one token: a blocked worker's `BLPOP` wakes on it |
 //! | `wasmq:{q}:done:<id>` | list | tokens for clients waiting on a job (`--wait`) |
 //! | `wasmq:{q}:seq` | string | enqueue counter (FIFO within a priority) |
@@ -41,6 +41,7 @@ use super::{
 };
 use crate::invocation::{Invocation, NewJob};
 use crate::modules::ModuleHash;
+use crate::sandbox::Progress;
 
 /// How long a command is retried while Redis is unreachable or loading before the error is
 /// returned: long enough to ride out a Redis restart or failover, short enough that a worker
@@ -80,6 +81,7 @@ struct Scripts {
     cron_put: Script,
     cron_remove: Script,
     cron_fire: Script,
+    progress: Script,
     put_module: Script,
     delete_module: Script,
 }
@@ -98,6 +100,7 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     cron_put: script!("cron_put"),
     cron_remove: script!("cron_remove"),
     cron_fire: script!("cron_fire"),
+    progress: script!("progress"),
     put_module: Script::new(include_str!("lua/put_module.lua")),
     delete_module: Script::new(include_str!("lua/delete_module.lua")),
 });
@@ -410,6 +413,9 @@ fn parse_record(
     let last_error: Option<AttemptError> = take("err")
         .map(|s| serde_json::from_str(&s).map_err(|e| corrupt(&what, format!("`err`: {e}"))))
         .transpose()?;
+    let progress: Option<Progress> = take("progress")
+        .map(|s| serde_json::from_str(&s).map_err(|e| corrupt(&what, format!("`progress`: {e}"))))
+        .transpose()?;
     let report: Option<RunReport> = take("report")
         .map(|s| serde_json::from_str(&s).map_err(|e| corrupt(&what, format!("`report`: {e}"))))
         .transpose()?;
@@ -424,6 +430,7 @@ fn parse_record(
         finished_at_ms: num(take("fin")),
         worker: take("worker"),
         last_error,
+        progress,
         report,
     }))
 }
@@ -663,6 +670,23 @@ impl Broker for RedisBroker {
             stale += n;
         }
         Ok(stale)
+    }
+
+    async fn report_progress(&self, updates: &[(LeaseKey, Progress)]) -> Result<(), BrokerError> {
+        let mut by_queue: HashMap<&str, Vec<&(LeaseKey, Progress)>> = HashMap::new();
+        for u in updates {
+            by_queue.entry(&u.0.queue).or_default().push(u);
+        }
+        for (queue, group) in by_queue {
+            let mut inv = self.queue_script(&SCRIPTS.progress, queue);
+            for (key, progress) in group {
+                inv.arg(&key.id)
+                    .arg(key.token)
+                    .arg(serde_json::to_string(progress).expect("plain data serialises"));
+            }
+            let _: u32 = self.script(&inv).await?;
+        }
+        Ok(())
     }
 
     async fn release(&self, leases: &[LeaseKey]) -> Result<(), BrokerError> {
