@@ -644,3 +644,57 @@ async fn cron_entries_over_http() {
         .await;
     assert_error(s, &b, StatusCode::NOT_FOUND, "not_found", None);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queues_pause_and_resume() {
+    let api = Api::new().await;
+    let (s, b) = api
+        .call(
+            Method::POST,
+            "/v1/queues/mail/pause",
+            Some(ENQUEUER),
+            Body::empty(),
+        )
+        .await;
+    assert_error(s, &b, StatusCode::FORBIDDEN, "forbidden", None);
+    let (s, b) = api
+        .call(
+            Method::POST,
+            "/v1/queues/mail/pause",
+            Some(ADMIN),
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(
+        (s, b),
+        (StatusCode::OK, json!({"queue": "mail", "paused": true}))
+    );
+    let (_, b) = api.get("/v1/queues").await;
+    assert_eq!(b["queues"][0]["paused"], true);
+    let (s, _) = api
+        .call(
+            Method::POST,
+            "/v1/queues/mail/resume",
+            Some(ADMIN),
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, b) = api.get("/v1/queues").await;
+    assert_eq!(b["queues"][0]["paused"], false);
+    let (s, b) = api
+        .call(
+            Method::POST,
+            "/v1/queues/a%20b/pause",
+            Some(ADMIN),
+            Body::empty(),
+        )
+        .await;
+    assert_error(
+        s,
+        &b,
+        StatusCode::BAD_REQUEST,
+        "invalid_invocation",
+        Some("queue"),
+    );
+}

@@ -661,6 +661,33 @@ async fn cron_ticks_fire_once(b: Backend) {
     assert_eq!(counts(b).await.totals.enqueued, 1);
 }
 
+async fn paused_queues_accept_but_hand_out_nothing(b: Backend) {
+    let broker = b.broker.clone();
+    put(broker.as_ref(), &[job("a", |_| {})]).await;
+    broker.set_paused("default", true).await.unwrap();
+    put(broker.as_ref(), &[job("b", |_| {})]).await;
+    assert!(fetch(broker.as_ref(), 5).await.is_empty());
+    let c = counts(broker.as_ref()).await;
+    assert_eq!((c.paused, c.ready), (true, 2));
+    // A fetcher blocked on the paused queue is woken by the resume.
+    let waiter = tokio::spawn({
+        let broker = broker.clone();
+        async move {
+            let start = Instant::now();
+            broker
+                .wait_for_work(&["default".to_owned()], Duration::from_secs(4))
+                .await
+                .unwrap();
+            start.elapsed()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    broker.set_paused("default", false).await.unwrap();
+    assert!(waiter.await.unwrap() < Duration::from_secs(3));
+    assert!(!counts(broker.as_ref()).await.paused);
+    assert_eq!(ids(&fetch(broker.as_ref(), 5).await), ["a", "b"]);
+}
+
 async fn counts(b: &dyn Broker) -> QueueCounts {
     b.queues()
         .await
@@ -780,4 +807,5 @@ suite!(
     totals_count_every_outcome,
     modules_in_use_are_not_deleted,
     cron_ticks_fire_once,
+    paused_queues_accept_but_hand_out_nothing,
 );

@@ -515,3 +515,14 @@ fn cron_entries_are_added_listed_and_removed() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("no cron entry `nightly` on queue `default`"));
 }
+
+#[test]
+fn pause_and_resume_a_queue() {
+    let q = Queue::new();
+    assert_eq!(q.ok(&["pause", "mail"]).trim(), "queue `mail`: paused");
+    assert!(q.ok(&["queues"]).contains("mail (paused)"));
+    assert_eq!(q.ok(&["resume", "mail"]).trim(), "queue `mail`: resumed");
+    assert!(!q.ok(&["queues"]).contains("(paused)"));
+    let out = q.run(&["pause", "a b"]);
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -93,6 +93,10 @@ pub enum Endpoint {
     CancelJob,
     /// `GET /v1/queues`
     Queues,
+    /// `POST /v1/queues/{queue}/pause`
+    PauseQueue,
+    /// `POST /v1/queues/{queue}/resume`
+    ResumeQueue,
     /// `GET /v1/dead`
     ListDead,
     /// `POST /v1/dead/{id}/retry`
@@ -115,7 +119,7 @@ pub enum Endpoint {
 
 impl Endpoint {
     /// Every route the server has.
-    pub const ALL: [Endpoint; 17] = [
+    pub const ALL: [Endpoint; 19] = [
         Endpoint::UploadModule,
         Endpoint::ListModules,
         Endpoint::GetModule,
@@ -124,6 +128,8 @@ impl Endpoint {
         Endpoint::GetJob,
         Endpoint::CancelJob,
         Endpoint::Queues,
+        Endpoint::PauseQueue,
+        Endpoint::ResumeQueue,
         Endpoint::ListDead,
         Endpoint::RetryDead,
         Endpoint::DeleteDead,
@@ -147,6 +153,8 @@ impl Endpoint {
             GetJob => (Method::GET, "/v1/jobs/{id}"),
             CancelJob => (Method::DELETE, "/v1/jobs/{id}"),
             Queues => (Method::GET, "/v1/queues"),
+            PauseQueue => (Method::POST, "/v1/queues/{queue}/pause"),
+            ResumeQueue => (Method::POST, "/v1/queues/{queue}/resume"),
             ListDead => (Method::GET, "/v1/dead"),
             RetryDead => (Method::POST, "/v1/dead/{id}/retry"),
             DeleteDead => (Method::DELETE, "/v1/dead/{id}"),
@@ -166,7 +174,8 @@ impl Endpoint {
             Health | OpenApi => None,
             UploadModule => Some(Scope::Upload),
             Enqueue | CancelJob => Some(Scope::Enqueue),
-            DeleteModule | RetryDead | DeleteDead | AddCron | RemoveCron => Some(Scope::Admin),
+            DeleteModule | RetryDead | DeleteDead | AddCron | RemoveCron | PauseQueue
+            | ResumeQueue => Some(Scope::Admin),
             ListModules | GetModule | GetJob | Queues | ListDead | ListCron | Metrics => {
                 Some(Scope::Read)
             }
@@ -188,6 +197,12 @@ impl Endpoint {
             GetJob => on(filter, get_job),
             CancelJob => on(filter, cancel_job),
             Queues => on(filter, queues),
+            PauseQueue => on(filter, |s: State<ApiState>, q: Path<String>| {
+                pause(s, q, true)
+            }),
+            ResumeQueue => on(filter, |s: State<ApiState>, q: Path<String>| {
+                pause(s, q, false)
+            }),
             ListDead => on(filter, list_dead),
             RetryDead => on(filter, retry_dead),
             DeleteDead => on(filter, delete_dead),
@@ -502,6 +517,19 @@ async fn cancel_job(
 
 async fn queues(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
     Ok(Json(json!({ "queues": state.broker.queues().await? })))
+}
+
+async fn pause(
+    State(state): State<ApiState>,
+    Path(queue): Path<String>,
+    paused: bool,
+) -> Result<Json<Value>, ApiError> {
+    crate::invocation::check_queue_name(&queue).map_err(|e| ApiError {
+        status: StatusCode::BAD_REQUEST,
+        ..ApiError::invocation(&e, None)
+    })?;
+    state.broker.set_paused(&queue, paused).await?;
+    Ok(Json(json!({ "queue": queue, "paused": paused })))
 }
 
 #[derive(Debug, Deserialize)]

@@ -52,6 +52,7 @@ struct Queue {
     dead: BTreeSet<(u64, String)>,
     seq: u64,
     totals: QueueTotals,
+    paused: bool,
 }
 
 struct Job {
@@ -153,9 +154,12 @@ impl MemoryBroker {
 
     fn any_ready(&self, queues: &[String]) -> bool {
         let state = self.lock();
-        queues
-            .iter()
-            .any(|q| state.queues.get(q).is_some_and(|q| !q.ready.is_empty()))
+        queues.iter().any(|q| {
+            state
+                .queues
+                .get(q)
+                .is_some_and(|q| !q.paused && !q.ready.is_empty())
+        })
     }
 }
 
@@ -273,7 +277,7 @@ impl Broker for MemoryBroker {
         let mut out = Vec::new();
         for queue in queues {
             while out.len() < max {
-                let Some(q) = state.queues.get_mut(queue) else {
+                let Some(q) = state.queues.get_mut(queue).filter(|q| !q.paused) else {
                     break;
                 };
                 let Some((_, id)) = q.ready.pop_first() else {
@@ -527,6 +531,7 @@ impl Broker for MemoryBroker {
                 scheduled: q.scheduled.len() as u64,
                 leased: q.leased.len() as u64,
                 dead: q.dead.len() as u64,
+                paused: q.paused,
                 totals: q.totals.clone(),
             })
             .collect())
@@ -585,6 +590,18 @@ impl Broker for MemoryBroker {
         q.dead.remove(&(died, id.to_owned()));
         state.jobs.remove(&(queue.to_owned(), id.to_owned()));
         Ok(true)
+    }
+
+    async fn set_paused(&self, queue: &str, paused: bool) -> Result<(), BrokerError> {
+        self.lock()
+            .queues
+            .entry(queue.to_owned())
+            .or_default()
+            .paused = paused;
+        if !paused {
+            self.work.notify_waiters();
+        }
+        Ok(())
     }
 
     async fn cancel(&self, queue: &str, id: &str) -> Result<CancelOutcome, BrokerError> {

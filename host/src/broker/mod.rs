@@ -241,6 +241,8 @@ pub struct QueueCounts {
     pub leased: u64,
     /// In the dead set.
     pub dead: u64,
+    /// Paused: accepting jobs, handing none out.
+    pub paused: bool,
     /// Running totals since the queue was first used.
     pub totals: QueueTotals,
 }
@@ -443,6 +445,10 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Deletes a dead job. False if it is not dead.
     async fn delete_dead(&self, queue: &str, id: &str) -> Result<bool, BrokerError>;
+
+    /// Pauses (`true`) or resumes a queue. A paused queue accepts jobs but hands none out;
+    /// running jobs finish.
+    async fn set_paused(&self, queue: &str, paused: bool) -> Result<(), BrokerError>;
 
     /// Cancels a job: at once if it is waiting, through its worker if it is running.
     async fn cancel(&self, queue: &str, id: &str) -> Result<CancelOutcome, BrokerError>;

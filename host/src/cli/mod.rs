@@ -64,6 +64,16 @@ enum Command {
     Cancel(queue::CancelArgs),
     /// Job counts and running totals per queue.
     Queues(queue::QueuesArgs),
+    /// Pause a queue: it accepts jobs but workers take none until it is resumed.
+    Pause {
+        /// The queue.
+        queue: String,
+    },
+    /// Resume a paused queue.
+    Resume {
+        /// The queue.
+        queue: String,
+    },
     /// List, retry or delete dead jobs.
     #[command(subcommand)]
     Dead(queue::DeadCommand),
@@ -131,6 +141,12 @@ impl Cli {
             Command::Cancel(args) => queue::cancel(redis.connect().await?.as_ref(), args).await,
             Command::Queues(args) => queue::queues(redis.connect().await?.as_ref(), args).await,
             Command::Dead(command) => queue::dead(redis.connect().await?.as_ref(), command).await,
+            Command::Pause { queue } => {
+                queue::set_paused(redis.connect().await?.as_ref(), &queue, true).await
+            }
+            Command::Resume { queue } => {
+                queue::set_paused(redis.connect().await?.as_ref(), &queue, false).await
+            }
             Command::Cron(command) => cron::run(redis.connect().await?.as_ref(), command).await,
         }
     }

@@ -419,9 +419,14 @@ pub(crate) async fn queues(broker: &dyn Broker, args: QueuesArgs) -> anyhow::Res
     );
     for c in counts {
         let t = &c.totals;
+        let name = if c.paused {
+            format!("{} (paused)", c.queue)
+        } else {
+            c.queue.clone()
+        };
         println!(
             "{:<24} {:>9} {:>9} {:>9} {:>9} │ {:>10} {:>10} {:>9} {:>9}",
-            c.queue,
+            name,
             c.ready,
             c.scheduled,
             c.leased,
@@ -432,6 +437,20 @@ pub(crate) async fn queues(broker: &dyn Broker, args: QueuesArgs) -> anyhow::Res
             t.failed
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) async fn set_paused(
+    broker: &dyn Broker,
+    queue: &str,
+    paused: bool,
+) -> anyhow::Result<ExitCode> {
+    crate::invocation::check_queue_name(queue)?;
+    broker.set_paused(queue, paused).await?;
+    println!(
+        "queue `{queue}`: {}",
+        if paused { "paused" } else { "resumed" }
+    );
     Ok(ExitCode::SUCCESS)
 }
 

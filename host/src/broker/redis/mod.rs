@@ -14,7 +14,7 @@
 //! | `wasmq:{q}:wake` | list | at most one token: a blocked worker's `BLPOP` wakes on it |
 //! | `wasmq:{q}:done:<id>` | list | tokens for clients waiting on a job (`--wait`) |
 //! | `wasmq:{q}:seq` | string | enqueue counter (FIFO within a priority) |
-//! | `wasmq:{q}:stats` | hash | running totals: `enqueued`, `succeeded`, `failed`, `retried`, `dead`, `cancelled`, `recovered` |
+//! | `wasmq:{q}:stats` | hash | running totals: `enqueued`, `succeeded`, `failed`, `retried`, `dead`, `cancelled`, `recovered`; `paused` while paused |
 //! | `wasmq:{q}:cron` | hash | cron entry name → entry JSON (schedule, invocation template) |
 //! | `wasmq:{q}:cron_next` | hash | cron entry name → next tick (Unix ms) |
 //! | `wasmq:queues` | set | every queue name used |
@@ -82,6 +82,7 @@ struct Scripts {
     cron_remove: Script,
     cron_fire: Script,
     progress: Script,
+    pause: Script,
     put_module: Script,
     delete_module: Script,
 }
@@ -101,6 +102,7 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     cron_remove: script!("cron_remove"),
     cron_fire: script!("cron_fire"),
     progress: script!("progress"),
+    pause: script!("pause"),
     put_module: Script::new(include_str!("lua/put_module.lua")),
     delete_module: Script::new(include_str!("lua/delete_module.lua")),
 });
@@ -802,6 +804,7 @@ impl Broker for RedisBroker {
                     scheduled: c[1],
                     leased: c[2],
                     dead: c[3],
+                    paused: get("paused") == 1,
                     totals: QueueTotals {
                         enqueued: get("enqueued"),
                         succeeded: get("succeeded"),
@@ -854,6 +857,14 @@ impl Broker for RedisBroker {
         inv.arg(id);
         let n: u32 = self.script(&inv).await?;
         Ok(n == 1)
+    }
+
+    async fn set_paused(&self, queue: &str, paused: bool) -> Result<(), BrokerError> {
+        self.register_queues([queue]).await?;
+        let mut inv = self.queue_script(&SCRIPTS.pause, queue);
+        inv.arg(if paused { "1" } else { "0" });
+        let _: u32 = self.script(&inv).await?;
+        Ok(())
     }
 
     async fn cancel(&self, queue: &str, id: &str) -> Result<CancelOutcome, BrokerError> {

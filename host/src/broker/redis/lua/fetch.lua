@@ -1,5 +1,6 @@
 -- Lease up to ARGV[3] ready jobs for ARGV[4] ms to worker ARGV[5].
--- Returns per job {id, invocation JSON, attempt, lease token}.
+-- Returns per job {id, invocation JSON, attempt, lease token}; nothing while the queue is paused.
+if redis.call('HEXISTS', KEYS[7], 'paused') == 1 then return {} end
 local now = now_ms()
 local deadline = now + tonumber(ARGV[4])
 local popped = redis.call('ZPOPMIN', KEYS[1], tonumber(ARGV[3]))
