@@ -526,3 +526,44 @@ fn pause_and_resume_a_queue() {
     let out = q.run(&["pause", "a b"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn json_logs_carry_the_job_span() {
+    let q = Queue::new();
+    let chaos = q.ok(&["upload", &common::job_path("chaos")]);
+    let log_path = q.cache.path().join("worker.log");
+    let mut worker = common::wasmq_cmd(&q.redis.url(), q.cache.path())
+        .args(["worker", "--log-format", "json"])
+        .env("WASMQ_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let args = r#"{"mode":"fail","message":"nope"}"#;
+    let out = q.run(&[
+        "enqueue",
+        chaos.trim(),
+        "--args",
+        args,
+        "--id",
+        "logged",
+        "--wait",
+    ]);
+    let _ = worker.kill();
+    let _ = worker.wait();
+    assert_eq!(out.status.code(), Some(1));
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let lines: Vec<Value> = log
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let failed = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "attempt failed")
+        .unwrap_or_else(|| panic!("no `attempt failed` record in:\n{log}"));
+    assert_eq!(failed["span"]["id"], "logged");
+    assert_eq!(failed["span"]["attempt"], 1);
+    assert_eq!(failed["fields"]["kind"], "fail");
+    assert_eq!(failed["level"], "INFO");
+}

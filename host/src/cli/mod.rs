@@ -38,6 +38,19 @@ pub struct Cli {
 
     #[command(flatten)]
     redis: queue::RedisArgs,
+
+    /// Log format on stderr (`WASMQ_LOG` sets the level, e.g. `info`).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// How logs are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// For people.
+    Text,
+    /// One JSON object per line, for log pipelines.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -106,6 +119,11 @@ impl JobsDir {
 }
 
 impl Cli {
+    /// Whether logs should be JSON lines.
+    pub fn json_logs(&self) -> bool {
+        self.log_format == LogFormat::Json
+    }
+
     /// Runs the parsed command; `Ok` carries the process exit code.
     pub async fn run(self) -> anyhow::Result<ExitCode> {
         let cache_dir = if self.no_cache {
