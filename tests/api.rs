@@ -554,6 +554,9 @@ async fn jobs_run_and_are_waited_on_cancelled_and_retried() {
         text.contains("wasmq_jobs_dead_total{queue=\"default\"} 2"),
         "{text}"
     );
+    assert!(text.contains("wasmq_workers 1"), "{text}");
+    let (_, b) = api.get("/v1/workers").await;
+    assert_eq!(b["workers"].as_array().unwrap().len(), 1, "{b}");
     // Three attempts ran in this process: greet, and doomed twice.
     assert!(
         text.contains("wasmq_job_duration_seconds_count 3"),

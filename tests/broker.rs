@@ -12,7 +12,7 @@ use wasmq::broker::memory::MemoryBroker;
 use wasmq::broker::redis::RedisBroker;
 use wasmq::broker::{
     Ack, AttemptError, Broker, CancelOutcome, Completion, CronEntry, Enqueued, JobState, Lease,
-    ModuleDeletion, QueueCounts, RunReport, enqueue_checked,
+    ModuleDeletion, QueueCounts, RunReport, WorkerInfo, enqueue_checked,
 };
 use wasmq::invocation::{Invocation, NewJob};
 use wasmq::modules::ModuleHash;
@@ -688,6 +688,28 @@ async fn paused_queues_accept_but_hand_out_nothing(b: Backend) {
     assert_eq!(ids(&fetch(broker.as_ref(), 5).await), ["a", "b"]);
 }
 
+async fn workers_report_and_expire(b: Backend) {
+    let b = b.broker.as_ref();
+    let now = wasmq::broker::now_ms();
+    let worker = |name: &str, seen: u64| WorkerInfo {
+        name: name.into(),
+        host: "h".into(),
+        pid: 1,
+        queues: vec!["default".into()],
+        concurrency: 4,
+        in_flight: 2,
+        started_at_ms: seen,
+        last_seen_ms: seen,
+    };
+    b.worker_seen(&worker("alive", now)).await.unwrap();
+    b.worker_seen(&worker("stale", now - 120_000))
+        .await
+        .unwrap();
+    b.worker_seen(&worker("leaving", now)).await.unwrap();
+    b.worker_gone("leaving").await.unwrap();
+    assert_eq!(b.workers().await.unwrap(), vec![worker("alive", now)]);
+}
+
 async fn counts(b: &dyn Broker) -> QueueCounts {
     b.queues()
         .await
@@ -808,4 +830,5 @@ suite!(
     modules_in_use_are_not_deleted,
     cron_ticks_fire_once,
     paused_queues_accept_but_hand_out_nothing,
+    workers_report_and_expire,
 );

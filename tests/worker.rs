@@ -574,6 +574,46 @@ async fn progress_is_visible_while_a_job_runs(b: Backend) {
     );
 }
 
+/// A running worker is listed with what it holds; one that stopped is not.
+async fn workers_are_listed_while_they_run(b: Backend) {
+    let chaos = upload(b.broker.as_ref(), "chaos").await;
+    let slow = job(chaos, "slow", json!({"mode": "sleep", "ms": 1500}), |_| {});
+    enqueue_checked(b.broker.as_ref(), &[slow]).await.unwrap();
+    let config = WorkerConfig {
+        lease: Duration::from_millis(600),
+        ..config()
+    };
+    let name = config.name.clone();
+    let worker = Worker::new(b.broker.clone(), common::sandbox().clone(), config);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(worker.run(async {
+        let _ = stopped.await;
+    }));
+    let mut saw_busy = false;
+    for _ in 0..100 {
+        let workers = b.broker.workers().await.unwrap();
+        assert!(workers.len() <= 1);
+        if let Some(w) = workers.first()
+            && w.in_flight == 1
+        {
+            assert_eq!(
+                (w.name.as_str(), w.pid),
+                (name.as_str(), std::process::id())
+            );
+            saw_busy = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(saw_busy, "the report shows the job in flight");
+    let _ = stop.send(());
+    running.await.unwrap();
+    assert!(
+        b.broker.workers().await.unwrap().is_empty(),
+        "gone after a clean stop"
+    );
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod on_memory {
@@ -599,6 +639,7 @@ suite!(
     a_cron_tick_enqueues_exactly_one_job_across_workers,
     missed_cron_ticks_are_coalesced,
     progress_is_visible_while_a_job_runs,
+    workers_are_listed_while_they_run,
 );
 
 /// On a single-threaded runtime, so a guest that held the thread would show.

@@ -12,8 +12,14 @@ use crate::broker::QueueCounts;
 use crate::worker::{Counters, Histogram};
 
 /// The exposition text.
-pub fn render(queues: &[QueueCounts], worker: Option<&Counters>) -> String {
+pub fn render(queues: &[QueueCounts], workers: usize, worker: Option<&Counters>) -> String {
     let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP wasmq_workers Workers heard from in the last minute."
+    );
+    let _ = writeln!(out, "# TYPE wasmq_workers gauge");
+    let _ = writeln!(out, "wasmq_workers {workers}");
     type Total = fn(&QueueCounts) -> u64;
     let totals: [(&str, &str, Total); 7] = [
         ("enqueued", "Jobs accepted.", |q| q.totals.enqueued),
@@ -113,7 +119,8 @@ mod tests {
         let w = Counters::default();
         w.duration.observe(0.002);
         w.duration.observe(2.0);
-        let text = render(&[q], Some(&w));
+        let text = render(&[q], 2, Some(&w));
+        assert!(text.contains("wasmq_workers 2"), "{text}");
         assert!(
             text.contains("wasmq_jobs_succeeded_total{queue=\"mail\"} 7"),
             "{text}"

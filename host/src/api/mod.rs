@@ -97,6 +97,8 @@ pub enum Endpoint {
     PauseQueue,
     /// `POST /v1/queues/{queue}/resume`
     ResumeQueue,
+    /// `GET /v1/workers`
+    Workers,
     /// `GET /v1/dead`
     ListDead,
     /// `POST /v1/dead/{id}/retry`
@@ -119,7 +121,7 @@ pub enum Endpoint {
 
 impl Endpoint {
     /// Every route the server has.
-    pub const ALL: [Endpoint; 19] = [
+    pub const ALL: [Endpoint; 20] = [
         Endpoint::UploadModule,
         Endpoint::ListModules,
         Endpoint::GetModule,
@@ -130,6 +132,7 @@ impl Endpoint {
         Endpoint::Queues,
         Endpoint::PauseQueue,
         Endpoint::ResumeQueue,
+        Endpoint::Workers,
         Endpoint::ListDead,
         Endpoint::RetryDead,
         Endpoint::DeleteDead,
@@ -155,6 +158,7 @@ impl Endpoint {
             Queues => (Method::GET, "/v1/queues"),
             PauseQueue => (Method::POST, "/v1/queues/{queue}/pause"),
             ResumeQueue => (Method::POST, "/v1/queues/{queue}/resume"),
+            Workers => (Method::GET, "/v1/workers"),
             ListDead => (Method::GET, "/v1/dead"),
             RetryDead => (Method::POST, "/v1/dead/{id}/retry"),
             DeleteDead => (Method::DELETE, "/v1/dead/{id}"),
@@ -176,7 +180,7 @@ impl Endpoint {
             Enqueue | CancelJob => Some(Scope::Enqueue),
             DeleteModule | RetryDead | DeleteDead | AddCron | RemoveCron | PauseQueue
             | ResumeQueue => Some(Scope::Admin),
-            ListModules | GetModule | GetJob | Queues | ListDead | ListCron | Metrics => {
+            ListModules | GetModule | GetJob | Queues | Workers | ListDead | ListCron | Metrics => {
                 Some(Scope::Read)
             }
         }
@@ -197,6 +201,7 @@ impl Endpoint {
             GetJob => on(filter, get_job),
             CancelJob => on(filter, cancel_job),
             Queues => on(filter, queues),
+            Workers => on(filter, workers),
             PauseQueue => on(filter, |s: State<ApiState>, q: Path<String>| {
                 pause(s, q, true)
             }),
@@ -519,6 +524,10 @@ async fn queues(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> 
     Ok(Json(json!({ "queues": state.broker.queues().await? })))
 }
 
+async fn workers(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!({ "workers": state.broker.workers().await? })))
+}
+
 async fn pause(
     State(state): State<ApiState>,
     Path(queue): Path<String>,
@@ -644,7 +653,8 @@ async fn health(State(state): State<ApiState>) -> Response {
 
 async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
     let queues = state.broker.queues().await?;
-    let text = metrics::render(&queues, state.worker.as_deref());
+    let workers = state.broker.workers().await?.len();
+    let text = metrics::render(&queues, workers, state.worker.as_deref());
     Ok((
         [(
             axum::http::header::CONTENT_TYPE,

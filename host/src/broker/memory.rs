@@ -15,7 +15,8 @@ use tokio::sync::Notify;
 use super::{
     Ack, AttemptError, Broker, BrokerError, CancelOutcome, Completion, CronEntry,
     DEFAULT_RESULT_TTL, Enqueued, Heartbeat, JobRecord, JobState, Lease, LeaseKey, Maintenance,
-    ModuleDeletion, ModuleInfo, QueueCounts, QueueTotals, RunReport, now_ms,
+    ModuleDeletion, ModuleInfo, QueueCounts, QueueTotals, RunReport, WORKER_TTL, WorkerInfo,
+    now_ms,
 };
 use crate::invocation::{Invocation, NewJob};
 use crate::modules::ModuleHash;
@@ -38,6 +39,7 @@ struct State {
     modules: BTreeMap<ModuleHash, (Arc<Vec<u8>>, ModuleInfo)>,
     /// (queue, name) → entry, its `next_ms` the next tick.
     crons: BTreeMap<(String, String), CronEntry>,
+    workers: BTreeMap<String, WorkerInfo>,
 }
 
 #[derive(Default)]
@@ -590,6 +592,23 @@ impl Broker for MemoryBroker {
         q.dead.remove(&(died, id.to_owned()));
         state.jobs.remove(&(queue.to_owned(), id.to_owned()));
         Ok(true)
+    }
+
+    async fn worker_seen(&self, info: &WorkerInfo) -> Result<(), BrokerError> {
+        self.lock().workers.insert(info.name.clone(), info.clone());
+        Ok(())
+    }
+
+    async fn worker_gone(&self, name: &str) -> Result<(), BrokerError> {
+        self.lock().workers.remove(name);
+        Ok(())
+    }
+
+    async fn workers(&self) -> Result<Vec<WorkerInfo>, BrokerError> {
+        let cutoff = now_ms().saturating_sub(WORKER_TTL.as_millis() as u64);
+        let mut state = self.lock();
+        state.workers.retain(|_, w| w.last_seen_ms >= cutoff);
+        Ok(state.workers.values().cloned().collect())
     }
 
     async fn set_paused(&self, queue: &str, paused: bool) -> Result<(), BrokerError> {

@@ -319,6 +319,31 @@ pub struct CronEntry {
     pub next_ms: u64,
 }
 
+/// A worker process as it last reported itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    /// `host:pid:random`.
+    pub name: String,
+    /// Host name.
+    pub host: String,
+    /// Process id.
+    pub pid: u32,
+    /// Queues it takes jobs from.
+    pub queues: Vec<String>,
+    /// Jobs it runs at once.
+    pub concurrency: usize,
+    /// Jobs it held at its last report.
+    pub in_flight: usize,
+    /// When it started (Unix ms).
+    pub started_at_ms: u64,
+    /// Its last report (Unix ms).
+    pub last_seen_ms: u64,
+}
+
+/// A worker not heard from for this long is presumed gone: two missed reports at the default
+/// lease (a report every 10 s) plus slack.
+pub const WORKER_TTL: Duration = Duration::from_secs(60);
+
 /// How long a broker keeps the records of jobs that succeeded or were cancelled. A day, like
 /// Celery's result expiry: long enough to look a job up the next morning.
 pub const DEFAULT_RESULT_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -449,6 +474,15 @@ pub trait Broker: Send + Sync + 'static {
     /// Pauses (`true`) or resumes a queue. A paused queue accepts jobs but hands none out;
     /// running jobs finish.
     async fn set_paused(&self, queue: &str, paused: bool) -> Result<(), BrokerError>;
+
+    /// Records that a worker is alive (and what it is doing).
+    async fn worker_seen(&self, info: &WorkerInfo) -> Result<(), BrokerError>;
+
+    /// Removes a worker that stopped cleanly.
+    async fn worker_gone(&self, name: &str) -> Result<(), BrokerError>;
+
+    /// Workers heard from within [`WORKER_TTL`], by name; older entries are dropped.
+    async fn workers(&self) -> Result<Vec<WorkerInfo>, BrokerError>;
 
     /// Cancels a job: at once if it is waiting, through its worker if it is running.
     async fn cancel(&self, queue: &str, id: &str) -> Result<CancelOutcome, BrokerError>;

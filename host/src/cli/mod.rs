@@ -77,6 +77,8 @@ enum Command {
     Cancel(queue::CancelArgs),
     /// Job counts and running totals per queue.
     Queues(queue::QueuesArgs),
+    /// Workers heard from in the last minute.
+    Workers(queue::QueuesArgs),
     /// Pause a queue: it accepts jobs but workers take none until it is resumed.
     Pause {
         /// The queue.
@@ -159,6 +161,7 @@ impl Cli {
             Command::Cancel(args) => queue::cancel(redis.connect().await?.as_ref(), args).await,
             Command::Queues(args) => queue::queues(redis.connect().await?.as_ref(), args).await,
             Command::Dead(command) => queue::dead(redis.connect().await?.as_ref(), command).await,
+            Command::Workers(args) => queue::workers(redis.connect().await?.as_ref(), args).await,
             Command::Pause { queue } => {
                 queue::set_paused(redis.connect().await?.as_ref(), &queue, true).await
             }

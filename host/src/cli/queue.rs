@@ -440,6 +440,30 @@ pub(crate) async fn queues(broker: &dyn Broker, args: QueuesArgs) -> anyhow::Res
     Ok(ExitCode::SUCCESS)
 }
 
+pub(crate) async fn workers(broker: &dyn Broker, args: QueuesArgs) -> anyhow::Result<ExitCode> {
+    let workers = broker.workers().await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&workers)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<32} {:>8} {:>11} {:<22} {:<22} queues",
+        "worker", "in flight", "concurrency", "started", "last seen"
+    );
+    for w in workers {
+        println!(
+            "{:<32} {:>8} {:>11} {:<22} {:<22} {}",
+            w.name,
+            w.in_flight,
+            w.concurrency,
+            format_time(w.started_at_ms),
+            format_time(w.last_seen_ms),
+            w.queues.join(",")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub(crate) async fn set_paused(
     broker: &dyn Broker,
     queue: &str,

@@ -29,7 +29,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::{AbortHandle, JoinSet};
 use tracing::Instrument as _;
 
-use crate::broker::{Ack, AttemptError, Broker, Completion, Lease, LeaseKey, RunReport, now_ms};
+use crate::broker::{
+    Ack, AttemptError, Broker, Completion, Lease, LeaseKey, RunReport, WorkerInfo, now_ms,
+};
 use crate::invocation::{args_to_bytes, bytes_to_json};
 use crate::sandbox::{JobInfo, Progress, ProgressSink, RunOutcome, RunRequest, Sandbox};
 pub use crate::scheduler::Backoff;
@@ -79,12 +81,20 @@ impl Default for WorkerConfig {
 
 /// `host:pid:4-hex`, unique enough to tell workers apart in records and logs.
 pub fn default_name() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+    format!(
+        "{}:{}:{:04x}",
+        hostname(),
+        std::process::id(),
+        fastrand::u16(..)
+    )
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".to_owned());
-    format!("{host}:{}:{:04x}", std::process::id(), fastrand::u16(..))
+        .unwrap_or_else(|| "localhost".to_owned())
 }
 
 /// A histogram with fixed bucket bounds, updated lock-free from every job task.
@@ -295,10 +305,24 @@ impl Worker {
             inflight.clone(),
             self.counters.clone(),
         ));
+        let me = WorkerInfo {
+            name: config.name.clone(),
+            host: hostname(),
+            pid: std::process::id(),
+            queues: config.queues.clone(),
+            concurrency: config.concurrency,
+            in_flight: 0,
+            started_at_ms: now_ms(),
+            last_seen_ms: now_ms(),
+        };
+        if let Err(e) = self.broker.worker_seen(&me).await {
+            tracing::warn!(error = %e, "could not register the worker");
+        }
         let heartbeat = tokio::spawn(heartbeat_loop(
             self.broker.clone(),
             inflight.clone(),
             config.lease,
+            me,
             ack_tx.clone(),
             stop_rx.clone(),
         ));
@@ -416,6 +440,9 @@ impl Worker {
         let _ = acker.await;
         let _ = progress.await;
         let _ = maintenance.await;
+        if let Err(e) = self.broker.worker_gone(&config.name).await {
+            tracing::warn!(error = %e, "could not unregister the worker");
+        }
         let stats = self.counters.snapshot();
         tracing::info!(worker = %config.name, ?stats, "worker stopped");
         stats
@@ -675,6 +702,7 @@ async fn heartbeat_loop(
     broker: Arc<dyn Broker>,
     inflight: InFlightMap,
     lease: Duration,
+    mut me: WorkerInfo,
     acks: mpsc::UnboundedSender<Ack>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -690,6 +718,11 @@ async fn heartbeat_loop(
             .keys()
             .cloned()
             .collect();
+        me.in_flight = held.len();
+        me.last_seen_ms = now_ms();
+        if let Err(e) = broker.worker_seen(&me).await {
+            tracing::warn!(error = %e, "worker report failed");
+        }
         if held.is_empty() {
             continue;
         }

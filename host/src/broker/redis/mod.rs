@@ -18,6 +18,7 @@
 //! | `wasmq:{q}:cron` | hash | cron entry name → entry JSON (schedule, invocation template) |
 //! | `wasmq:{q}:cron_next` | hash | cron entry name → next tick (Unix ms) |
 //! | `wasmq:queues` | set | every queue name used |
+//! | `wasmq:workers` | hash | worker name → its last report (host, pid, queues, concurrency, in flight, last seen) |
 //! | `wasmq:{modules}:index` | hash | hex digest → `{size, uploaded_at_ms}` |
 //! | `wasmq:{modules}:bytes:<hex>` | string | the component bytes |
 //!
@@ -37,7 +38,8 @@ use redis::{AsyncConnectionConfig, RedisError, RetryMethod, Script, ScriptInvoca
 use super::{
     Ack, AttemptError, Broker, BrokerError, CancelOutcome, Completion, CronEntry,
     DEFAULT_RESULT_TTL, Enqueued, Heartbeat, JobRecord, JobState, Lease, LeaseKey, Maintenance,
-    ModuleDeletion, ModuleInfo, QueueCounts, QueueTotals, RunReport, now_ms,
+    ModuleDeletion, ModuleInfo, QueueCounts, QueueTotals, RunReport, WORKER_TTL, WorkerInfo,
+    now_ms,
 };
 use crate::invocation::{Invocation, NewJob};
 use crate::modules::ModuleHash;
@@ -162,6 +164,11 @@ impl Keys {
     /// The waiter list of `id` in `queue`.
     pub fn done(&self, queue: &str, id: &str) -> String {
         format!("{}:{{{queue}}}:done:{id}", self.prefix)
+    }
+
+    /// The worker registry: name → `WorkerInfo` JSON.
+    pub fn workers(&self) -> String {
+        format!("{}:workers", self.prefix)
     }
 
     /// The set of queue names.
@@ -857,6 +864,60 @@ impl Broker for RedisBroker {
         inv.arg(id);
         let n: u32 = self.script(&inv).await?;
         Ok(n == 1)
+    }
+
+    async fn worker_seen(&self, info: &WorkerInfo) -> Result<(), BrokerError> {
+        // Not job state: one idempotent HSET, no script needed.
+        let key = self.keys.workers();
+        let json = serde_json::to_string(info).expect("plain data serialises");
+        self.retrying(|mut c| {
+            let (key, name, json) = (key.clone(), info.name.clone(), json.clone());
+            async move {
+                redis::cmd("HSET")
+                    .arg(key)
+                    .arg(name)
+                    .arg(json)
+                    .query_async::<()>(&mut c)
+                    .await
+            }
+        })
+        .await
+    }
+
+    async fn worker_gone(&self, name: &str) -> Result<(), BrokerError> {
+        let key = self.keys.workers();
+        self.retrying(|mut c| {
+            let (key, name) = (key.clone(), name.to_owned());
+            async move {
+                redis::cmd("HDEL")
+                    .arg(key)
+                    .arg(name)
+                    .query_async::<()>(&mut c)
+                    .await
+            }
+        })
+        .await
+    }
+
+    async fn workers(&self) -> Result<Vec<WorkerInfo>, BrokerError> {
+        let key = self.keys.workers();
+        let all: HashMap<String, String> = self
+            .retrying(|mut c| {
+                let key = key.clone();
+                async move { redis::cmd("HGETALL").arg(key).query_async(&mut c).await }
+            })
+            .await?;
+        let cutoff = now_ms().saturating_sub(WORKER_TTL.as_millis() as u64);
+        let mut alive = Vec::new();
+        for (name, json) in all {
+            match serde_json::from_str::<WorkerInfo>(&json) {
+                Ok(w) if w.last_seen_ms >= cutoff => alive.push(w),
+                // Gone (or unreadable): dropped, so the list does not grow forever.
+                _ => self.worker_gone(&name).await?,
+            }
+        }
+        alive.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(alive)
     }
 
     async fn set_paused(&self, queue: &str, paused: bool) -> Result<(), BrokerError> {
