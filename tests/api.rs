@@ -701,3 +701,37 @@ async fn queues_pause_and_resume() {
         Some("queue"),
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_limits_over_http() {
+    let api = Api::new().await;
+    let put = |body: &'static str| {
+        api.call(
+            Method::PUT,
+            "/v1/queues/mail/limits",
+            Some(ADMIN),
+            Body::from(body),
+        )
+    };
+    let (s, b) = put(r#"{"concurrency": 3, "rate": [10, 1000]}"#).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (_, b) = api.get("/v1/queues").await;
+    assert_eq!(
+        b["queues"][0]["limits"],
+        json!({"concurrency": 3, "rate": [10, 1000]})
+    );
+    let (s, b) = put(r#"{"concurency": 3}"#).await;
+    assert_error(s, &b, StatusCode::BAD_REQUEST, "invalid_json", None);
+    let (s, b) = put(r#"{"concurrency": 0}"#).await;
+    assert_error(
+        s,
+        &b,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_limits",
+        Some("concurrency"),
+    );
+    let (s, _) = put("{}").await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, b) = api.get("/v1/queues").await;
+    assert_eq!(b["queues"][0]["limits"], json!({}));
+}

@@ -567,3 +567,31 @@ fn json_logs_carry_the_job_span() {
     assert_eq!(failed["fields"]["kind"], "fail");
     assert_eq!(failed["level"], "INFO");
 }
+
+#[test]
+fn limit_a_queue() {
+    let q = Queue::new();
+    let out = q.ok(&[
+        "limit",
+        "mail",
+        "--concurrency",
+        "2",
+        "--rate",
+        "100",
+        "--per",
+        "1m",
+    ]);
+    assert_eq!(
+        out.trim(),
+        "queue `mail`: at most 2 at once, at most 100 per 60000 ms"
+    );
+    let queues: Value = serde_json::from_str(&q.ok(&["queues", "--json"])).unwrap();
+    assert_eq!(
+        queues[0]["limits"],
+        serde_json::json!({"concurrency": 2, "rate": [100, 60000]})
+    );
+    assert_eq!(q.ok(&["limit", "mail"]).trim(), "queue `mail`: no limits");
+    let out = q.run(&["limit", "mail", "--concurrency", "0"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("limits must be at least 1"));
+}

@@ -614,6 +614,107 @@ async fn workers_are_listed_while_they_run(b: Backend) {
     );
 }
 
+/// Runs `jobs` with `n` workers (separate connections on Redis) until all are final.
+async fn run_with_workers(b: &Backend, n: usize, jobs: &[NewJob]) -> Vec<JobRecord> {
+    enqueue_checked(b.broker.as_ref(), jobs).await.unwrap();
+    let mut stops = Vec::new();
+    let mut running = Vec::new();
+    for _ in 0..n {
+        let worker = Worker::new(
+            b.another_connection().await,
+            common::sandbox().clone(),
+            config(),
+        );
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        stops.push(stop);
+        running.push(tokio::spawn(worker.run(async {
+            let _ = stopped.await;
+        })));
+    }
+    let mut records = Vec::new();
+    for j in jobs {
+        let r = b
+            .broker
+            .wait_job(j.queue(), j.id(), Duration::from_secs(60))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.state, JobState::Succeeded, "{}", r.id);
+        records.push(r);
+    }
+    for stop in stops {
+        let _ = stop.send(());
+    }
+    for r in running {
+        r.await.unwrap();
+    }
+    records
+}
+
+/// Three workers, 12 slots between them, a queue limited to 2 at once: never more than 2 ran.
+async fn a_concurrency_limit_holds_across_workers(b: Backend) {
+    let chaos = upload(b.broker.as_ref(), "chaos").await;
+    let limits = wasmq::broker::QueueLimits {
+        concurrency: Some(2),
+        rate: None,
+    };
+    b.broker.set_limits("default", &limits).await.unwrap();
+    let jobs: Vec<NewJob> = (0..8)
+        .map(|i| {
+            job(
+                chaos,
+                &format!("c{i}"),
+                json!({"mode": "sleep", "ms": 250}),
+                |_| {},
+            )
+        })
+        .collect();
+    let records = run_with_workers(&b, 3, &jobs).await;
+    let mut events: Vec<(u64, i32)> = records
+        .iter()
+        .flat_map(|r| {
+            [
+                (r.started_at_ms.unwrap(), 1),
+                (r.finished_at_ms.unwrap(), -1),
+            ]
+        })
+        .collect();
+    events.sort(); // an end (-1) sorts before a start (+1) at the same millisecond
+    let (mut now, mut most) = (0, 0);
+    for (_, d) in events {
+        now += d;
+        most = most.max(now);
+    }
+    assert_eq!(most, 2, "at most two at once, and the limit was used");
+    let counts = b.broker.queues().await.unwrap();
+    assert_eq!(counts[0].limits, limits);
+}
+
+/// Two workers, a queue limited to 4 starts per second: no second window saw more than 4.
+async fn a_rate_limit_holds_across_workers(b: Backend) {
+    let hello = upload(b.broker.as_ref(), "hello").await;
+    let limits = wasmq::broker::QueueLimits {
+        concurrency: None,
+        rate: Some((4, 1000)),
+    };
+    b.broker.set_limits("default", &limits).await.unwrap();
+    let jobs: Vec<NewJob> = (0..10)
+        .map(|i| job(hello, &format!("r{i}"), json!({"name": "r"}), |_| {}))
+        .collect();
+    let records = run_with_workers(&b, 2, &jobs).await;
+    let mut per_window = std::collections::BTreeMap::new();
+    for r in &records {
+        *per_window
+            .entry(r.started_at_ms.unwrap() / 1000)
+            .or_insert(0) += 1;
+    }
+    assert!(per_window.values().all(|n| *n <= 4), "{per_window:?}");
+    assert!(
+        per_window.len() >= 3,
+        "10 jobs at 4 per second take three windows: {per_window:?}"
+    );
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod on_memory {
@@ -640,6 +741,8 @@ suite!(
     missed_cron_ticks_are_coalesced,
     progress_is_visible_while_a_job_runs,
     workers_are_listed_while_they_run,
+    a_concurrency_limit_holds_across_workers,
+    a_rate_limit_holds_across_workers,
 );
 
 /// On a single-threaded runtime, so a guest that held the thread would show.

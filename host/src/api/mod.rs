@@ -97,6 +97,8 @@ pub enum Endpoint {
     PauseQueue,
     /// `POST /v1/queues/{queue}/resume`
     ResumeQueue,
+    /// `PUT /v1/queues/{queue}/limits`
+    SetLimits,
     /// `GET /v1/workers`
     Workers,
     /// `GET /v1/dead`
@@ -121,7 +123,7 @@ pub enum Endpoint {
 
 impl Endpoint {
     /// Every route the server has.
-    pub const ALL: [Endpoint; 20] = [
+    pub const ALL: [Endpoint; 21] = [
         Endpoint::UploadModule,
         Endpoint::ListModules,
         Endpoint::GetModule,
@@ -132,6 +134,7 @@ impl Endpoint {
         Endpoint::Queues,
         Endpoint::PauseQueue,
         Endpoint::ResumeQueue,
+        Endpoint::SetLimits,
         Endpoint::Workers,
         Endpoint::ListDead,
         Endpoint::RetryDead,
@@ -158,6 +161,7 @@ impl Endpoint {
             Queues => (Method::GET, "/v1/queues"),
             PauseQueue => (Method::POST, "/v1/queues/{queue}/pause"),
             ResumeQueue => (Method::POST, "/v1/queues/{queue}/resume"),
+            SetLimits => (Method::PUT, "/v1/queues/{queue}/limits"),
             Workers => (Method::GET, "/v1/workers"),
             ListDead => (Method::GET, "/v1/dead"),
             RetryDead => (Method::POST, "/v1/dead/{id}/retry"),
@@ -179,7 +183,7 @@ impl Endpoint {
             UploadModule => Some(Scope::Upload),
             Enqueue | CancelJob => Some(Scope::Enqueue),
             DeleteModule | RetryDead | DeleteDead | AddCron | RemoveCron | PauseQueue
-            | ResumeQueue => Some(Scope::Admin),
+            | ResumeQueue | SetLimits => Some(Scope::Admin),
             ListModules | GetModule | GetJob | Queues | Workers | ListDead | ListCron | Metrics => {
                 Some(Scope::Read)
             }
@@ -202,6 +206,7 @@ impl Endpoint {
             CancelJob => on(filter, cancel_job),
             Queues => on(filter, queues),
             Workers => on(filter, workers),
+            SetLimits => on(filter, set_limits),
             PauseQueue => on(filter, |s: State<ApiState>, q: Path<String>| {
                 pause(s, q, true)
             }),
@@ -522,6 +527,44 @@ async fn cancel_job(
 
 async fn queues(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
     Ok(Json(json!({ "queues": state.broker.queues().await? })))
+}
+
+async fn set_limits(
+    State(state): State<ApiState>,
+    Path(queue): Path<String>,
+    Body(bytes): Body,
+) -> Result<Json<Value>, ApiError> {
+    crate::invocation::check_queue_name(&queue).map_err(|e| ApiError {
+        status: StatusCode::BAD_REQUEST,
+        ..ApiError::invocation(&e, None)
+    })?;
+    let limits: crate::broker::QueueLimits = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("the body must be {{\"concurrency\": n, \"rate\": [n, per_ms]}}: {e}"),
+        )
+    })?;
+    if limits.concurrency == Some(0) || limits.rate.is_some_and(|(n, per)| n == 0 || per == 0) {
+        return Err(ApiError {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            field: Some(
+                if limits.concurrency == Some(0) {
+                    "concurrency"
+                } else {
+                    "rate"
+                }
+                .into(),
+            ),
+            ..ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_limits",
+                "limits must be at least 1; leave a limit out to remove it",
+            )
+        });
+    }
+    state.broker.set_limits(&queue, &limits).await?;
+    Ok(Json(json!({ "queue": queue, "limits": limits })))
 }
 
 async fn workers(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {

@@ -15,8 +15,8 @@ use tokio::sync::Notify;
 use super::{
     Ack, AttemptError, Broker, BrokerError, CancelOutcome, Completion, CronEntry,
     DEFAULT_RESULT_TTL, Enqueued, Heartbeat, JobRecord, JobState, Lease, LeaseKey, Maintenance,
-    ModuleDeletion, ModuleInfo, QueueCounts, QueueTotals, RunReport, WORKER_TTL, WorkerInfo,
-    now_ms,
+    ModuleDeletion, ModuleInfo, QueueCounts, QueueLimits, QueueTotals, RunReport, WORKER_TTL,
+    WorkerInfo, now_ms,
 };
 use crate::invocation::{Invocation, NewJob};
 use crate::modules::ModuleHash;
@@ -55,6 +55,23 @@ struct Queue {
     seq: u64,
     totals: QueueTotals,
     paused: bool,
+    limits: QueueLimits,
+    /// The current rate window and how many jobs started in it.
+    rate_window: (u64, u32),
+}
+
+impl Queue {
+    /// Whether a fetch now would get a job (ready ones, and room under the limits).
+    fn fetchable(&self, now: u64) -> bool {
+        let under_concurrency = self
+            .limits
+            .concurrency
+            .is_none_or(|c| self.leased.len() < c as usize);
+        let under_rate = self.limits.rate.is_none_or(|(rate, per_ms)| {
+            self.rate_window.0 != now / per_ms.max(1) || self.rate_window.1 < rate
+        });
+        !self.paused && !self.ready.is_empty() && under_concurrency && under_rate
+    }
 }
 
 struct Job {
@@ -156,12 +173,9 @@ impl MemoryBroker {
 
     fn any_ready(&self, queues: &[String]) -> bool {
         let state = self.lock();
-        queues.iter().any(|q| {
-            state
-                .queues
-                .get(q)
-                .is_some_and(|q| !q.paused && !q.ready.is_empty())
-        })
+        queues
+            .iter()
+            .any(|q| state.queues.get(q).is_some_and(|q| q.fetchable(now_ms())))
     }
 }
 
@@ -278,14 +292,34 @@ impl Broker for MemoryBroker {
         let mut state = self.lock();
         let mut out = Vec::new();
         for queue in queues {
-            while out.len() < max {
-                let Some(q) = state.queues.get_mut(queue).filter(|q| !q.paused) else {
+            let Some(q) = state.queues.get_mut(queue) else {
+                continue;
+            };
+            // This queue's share: what its limits allow right now.
+            let mut allowed = max - out.len();
+            if q.paused {
+                allowed = 0;
+            }
+            if let Some(c) = q.limits.concurrency {
+                allowed = allowed.min((c as usize).saturating_sub(q.leased.len()));
+            }
+            if let Some((rate, per_ms)) = q.limits.rate {
+                let window = now / per_ms.max(1);
+                if q.rate_window.0 != window {
+                    q.rate_window = (window, 0);
+                }
+                allowed = allowed.min(rate.saturating_sub(q.rate_window.1) as usize);
+            }
+            let stop_at = out.len() + allowed;
+            while out.len() < stop_at {
+                let Some(q) = state.queues.get_mut(queue) else {
                     break;
                 };
                 let Some((_, id)) = q.ready.pop_first() else {
                     break;
                 };
                 q.leased.insert(id.clone(), deadline);
+                q.rate_window.1 += 1;
                 let job = state.get(queue, &id).expect("indexed jobs exist");
                 job.attempts += 1;
                 job.token += 1;
@@ -376,6 +410,8 @@ impl Broker for MemoryBroker {
         if finished {
             self.done.notify_waiters();
         }
+        // A slot freed: a worker waiting on a concurrency-limited queue may fetch again.
+        self.work.notify_waiters();
         Ok(stale)
     }
 
@@ -534,6 +570,7 @@ impl Broker for MemoryBroker {
                 leased: q.leased.len() as u64,
                 dead: q.dead.len() as u64,
                 paused: q.paused,
+                limits: q.limits,
                 totals: q.totals.clone(),
             })
             .collect())
@@ -609,6 +646,17 @@ impl Broker for MemoryBroker {
         let mut state = self.lock();
         state.workers.retain(|_, w| w.last_seen_ms >= cutoff);
         Ok(state.workers.values().cloned().collect())
+    }
+
+    async fn set_limits(&self, queue: &str, limits: &QueueLimits) -> Result<(), BrokerError> {
+        {
+            let mut state = self.lock();
+            let q = state.queues.entry(queue.to_owned()).or_default();
+            q.limits = *limits;
+            q.rate_window = (0, 0);
+        }
+        self.work.notify_waiters();
+        Ok(())
     }
 
     async fn set_paused(&self, queue: &str, paused: bool) -> Result<(), BrokerError> {

@@ -243,8 +243,23 @@ pub struct QueueCounts {
     pub dead: u64,
     /// Paused: accepting jobs, handing none out.
     pub paused: bool,
+    /// Limits for all workers together.
+    pub limits: QueueLimits,
     /// Running totals since the queue was first used.
     pub totals: QueueTotals,
+}
+
+/// A queue's limits, enforced by the broker for every worker together — so that fanning work
+/// out cannot overload a partner API or a database.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueLimits {
+    /// At most this many of the queue's jobs run at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
+    /// At most `rate.0` jobs start per window of `rate.1` milliseconds (fixed windows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<(u32, u64)>,
 }
 
 /// Running totals of one queue, kept by the broker for every worker together.
@@ -470,6 +485,9 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Deletes a dead job. False if it is not dead.
     async fn delete_dead(&self, queue: &str, id: &str) -> Result<bool, BrokerError>;
+
+    /// Sets a queue's limits (replacing the previous ones).
+    async fn set_limits(&self, queue: &str, limits: &QueueLimits) -> Result<(), BrokerError>;
 
     /// Pauses (`true`) or resumes a queue. A paused queue accepts jobs but hands none out;
     /// running jobs finish.

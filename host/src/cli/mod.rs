@@ -79,6 +79,8 @@ enum Command {
     Queues(queue::QueuesArgs),
     /// Workers heard from in the last minute.
     Workers(queue::QueuesArgs),
+    /// Limit a queue for all workers together; with no flags, remove its limits.
+    Limit(queue::LimitArgs),
     /// Pause a queue: it accepts jobs but workers take none until it is resumed.
     Pause {
         /// The queue.
@@ -162,6 +164,7 @@ impl Cli {
             Command::Queues(args) => queue::queues(redis.connect().await?.as_ref(), args).await,
             Command::Dead(command) => queue::dead(redis.connect().await?.as_ref(), command).await,
             Command::Workers(args) => queue::workers(redis.connect().await?.as_ref(), args).await,
+            Command::Limit(args) => queue::limit(redis.connect().await?.as_ref(), args).await,
             Command::Pause { queue } => {
                 queue::set_paused(redis.connect().await?.as_ref(), &queue, true).await
             }

@@ -464,6 +464,59 @@ pub(crate) async fn workers(broker: &dyn Broker, args: QueuesArgs) -> anyhow::Re
     Ok(ExitCode::SUCCESS)
 }
 
+/// Flags of `wasmq limit`.
+#[derive(Debug, Args)]
+pub(crate) struct LimitArgs {
+    /// The queue.
+    queue: String,
+    /// At most this many of its jobs run at once.
+    #[arg(long)]
+    concurrency: Option<u32>,
+    /// At most this many of its jobs start per `--per`.
+    #[arg(long, requires = "per")]
+    rate: Option<u32>,
+    /// The rate window (`1s`, `1m`).
+    #[arg(long, value_parser = super::parse_duration, requires = "rate")]
+    per: Option<Duration>,
+}
+
+pub(crate) async fn limit(broker: &dyn Broker, args: LimitArgs) -> anyhow::Result<ExitCode> {
+    crate::invocation::check_queue_name(&args.queue)?;
+    if args.concurrency == Some(0) || args.rate == Some(0) {
+        bail!(
+            "limits must be at least 1 (run `wasmq limit {}` alone to remove them)",
+            args.queue
+        );
+    }
+    let rate = match (args.rate, args.per) {
+        (Some(n), Some(per)) if per.as_millis() > 0 => Some((n, per.as_millis() as u64)),
+        (Some(_), _) => bail!("`--per` must be at least 1ms"),
+        _ => None,
+    };
+    let limits = crate::broker::QueueLimits {
+        concurrency: args.concurrency,
+        rate,
+    };
+    broker.set_limits(&args.queue, &limits).await?;
+    println!("queue `{}`: {}", args.queue, describe_limits(&limits));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn describe_limits(l: &crate::broker::QueueLimits) -> String {
+    let mut parts = Vec::new();
+    if let Some(c) = l.concurrency {
+        parts.push(format!("at most {c} at once"));
+    }
+    if let Some((n, per_ms)) = l.rate {
+        parts.push(format!("at most {n} per {per_ms} ms"));
+    }
+    if parts.is_empty() {
+        "no limits".to_owned()
+    } else {
+        parts.join(", ")
+    }
+}
+
 pub(crate) async fn set_paused(
     broker: &dyn Broker,
     queue: &str,

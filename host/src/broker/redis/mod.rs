@@ -14,7 +14,7 @@
 //! | `wasmq:{q}:wake` | list | at most one token: a blocked worker's `BLPOP` wakes on it |
 //! | `wasmq:{q}:done:<id>` | list | tokens for clients waiting on a job (`--wait`) |
 //! | `wasmq:{q}:seq` | string | enqueue counter (FIFO within a priority) |
-//! | `wasmq:{q}:stats` | hash | running totals: `enqueued`, `succeeded`, `failed`, `retried`, `dead`, `cancelled`, `recovered`; `paused` while paused |
+//! | `wasmq:{q}:stats` | hash | running totals: `enqueued`, `succeeded`, `failed`, `retried`, `dead`, `cancelled`, `recovered`; `paused` while paused; limits `limit_concurrency`, `limit_rate` per `limit_per_ms` and the current `rate_window`/`rate_count` |
 //! | `wasmq:{q}:cron` | hash | cron entry name → entry JSON (schedule, invocation template) |
 //! | `wasmq:{q}:cron_next` | hash | cron entry name → next tick (Unix ms) |
 //! | `wasmq:queues` | set | every queue name used |
@@ -38,8 +38,8 @@ use redis::{AsyncConnectionConfig, RedisError, RetryMethod, Script, ScriptInvoca
 use super::{
     Ack, AttemptError, Broker, BrokerError, CancelOutcome, Completion, CronEntry,
     DEFAULT_RESULT_TTL, Enqueued, Heartbeat, JobRecord, JobState, Lease, LeaseKey, Maintenance,
-    ModuleDeletion, ModuleInfo, QueueCounts, QueueTotals, RunReport, WORKER_TTL, WorkerInfo,
-    now_ms,
+    ModuleDeletion, ModuleInfo, QueueCounts, QueueLimits, QueueTotals, RunReport, WORKER_TTL,
+    WorkerInfo, now_ms,
 };
 use crate::invocation::{Invocation, NewJob};
 use crate::modules::ModuleHash;
@@ -85,6 +85,7 @@ struct Scripts {
     cron_fire: Script,
     progress: Script,
     pause: Script,
+    limits: Script,
     put_module: Script,
     delete_module: Script,
 }
@@ -105,6 +106,7 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     cron_fire: script!("cron_fire"),
     progress: script!("progress"),
     pause: script!("pause"),
+    limits: script!("limits"),
     put_module: Script::new(include_str!("lua/put_module.lua")),
     delete_module: Script::new(include_str!("lua/delete_module.lua")),
 });
@@ -812,6 +814,12 @@ impl Broker for RedisBroker {
                     leased: c[2],
                     dead: c[3],
                     paused: get("paused") == 1,
+                    limits: QueueLimits {
+                        concurrency: t.get("limit_concurrency").map(|&c| c as u32),
+                        rate: t
+                            .get("limit_rate")
+                            .map(|&r| (r as u32, get("limit_per_ms"))),
+                    },
                     totals: QueueTotals {
                         enqueued: get("enqueued"),
                         succeeded: get("succeeded"),
@@ -918,6 +926,17 @@ impl Broker for RedisBroker {
         }
         alive.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(alive)
+    }
+
+    async fn set_limits(&self, queue: &str, limits: &QueueLimits) -> Result<(), BrokerError> {
+        self.register_queues([queue]).await?;
+        let (rate, per_ms) = limits.rate.unwrap_or((0, 0));
+        let mut inv = self.queue_script(&SCRIPTS.limits, queue);
+        inv.arg(limits.concurrency.unwrap_or(0))
+            .arg(rate)
+            .arg(per_ms);
+        let _: u32 = self.script(&inv).await?;
+        Ok(())
     }
 
     async fn set_paused(&self, queue: &str, paused: bool) -> Result<(), BrokerError> {

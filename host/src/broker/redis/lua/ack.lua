@@ -39,4 +39,6 @@ for i = 4, #ARGV, 6 do
   end
 end
 for field, v in pairs(n) do count(field, v) end
+-- A concurrency-limited queue has a free slot now: wake a worker for it.
+if redis.call('HEXISTS', KEYS[7], 'limit_concurrency') == 1 and redis.call('ZCARD', KEYS[1]) > 0 then wake() end
 return stale

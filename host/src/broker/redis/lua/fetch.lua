@@ -1,9 +1,24 @@
 -- Lease up to ARGV[3] ready jobs for ARGV[4] ms to worker ARGV[5].
 -- Returns per job {id, invocation JSON, attempt, lease token}; nothing while the queue is paused.
-if redis.call('HEXISTS', KEYS[7], 'paused') == 1 then return {} end
+-- The queue's limits (in its stats hash, for every worker together) cap how many: at most
+-- `limit_concurrency` leased at once, at most `limit_rate` fetched per `limit_per_ms` window.
+local stats = redis.call('HMGET', KEYS[7], 'paused', 'limit_concurrency', 'limit_rate', 'limit_per_ms', 'rate_window', 'rate_count')
+if stats[1] then return {} end
 local now = now_ms()
+local want = tonumber(ARGV[3])
+if stats[2] then
+  want = math.min(want, tonumber(stats[2]) - redis.call('ZCARD', KEYS[3]))
+end
+local window, used
+if stats[3] then
+  window = math.floor(now / tonumber(stats[4]))
+  used = 0
+  if tonumber(stats[5]) == window then used = tonumber(stats[6]) end
+  want = math.min(want, tonumber(stats[3]) - used)
+end
+if want <= 0 then return {} end
 local deadline = now + tonumber(ARGV[4])
-local popped = redis.call('ZPOPMIN', KEYS[1], tonumber(ARGV[3]))
+local popped = redis.call('ZPOPMIN', KEYS[1], want)
 local out = {}
 for k = 1, #popped, 2 do
   local id = popped[k]
@@ -17,6 +32,7 @@ for k = 1, #popped, 2 do
     out[#out + 1] = {id, inv, attempt, token}
   end
 end
+if window then redis.call('HSET', KEYS[7], 'rate_window', window, 'rate_count', used + #out) end
 -- More work left: pass the wake-up on to the next blocked worker.
 if redis.call('ZCARD', KEYS[1]) > 0 then wake() end
 return out
