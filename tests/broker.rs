@@ -213,6 +213,22 @@ async fn queues_are_separate_and_counted(b: Backend) {
     assert_eq!((m.ready, m.scheduled, m.leased, m.dead), (1, 0, 1, 0));
     let d = by_name("default");
     assert_eq!((d.ready, d.scheduled, d.leased, d.dead), (1, 1, 0, 0));
+    let head = b.job(Some("default"), "d1").await.unwrap().unwrap();
+    assert_eq!(
+        d.oldest_ready_ms,
+        Some(head.enqueued_at_ms),
+        "the next job's enqueue time"
+    );
+    assert_eq!(
+        m.oldest_ready_ms,
+        Some(
+            b.job(Some("mail"), "m2")
+                .await
+                .unwrap()
+                .unwrap()
+                .enqueued_at_ms
+        )
+    );
     // Earlier queues first.
     let both = b
         .fetch(&["default".to_owned(), "mail".to_owned()], 5, LEASE, "w1")

@@ -68,6 +68,22 @@ pub fn render(queues: &[QueueCounts], workers: usize, worker: Option<&Counters>)
             );
         }
     }
+    let _ = writeln!(
+        out,
+        "# HELP wasmq_queue_oldest_ready_age_seconds How long the next job to run has waited since it was enqueued."
+    );
+    let _ = writeln!(out, "# TYPE wasmq_queue_oldest_ready_age_seconds gauge");
+    let now = crate::broker::now_ms();
+    for q in queues {
+        let age = q
+            .oldest_ready_ms
+            .map_or(0.0, |t| now.saturating_sub(t) as f64 / 1e3);
+        let _ = writeln!(
+            out,
+            "wasmq_queue_oldest_ready_age_seconds{{queue=\"{}\"}} {age}",
+            label(&q.queue)
+        );
+    }
     if let Some(w) = worker {
         histogram(
             &mut out,

@@ -559,11 +559,17 @@ impl Broker for MemoryBroker {
     }
 
     async fn queues(&self) -> Result<Vec<QueueCounts>, BrokerError> {
-        Ok(self
-            .lock()
+        let state = self.lock();
+        Ok(state
             .queues
             .iter()
             .map(|(name, q)| QueueCounts {
+                oldest_ready_ms: q.ready.first_key_value().and_then(|(_, id)| {
+                    state
+                        .jobs
+                        .get(&(name.clone(), id.clone()))
+                        .map(|j| j.enqueued_at_ms)
+                }),
                 queue: name.clone(),
                 ready: q.ready.len() as u64,
                 scheduled: q.scheduled.len() as u64,

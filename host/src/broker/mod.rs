@@ -245,6 +245,9 @@ pub struct QueueCounts {
     pub paused: bool,
     /// Limits for all workers together.
     pub limits: QueueLimits,
+    /// When the job at the head of `ready` (the next to run) was enqueued, Unix ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oldest_ready_ms: Option<u64>,
     /// Running totals since the queue was first used.
     pub totals: QueueTotals,
 }

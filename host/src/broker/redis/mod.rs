@@ -801,13 +801,42 @@ impl Broker for RedisBroker {
                 async move { pipe.query_async(&mut c).await }
             })
             .await?;
+        // The head of each ready set, and when it was enqueued.
+        let mut pipe = redis::pipe();
+        for q in &names {
+            pipe.cmd("ZRANGE")
+                .arg(&self.keys.queue(q).keys[0])
+                .arg(0)
+                .arg(0);
+        }
+        let heads: Vec<Vec<String>> = self
+            .retrying(|mut c| {
+                let pipe = pipe.clone();
+                async move { pipe.query_async(&mut c).await }
+            })
+            .await?;
+        let mut pipe = redis::pipe();
+        for (q, head) in names.iter().zip(&heads) {
+            match head.first() {
+                Some(id) => pipe.cmd("HGET").arg(self.keys.job(q, id)).arg("enq"),
+                None => pipe.cmd("ECHO").arg(""),
+            };
+        }
+        let enqueued: Vec<Option<String>> = self
+            .retrying(|mut c| {
+                let pipe = pipe.clone();
+                async move { pipe.query_async(&mut c).await }
+            })
+            .await?;
         Ok(names
             .into_iter()
             .zip(counts.chunks(4))
             .zip(stats)
-            .map(|((queue, c), t)| {
+            .zip(enqueued)
+            .map(|(((queue, c), t), enq)| {
                 let get = |f: &str| t.get(f).copied().unwrap_or(0);
                 QueueCounts {
+                    oldest_ready_ms: enq.and_then(|e| e.parse().ok()),
                     queue,
                     ready: c[0],
                     scheduled: c[1],
