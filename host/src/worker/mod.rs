@@ -41,8 +41,13 @@ pub use sub_jobs::BrokerSubJobs;
 /// How a worker runs.
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
-    /// Queues to take jobs from, in priority order.
+    /// Queues to take jobs from. Without weights, in strict order: a later queue only gets a
+    /// worker's free slots when the earlier ones are empty.
     pub queues: Vec<String>,
+    /// One weight per queue, or empty for strict order. With weights, each fetch tries the
+    /// queues in a random order in which a queue comes first with probability weight / total
+    /// (Sidekiq's weighted fetch), so no queue starves.
+    pub weights: Vec<u32>,
     /// Jobs in flight at once.
     pub concurrency: usize,
     /// How long a fetched job stays leased without a heartbeat. 30 s: a killed worker's jobs run
@@ -66,6 +71,7 @@ impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
             queues: vec![crate::invocation::DEFAULT_QUEUE.to_owned()],
+            weights: Vec::new(),
             concurrency: 16,
             lease: Duration::from_secs(30),
             grace: Duration::from_secs(25),
@@ -340,6 +346,7 @@ impl Worker {
         ));
 
         let mut jobs = JoinSet::new();
+        let mut rng = fastrand::Rng::new();
         let mut shutdown = std::pin::pin!(shutdown);
         tracing::info!(worker = %config.name, queues = ?config.queues, concurrency = config.concurrency, "worker started");
         loop {
@@ -353,7 +360,12 @@ impl Worker {
             // leased to nobody until the leases expire.
             let fetched = self
                 .broker
-                .fetch(&config.queues, permits.len(), config.lease, &config.name)
+                .fetch(
+                    &fetch_order(&config.queues, &config.weights, &mut rng),
+                    permits.len(),
+                    config.lease,
+                    &config.name,
+                )
                 .await;
             let leases = match fetched {
                 Ok(l) => l,
@@ -520,6 +532,30 @@ impl Worker {
         }
         .instrument(span)
     }
+}
+
+/// The order one fetch tries the queues in: as given without weights; otherwise a weighted
+/// random permutation (each next queue drawn with probability proportional to its weight).
+pub fn fetch_order(queues: &[String], weights: &[u32], rng: &mut fastrand::Rng) -> Vec<String> {
+    if weights.len() != queues.len() {
+        return queues.to_vec();
+    }
+    let mut left: Vec<(u32, &String)> = weights.iter().copied().zip(queues).collect();
+    let mut order = Vec::with_capacity(queues.len());
+    while !left.is_empty() {
+        let total: u64 = left.iter().map(|(w, _)| u64::from(*w)).sum();
+        let mut pick = rng.u64(0..total.max(1));
+        let mut at = 0;
+        for (i, (w, _)) in left.iter().enumerate() {
+            if pick < u64::from(*w) {
+                at = i;
+                break;
+            }
+            pick -= u64::from(*w);
+        }
+        order.push(left.remove(at).1.clone());
+    }
+    order
 }
 
 /// Fetches (once per process) and compiles the module, checks limits and decodes the arguments.
@@ -761,5 +797,31 @@ async fn heartbeat_loop(
             }
             Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weighted_fetch_order_follows_the_weights() {
+        let queues = ["critical", "default", "low"].map(String::from).to_vec();
+        let mut rng = fastrand::Rng::with_seed(7);
+        assert_eq!(
+            fetch_order(&queues, &[], &mut rng),
+            queues,
+            "strict without weights"
+        );
+        let mut first = std::collections::HashMap::new();
+        for _ in 0..10_000 {
+            let order = fetch_order(&queues, &[6, 3, 1], &mut rng);
+            assert_eq!(order.len(), 3);
+            *first.entry(order[0].clone()).or_insert(0u32) += 1;
+        }
+        let share = |q: &str| f64::from(first[q]) / 10_000.0;
+        assert!((share("critical") - 0.6).abs() < 0.03, "{first:?}");
+        assert!((share("default") - 0.3).abs() < 0.03, "{first:?}");
+        assert!((share("low") - 0.1).abs() < 0.03, "{first:?}");
     }
 }
