@@ -358,8 +358,8 @@ pub struct WorkerInfo {
     pub last_seen_ms: u64,
 }
 
-/// A worker not heard from for this long is presumed gone: two missed reports at the default
-/// lease (a report every 10 s) plus slack.
+/// A worker not heard from for this long is presumed gone: it reports every second, so a minute
+/// rides out a long Redis failover without flapping.
 pub const WORKER_TTL: Duration = Duration::from_secs(60);
 
 /// How long a broker keeps the records of jobs that succeeded or were cancelled. A day, like

@@ -548,7 +548,7 @@ pub(crate) async fn cancel(broker: &dyn Broker, args: CancelArgs) -> anyhow::Res
     match broker.cancel(&record.queue, &args.id).await? {
         CancelOutcome::Cancelled => println!("{}: cancelled", args.id),
         CancelOutcome::Cancelling => println!(
-            "{}: running; its worker stops it at its next heartbeat and it ends cancelled",
+            "{}: running; its worker stops it at its next heartbeat (within a second) and it ends cancelled",
             args.id
         ),
         CancelOutcome::AlreadyFinal(state) => {

@@ -5,8 +5,9 @@
 //!
 //! - **Fetch** asks the broker for as many jobs as there are free slots, in one atomic step that
 //!   leases them; with nothing ready it blocks on the broker (no polling).
-//! - **Heartbeats** extend every held lease each `lease / 3`; a lease found lost (it expired and
-//!   the job went to someone else) aborts the local run, whose result would be ignored anyway.
+//! - **Heartbeats** extend every held lease each `min(lease / 3, 1 s)`; a lease found lost (it
+//!   expired and the job went to someone else) aborts the local run, whose result would be
+//!   ignored anyway, and a job whose cancellation was requested is stopped.
 //! - **Acknowledgements** are batched: whatever finished while the previous batch was in flight goes
 //!   out in one call, each ack atomic on its own.
 //! - **Outcomes**: success stores the report; a retryable failure is retried after
@@ -732,8 +733,8 @@ async fn progress_loop(
     }
 }
 
-/// Extends every held lease each `lease / 3` (two heartbeats may be lost before a lease expires),
-/// abandons runs whose lease was lost and stops those whose cancellation was requested.
+/// Extends every held lease each `min(lease / 3, 1 s)`, abandons runs whose lease was lost, stops
+/// those whose cancellation was requested, and reports the worker to the registry.
 async fn heartbeat_loop(
     broker: Arc<dyn Broker>,
     inflight: InFlightMap,
@@ -742,7 +743,10 @@ async fn heartbeat_loop(
     acks: mpsc::UnboundedSender<Ack>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let period = lease / 3;
+    // A third of the lease, so two heartbeats may be lost before it expires; at most a second,
+    // because the heartbeat is also how a running job hears that it was cancelled. One script
+    // a second carrying every held lease costs Redis next to nothing.
+    let period = (lease / 3).min(Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = tokio::time::sleep(period) => {}
