@@ -37,7 +37,8 @@ export class Client {
   async #request(method, path, { body, contentType = "application/json", query } = {}) {
     const params = new URLSearchParams();
     for (const [k, v] of Object.entries(query ?? {})) if (v !== undefined && v !== null) params.set(k, String(v));
-    const url = this.url + path + (params.size ? `?${params}` : "");
+    const qs = params.toString();
+    const url = this.url + path + (qs ? `?${qs}` : "");
     const headers = {};
     if (body !== undefined) headers["content-type"] = contentType;
     if (this.token) headers.authorization = `Bearer ${this.token}`;
