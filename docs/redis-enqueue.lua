@@ -33,8 +33,44 @@ local function make_ready(id, front)
   redis.call('HSET', jk, 'state', 'ready')
 end
 
--- Wake everyone waiting for this job to become final.
+-- Add to the queue's running totals (enqueued, succeeded, failed, retried, dead, cancelled,
+-- recovered).
+local function count(field, n)
+  if n > 0 then redis.call('HINCRBY', KEYS[7], field, n) end
+end
+
+-- A job of a batch ended (counted once per job): when it was the batch's last, enqueue the
+-- batch's callback, its args an object with `batch` and `jobs` (each job's id and final state).
+local function batch_ended(id)
+  local jk = ARGV[1] .. id
+  local bid = redis.call('HGET', jk, 'batch')
+  if not bid or redis.call('HSETNX', jk, 'batch_counted', 1) == 0 then return end
+  local bk = string.sub(ARGV[1], 1, -5) .. 'batch:' .. bid
+  if redis.call('HINCRBY', bk, 'pending', -1) > 0 then return end
+  local b = redis.call('HMGET', bk, 'callback', 'callback_id', 'prio', 'max')
+  local outcomes = {}
+  for _, jid in ipairs(redis.call('LRANGE', bk .. ':jobs', 0, -1)) do
+    outcomes[#outcomes + 1] = {id = jid, state = redis.call('HGET', ARGV[1] .. jid, 'state') or 'expired'}
+  end
+  local inv = cjson.decode(b[1])
+  local args = inv.args
+  if type(args) ~= 'table' or args[1] ~= nil then args = {} end
+  args.batch = bid
+  args.jobs = outcomes
+  inv.args = args
+  local ck = ARGV[1] .. b[2]
+  if redis.call('EXISTS', ck) == 0 then
+    redis.call('HSET', ck, 'inv', cjson.encode(inv), 'attempts', 0, 'max', b[4], 'prio', b[3], 'enq', now_ms(), 'lease', 0)
+    make_ready(b[2], false)
+    count('enqueued', 1)
+    wake()
+  end
+  redis.call('HSET', bk, 'done', now_ms())
+end
+
+-- The job became final: wake everyone waiting for it, and count it in its batch.
 local function notify(id)
+  batch_ended(id)
   local jk = ARGV[1] .. id
   local n = tonumber(redis.call('HGET', jk, 'waiters') or '0')
   if n > 0 then
@@ -43,12 +79,6 @@ local function notify(id)
     redis.call('EXPIRE', dk, 300)
     redis.call('HDEL', jk, 'waiters')
   end
-end
-
--- Add to the queue's running totals (enqueued, succeeded, failed, retried, dead, cancelled,
--- recovered).
-local function count(field, n)
-  if n > 0 then redis.call('HINCRBY', KEYS[7], field, n) end
 end
 
 -- End a job as cancelled; its record is kept for the result TTL like a success.

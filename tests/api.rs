@@ -735,3 +735,98 @@ async fn queue_limits_over_http() {
     let (_, b) = api.get("/v1/queues").await;
     assert_eq!(b["queues"][0]["limits"], json!({}));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_calls_back_over_http() {
+    let mut api = Api::new().await;
+    let hello = api.upload("hello").await;
+    let chaos = api.upload("chaos").await;
+    let body = json!({
+        "id": "nightly",
+        "jobs": [
+            {"module": hello, "id": "n1", "args": {"name": "one"}},
+            {"module": chaos, "id": "n2", "args": {"mode": "fail", "message": "no"}},
+        ],
+        "callback": {"module": hello, "args": {"name": "batch"}},
+    });
+    let (s, b) = api.post_json("/v1/batches", ENQUEUER, &body).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{b}");
+    assert_eq!(b["callback"], "batch:nightly:callback");
+    assert_eq!(b["jobs"], json!(["n1", "n2"]));
+    let (_, b) = api.post_json("/v1/batches", ENQUEUER, &body).await;
+    assert_eq!(b["created"], false, "idempotent on the batch id");
+    let (_, b) = api.get("/v1/batches/nightly").await;
+    assert_eq!(
+        (b["total"].as_u64(), b["pending"].as_u64()),
+        (Some(2), Some(2))
+    );
+
+    let (stop, running) = api.worker();
+    // The callback exists once both jobs have ended.
+    api.get("/v1/jobs/n1?wait=30s").await;
+    api.get("/v1/jobs/n2?wait=30s").await;
+    let (_, cb) = api.get("/v1/jobs/batch:nightly:callback?wait=30s").await;
+    let _ = stop.send(());
+    running.await.unwrap();
+    assert_eq!(cb["state"], "succeeded", "{cb}");
+    assert_eq!(cb["report"]["result"], json!({"message": "Hello, batch!"}));
+    assert_eq!(
+        cb["invocation"]["args"]["jobs"],
+        json!([{"id": "n1", "state": "succeeded"}, {"id": "n2", "state": "dead"}])
+    );
+    let (_, b) = api.get("/v1/batches/nightly").await;
+    assert_eq!(b["pending"], 0);
+    assert!(b["done_at_ms"].as_u64().is_some());
+
+    let never = format!("sha256:{}", "0".repeat(64));
+    let cases = [
+        (
+            json!({"jobs": [], "callback": {"module": hello}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_invocation",
+            Some("jobs"),
+        ),
+        (
+            json!({"jobs": [{"module": hello, "queue": "mail"}], "callback": {"module": hello}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_invocation",
+            Some("jobs"),
+        ),
+        (
+            json!({"jobs": [{"module": never}], "callback": {"module": hello}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_module",
+            Some("module"),
+        ),
+        (
+            json!({"jobs": [{"module": hello, "fuel": 0}], "callback": {"module": hello}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_invocation",
+            Some("jobs[0].fuel"),
+        ),
+        (
+            json!({"jobs": [{"module": hello}], "callback": {"module": hello, "id": "x"}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_invocation",
+            Some("callback.id"),
+        ),
+        (
+            json!({"jobs": [{"module": hello, "id": "n1"}], "callback": {"module": hello}}),
+            StatusCode::CONFLICT,
+            "invalid_invocation",
+            Some("jobs"),
+        ),
+        (
+            json!({"callback": {"module": hello}}),
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            None,
+        ),
+    ];
+    for (body, status, code, field) in cases {
+        let (s, b) = api.post_json("/v1/batches", ENQUEUER, &body).await;
+        assert_error(s, &b, status, code, field);
+    }
+    let (s, b) = api.get("/v1/batches/nope").await;
+    assert_error(s, &b, StatusCode::NOT_FOUND, "not_found", None);
+}

@@ -12,7 +12,7 @@ use wasmq::broker::memory::MemoryBroker;
 use wasmq::broker::redis::RedisBroker;
 use wasmq::broker::{
     Ack, AttemptError, Broker, CancelOutcome, Completion, CronEntry, Enqueued, JobState, Lease,
-    ModuleDeletion, QueueCounts, RunReport, WorkerInfo, enqueue_checked,
+    ModuleDeletion, NewBatch, QueueCounts, RunReport, WorkerInfo, enqueue_checked,
 };
 use wasmq::invocation::{Invocation, NewJob};
 use wasmq::modules::ModuleHash;
@@ -726,6 +726,113 @@ async fn workers_report_and_expire(b: Backend) {
     assert_eq!(b.workers().await.unwrap(), vec![worker("alive", now)]);
 }
 
+async fn a_batch_calls_back_once_when_every_job_ended(b: Backend) {
+    let b = b.broker.as_ref();
+    b.put_module(module(), b"x").await.unwrap();
+    let batch = NewBatch {
+        id: "B".into(),
+        jobs: vec![
+            job("a", |_| {}),
+            job("b", |i| i.max_attempts = 1),
+            job("c", |_| {}),
+        ],
+        callback: job("batch:B:callback", |i| i.args = json!({"note": "x"})),
+    };
+    batch.check().unwrap();
+    assert_eq!(b.enqueue_batch(&batch).await.unwrap(), Enqueued::Created);
+    assert_eq!(b.enqueue_batch(&batch).await.unwrap(), Enqueued::Existed);
+    let info = b.batch("default", "B").await.unwrap().unwrap();
+    assert_eq!((info.total, info.pending, info.done_at_ms), (3, 3, None));
+    let leases = fetch(b, 2).await;
+    assert_eq!(ids(&leases), ["a", "b"]);
+    b.complete(&[ok(&leases[0])]).await.unwrap();
+    let dead = Ack {
+        lease: leases[1].key.clone(),
+        completion: Completion::Dead {
+            error: error(&leases[1], "fail"),
+            report: None,
+        },
+    };
+    b.complete(&[dead]).await.unwrap();
+    assert_eq!(b.batch("default", "B").await.unwrap().unwrap().pending, 1);
+    assert!(
+        fetch(b, 5).await.iter().all(|l| l.key.id == "c"),
+        "no callback yet"
+    );
+    // c is leased now; cancelling it is the batch's last end.
+    assert_eq!(
+        b.cancel("default", "c").await.unwrap(),
+        CancelOutcome::Cancelling
+    );
+    let c = b.job(None, "c").await.unwrap().unwrap();
+    let ack = Ack {
+        lease: wasmq::broker::LeaseKey {
+            queue: "default".into(),
+            id: "c".into(),
+            token: 1,
+        },
+        completion: Completion::Cancelled {
+            error: AttemptError {
+                attempt: c.attempts,
+                kind: "cancelled".into(),
+                message: "x".into(),
+                at_ms: 1,
+            },
+        },
+    };
+    b.complete(&[ack]).await.unwrap();
+    let info = b.batch("default", "B").await.unwrap().unwrap();
+    assert_eq!(info.pending, 0);
+    assert!(info.done_at_ms.is_some());
+    let callback = fetch(b, 5).await;
+    assert_eq!(ids(&callback), ["batch:B:callback"]);
+    assert_eq!(
+        callback[0].invocation.args,
+        json!({"note": "x", "batch": "B", "jobs": [
+            {"id": "a", "state": "succeeded"},
+            {"id": "b", "state": "dead"},
+            {"id": "c", "state": "cancelled"},
+        ]})
+    );
+    // A dead job retried and ending again does not call back a second time.
+    assert!(b.retry_dead("default", "b").await.unwrap());
+    let again = fetch(b, 5).await;
+    assert_eq!(ids(&again), ["b"]);
+    b.complete(&[ok(&again[0])]).await.unwrap();
+    assert!(fetch(b, 5).await.is_empty());
+    assert_eq!(
+        counts(b).await.totals.enqueued,
+        4,
+        "three jobs and one callback"
+    );
+}
+
+async fn a_batch_is_all_or_nothing(b: Backend) {
+    let b = b.broker.as_ref();
+    put(b, &[job("taken", |_| {})]).await;
+    let batch = NewBatch {
+        id: "B".into(),
+        jobs: vec![job("fresh", |_| {}), job("taken", |_| {})],
+        callback: job("batch:B:callback", |_| {}),
+    };
+    let err = b.enqueue_batch(&batch).await.unwrap_err().to_string();
+    assert!(err.contains("`taken` already exists"), "{err}");
+    assert!(b.job(None, "fresh").await.unwrap().is_none());
+    assert!(b.batch("default", "B").await.unwrap().is_none());
+    let other_queue = NewBatch {
+        id: "C".into(),
+        jobs: vec![job("x", |i| i.queue = "mail".into())],
+        callback: job("batch:C:callback", |_| {}),
+    };
+    assert!(
+        other_queue
+            .check()
+            .unwrap_err()
+            .to_string()
+            .contains("callback's queue `default`")
+    );
+}
+
 async fn counts(b: &dyn Broker) -> QueueCounts {
     b.queues()
         .await
@@ -847,4 +954,6 @@ suite!(
     cron_ticks_fire_once,
     paused_queues_accept_but_hand_out_nothing,
     workers_report_and_expire,
+    a_batch_calls_back_once_when_every_job_ended,
+    a_batch_is_all_or_nothing,
 );

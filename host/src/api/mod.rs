@@ -87,6 +87,10 @@ pub enum Endpoint {
     DeleteModule,
     /// `POST /v1/jobs`
     Enqueue,
+    /// `POST /v1/batches`
+    EnqueueBatch,
+    /// `GET /v1/batches/{id}`
+    GetBatch,
     /// `GET /v1/jobs/{id}`
     GetJob,
     /// `DELETE /v1/jobs/{id}`
@@ -123,12 +127,14 @@ pub enum Endpoint {
 
 impl Endpoint {
     /// Every route the server has.
-    pub const ALL: [Endpoint; 21] = [
+    pub const ALL: [Endpoint; 23] = [
         Endpoint::UploadModule,
         Endpoint::ListModules,
         Endpoint::GetModule,
         Endpoint::DeleteModule,
         Endpoint::Enqueue,
+        Endpoint::EnqueueBatch,
+        Endpoint::GetBatch,
         Endpoint::GetJob,
         Endpoint::CancelJob,
         Endpoint::Queues,
@@ -156,6 +162,8 @@ impl Endpoint {
             GetModule => (Method::GET, "/v1/modules/{hash}"),
             DeleteModule => (Method::DELETE, "/v1/modules/{hash}"),
             Enqueue => (Method::POST, "/v1/jobs"),
+            EnqueueBatch => (Method::POST, "/v1/batches"),
+            GetBatch => (Method::GET, "/v1/batches/{id}"),
             GetJob => (Method::GET, "/v1/jobs/{id}"),
             CancelJob => (Method::DELETE, "/v1/jobs/{id}"),
             Queues => (Method::GET, "/v1/queues"),
@@ -181,12 +189,11 @@ impl Endpoint {
         match self {
             Health | OpenApi => None,
             UploadModule => Some(Scope::Upload),
-            Enqueue | CancelJob => Some(Scope::Enqueue),
+            Enqueue | EnqueueBatch | CancelJob => Some(Scope::Enqueue),
             DeleteModule | RetryDead | DeleteDead | AddCron | RemoveCron | PauseQueue
             | ResumeQueue | SetLimits => Some(Scope::Admin),
-            ListModules | GetModule | GetJob | Queues | Workers | ListDead | ListCron | Metrics => {
-                Some(Scope::Read)
-            }
+            ListModules | GetModule | GetJob | GetBatch | Queues | Workers | ListDead
+            | ListCron | Metrics => Some(Scope::Read),
         }
     }
 
@@ -202,6 +209,10 @@ impl Endpoint {
             GetModule => on(filter, get_module),
             DeleteModule => on(filter, delete_module),
             Enqueue => on(filter, enqueue).layer(DefaultBodyLimit::max(state.limits.request_bytes)),
+            EnqueueBatch => {
+                on(filter, enqueue_batch).layer(DefaultBodyLimit::max(state.limits.request_bytes))
+            }
+            GetBatch => on(filter, get_batch),
             GetJob => on(filter, get_job),
             CancelJob => on(filter, cancel_job),
             Queues => on(filter, queues),
@@ -456,6 +467,98 @@ async fn enqueue(State(state): State<ApiState>, Body(bytes): Body) -> Result<Res
         rows.into_iter().next().expect("one job")
     };
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+/// `POST /v1/batches`'s body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchBody {
+    id: Option<String>,
+    jobs: Vec<Value>,
+    callback: Value,
+}
+
+async fn enqueue_batch(
+    State(state): State<ApiState>,
+    Body(bytes): Body,
+) -> Result<Response, ApiError> {
+    let body: BatchBody = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("the body must be {{\"jobs\": [...], \"callback\": {{...}}, \"id\"?}}: {e}"),
+        )
+    })?;
+    let id = body.id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let mut callback = Invocation::from_value(body.callback)
+        .map_err(|e| ApiError::invocation(&e, Some("callback")))?;
+    if callback.id.is_some() {
+        return Err(ApiError {
+            field: Some("callback.id".into()),
+            ..ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_invocation",
+                "the callback's id is `batch:<id>:callback`; leave it out",
+            )
+        });
+    }
+    callback.id = Some(format!("batch:{id}:callback"));
+    let callback = callback
+        .prepare(&state.ceilings)
+        .map_err(|e| ApiError::invocation(&e, Some("callback")))?;
+    let jobs = body
+        .jobs
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| {
+            Invocation::from_value(item)
+                .and_then(|inv| inv.prepare(&state.ceilings))
+                .map_err(|e| ApiError::invocation(&e, Some(&format!("jobs[{i}]"))))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let batch = crate::broker::NewBatch {
+        id: id.clone(),
+        jobs,
+        callback,
+    };
+    batch.check().map_err(|e| ApiError::invocation(&e, None))?;
+    let mut all = batch.jobs.clone();
+    all.push(batch.callback.clone());
+    crate::broker::check_modules(state.broker.as_ref(), &all).await?;
+    let created = state
+        .broker
+        .enqueue_batch(&batch)
+        .await
+        .map_err(|e| match e {
+            crate::broker::BrokerError::Invocation(inv) => ApiError {
+                status: StatusCode::CONFLICT,
+                ..ApiError::invocation(&inv, None)
+            },
+            other => other.into(),
+        })?;
+    let body = json!({
+        "batch": id,
+        "queue": batch.callback.queue(),
+        "jobs": batch.jobs.iter().map(NewJob::id).collect::<Vec<_>>(),
+        "callback": batch.callback.id(),
+        "created": created == crate::broker::Enqueued::Created,
+    });
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+async fn get_batch(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    req: Request,
+) -> Result<Json<Value>, ApiError> {
+    let QueueParam { queue } = parse_query(req.uri().query())?;
+    let queue = queue.unwrap_or_else(|| DEFAULT_QUEUE.to_owned());
+    let info = state
+        .broker
+        .batch(&queue, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no batch `{id}` on queue `{queue}`")))?;
+    Ok(Json(json!(info)))
 }
 
 #[derive(Debug, Deserialize)]

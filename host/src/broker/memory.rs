@@ -13,12 +13,12 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 
 use super::{
-    Ack, AttemptError, Broker, BrokerError, CancelOutcome, Completion, CronEntry,
+    Ack, AttemptError, BatchInfo, Broker, BrokerError, CancelOutcome, Completion, CronEntry,
     DEFAULT_RESULT_TTL, Enqueued, Heartbeat, JobRecord, JobState, Lease, LeaseKey, Maintenance,
-    ModuleDeletion, ModuleInfo, QueueCounts, QueueLimits, QueueTotals, RunReport, WORKER_TTL,
-    WorkerInfo, now_ms,
+    ModuleDeletion, ModuleInfo, NewBatch, QueueCounts, QueueLimits, QueueTotals, RunReport,
+    WORKER_TTL, WorkerInfo, now_ms,
 };
-use crate::invocation::{Invocation, NewJob};
+use crate::invocation::{Invocation, InvocationError, NewJob};
 use crate::modules::ModuleHash;
 use crate::sandbox::Progress;
 
@@ -40,6 +40,15 @@ struct State {
     /// (queue, name) → entry, its `next_ms` the next tick.
     crons: BTreeMap<(String, String), CronEntry>,
     workers: BTreeMap<String, WorkerInfo>,
+    batches: HashMap<(String, String), Batch>,
+}
+
+struct Batch {
+    pending: u64,
+    callback: NewJob,
+    jobs: Vec<String>,
+    created_at_ms: u64,
+    done_at_ms: Option<u64>,
 }
 
 #[derive(Default)]
@@ -92,6 +101,9 @@ struct Job {
     expires_at: Option<u64>,
     /// Someone asked to cancel it while it ran.
     cancel: bool,
+    /// The batch it belongs to, and whether its end was counted there.
+    batch: Option<String>,
+    batch_counted: bool,
 }
 
 impl Job {
@@ -126,6 +138,95 @@ impl State {
         job.ready_key = Some(key);
         job.due_at = None;
         job.state = JobState::Ready;
+    }
+
+    /// Adds a new job (the caller checked its id is free); true if it became ready.
+    fn insert(&mut self, job: &NewJob, batch: Option<&str>, now: u64) -> bool {
+        let (queue, id) = (job.queue(), job.id());
+        self.queues
+            .entry(queue.to_owned())
+            .or_default()
+            .totals
+            .enqueued += 1;
+        self.jobs.insert(
+            (queue.to_owned(), id.to_owned()),
+            Job {
+                invocation: job.invocation.clone(),
+                state: JobState::Scheduled,
+                attempts: 0,
+                token: 0,
+                enqueued_at_ms: now,
+                started_at_ms: None,
+                finished_at_ms: None,
+                worker: None,
+                last_error: None,
+                progress: None,
+                report: None,
+                ready_key: None,
+                due_at: None,
+                expires_at: None,
+                cancel: false,
+                batch: batch.map(str::to_owned),
+                batch_counted: false,
+            },
+        );
+        match job.run_at_ms {
+            Some(at) if at > now => {
+                let q = self.queues.get_mut(queue).expect("created above");
+                q.scheduled.insert((at, id.to_owned()));
+                self.get(queue, id).expect("inserted above").due_at = Some(at);
+                false
+            }
+            _ => {
+                self.make_ready(queue, id, false);
+                true
+            }
+        }
+    }
+
+    /// The job just became final: counts it in its batch and, when it was the batch's last,
+    /// enqueues the callback (mirrors `batch_ended` in lua/common.lua). True if it did.
+    fn ended(&mut self, queue: &str, id: &str, now: u64) -> bool {
+        let Some(job) = self.get(queue, id) else {
+            return false;
+        };
+        let Some(bid) = job.batch.clone().filter(|_| !job.batch_counted) else {
+            return false;
+        };
+        job.batch_counted = true;
+        let Some(batch) = self.batches.get_mut(&(queue.to_owned(), bid.clone())) else {
+            return false;
+        };
+        batch.pending -= 1;
+        if batch.pending > 0 {
+            return false;
+        }
+        batch.done_at_ms = Some(now);
+        let (mut callback, ids) = (batch.callback.clone(), batch.jobs.clone());
+        let outcomes: Vec<serde_json::Value> = ids
+            .iter()
+            .map(|jid| {
+                let state = self
+                    .jobs
+                    .get(&(queue.to_owned(), jid.clone()))
+                    .map_or("expired", |j| j.state.as_str());
+                serde_json::json!({ "id": jid, "state": state })
+            })
+            .collect();
+        let mut args = match callback.invocation.args.take() {
+            serde_json::Value::Object(map) => map,
+            _ => serde_json::Map::new(),
+        };
+        args.insert("batch".into(), bid.into());
+        args.insert("jobs".into(), outcomes.into());
+        callback.invocation.args = serde_json::Value::Object(args);
+        if self
+            .jobs
+            .contains_key(&(queue.to_owned(), callback.id().to_owned()))
+        {
+            return false;
+        }
+        self.insert(&callback, None, now)
     }
 
     fn get(&mut self, queue: &str, id: &str) -> Option<&mut Job> {
@@ -228,49 +329,11 @@ impl Broker for MemoryBroker {
         {
             let mut state = self.lock();
             for job in jobs {
-                let (queue, id) = (job.queue(), job.id());
-                if state.get(queue, id).is_some() {
+                if state.get(job.queue(), job.id()).is_some() {
                     out.push(Enqueued::Existed);
                     continue;
                 }
-                state.queues.entry(queue.to_owned()).or_default();
-                state.jobs.insert(
-                    (queue.to_owned(), id.to_owned()),
-                    Job {
-                        invocation: job.invocation.clone(),
-                        state: JobState::Scheduled,
-                        attempts: 0,
-                        token: 0,
-                        enqueued_at_ms: now,
-                        started_at_ms: None,
-                        finished_at_ms: None,
-                        worker: None,
-                        last_error: None,
-                        progress: None,
-                        report: None,
-                        ready_key: None,
-                        due_at: None,
-                        expires_at: None,
-                        cancel: false,
-                    },
-                );
-                state
-                    .queues
-                    .get_mut(queue)
-                    .expect("created above")
-                    .totals
-                    .enqueued += 1;
-                match job.run_at_ms {
-                    Some(at) if at > now => {
-                        let q = state.queues.get_mut(queue).expect("created above");
-                        q.scheduled.insert((at, id.to_owned()));
-                        state.get(queue, id).expect("inserted above").due_at = Some(at);
-                    }
-                    _ => {
-                        state.make_ready(queue, id, false);
-                        woke = true;
-                    }
-                }
+                woke |= state.insert(job, None, now);
                 out.push(Enqueued::Created);
             }
         }
@@ -278,6 +341,70 @@ impl Broker for MemoryBroker {
             self.work.notify_waiters();
         }
         Ok(out)
+    }
+
+    async fn enqueue_batch(&self, batch: &NewBatch) -> Result<Enqueued, BrokerError> {
+        let now = now_ms();
+        let queue = batch.callback.queue().to_owned();
+        let woke = {
+            let mut state = self.lock();
+            if state
+                .batches
+                .contains_key(&(queue.clone(), batch.id.clone()))
+            {
+                return Ok(Enqueued::Existed);
+            }
+            if let Some(taken) = batch
+                .jobs
+                .iter()
+                .find(|j| state.jobs.contains_key(&(queue.clone(), j.id().to_owned())))
+            {
+                return Err(InvocationError::Field {
+                    field: "jobs",
+                    reason: format!(
+                        "job `{}` already exists and cannot join batch `{}`",
+                        taken.id(),
+                        batch.id
+                    ),
+                }
+                .into());
+            }
+            state.batches.insert(
+                (queue.clone(), batch.id.clone()),
+                Batch {
+                    pending: batch.jobs.len() as u64,
+                    callback: batch.callback.clone(),
+                    jobs: batch.jobs.iter().map(|j| j.id().to_owned()).collect(),
+                    created_at_ms: now,
+                    done_at_ms: None,
+                },
+            );
+            let mut woke = false;
+            for job in &batch.jobs {
+                woke |= state.insert(job, Some(&batch.id), now);
+            }
+            woke
+        };
+        if woke {
+            self.work.notify_waiters();
+        }
+        Ok(Enqueued::Created)
+    }
+
+    async fn batch(&self, queue: &str, id: &str) -> Result<Option<BatchInfo>, BrokerError> {
+        let state = self.lock();
+        Ok(state
+            .batches
+            .get(&(queue.to_owned(), id.to_owned()))
+            .map(|b| BatchInfo {
+                id: id.to_owned(),
+                queue: queue.to_owned(),
+                total: b.jobs.len() as u64,
+                pending: b.pending,
+                callback_id: b.callback.id().to_owned(),
+                created_at_ms: b.created_at_ms,
+                done_at_ms: b.done_at_ms,
+            }))
     }
 
     async fn fetch(
@@ -397,14 +524,17 @@ impl Broker for MemoryBroker {
                 let q = state.queues.get_mut(&key.queue).expect("queue of a job");
                 q.leased.remove(&key.id);
                 let wants_cancel = state.get(&key.queue, &key.id).expect("held").cancel;
-                finished |= apply(
+                if apply(
                     &mut state,
                     key,
                     &ack.completion,
                     wants_cancel,
                     now,
                     result_ttl,
-                );
+                ) {
+                    finished = true;
+                    state.ended(&key.queue, &key.id, now);
+                }
             }
         }
         if finished {
@@ -450,6 +580,7 @@ impl Broker for MemoryBroker {
     async fn maintain(&self, queue: &str) -> Result<Maintenance, BrokerError> {
         let now = now_ms();
         let mut done = Maintenance::default();
+        let mut extra_work = false;
         {
             let mut state = self.lock();
             let Some(q) = state.queues.get_mut(queue) else {
@@ -489,6 +620,7 @@ impl Broker for MemoryBroker {
                         .expect("queue of a job")
                         .totals
                         .cancelled += 1;
+                    extra_work |= state.ended(queue, &id, now);
                     continue;
                 }
                 let last = job.attempts >= job.invocation.max_attempts;
@@ -497,9 +629,10 @@ impl Broker for MemoryBroker {
                     job.state = JobState::Dead;
                     job.finished_at_ms = Some(now);
                     let q = state.queues.get_mut(queue).expect("queue of a job");
-                    q.dead.insert((now, id));
+                    q.dead.insert((now, id.clone()));
                     q.totals.dead += 1;
                     done.expired_dead += 1;
+                    extra_work |= state.ended(queue, &id, now);
                 } else {
                     state.make_ready(queue, &id, false);
                     state
@@ -517,10 +650,10 @@ impl Broker for MemoryBroker {
                 .retain(|_, j| j.expires_at.is_none_or(|t| t > now));
             let _expired_results = before - state.jobs.len();
         }
-        if done.promoted + done.recovered > 0 {
+        if done.promoted + done.recovered > 0 || extra_work {
             self.work.notify_waiters();
         }
-        if done.expired_dead > 0 {
+        if done.expired_dead > 0 || extra_work {
             self.done.notify_waiters();
         }
         Ok(done)
@@ -696,6 +829,7 @@ impl Broker for MemoryBroker {
                         q.scheduled.remove(&(at, id.to_owned()));
                     }
                     q.totals.cancelled += 1;
+                    state.ended(queue, id, now);
                     CancelOutcome::Cancelled
                 }
                 JobState::Leased => {
@@ -707,6 +841,7 @@ impl Broker for MemoryBroker {
         };
         if outcome == CancelOutcome::Cancelled {
             self.done.notify_waiters();
+            self.work.notify_waiters();
         }
         Ok(outcome)
     }

@@ -362,6 +362,60 @@ pub struct WorkerInfo {
 /// rides out a long Redis failover without flapping.
 pub const WORKER_TTL: Duration = Duration::from_secs(60);
 
+/// A group of jobs on one queue with a callback job that is enqueued exactly once, when every
+/// job of the group has ended (succeeded, dead or cancelled).
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewBatch {
+    /// The batch id (also its idempotency key).
+    pub id: String,
+    /// The jobs, all on the batch's queue.
+    pub jobs: Vec<NewJob>,
+    /// The callback, on the same queue. Its args, when an object, get `batch` (the id) and `jobs`
+    /// (each job's `id` and final `state`) added; otherwise they are replaced by those two.
+    pub callback: NewJob,
+}
+
+impl NewBatch {
+    /// Checks that the batch is not empty and that every job shares the callback's queue.
+    pub fn check(&self) -> Result<(), InvocationError> {
+        let field = |reason: String| InvocationError::Field {
+            field: "jobs",
+            reason,
+        };
+        if self.jobs.is_empty() {
+            return Err(field("must hold at least one job".into()));
+        }
+        let queue = self.callback.queue();
+        if let Some(other) = self.jobs.iter().find(|j| j.queue() != queue) {
+            return Err(field(format!(
+                "must all be on the callback's queue `{queue}`; `{}` is on `{}`",
+                other.id(),
+                other.queue()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A batch's progress.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BatchInfo {
+    /// The batch id.
+    pub id: String,
+    /// Its queue.
+    pub queue: String,
+    /// Jobs in it.
+    pub total: u64,
+    /// Jobs that have not ended yet.
+    pub pending: u64,
+    /// The callback job's id (`batch:<id>:callback`).
+    pub callback_id: String,
+    /// When it was enqueued (Unix ms).
+    pub created_at_ms: u64,
+    /// When its last job ended and the callback was enqueued.
+    pub done_at_ms: Option<u64>,
+}
+
 /// How long a broker keeps the records of jobs that succeeded or were cancelled. A day, like
 /// Celery's result expiry: long enough to look a job up the next morning.
 pub const DEFAULT_RESULT_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -429,6 +483,13 @@ pub trait Broker: Send + Sync + 'static {
     /// Accepts checked jobs, in order; a job whose id exists is left alone. Does not check that
     /// the modules exist: use [`enqueue_checked`].
     async fn enqueue(&self, jobs: &[NewJob]) -> Result<Vec<Enqueued>, BrokerError>;
+
+    /// Accepts a batch (checked with [`NewBatch::check`] and [`check_modules`] by the caller):
+    /// all its jobs or none. `Existed` if a batch with this id exists.
+    async fn enqueue_batch(&self, batch: &NewBatch) -> Result<Enqueued, BrokerError>;
+
+    /// A batch's progress.
+    async fn batch(&self, queue: &str, id: &str) -> Result<Option<BatchInfo>, BrokerError>;
 
     /// Moves up to `max` ready jobs from `queues` (earlier queues first) to leased, with a lease of
     /// `lease` held by `worker`.

@@ -17,6 +17,8 @@
 //! | `wasmq:{q}:stats` | hash | running totals: `enqueued`, `succeeded`, `failed`, `retried`, `dead`, `cancelled`, `recovered`; `paused` while paused; limits `limit_concurrency`, `limit_rate` per `limit_per_ms` and the current `rate_window`/`rate_count` |
 //! | `wasmq:{q}:cron` | hash | cron entry name → entry JSON (schedule, invocation template) |
 //! | `wasmq:{q}:cron_next` | hash | cron entry name → next tick (Unix ms) |
+//! | `wasmq:{q}:batch:<id>` | hash | a batch: `total`, `pending`, `callback` (invocation JSON), `callback_id`, `created`, `done` |
+//! | `wasmq:{q}:batch:<id>:jobs` | list | the batch's job ids |
 //! | `wasmq:queues` | set | every queue name used |
 //! | `wasmq:workers` | hash | worker name → its last report (host, pid, queues, concurrency, in flight, last seen) |
 //! | `wasmq:{modules}:index` | hash | hex digest → `{size, uploaded_at_ms}` |
@@ -36,12 +38,12 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnecti
 use redis::{AsyncConnectionConfig, RedisError, RetryMethod, Script, ScriptInvocation};
 
 use super::{
-    Ack, AttemptError, Broker, BrokerError, CancelOutcome, Completion, CronEntry,
+    Ack, AttemptError, BatchInfo, Broker, BrokerError, CancelOutcome, Completion, CronEntry,
     DEFAULT_RESULT_TTL, Enqueued, Heartbeat, JobRecord, JobState, Lease, LeaseKey, Maintenance,
-    ModuleDeletion, ModuleInfo, QueueCounts, QueueLimits, QueueTotals, RunReport, WORKER_TTL,
-    WorkerInfo, now_ms,
+    ModuleDeletion, ModuleInfo, NewBatch, QueueCounts, QueueLimits, QueueTotals, RunReport,
+    WORKER_TTL, WorkerInfo, now_ms,
 };
-use crate::invocation::{Invocation, NewJob};
+use crate::invocation::{Invocation, InvocationError, NewJob};
 use crate::modules::ModuleHash;
 use crate::sandbox::Progress;
 
@@ -86,6 +88,7 @@ struct Scripts {
     progress: Script,
     pause: Script,
     limits: Script,
+    batch_enqueue: Script,
     put_module: Script,
     delete_module: Script,
 }
@@ -107,6 +110,7 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     progress: script!("progress"),
     pause: script!("pause"),
     limits: script!("limits"),
+    batch_enqueue: script!("batch_enqueue"),
     put_module: Script::new(include_str!("lua/put_module.lua")),
     delete_module: Script::new(include_str!("lua/delete_module.lua")),
 });
@@ -551,6 +555,72 @@ impl Broker for RedisBroker {
             }
         }
         Ok(out)
+    }
+
+    async fn enqueue_batch(&self, batch: &NewBatch) -> Result<Enqueued, BrokerError> {
+        let queue = batch.callback.queue();
+        self.register_queues([queue]).await?;
+        let cb = &batch.callback;
+        let mut inv = self.queue_script(&SCRIPTS.batch_enqueue, queue);
+        inv.arg(&batch.id)
+            .arg(cb.id())
+            .arg(serde_json::to_string(&cb.invocation).expect("plain data serialises"))
+            .arg(cb.invocation.priority)
+            .arg(cb.invocation.max_attempts)
+            .arg(batch.jobs.len());
+        for job in &batch.jobs {
+            inv.arg(job.id())
+                .arg(serde_json::to_string(&job.invocation).expect("plain data serialises"))
+                .arg(job.invocation.priority)
+                .arg(job.invocation.max_attempts)
+                .arg(job.run_at_ms.unwrap_or(0));
+        }
+        let created: u32 = match self.script(&inv).await {
+            Ok(n) => n,
+            // The script's refusal (a job id is taken) is the caller's mistake, not Redis's.
+            Err(BrokerError::Redis(e)) if e.to_string().contains("cannot join batch") => {
+                let text = e.to_string();
+                let reason = text
+                    .split_once("job `")
+                    .map_or(text.clone(), |(_, rest)| format!("job `{rest}"));
+                return Err(BrokerError::Invocation(InvocationError::Field {
+                    field: "jobs",
+                    reason,
+                }));
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(if created == 1 {
+            Enqueued::Created
+        } else {
+            Enqueued::Existed
+        })
+    }
+
+    async fn batch(&self, queue: &str, id: &str) -> Result<Option<BatchInfo>, BrokerError> {
+        let key = format!(
+            "{}batch:{id}",
+            &self.keys.queue(queue).job_prefix.trim_end_matches("job:")
+        );
+        let map: HashMap<String, String> = self
+            .retrying(|mut c| {
+                let key = key.clone();
+                async move { redis::cmd("HGETALL").arg(key).query_async(&mut c).await }
+            })
+            .await?;
+        if map.is_empty() {
+            return Ok(None);
+        }
+        let num = |f: &str| map.get(f).and_then(|v| v.parse::<u64>().ok());
+        Ok(Some(BatchInfo {
+            id: id.to_owned(),
+            queue: queue.to_owned(),
+            total: num("total").unwrap_or(0),
+            pending: num("pending").unwrap_or(0),
+            callback_id: map.get("callback_id").cloned().unwrap_or_default(),
+            created_at_ms: num("created").unwrap_or(0),
+            done_at_ms: num("done"),
+        }))
     }
 
     async fn fetch(

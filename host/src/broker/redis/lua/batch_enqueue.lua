@@ -1,0 +1,32 @@
+-- Accept a batch: ARGV[3] = batch id, ARGV[4] = callback job id, ARGV[5] = callback invocation
+-- JSON, ARGV[6] = its priority, ARGV[7] = its max attempts, ARGV[8] = job count, then per job: id,
+-- invocation JSON, priority, max attempts, run_at ms. All or nothing: refused if any job id
+-- exists. Returns 1, or 0 if the batch exists (idempotent on the batch id).
+local bid = ARGV[3]
+local bk = string.sub(ARGV[1], 1, -5) .. 'batch:' .. bid
+if redis.call('EXISTS', bk) == 1 then return 0 end
+for i = 9, #ARGV, 5 do
+  if redis.call('EXISTS', ARGV[1] .. ARGV[i]) == 1 then
+    return redis.error_reply('wasmq: job `' .. ARGV[i] .. '` already exists and cannot join batch `' .. bid .. '`')
+  end
+end
+local now = now_ms()
+local n = tonumber(ARGV[8])
+redis.call('HSET', bk, 'pending', n, 'total', n, 'callback', ARGV[5], 'callback_id', ARGV[4], 'prio', ARGV[6], 'max', ARGV[7], 'created', now)
+local woke = false
+for i = 9, #ARGV, 5 do
+  local id, inv, prio, max, run_at = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], tonumber(ARGV[i + 4])
+  local jk = ARGV[1] .. id
+  redis.call('HSET', jk, 'inv', inv, 'attempts', 0, 'max', max, 'prio', prio, 'enq', now, 'lease', 0, 'batch', bid)
+  redis.call('RPUSH', bk .. ':jobs', id)
+  if run_at > now then
+    redis.call('HSET', jk, 'state', 'scheduled')
+    redis.call('ZADD', KEYS[2], run_at, id)
+  else
+    make_ready(id, false)
+    woke = true
+  end
+end
+count('enqueued', n)
+if woke then wake() end
+return 1
