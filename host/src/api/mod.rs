@@ -310,6 +310,12 @@ struct QueueParam {
     queue: Option<String>,
 }
 
+/// The `?queue=` parameter, `default` when absent.
+fn queue_or_default(req: &Request) -> Result<String, ApiError> {
+    let QueueParam { queue } = parse_query(req.uri().query())?;
+    Ok(queue.unwrap_or_else(|| DEFAULT_QUEUE.to_owned()))
+}
+
 /// Parses a query string, refusing unknown parameters, in the API's error shape.
 fn parse_query<T: serde::de::DeserializeOwned>(query: Option<&str>) -> Result<T, ApiError> {
     let uri: axum::http::Uri = format!("/?{}", query.unwrap_or(""))
@@ -551,8 +557,7 @@ async fn get_batch(
     Path(id): Path<String>,
     req: Request,
 ) -> Result<Json<Value>, ApiError> {
-    let QueueParam { queue } = parse_query(req.uri().query())?;
-    let queue = queue.unwrap_or_else(|| DEFAULT_QUEUE.to_owned());
+    let queue = queue_or_default(&req)?;
     let info = state
         .broker
         .batch(&queue, &id)
@@ -708,8 +713,7 @@ async fn retry_dead(
     Path(id): Path<String>,
     req: Request,
 ) -> Result<Json<Value>, ApiError> {
-    let QueueParam { queue } = parse_query(req.uri().query())?;
-    let queue = queue.unwrap_or_else(|| DEFAULT_QUEUE.to_owned());
+    let queue = queue_or_default(&req)?;
     if !state.broker.retry_dead(&queue, &id).await? {
         return Err(ApiError::not_found(format!(
             "job `{id}` is not in the dead set of queue `{queue}`"
@@ -723,8 +727,7 @@ async fn delete_dead(
     Path(id): Path<String>,
     req: Request,
 ) -> Result<StatusCode, ApiError> {
-    let QueueParam { queue } = parse_query(req.uri().query())?;
-    let queue = queue.unwrap_or_else(|| DEFAULT_QUEUE.to_owned());
+    let queue = queue_or_default(&req)?;
     if !state.broker.delete_dead(&queue, &id).await? {
         return Err(ApiError::not_found(format!(
             "job `{id}` is not in the dead set of queue `{queue}`"
@@ -780,8 +783,7 @@ async fn remove_cron(
     Path(name): Path<String>,
     req: Request,
 ) -> Result<StatusCode, ApiError> {
-    let QueueParam { queue } = parse_query(req.uri().query())?;
-    let queue = queue.unwrap_or_else(|| DEFAULT_QUEUE.to_owned());
+    let queue = queue_or_default(&req)?;
     if !state.broker.remove_cron(&queue, &name).await? {
         return Err(ApiError::not_found(format!(
             "no cron entry `{name}` on queue `{queue}`"

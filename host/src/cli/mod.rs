@@ -64,7 +64,7 @@ enum Command {
     /// Validate job components and store them in Redis; prints each one's `sha256:…`.
     Upload(queue::UploadArgs),
     /// List the uploaded modules.
-    Modules(queue::ModulesArgs),
+    Modules(queue::JsonArgs),
     /// Enqueue a job (or a JSON-lines file of invocations); prints the job ids.
     Enqueue(queue::EnqueueArgs),
     /// Run jobs from Redis until SIGTERM/SIGINT.
@@ -76,9 +76,9 @@ enum Command {
     /// Cancel a job: at once if it is waiting, through its worker if it is running.
     Cancel(queue::CancelArgs),
     /// Job counts and running totals per queue.
-    Queues(queue::QueuesArgs),
+    Queues(queue::JsonArgs),
     /// Workers heard from in the last minute.
-    Workers(queue::QueuesArgs),
+    Workers(queue::JsonArgs),
     /// Limit a queue for all workers together; with no flags, remove its limits.
     Limit(queue::LimitArgs),
     /// Pause a queue: it accepts jobs but workers take none until it is resumed.

@@ -99,15 +99,15 @@ pub(crate) async fn upload_one(
     Ok(hash)
 }
 
-/// Flags of `wasmq modules`.
+/// The `--json` flag of the listing commands (`modules`, `queues`, `workers`).
 #[derive(Debug, Args)]
-pub(crate) struct ModulesArgs {
+pub(crate) struct JsonArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
 }
 
-pub(crate) async fn modules(broker: &dyn Broker, args: ModulesArgs) -> anyhow::Result<ExitCode> {
+pub(crate) async fn modules(broker: &dyn Broker, args: JsonArgs) -> anyhow::Result<ExitCode> {
     let all = broker.modules().await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&all)?);
@@ -391,15 +391,7 @@ async fn wait_with_progress(
     Ok(record)
 }
 
-/// Flags of `wasmq queues`.
-#[derive(Debug, Args)]
-pub(crate) struct QueuesArgs {
-    /// Print JSON.
-    #[arg(long)]
-    json: bool,
-}
-
-pub(crate) async fn queues(broker: &dyn Broker, args: QueuesArgs) -> anyhow::Result<ExitCode> {
+pub(crate) async fn queues(broker: &dyn Broker, args: JsonArgs) -> anyhow::Result<ExitCode> {
     let counts = broker.queues().await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&counts)?);
@@ -440,7 +432,7 @@ pub(crate) async fn queues(broker: &dyn Broker, args: QueuesArgs) -> anyhow::Res
     Ok(ExitCode::SUCCESS)
 }
 
-pub(crate) async fn workers(broker: &dyn Broker, args: QueuesArgs) -> anyhow::Result<ExitCode> {
+pub(crate) async fn workers(broker: &dyn Broker, args: JsonArgs) -> anyhow::Result<ExitCode> {
     let workers = broker.workers().await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&workers)?);

@@ -267,6 +267,27 @@ impl RedisBroker {
         }
     }
 
+    /// Runs one command, retrying like [`Self::retrying`].
+    async fn query<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, BrokerError> {
+        self.retrying(|mut c| {
+            let cmd = cmd.clone();
+            async move { cmd.query_async(&mut c).await }
+        })
+        .await
+    }
+
+    /// Runs a pipeline, retrying like [`Self::retrying`].
+    async fn pipeline<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, BrokerError> {
+        self.retrying(|mut c| {
+            let pipe = pipe.clone();
+            async move { pipe.query_async(&mut c).await }
+        })
+        .await
+    }
+
     async fn script<T: redis::FromRedisValue>(
         &self,
         invocation: &ScriptInvocation<'_>,
@@ -333,29 +354,15 @@ impl RedisBroker {
             return Ok(());
         }
         let key = self.keys.queues();
-        self.retrying(|mut c| {
-            let (key, new) = (key.clone(), new.clone());
-            async move {
-                redis::cmd("SADD")
-                    .arg(key)
-                    .arg(new)
-                    .query_async::<()>(&mut c)
-                    .await
-            }
-        })
-        .await?;
+        self.query::<()>(redis::cmd("SADD").arg(&key).arg(&new).clone())
+            .await?;
         self.registered.lock().expect("not poisoned").extend(new);
         Ok(())
     }
 
     async fn queue_names(&self) -> Result<Vec<String>, BrokerError> {
         let key = self.keys.queues();
-        let mut names: Vec<String> = self
-            .retrying(|mut c| {
-                let key = key.clone();
-                async move { redis::cmd("SMEMBERS").arg(key).query_async(&mut c).await }
-            })
-            .await?;
+        let mut names: Vec<String> = self.query(redis::cmd("SMEMBERS").arg(&key).clone()).await?;
         names.sort();
         Ok(names)
     }
@@ -372,12 +379,7 @@ impl RedisBroker {
         for id in ids {
             pipe.cmd("HGETALL").arg(self.keys.job(queue, id));
         }
-        let maps: Vec<HashMap<String, String>> = self
-            .retrying(|mut c| {
-                let pipe = pipe.clone();
-                async move { pipe.query_async(&mut c).await }
-            })
-            .await?;
+        let maps: Vec<HashMap<String, String>> = self.pipeline(&pipe).await?;
         ids.iter()
             .zip(maps)
             .map(|(id, map)| parse_record(queue, id, map))
@@ -476,36 +478,19 @@ impl Broker for RedisBroker {
 
     async fn module(&self, hash: ModuleHash) -> Result<Option<Vec<u8>>, BrokerError> {
         let key = self.keys.module_bytes(hash);
-        self.retrying(|mut c| {
-            let key = key.clone();
-            async move { redis::cmd("GET").arg(key).query_async(&mut c).await }
-        })
-        .await
+        self.query(redis::cmd("GET").arg(&key).clone()).await
     }
 
     async fn has_module(&self, hash: ModuleHash) -> Result<bool, BrokerError> {
         let key = self.keys.module_index();
-        self.retrying(|mut c| {
-            let key = key.clone();
-            async move {
-                redis::cmd("HEXISTS")
-                    .arg(key)
-                    .arg(hash.hex())
-                    .query_async(&mut c)
-                    .await
-            }
-        })
-        .await
+        self.query(redis::cmd("HEXISTS").arg(&key).arg(hash.hex()).clone())
+            .await
     }
 
     async fn modules(&self) -> Result<Vec<ModuleInfo>, BrokerError> {
         let key = self.keys.module_index();
-        let map: HashMap<String, String> = self
-            .retrying(|mut c| {
-                let key = key.clone();
-                async move { redis::cmd("HGETALL").arg(key).query_async(&mut c).await }
-            })
-            .await?;
+        let map: HashMap<String, String> =
+            self.query(redis::cmd("HGETALL").arg(&key).clone()).await?;
         let mut all = map
             .iter()
             .map(|(hex, info)| parse_module_info(hex, info))
@@ -602,12 +587,8 @@ impl Broker for RedisBroker {
             "{}batch:{id}",
             &self.keys.queue(queue).job_prefix.trim_end_matches("job:")
         );
-        let map: HashMap<String, String> = self
-            .retrying(|mut c| {
-                let key = key.clone();
-                async move { redis::cmd("HGETALL").arg(key).query_async(&mut c).await }
-            })
-            .await?;
+        let map: HashMap<String, String> =
+            self.query(redis::cmd("HGETALL").arg(&key).clone()).await?;
         if map.is_empty() {
             return Ok(None);
         }
@@ -855,22 +836,12 @@ impl Broker for RedisBroker {
                 pipe.cmd("ZCARD").arg(key);
             }
         }
-        let counts: Vec<u64> = self
-            .retrying(|mut c| {
-                let pipe = pipe.clone();
-                async move { pipe.query_async(&mut c).await }
-            })
-            .await?;
+        let counts: Vec<u64> = self.pipeline(&pipe).await?;
         let mut pipe = redis::pipe();
         for q in &names {
             pipe.cmd("HGETALL").arg(&self.keys.queue(q).keys[6]);
         }
-        let stats: Vec<HashMap<String, u64>> = self
-            .retrying(|mut c| {
-                let pipe = pipe.clone();
-                async move { pipe.query_async(&mut c).await }
-            })
-            .await?;
+        let stats: Vec<HashMap<String, u64>> = self.pipeline(&pipe).await?;
         // The head of each ready set, and when it was enqueued.
         let mut pipe = redis::pipe();
         for q in &names {
@@ -879,12 +850,7 @@ impl Broker for RedisBroker {
                 .arg(0)
                 .arg(0);
         }
-        let heads: Vec<Vec<String>> = self
-            .retrying(|mut c| {
-                let pipe = pipe.clone();
-                async move { pipe.query_async(&mut c).await }
-            })
-            .await?;
+        let heads: Vec<Vec<String>> = self.pipeline(&pipe).await?;
         let mut pipe = redis::pipe();
         for (q, head) in names.iter().zip(&heads) {
             match head.first() {
@@ -892,12 +858,7 @@ impl Broker for RedisBroker {
                 None => pipe.cmd("ECHO").arg(""),
             };
         }
-        let enqueued: Vec<Option<String>> = self
-            .retrying(|mut c| {
-                let pipe = pipe.clone();
-                async move { pipe.query_async(&mut c).await }
-            })
-            .await?;
+        let enqueued: Vec<Option<String>> = self.pipeline(&pipe).await?;
         Ok(names
             .into_iter()
             .zip(counts.chunks(4))
@@ -939,17 +900,13 @@ impl Broker for RedisBroker {
         }
         let key = self.keys.queue(queue).keys[3].clone();
         let ids: Vec<String> = self
-            .retrying(|mut c| {
-                let key = key.clone();
-                async move {
-                    redis::cmd("ZREVRANGE")
-                        .arg(key)
-                        .arg(0)
-                        .arg(limit - 1)
-                        .query_async(&mut c)
-                        .await
-                }
-            })
+            .query(
+                redis::cmd("ZREVRANGE")
+                    .arg(&key)
+                    .arg(0)
+                    .arg(limit - 1)
+                    .clone(),
+            )
             .await?;
         Ok(self
             .records(queue, &ids)
@@ -977,43 +934,26 @@ impl Broker for RedisBroker {
         // Not job state: one idempotent HSET, no script needed.
         let key = self.keys.workers();
         let json = serde_json::to_string(info).expect("plain data serialises");
-        self.retrying(|mut c| {
-            let (key, name, json) = (key.clone(), info.name.clone(), json.clone());
-            async move {
-                redis::cmd("HSET")
-                    .arg(key)
-                    .arg(name)
-                    .arg(json)
-                    .query_async::<()>(&mut c)
-                    .await
-            }
-        })
+        self.query(
+            redis::cmd("HSET")
+                .arg(&key)
+                .arg(&info.name)
+                .arg(&json)
+                .clone(),
+        )
         .await
     }
 
     async fn worker_gone(&self, name: &str) -> Result<(), BrokerError> {
         let key = self.keys.workers();
-        self.retrying(|mut c| {
-            let (key, name) = (key.clone(), name.to_owned());
-            async move {
-                redis::cmd("HDEL")
-                    .arg(key)
-                    .arg(name)
-                    .query_async::<()>(&mut c)
-                    .await
-            }
-        })
-        .await
+        self.query(redis::cmd("HDEL").arg(&key).arg(name).clone())
+            .await
     }
 
     async fn workers(&self) -> Result<Vec<WorkerInfo>, BrokerError> {
         let key = self.keys.workers();
-        let all: HashMap<String, String> = self
-            .retrying(|mut c| {
-                let key = key.clone();
-                async move { redis::cmd("HGETALL").arg(key).query_async(&mut c).await }
-            })
-            .await?;
+        let all: HashMap<String, String> =
+            self.query(redis::cmd("HGETALL").arg(&key).clone()).await?;
         let cutoff = now_ms().saturating_sub(WORKER_TTL.as_millis() as u64);
         let mut alive = Vec::new();
         for (name, json) in all {
@@ -1082,20 +1022,13 @@ impl Broker for RedisBroker {
         let mut all = Vec::new();
         for q in queues {
             let [entries_key, next_key] = self.keys.queue(&q).cron;
-            let (entries, next): (HashMap<String, String>, HashMap<String, u64>) = self
-                .retrying(|mut c| {
-                    let (a, b) = (entries_key.clone(), next_key.clone());
-                    async move {
-                        redis::pipe()
-                            .cmd("HGETALL")
-                            .arg(a)
-                            .cmd("HGETALL")
-                            .arg(b)
-                            .query_async(&mut c)
-                            .await
-                    }
-                })
-                .await?;
+            let mut pipe = redis::pipe();
+            pipe.cmd("HGETALL")
+                .arg(&entries_key)
+                .cmd("HGETALL")
+                .arg(&next_key);
+            let (entries, next): (HashMap<String, String>, HashMap<String, u64>) =
+                self.pipeline(&pipe).await?;
             for (name, json) in entries {
                 let mut entry: CronEntry = serde_json::from_str(&json)
                     .map_err(|e| corrupt(&format!("cron {q}/{name}"), e))?;
@@ -1173,17 +1106,13 @@ impl RedisBroker {
                 let mut start = 0;
                 loop {
                     let ids: Vec<String> = self
-                        .retrying(|mut c| {
-                            let index = index.clone();
-                            async move {
-                                redis::cmd("ZRANGE")
-                                    .arg(index)
-                                    .arg(start)
-                                    .arg(start + PAGE - 1)
-                                    .query_async(&mut c)
-                                    .await
-                            }
-                        })
+                        .query(
+                            redis::cmd("ZRANGE")
+                                .arg(index)
+                                .arg(start)
+                                .arg(start + PAGE - 1)
+                                .clone(),
+                        )
                         .await?;
                     if ids.is_empty() {
                         break;
@@ -1192,12 +1121,7 @@ impl RedisBroker {
                     for id in &ids {
                         pipe.cmd("HGET").arg(self.keys.job(&queue, id)).arg("inv");
                     }
-                    let invs: Vec<Option<String>> = self
-                        .retrying(|mut c| {
-                            let pipe = pipe.clone();
-                            async move { pipe.query_async(&mut c).await }
-                        })
-                        .await?;
+                    let invs: Vec<Option<String>> = self.pipeline(&pipe).await?;
                     users += invs
                         .iter()
                         .flatten()
