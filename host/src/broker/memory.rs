@@ -229,6 +229,18 @@ impl State {
         self.insert(&callback, None, now)
     }
 
+    /// Takes a dead job out of its queue's dead set; `None` if it is not dead.
+    fn take_dead(&mut self, queue: &str, id: &str) -> Option<&mut Job> {
+        let died = self
+            .get(queue, id)
+            .filter(|j| j.state == JobState::Dead)?
+            .finished_at_ms
+            .expect("dead jobs have a time");
+        let q = self.queues.get_mut(queue).expect("queue of a job");
+        q.dead.remove(&(died, id.to_owned()));
+        self.get(queue, id)
+    }
+
     fn get(&mut self, queue: &str, id: &str) -> Option<&mut Job> {
         let key = (queue.to_owned(), id.to_owned());
         let now = now_ms();
@@ -738,17 +750,11 @@ impl Broker for MemoryBroker {
     async fn retry_dead(&self, queue: &str, id: &str) -> Result<bool, BrokerError> {
         {
             let mut state = self.lock();
-            let Some(job) = state.get(queue, id) else {
+            let Some(job) = state.take_dead(queue, id) else {
                 return Ok(false);
             };
-            if job.state != JobState::Dead {
-                return Ok(false);
-            }
-            let died = job.finished_at_ms.expect("dead jobs have a time");
             job.attempts = 0;
             job.finished_at_ms = None;
-            let q = state.queues.get_mut(queue).expect("queue of a job");
-            q.dead.remove(&(died, id.to_owned()));
             state.make_ready(queue, id, false);
         }
         self.work.notify_waiters();
@@ -757,15 +763,9 @@ impl Broker for MemoryBroker {
 
     async fn delete_dead(&self, queue: &str, id: &str) -> Result<bool, BrokerError> {
         let mut state = self.lock();
-        let Some(job) = state.get(queue, id) else {
-            return Ok(false);
-        };
-        if job.state != JobState::Dead {
+        if state.take_dead(queue, id).is_none() {
             return Ok(false);
         }
-        let died = job.finished_at_ms.expect("dead jobs have a time");
-        let q = state.queues.get_mut(queue).expect("queue of a job");
-        q.dead.remove(&(died, id.to_owned()));
         state.jobs.remove(&(queue.to_owned(), id.to_owned()));
         Ok(true)
     }
