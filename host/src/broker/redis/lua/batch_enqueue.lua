@@ -16,16 +16,9 @@ redis.call('HSET', bk, 'pending', n, 'total', n, 'callback', ARGV[5], 'callback_
 local woke = false
 for i = 9, #ARGV, 5 do
   local id, inv, prio, max, run_at = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], tonumber(ARGV[i + 4])
-  local jk = ARGV[1] .. id
-  redis.call('HSET', jk, 'inv', inv, 'attempts', 0, 'max', max, 'prio', prio, 'enq', now, 'lease', 0, 'batch', bid)
+  if new_job(id, inv, prio, max, run_at, now) then woke = true end
+  redis.call('HSET', ARGV[1] .. id, 'batch', bid)
   redis.call('RPUSH', bk .. ':jobs', id)
-  if run_at > now then
-    redis.call('HSET', jk, 'state', 'scheduled')
-    redis.call('ZADD', KEYS[2], run_at, id)
-  else
-    make_ready(id, false)
-    woke = true
-  end
 end
 count('enqueued', n)
 if woke then wake() end

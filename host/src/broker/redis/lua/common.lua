@@ -33,6 +33,20 @@ local function make_ready(id, front)
   redis.call('HSET', jk, 'state', 'ready')
 end
 
+-- Create job `id` (its id is known to be free), due at `run_at` ms (0 or past: now). Returns
+-- true if it went straight to ready (the caller wakes a worker).
+local function new_job(id, inv, prio, max, run_at, now)
+  local jk = ARGV[1] .. id
+  redis.call('HSET', jk, 'inv', inv, 'attempts', 0, 'max', max, 'prio', prio, 'enq', now, 'lease', 0)
+  if run_at > now then
+    redis.call('HSET', jk, 'state', 'scheduled')
+    redis.call('ZADD', KEYS[2], run_at, id)
+    return false
+  end
+  make_ready(id, false)
+  return true
+end
+
 -- Add to the queue's running totals (enqueued, succeeded, failed, retried, dead, cancelled,
 -- recovered).
 local function count(field, n)
@@ -60,8 +74,7 @@ local function batch_ended(id)
   inv.args = args
   local ck = ARGV[1] .. b[2]
   if redis.call('EXISTS', ck) == 0 then
-    redis.call('HSET', ck, 'inv', cjson.encode(inv), 'attempts', 0, 'max', b[4], 'prio', b[3], 'enq', now_ms(), 'lease', 0)
-    make_ready(b[2], false)
+    new_job(b[2], cjson.encode(inv), b[3], b[4], 0, now_ms())
     count('enqueued', 1)
     wake()
   end

@@ -8,8 +8,7 @@ redis.call('HSET', KEYS[9], name, ARGV[5])
 local id = ARGV[6]
 local jk = ARGV[1] .. id
 if redis.call('EXISTS', jk) == 0 then
-  redis.call('HSET', jk, 'inv', ARGV[7], 'attempts', 0, 'max', ARGV[9], 'prio', ARGV[8], 'enq', now_ms(), 'lease', 0)
-  make_ready(id, false)
+  new_job(id, ARGV[7], ARGV[8], ARGV[9], 0, now_ms())
   count('enqueued', 1)
   wake()
 end

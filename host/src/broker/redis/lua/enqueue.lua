@@ -38,14 +38,7 @@ for i = 4, #ARGV, 5 do
   if redis.call('EXISTS', jk) == 1 then
     out[j] = 0
   else
-    redis.call('HSET', jk, 'inv', inv, 'attempts', 0, 'max', max, 'prio', prio, 'enq', now, 'lease', 0)
-    if run_at > now then
-      redis.call('HSET', jk, 'state', 'scheduled')
-      redis.call('ZADD', KEYS[2], run_at, id)
-    else
-      make_ready(id, false)
-      woke = true
-    end
+    if new_job(id, inv, prio, max, run_at, now) then woke = true end
     out[j] = 1
     created = created + 1
   end
