@@ -7,6 +7,11 @@
 -- and ARGV[1] = job key prefix ("wasmq:{q}:job:"), ARGV[2] = done key prefix ("wasmq:{q}:done:").
 -- Every key of a queue shares the hash tag {q}, so one script touches one Redis Cluster slot.
 
+-- Failures kept per job record (MAX_ERRORS in broker/mod.rs), and succeeded or cancelled jobs
+-- listed per queue (MAX_FINISHED_LISTED).
+local MAX_ERRORS = 25
+local MAX_FINISHED = 10000
+
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -45,6 +50,24 @@ local function new_job(id, inv, prio, max, run_at, now)
   end
   make_ready(id, false)
   return true
+end
+
+-- Record a failed attempt: `err` is the latest (JSON), `errs` the last MAX_ERRORS, one per line.
+local function failed(jk, err)
+  local all = redis.call('HGET', jk, 'errs')
+  all = all and (all .. '\n' .. err) or err
+  local _, lines = string.gsub(all, '\n', '\n')
+  if lines >= MAX_ERRORS then all = string.sub(all, string.find(all, '\n', 1, true) + 1) end
+  redis.call('HSET', jk, 'err', err, 'errs', all)
+end
+
+-- List a job that ended `state` (succeeded or cancelled) in the queue's index of those (score:
+-- when); entries older than the result TTL `ttl` (s), or beyond the newest MAX_FINISHED, drop out.
+local function list_final(id, state, now, ttl)
+  local key = string.sub(ARGV[1], 1, -5) .. state
+  redis.call('ZADD', key, now, id)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - ttl * 1000)
+  redis.call('ZREMRANGEBYRANK', key, 0, -(MAX_FINISHED + 1))
 end
 
 -- Add to the queue's running totals (enqueued, succeeded, failed, retried, dead, cancelled,
@@ -97,7 +120,9 @@ end
 -- End a job as cancelled; its record is kept for the result TTL like a success.
 local function cancelled(id, ttl)
   local jk = ARGV[1] .. id
-  redis.call('HSET', jk, 'state', 'cancelled', 'fin', now_ms())
+  local now = now_ms()
+  list_final(id, 'cancelled', now, ttl)
+  redis.call('HSET', jk, 'state', 'cancelled', 'fin', now)
   redis.call('HDEL', jk, 'cancel')
   redis.call('EXPIRE', jk, ttl)
   notify(id)

@@ -96,6 +96,10 @@ fn error(lease: &Lease, kind: &str) -> AttemptError {
     }
 }
 
+fn at(ms: u64) -> String {
+    wasmq::invocation::format_time(ms)
+}
+
 async fn state(b: &dyn Broker, id: &str) -> Option<JobState> {
     b.job(None, id).await.unwrap().map(|r| r.state)
 }
@@ -288,6 +292,162 @@ async fn retries_back_off_then_die(b: Backend) {
         record.last_error.unwrap().message,
         "out_of_fuel on attempt 2"
     );
+    // Every attempt's failure is kept, oldest first.
+    let kinds: Vec<(u32, &str)> = record
+        .errors
+        .iter()
+        .map(|e| (e.attempt, e.kind.as_str()))
+        .collect();
+    assert_eq!(kinds, [(1, "trap"), (2, "out_of_fuel")]);
+}
+
+async fn a_record_keeps_the_last_25_failures(b: Backend) {
+    let b = b.broker.as_ref();
+    put(b, &[job("f", |i| i.max_attempts = 30)]).await;
+    for _ in 0..27 {
+        let lease = fetch(b, 1).await.remove(0);
+        let retry = Ack {
+            completion: Completion::Retry {
+                delay: Duration::ZERO,
+                error: error(&lease, "trap"),
+                report: None,
+            },
+            lease: lease.key,
+        };
+        b.complete(&[retry]).await.unwrap();
+        b.maintain("default").await.unwrap();
+    }
+    let record = b.job(None, "f").await.unwrap().unwrap();
+    let attempts: Vec<u32> = record.errors.iter().map(|e| e.attempt).collect();
+    assert_eq!(attempts, (3..=27).collect::<Vec<_>>());
+    assert_eq!(record.last_error.unwrap().attempt, 27);
+}
+
+async fn jobs_are_listed_by_state_in_order(b: Backend) {
+    let b = b.broker.as_ref();
+    let later = wasmq::broker::now_ms() + 60_000;
+    put(
+        b,
+        &[
+            job("r1", |_| {}),
+            job("r2", |i| i.priority = 5),
+            job("r3", |_| {}),
+            job("s1", |i| i.run_at = Some(at(later + 1000))),
+            job("s2", |i| i.run_at = Some(at(later))),
+        ],
+    )
+    .await;
+    let page = |state, offset, limit| async move {
+        let p = b.jobs("default", state, offset, limit).await.unwrap();
+        let ids: Vec<String> = p.jobs.into_iter().map(|r| r.id).collect();
+        (p.total, ids)
+    };
+    // Ready in fetch order (priority first), paged.
+    assert_eq!(
+        page(JobState::Ready, 0, 10).await,
+        (3, vec!["r2".into(), "r1".into(), "r3".into()])
+    );
+    assert_eq!(page(JobState::Ready, 1, 1).await, (3, vec!["r1".into()]));
+    assert_eq!(page(JobState::Ready, 5, 10).await, (3, vec![]));
+    // Scheduled soonest first.
+    assert_eq!(
+        page(JobState::Scheduled, 0, 10).await,
+        (2, vec!["s2".into(), "s1".into()])
+    );
+    let leases = fetch(b, 2).await;
+    assert_eq!(page(JobState::Leased, 0, 10).await.0, 2);
+    // Finished ones newest first, each state in its own list.
+    b.complete(&[ok(&leases[0])]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    b.complete(&[ok(&leases[1])]).await.unwrap();
+    assert_eq!(
+        page(JobState::Succeeded, 0, 10).await,
+        (2, vec!["r1".into(), "r2".into()])
+    );
+    assert_eq!(
+        b.cancel("default", "r3").await.unwrap(),
+        CancelOutcome::Cancelled
+    );
+    assert_eq!(
+        page(JobState::Cancelled, 0, 10).await,
+        (1, vec!["r3".into()])
+    );
+    assert_eq!(page(JobState::Ready, 0, 10).await, (0, vec![]));
+    assert_eq!(page(JobState::Dead, 0, 10).await, (0, vec![]));
+    // Unknown queues list nothing.
+    assert_eq!(
+        b.jobs("nope", JobState::Ready, 0, 10).await.unwrap().total,
+        0
+    );
+    // Expired results drop out of the listing.
+    tokio::time::sleep(TTL + Duration::from_millis(500)).await;
+    assert!(page(JobState::Succeeded, 0, 10).await.1.is_empty());
+}
+
+async fn scheduled_jobs_can_run_now(b: Backend) {
+    let b = b.broker.as_ref();
+    let later = wasmq::broker::now_ms() + 3_600_000;
+    put(
+        b,
+        &[job("s", |i| i.run_at = Some(at(later))), job("r", |_| {})],
+    )
+    .await;
+    assert!(
+        !b.run_now("default", "r").await.unwrap(),
+        "ready, not scheduled"
+    );
+    assert!(!b.run_now("default", "nope").await.unwrap());
+    assert_eq!(ids(&fetch(b, 5).await), ["r"]);
+    assert!(b.run_now("default", "s").await.unwrap());
+    assert_eq!(state(b, "s").await, Some(JobState::Ready));
+    assert!(
+        !b.run_now("default", "s").await.unwrap(),
+        "no longer scheduled"
+    );
+    assert_eq!(ids(&fetch(b, 5).await), ["s"]);
+}
+
+async fn the_whole_dead_set_can_be_retried_or_deleted(b: Backend) {
+    let b = b.broker.as_ref();
+    let jobs: Vec<NewJob> = (0..5)
+        .map(|n| job(&format!("d{n}"), |i| i.max_attempts = 1))
+        .collect();
+    put(b, &jobs).await;
+    let kill = |lease: Lease| Ack {
+        completion: Completion::Dead {
+            error: error(&lease, "fail"),
+            report: None,
+        },
+        lease: lease.key,
+    };
+    for lease in fetch(b, 5).await {
+        b.complete(&[kill(lease)]).await.unwrap();
+    }
+    assert_eq!(counts(b).await.dead, 5);
+    assert_eq!(b.retry_all_dead("default").await.unwrap(), 5);
+    assert_eq!(counts(b).await.dead, 0);
+    assert_eq!(counts(b).await.ready, 5);
+    // They run again from attempt 1; three die again, and deleting all removes their records.
+    let again = fetch(b, 5).await;
+    assert!(again.iter().all(|l| l.attempt == 1));
+    for lease in again.into_iter().take(3) {
+        b.complete(&[kill(lease)]).await.unwrap();
+    }
+    assert_eq!(b.delete_all_dead("default").await.unwrap(), 3);
+    assert_eq!(counts(b).await.dead, 0);
+    assert_eq!(b.retry_all_dead("default").await.unwrap(), 0);
+    let gone = b.jobs("default", JobState::Leased, 0, 10).await.unwrap();
+    assert_eq!(gone.total, 2);
+}
+
+async fn module_usage_counts_jobs_not_yet_succeeded(b: Backend) {
+    let b = b.broker.as_ref();
+    put(b, &[job("a", |_| {}), job("b", |_| {}), job("c", |_| {})]).await;
+    let usage = b.module_usage().await.unwrap();
+    assert_eq!(usage.get(&module()), Some(&3));
+    let lease = fetch(b, 1).await.remove(0);
+    b.complete(&[ok(&lease)]).await.unwrap();
+    assert_eq!(b.module_usage().await.unwrap().get(&module()), Some(&2));
 }
 
 async fn expired_leases_are_recovered(b: Backend) {
@@ -956,4 +1116,9 @@ suite!(
     workers_report_and_expire,
     a_batch_calls_back_once_when_every_job_ended,
     a_batch_is_all_or_nothing,
+    a_record_keeps_the_last_25_failures,
+    jobs_are_listed_by_state_in_order,
+    scheduled_jobs_can_run_now,
+    the_whole_dead_set_can_be_retried_or_deleted,
+    module_usage_counts_jobs_not_yet_succeeded,
 );

@@ -14,9 +14,9 @@ use tokio::sync::Notify;
 
 use super::{
     Ack, AttemptError, BatchInfo, Broker, BrokerError, CancelOutcome, Completion, CronEntry,
-    DEFAULT_RESULT_TTL, Enqueued, Heartbeat, JobRecord, JobState, Lease, LeaseKey, Maintenance,
-    ModuleDeletion, ModuleInfo, NewBatch, QueueCounts, QueueLimits, QueueTotals, RunReport,
-    WORKER_TTL, WorkerInfo, now_ms,
+    DEFAULT_RESULT_TTL, Enqueued, Heartbeat, JobPage, JobRecord, JobState, Lease, LeaseKey,
+    MAX_ERRORS, MAX_FINISHED_LISTED, Maintenance, ModuleDeletion, ModuleInfo, NewBatch,
+    QueueCounts, QueueLimits, QueueTotals, RunReport, WORKER_TTL, WorkerInfo, now_ms,
 };
 use crate::invocation::{Invocation, InvocationError, NewJob};
 use crate::modules::ModuleHash;
@@ -92,7 +92,8 @@ struct Job {
     started_at_ms: Option<u64>,
     finished_at_ms: Option<u64>,
     worker: Option<String>,
-    last_error: Option<AttemptError>,
+    /// Failures, oldest first, at most [`MAX_ERRORS`].
+    errors: Vec<AttemptError>,
     progress: Option<Progress>,
     report: Option<RunReport>,
     /// Where the job sits in its queue's `ready` or `scheduled` index.
@@ -107,6 +108,14 @@ struct Job {
 }
 
 impl Job {
+    /// Records a failed attempt, dropping the oldest beyond [`MAX_ERRORS`].
+    fn failed(&mut self, error: AttemptError) {
+        if self.errors.len() == MAX_ERRORS {
+            self.errors.remove(0);
+        }
+        self.errors.push(error);
+    }
+
     fn record(&self, queue: &str, id: &str) -> JobRecord {
         JobRecord {
             id: id.to_owned(),
@@ -118,7 +127,8 @@ impl Job {
             started_at_ms: self.started_at_ms,
             finished_at_ms: self.finished_at_ms,
             worker: self.worker.clone(),
-            last_error: self.last_error.clone(),
+            last_error: self.errors.last().cloned(),
+            errors: self.errors.clone(),
             progress: self.progress.clone(),
             report: self.report.clone(),
         }
@@ -159,7 +169,7 @@ impl State {
                 started_at_ms: None,
                 finished_at_ms: None,
                 worker: None,
-                last_error: None,
+                errors: Vec::new(),
                 progress: None,
                 report: None,
                 ready_key: None,
@@ -282,6 +292,15 @@ impl MemoryBroker {
         // A panic while holding the lock leaves consistent data: every method mutates after its
         // checks, so poisoning carries no information here.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The ids in `queue`'s dead set now.
+    fn dead_ids(&self, queue: &str) -> Vec<String> {
+        self.lock()
+            .queues
+            .get(queue)
+            .map(|q| q.dead.iter().map(|(_, id)| id.clone()).collect())
+            .unwrap_or_default()
     }
 
     fn any_ready(&self, queues: &[String]) -> bool {
@@ -636,7 +655,7 @@ impl Broker for MemoryBroker {
                     continue;
                 }
                 let last = job.attempts >= job.invocation.max_attempts;
-                job.last_error = Some(lease_expired(job.attempts, job.worker.as_deref(), now));
+                job.failed(lease_expired(job.attempts, job.worker.as_deref(), now));
                 if last {
                     job.state = JobState::Dead;
                     job.finished_at_ms = Some(now);
@@ -727,24 +746,50 @@ impl Broker for MemoryBroker {
             .collect())
     }
 
-    async fn dead(&self, queue: &str, limit: usize) -> Result<Vec<JobRecord>, BrokerError> {
-        let mut state = self.lock();
-        let ids: Vec<String> = state
-            .queues
-            .get(queue)
-            .map(|q| {
-                q.dead
+    async fn jobs(
+        &self,
+        queue: &str,
+        state: JobState,
+        offset: usize,
+        limit: usize,
+    ) -> Result<JobPage, BrokerError> {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let now = now_ms();
+        let ids: Vec<String> = match (state, st.queues.get(queue)) {
+            (_, None) => Vec::new(),
+            (JobState::Ready, Some(q)) => q.ready.values().cloned().collect(),
+            (JobState::Scheduled, Some(q)) => {
+                q.scheduled.iter().map(|(_, id)| id.clone()).collect()
+            }
+            (JobState::Leased, Some(q)) => {
+                let mut by_deadline: Vec<_> = q.leased.iter().map(|(id, d)| (*d, id)).collect();
+                by_deadline.sort();
+                by_deadline.into_iter().map(|(_, id)| id.clone()).collect()
+            }
+            (JobState::Dead, Some(q)) => q.dead.iter().rev().map(|(_, id)| id.clone()).collect(),
+            (JobState::Succeeded | JobState::Cancelled, Some(_)) => {
+                let mut finished: Vec<_> = st
+                    .jobs
                     .iter()
-                    .rev()
-                    .take(limit)
-                    .map(|(_, id)| id.clone())
-                    .collect()
-            })
-            .unwrap_or_default();
-        Ok(ids
+                    .filter(|((q, _), j)| {
+                        q == queue && j.state == state && j.expires_at.is_none_or(|t| t > now)
+                    })
+                    .map(|((_, id), j)| (std::cmp::Reverse(j.finished_at_ms), id.clone()))
+                    .collect();
+                finished.sort();
+                finished.truncate(MAX_FINISHED_LISTED);
+                finished.into_iter().map(|(_, id)| id).collect()
+            }
+        };
+        let total = ids.len() as u64;
+        let jobs = ids
             .iter()
-            .filter_map(|id| state.get(queue, id).map(|j| j.record(queue, id)))
-            .collect())
+            .skip(offset)
+            .take(limit)
+            .filter_map(|id| st.get(queue, id).map(|j| j.record(queue, id)))
+            .collect();
+        Ok(JobPage { total, jobs })
     }
 
     async fn retry_dead(&self, queue: &str, id: &str) -> Result<bool, BrokerError> {
@@ -767,6 +812,42 @@ impl Broker for MemoryBroker {
             return Ok(false);
         }
         state.jobs.remove(&(queue.to_owned(), id.to_owned()));
+        Ok(true)
+    }
+
+    async fn retry_all_dead(&self, queue: &str) -> Result<u64, BrokerError> {
+        let ids = self.dead_ids(queue);
+        let mut n = 0;
+        for id in ids {
+            n += u64::from(self.retry_dead(queue, &id).await?);
+        }
+        Ok(n)
+    }
+
+    async fn delete_all_dead(&self, queue: &str) -> Result<u64, BrokerError> {
+        let ids = self.dead_ids(queue);
+        let mut n = 0;
+        for id in ids {
+            n += u64::from(self.delete_dead(queue, &id).await?);
+        }
+        Ok(n)
+    }
+
+    async fn run_now(&self, queue: &str, id: &str) -> Result<bool, BrokerError> {
+        {
+            let mut state = self.lock();
+            let Some(due) = state
+                .get(queue, id)
+                .filter(|j| j.state == JobState::Scheduled)
+                .and_then(|j| j.due_at)
+            else {
+                return Ok(false);
+            };
+            let q = state.queues.get_mut(queue).expect("queue of a job");
+            q.scheduled.remove(&(due, id.to_owned()));
+            state.make_ready(queue, id, false);
+        }
+        self.work.notify_waiters();
         Ok(true)
     }
 
@@ -896,23 +977,26 @@ impl Broker for MemoryBroker {
         Ok(true)
     }
 
+    async fn module_usage(&self) -> Result<HashMap<ModuleHash, u64>, BrokerError> {
+        let mut usage = HashMap::new();
+        for job in self.lock().jobs.values() {
+            if !matches!(job.state, JobState::Succeeded | JobState::Cancelled) {
+                *usage.entry(job.invocation.module).or_default() += 1;
+            }
+        }
+        Ok(usage)
+    }
+
     async fn delete_module(
         &self,
         hash: ModuleHash,
         force: bool,
     ) -> Result<ModuleDeletion, BrokerError> {
-        let mut state = self.lock();
-        if !state.modules.contains_key(&hash) {
+        if !self.has_module(hash).await? {
             return Ok(ModuleDeletion::NotFound);
         }
-        let users = state
-            .jobs
-            .values()
-            .filter(|j| {
-                j.invocation.module == hash
-                    && !matches!(j.state, JobState::Succeeded | JobState::Cancelled)
-            })
-            .count() as u64;
+        let users = self.module_usage().await?.get(&hash).copied().unwrap_or(0);
+        let mut state = self.lock();
         if users > 0 && !force {
             return Ok(ModuleDeletion::InUse(users));
         }
@@ -948,7 +1032,7 @@ fn apply(
             if wants_cancel || matches!(completion, Completion::Cancelled { .. }) =>
         {
             let job = state.get(&key.queue, &key.id).expect("held");
-            job.last_error = Some(error.clone());
+            job.failed(error.clone());
             end_cancelled(job, now, result_ttl);
             let t = totals(state, &key.queue);
             t.failed += 1;
@@ -968,7 +1052,7 @@ fn apply(
             let job = state.get(&key.queue, &key.id).expect("held");
             job.state = JobState::Scheduled;
             job.due_at = Some(due);
-            job.last_error = Some(error.clone());
+            job.failed(error.clone());
             if report.is_some() {
                 job.report = report.clone();
             }
@@ -983,7 +1067,7 @@ fn apply(
             job.state = JobState::Dead;
             job.cancel = false;
             job.finished_at_ms = Some(now);
-            job.last_error = Some(error.clone());
+            job.failed(error.clone());
             if report.is_some() {
                 job.report = report.clone();
             }

@@ -23,7 +23,7 @@
 pub mod memory;
 pub mod redis;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -212,10 +212,28 @@ pub struct JobRecord {
     pub worker: Option<String>,
     /// The latest failure.
     pub last_error: Option<AttemptError>,
+    /// Every failure, oldest first (the last [`MAX_ERRORS`]).
+    pub errors: Vec<AttemptError>,
     /// The latest progress the guest reported, updated while it runs.
     pub progress: Option<Progress>,
     /// What the latest finished attempt produced.
     pub report: Option<RunReport>,
+}
+
+/// How many failures a job record keeps (the oldest are dropped). Mirrored in `lua/common.lua`.
+pub const MAX_ERRORS: usize = 25;
+
+/// How many succeeded (and, apart, cancelled) jobs a queue lists, newest first, within the result
+/// TTL. Mirrored in `lua/common.lua`.
+pub const MAX_FINISHED_LISTED: usize = 10_000;
+
+/// One page of a queue's jobs in one state.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct JobPage {
+    /// How many jobs the queue has in that state.
+    pub total: u64,
+    /// The page, in the state's order (see [`Broker::jobs`]).
+    pub jobs: Vec<JobRecord>,
 }
 
 /// Whether an enqueue created the job or found it already there (same id).
@@ -541,14 +559,39 @@ pub trait Broker: Send + Sync + 'static {
     /// Counts per queue, for every queue that was ever used.
     async fn queues(&self) -> Result<Vec<QueueCounts>, BrokerError>;
 
+    /// A page of `queue`'s jobs in `state`: ready ones in the order they will be fetched,
+    /// scheduled ones soonest first, leased ones by lease deadline, and succeeded, cancelled and
+    /// dead ones newest first. Succeeded and cancelled jobs are listed while their records are
+    /// kept (the result TTL), the newest [`MAX_FINISHED_LISTED`] of each.
+    async fn jobs(
+        &self,
+        queue: &str,
+        state: JobState,
+        offset: usize,
+        limit: usize,
+    ) -> Result<JobPage, BrokerError>;
+
     /// The newest `limit` dead jobs of `queue`, newest first.
-    async fn dead(&self, queue: &str, limit: usize) -> Result<Vec<JobRecord>, BrokerError>;
+    async fn dead(&self, queue: &str, limit: usize) -> Result<Vec<JobRecord>, BrokerError> {
+        Ok(self.jobs(queue, JobState::Dead, 0, limit).await?.jobs)
+    }
 
     /// Moves a dead job back to ready with a fresh set of attempts. False if it is not dead.
     async fn retry_dead(&self, queue: &str, id: &str) -> Result<bool, BrokerError>;
 
     /// Deletes a dead job. False if it is not dead.
     async fn delete_dead(&self, queue: &str, id: &str) -> Result<bool, BrokerError>;
+
+    /// Retries every job that was in `queue`'s dead set when the call began (jobs that die again
+    /// meanwhile stay dead). Returns how many.
+    async fn retry_all_dead(&self, queue: &str) -> Result<u64, BrokerError>;
+
+    /// Deletes every job that was in `queue`'s dead set when the call began. Returns how many.
+    async fn delete_all_dead(&self, queue: &str) -> Result<u64, BrokerError>;
+
+    /// Makes a scheduled job (a delayed job or one waiting out a retry backoff) ready now. False
+    /// if it is not scheduled.
+    async fn run_now(&self, queue: &str, id: &str) -> Result<bool, BrokerError>;
 
     /// Sets a queue's limits (replacing the previous ones).
     async fn set_limits(&self, queue: &str, limits: &QueueLimits) -> Result<(), BrokerError>;
@@ -589,6 +632,10 @@ pub trait Broker: Send + Sync + 'static {
         next_ms: u64,
         job: &NewJob,
     ) -> Result<bool, BrokerError>;
+
+    /// How many jobs that are waiting, running or dead name each module (modules no job names
+    /// are left out). A scan of every queue: for the modules page, not for a hot path.
+    async fn module_usage(&self) -> Result<HashMap<ModuleHash, u64>, BrokerError>;
 
     /// Deletes a module; refused while jobs that have not succeeded name it, unless `force`.
     async fn delete_module(

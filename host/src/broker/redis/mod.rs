@@ -39,9 +39,9 @@ use redis::{AsyncConnectionConfig, RedisError, RetryMethod, Script, ScriptInvoca
 
 use super::{
     Ack, AttemptError, BatchInfo, Broker, BrokerError, CancelOutcome, Completion, CronEntry,
-    DEFAULT_RESULT_TTL, Enqueued, Heartbeat, JobRecord, JobState, Lease, LeaseKey, Maintenance,
-    ModuleDeletion, ModuleInfo, NewBatch, QueueCounts, QueueLimits, QueueTotals, RunReport,
-    WORKER_TTL, WorkerInfo, now_ms,
+    DEFAULT_RESULT_TTL, Enqueued, Heartbeat, JobPage, JobRecord, JobState, Lease, LeaseKey,
+    Maintenance, ModuleDeletion, ModuleInfo, NewBatch, QueueCounts, QueueLimits, QueueTotals,
+    RunReport, WORKER_TTL, WorkerInfo, now_ms,
 };
 use crate::invocation::{Invocation, InvocationError, NewJob};
 use crate::modules::ModuleHash;
@@ -79,8 +79,8 @@ struct Scripts {
     release: Script,
     maintain: Script,
     watch: Script,
-    dead_retry: Script,
-    dead_delete: Script,
+    dead: Script,
+    run_now: Script,
     cancel: Script,
     cron_put: Script,
     cron_remove: Script,
@@ -101,8 +101,8 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     release: script!("release"),
     maintain: script!("maintain"),
     watch: script!("watch"),
-    dead_retry: script!("dead_retry"),
-    dead_delete: script!("dead_delete"),
+    dead: script!("dead"),
+    run_now: script!("run_now"),
     cancel: script!("cancel"),
     cron_put: script!("cron_put"),
     cron_remove: script!("cron_remove"),
@@ -132,6 +132,23 @@ pub struct QueueKeys {
     pub done_prefix: String,
     /// Cron entries (`KEYS[8]` of the cron scripts) and their next ticks (`KEYS[9]`).
     pub cron: [String; 2],
+    /// Indexes of recently succeeded and cancelled jobs (zsets: finished at ms → id), kept by the
+    /// scripts that end jobs (`list_final` in `lua/common.lua`).
+    pub finished: [String; 2],
+}
+
+impl QueueKeys {
+    /// The sorted set listing jobs in `state`, and whether it lists newest first.
+    pub fn listing(&self, state: JobState) -> (&str, bool) {
+        match state {
+            JobState::Ready => (&self.keys[0], false),
+            JobState::Scheduled => (&self.keys[1], false),
+            JobState::Leased => (&self.keys[2], false),
+            JobState::Dead => (&self.keys[3], true),
+            JobState::Succeeded => (&self.finished[0], true),
+            JobState::Cancelled => (&self.finished[1], true),
+        }
+    }
 }
 
 impl Keys {
@@ -159,6 +176,7 @@ impl Keys {
             job_prefix: format!("{base}job:"),
             done_prefix: format!("{base}done:"),
             cron: [format!("{base}cron"), format!("{base}cron_next")],
+            finished: [format!("{base}succeeded"), format!("{base}cancelled")],
         }
     }
 
@@ -430,6 +448,13 @@ fn parse_record(
     let last_error: Option<AttemptError> = take("err")
         .map(|s| serde_json::from_str(&s).map_err(|e| corrupt(&what, format!("`err`: {e}"))))
         .transpose()?;
+    let errors: Vec<AttemptError> = match take("errs") {
+        Some(lines) => lines
+            .lines()
+            .map(|l| serde_json::from_str(l).map_err(|e| corrupt(&what, format!("`errs`: {e}"))))
+            .collect::<Result<_, _>>()?,
+        None => last_error.iter().cloned().collect(),
+    };
     let progress: Option<Progress> = take("progress")
         .map(|s| serde_json::from_str(&s).map_err(|e| corrupt(&what, format!("`progress`: {e}"))))
         .transpose()?;
@@ -447,6 +472,7 @@ fn parse_record(
         finished_at_ms: num(take("fin")),
         worker: take("worker"),
         last_error,
+        errors,
         progress,
         report,
     }))
@@ -894,37 +920,59 @@ impl Broker for RedisBroker {
             .collect())
     }
 
-    async fn dead(&self, queue: &str, limit: usize) -> Result<Vec<JobRecord>, BrokerError> {
+    async fn jobs(
+        &self,
+        queue: &str,
+        state: JobState,
+        offset: usize,
+        limit: usize,
+    ) -> Result<JobPage, BrokerError> {
+        let qk = self.keys.queue(queue);
+        let (key, newest_first) = qk.listing(state);
         if limit == 0 {
-            return Ok(Vec::new());
+            let total = self.query(redis::cmd("ZCARD").arg(key).clone()).await?;
+            return Ok(JobPage {
+                total,
+                jobs: Vec::new(),
+            });
         }
-        let key = self.keys.queue(queue).keys[3].clone();
-        let ids: Vec<String> = self
-            .query(
-                redis::cmd("ZREVRANGE")
-                    .arg(&key)
-                    .arg(0)
-                    .arg(limit - 1)
-                    .clone(),
-            )
-            .await?;
-        Ok(self
+        let mut pipe = redis::pipe();
+        pipe.cmd("ZCARD")
+            .arg(key)
+            .cmd(if newest_first { "ZREVRANGE" } else { "ZRANGE" })
+            .arg(key)
+            .arg(offset)
+            .arg(offset + limit - 1);
+        let (total, ids): (u64, Vec<String>) = self.pipeline(&pipe).await?;
+        // A listed job can be gone (its result expired) or have moved on since: skip those.
+        let jobs = self
             .records(queue, &ids)
             .await?
             .into_iter()
             .flatten()
-            .collect())
+            .filter(|r| r.state == state)
+            .collect();
+        Ok(JobPage { total, jobs })
     }
 
     async fn retry_dead(&self, queue: &str, id: &str) -> Result<bool, BrokerError> {
-        let mut inv = self.queue_script(&SCRIPTS.dead_retry, queue);
-        inv.arg(id);
-        let n: u32 = self.script(&inv).await?;
-        Ok(n == 1)
+        Ok(self.take_dead(queue, "retry", Some(id)).await? == 1)
     }
 
     async fn delete_dead(&self, queue: &str, id: &str) -> Result<bool, BrokerError> {
-        let mut inv = self.queue_script(&SCRIPTS.dead_delete, queue);
+        Ok(self.take_dead(queue, "delete", Some(id)).await? == 1)
+    }
+
+    async fn retry_all_dead(&self, queue: &str) -> Result<u64, BrokerError> {
+        self.take_dead(queue, "retry", None).await
+    }
+
+    async fn delete_all_dead(&self, queue: &str) -> Result<u64, BrokerError> {
+        self.take_dead(queue, "delete", None).await
+    }
+
+    async fn run_now(&self, queue: &str, id: &str) -> Result<bool, BrokerError> {
+        let mut inv = self.queue_script(&SCRIPTS.run_now, queue);
         inv.arg(id);
         let n: u32 = self.script(&inv).await?;
         Ok(n == 1)
@@ -1067,39 +1115,9 @@ impl Broker for RedisBroker {
         Ok(fired == 1)
     }
 
-    async fn delete_module(
-        &self,
-        hash: ModuleHash,
-        force: bool,
-    ) -> Result<ModuleDeletion, BrokerError> {
-        if !self.has_module(hash).await? {
-            return Ok(ModuleDeletion::NotFound);
-        }
-        if !force {
-            let users = self.jobs_using(hash).await?;
-            if users > 0 {
-                return Ok(ModuleDeletion::InUse(users));
-            }
-        }
-        let mut inv = SCRIPTS.delete_module.prepare_invoke();
-        inv.key(self.keys.module_index())
-            .key(self.keys.module_bytes(hash))
-            .arg(hash.hex());
-        let n: u32 = self.script(&inv).await?;
-        Ok(if n == 1 {
-            ModuleDeletion::Deleted
-        } else {
-            ModuleDeletion::NotFound
-        })
-    }
-}
-
-impl RedisBroker {
-    /// Counts jobs that are waiting, running or dead and name `hash`: a scan of every queue, for
-    /// the rare admin operation that needs it.
-    async fn jobs_using(&self, hash: ModuleHash) -> Result<u64, BrokerError> {
+    async fn module_usage(&self) -> Result<HashMap<ModuleHash, u64>, BrokerError> {
         const PAGE: isize = 1000;
-        let mut users = 0;
+        let mut usage = HashMap::new();
         for queue in self.queue_names().await? {
             let qk = self.keys.queue(&queue);
             for index in &qk.keys[..4] {
@@ -1122,18 +1140,74 @@ impl RedisBroker {
                         pipe.cmd("HGET").arg(self.keys.job(&queue, id)).arg("inv");
                     }
                     let invs: Vec<Option<String>> = self.pipeline(&pipe).await?;
-                    users += invs
-                        .iter()
-                        .flatten()
-                        .filter(|inv| {
-                            Invocation::from_json(inv.as_bytes()).is_ok_and(|i| i.module == hash)
-                        })
-                        .count() as u64;
+                    for inv in invs.iter().flatten() {
+                        if let Ok(inv) = Invocation::from_json(inv.as_bytes()) {
+                            *usage.entry(inv.module).or_default() += 1;
+                        }
+                    }
                     start += PAGE;
                 }
             }
         }
-        Ok(users)
+        Ok(usage)
+    }
+
+    async fn delete_module(
+        &self,
+        hash: ModuleHash,
+        force: bool,
+    ) -> Result<ModuleDeletion, BrokerError> {
+        if !self.has_module(hash).await? {
+            return Ok(ModuleDeletion::NotFound);
+        }
+        if !force {
+            let users = self.module_usage().await?.get(&hash).copied().unwrap_or(0);
+            if users > 0 {
+                return Ok(ModuleDeletion::InUse(users));
+            }
+        }
+        let mut inv = SCRIPTS.delete_module.prepare_invoke();
+        inv.key(self.keys.module_index())
+            .key(self.keys.module_bytes(hash))
+            .arg(hash.hex());
+        let n: u32 = self.script(&inv).await?;
+        Ok(if n == 1 {
+            ModuleDeletion::Deleted
+        } else {
+            ModuleDeletion::NotFound
+        })
+    }
+}
+
+impl RedisBroker {
+    /// Takes one named job (`Some(id)`), or every job that was dead when the call began, out of
+    /// the dead set (`action`: `retry` or `delete`), a thousand per script so that Redis never
+    /// stalls on a large dead set.
+    async fn take_dead(
+        &self,
+        queue: &str,
+        action: &str,
+        id: Option<&str>,
+    ) -> Result<u64, BrokerError> {
+        const CHUNK: u64 = 1000;
+        if let Some(id) = id {
+            let mut inv = self.queue_script(&SCRIPTS.dead, queue);
+            inv.arg(action).arg(0).arg(id);
+            return self.script(&inv).await;
+        }
+        // Redis's clock, like the scores the scripts write.
+        let (secs, micros): (u64, u64) = self.query(redis::cmd("TIME")).await?;
+        let cutoff = secs * 1000 + micros / 1000;
+        let mut total = 0;
+        loop {
+            let mut inv = self.queue_script(&SCRIPTS.dead, queue);
+            inv.arg(action).arg(CHUNK).arg(cutoff);
+            let n: u64 = self.script(&inv).await?;
+            total += n;
+            if n < CHUNK {
+                return Ok(total);
+            }
+        }
     }
 }
 

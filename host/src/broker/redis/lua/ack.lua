@@ -14,10 +14,11 @@ for i = 4, #ARGV, 6 do
   else
     redis.call('ZREM', KEYS[3], id)
     if report ~= '' then redis.call('HSET', jk, 'report', report) end
-    if err ~= '' then redis.call('HSET', jk, 'err', err); n.failed = n.failed + 1 end
+    if err ~= '' then failed(jk, err); n.failed = n.failed + 1 end
     if action == 'retry' and redis.call('HEXISTS', jk, 'cancel') == 1 then action = 'cancelled' end
     if action == 'ok' then
       redis.call('HSET', jk, 'state', 'succeeded', 'fin', now)
+      list_final(id, 'succeeded', now, ttl)
       redis.call('HDEL', jk, 'cancel')
       redis.call('EXPIRE', jk, ttl)
       notify(id)

@@ -24,7 +24,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0
       attempt = tonumber(f[1]), kind = 'lease_expired', at_ms = now,
       message = 'the lease expired: worker `' .. (f[3] or '?') ..
         '` stopped heartbeating (killed, hung or cut off from the broker)'})
-    redis.call('HSET', jk, 'err', err)
+    failed(jk, err)
     if tonumber(f[1]) >= tonumber(f[2]) then
       redis.call('HSET', jk, 'state', 'dead', 'fin', now)
       redis.call('ZADD', KEYS[4], now, id)
