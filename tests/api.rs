@@ -17,8 +17,8 @@ use wasmq::broker::redis::RedisBroker;
 use wasmq::sandbox::Limits;
 use wasmq::worker::{Backoff, Worker, WorkerConfig};
 
-const ADMIN: &str = "admin-secret-0123456789";
-const ENQUEUER: &str = "enqueue-secret-0123456789";
+use common::serve::{ADMIN, ENQUEUER};
+
 const UPLOADER: &str = "upload-secret-0123456789";
 
 struct Api {
@@ -46,6 +46,7 @@ impl Api {
                 limits,
                 ceilings: Limits::default_ceilings(),
                 worker: None,
+                throughput: Default::default(),
             },
             redis,
         }
@@ -568,6 +569,195 @@ async fn jobs_run_and_are_waited_on_cancelled_and_retried() {
     );
     let _ = stop.send(());
     running.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_are_listed_run_now_and_dead_sets_emptied() {
+    let mut api = Api::new().await;
+    let hello = api.upload("hello").await;
+    let chaos = api.upload("chaos").await;
+    let mut jobs: Vec<Value> = (0..3)
+        .map(|n| json!({"module": hello, "id": format!("r{n}")}))
+        .collect();
+    jobs.push(json!({"module": hello, "id": "later", "run_at": "2999-01-01T00:00:00Z"}));
+    let (s, _) = api
+        .post_json("/v1/jobs", ENQUEUER, &json!({ "jobs": jobs }))
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+
+    // Listing: ready by default, paged; each state apart.
+    let ids = |b: &Value| -> Vec<String> {
+        b["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (s, b) = api.get("/v1/jobs").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        (b["state"].as_str(), b["total"].as_u64()),
+        (Some("ready"), Some(3))
+    );
+    assert_eq!(ids(&b), ["r0", "r1", "r2"]);
+    let (_, b) = api.get("/v1/jobs?state=ready&offset=1&limit=1").await;
+    assert_eq!(
+        (ids(&b), b["total"].as_u64()),
+        (vec!["r1".to_owned()], Some(3))
+    );
+    let (_, b) = api.get("/v1/jobs?queue=default&state=scheduled").await;
+    assert_eq!(ids(&b), ["later"]);
+    let (s, b) = api.get("/v1/jobs?state=finished").await;
+    assert_error(s, &b, StatusCode::BAD_REQUEST, "bad_request", Some("state"));
+    let (s, b) = api.get("/v1/jobs?colour=red").await;
+    assert_error(s, &b, StatusCode::BAD_REQUEST, "bad_request", None);
+
+    // Run now: only scheduled jobs, only with admin.
+    let run = |id: &str, token| {
+        let uri = format!("/v1/jobs/{id}/run");
+        let api = &api;
+        async move {
+            api.call(Method::POST, &uri, Some(token), Body::empty())
+                .await
+        }
+    };
+    let (s, b) = run("later", ENQUEUER).await;
+    assert_error(s, &b, StatusCode::FORBIDDEN, "forbidden", None);
+    let (s, b) = run("later", ADMIN).await;
+    assert_eq!((s, &b["state"]), (StatusCode::OK, &json!("ready")));
+    let (s, b) = run("later", ADMIN).await;
+    assert_error(s, &b, StatusCode::CONFLICT, "not_scheduled", None);
+    let (s, b) = run("nope", ADMIN).await;
+    assert_error(s, &b, StatusCode::NOT_FOUND, "not_found", None);
+    let (_, b) = api.get("/v1/jobs?state=ready").await;
+    assert_eq!(b["total"], 4);
+
+    // Three jobs die; the whole dead set is retried, dies again, and is deleted.
+    let doomed: Vec<Value> = (0..3)
+        .map(|n| json!({"module": chaos, "id": format!("d{n}"), "max_attempts": 1, "args": {"mode": "fail"}}))
+        .collect();
+    api.post_json("/v1/jobs", ENQUEUER, &json!({ "jobs": doomed }))
+        .await;
+    let (_, b) = api.get("/v1/modules?usage=true").await;
+    let usage: Vec<(String, u64)> = b["modules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["hash"].as_str().unwrap().to_owned(),
+                m["jobs"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(usage, [(hello.clone(), 4), (chaos.clone(), 3)]);
+    let (_, b) = api.get("/v1/modules").await;
+    assert!(
+        b["modules"][0].get("jobs").is_none(),
+        "counted only when asked"
+    );
+
+    let broker = api.state.broker.clone();
+    let dead_count = || async { broker.queues().await.unwrap()[0].dead };
+    let until_dead = |n: u64| async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while dead_count().await < n {
+            assert!(tokio::time::Instant::now() < deadline, "jobs did not die");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let (stop, running) = api.worker();
+    until_dead(3).await;
+    let _ = stop.send(());
+    running.await.unwrap();
+    let (s, b) = api
+        .call(
+            Method::POST,
+            "/v1/dead/retry",
+            Some(ENQUEUER),
+            Body::empty(),
+        )
+        .await;
+    assert_error(s, &b, StatusCode::FORBIDDEN, "forbidden", None);
+    let (s, b) = api
+        .call(Method::POST, "/v1/dead/retry", Some(ADMIN), Body::empty())
+        .await;
+    assert_eq!(
+        (s, &b),
+        (StatusCode::OK, &json!({"queue": "default", "retried": 3}))
+    );
+    assert_eq!(dead_count().await, 0);
+    let (stop, running) = api.worker();
+    until_dead(3).await;
+    let _ = stop.send(());
+    running.await.unwrap();
+    let (_, b) = api.get("/v1/jobs/d0").await;
+    assert_eq!(
+        b["errors"].as_array().unwrap().len(),
+        2,
+        "one failure per run: {b}"
+    );
+    let (s, b) = api
+        .call(
+            Method::DELETE,
+            "/v1/dead?queue=default",
+            Some(ADMIN),
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(
+        (s, &b),
+        (StatusCode::OK, &json!({"queue": "default", "deleted": 3}))
+    );
+    assert_eq!(dead_count().await, 0);
+    let (s, _) = api.get("/v1/jobs/d0").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    // Throughput: rates between the samples the server took.
+    let (_, b) = api.get("/v1/throughput").await;
+    assert_eq!(b, json!({"interval_ms": 1000, "rates": []}));
+    let queues = api.state.broker.queues().await.unwrap();
+    api.state.throughput.record(1_000, &[]);
+    api.state.throughput.record(3_000, &queues);
+    let (_, b) = api.get("/v1/throughput").await;
+    assert_eq!(
+        b["rates"],
+        json!([{"at_ms": 3000, "succeeded": 2.0, "failed": 3.0}]),
+        "4 succeeded and 6 failed attempts over 2 s"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_is_served_without_a_token_and_locked_down() {
+    let api = Api::new().await;
+    for (path, kind) in [
+        ("/", "text/html"),
+        ("/ui/app.js", "text/javascript"),
+        ("/ui/app.css", "text/css"),
+    ] {
+        let resp = router(api.state.clone())
+            .oneshot(Request::get(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{path}");
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default()
+        };
+        assert!(header("content-type").starts_with(kind), "{path}");
+        let csp = header("content-security-policy");
+        assert!(
+            csp.contains("default-src 'none'") && csp.contains("script-src 'self'"),
+            "{path}: {csp}"
+        );
+        assert_eq!(header("x-content-type-options"), "nosniff");
+    }
+    // The page is a shell: its data needs a token.
+    let (s, _) = api.call(Method::GET, "/v1/jobs", None, Body::empty()).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

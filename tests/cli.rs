@@ -438,6 +438,34 @@ fn dead_jobs_are_listed_retried_and_deleted() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("job `x` is not in the dead set of queue `default`"));
     assert_eq!(q.run(&["job", "x"]).status.code(), Some(2), "gone");
+
+    // `--all` acts on the whole dead set; an id or `--all` is required, not both.
+    for id in ["y", "z"] {
+        q.run(&[
+            "enqueue",
+            chaos,
+            "--args",
+            args,
+            "--id",
+            id,
+            "--max-attempts",
+            "1",
+            "--wait",
+        ]);
+    }
+    assert_eq!(q.run(&["dead", "retry"]).status.code(), Some(2));
+    assert_eq!(
+        q.run(&["dead", "retry", "y", "--all"]).status.code(),
+        Some(2)
+    );
+    assert_eq!(
+        q.ok(&["dead", "delete", "--all"]).trim(),
+        "2 dead job(s) of queue `default` deleted"
+    );
+    assert_eq!(
+        q.ok(&["dead", "retry", "--all"]).trim(),
+        "0 dead job(s) back on queue `default`"
+    );
 }
 
 #[test]

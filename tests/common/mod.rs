@@ -3,6 +3,7 @@
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
 pub mod redis;
+pub mod serve;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,17 +1,21 @@
 //! The HTTP API (`wasmq serve`): modules, jobs, queues and the dead set as JSON, `/healthz`,
 //! `/metrics`, and the OpenAPI document it is described by (`docs/openapi.json`).
 //!
-//! Every route is one [`Endpoint`]: its method, path and the scope a token needs. The router is
-//! built from [`Endpoint::ALL`] and nothing else, and a test checks that list against the OpenAPI
-//! document both ways, so the spec cannot drift from what is served. Errors all have one shape
+//! Every route is one [`Endpoint`]: its method, path and the scope a token needs. The API's routes
+//! are built from [`Endpoint::ALL`] and nothing else, and a test checks that list against the
+//! OpenAPI document both ways, so the spec cannot drift from what is served. The dashboard
+//! (`dashboard.rs`) adds its page and static files, which hold no data: everything it shows comes
+//! through these routes with the token entered in the page. Errors all have one shape
 //! ([`ApiError`]); bad input is a 4xx that says what was wrong, never a 500.
 //!
 //! What it must not do: run jobs or talk to Redis directly — it calls the [`Broker`]; the
 //! optional in-process worker is an ordinary [`crate::worker::Worker`].
 
 mod auth;
+mod dashboard;
 mod error;
 mod metrics;
+pub mod throughput;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -30,7 +34,7 @@ use tokio::net::TcpListener;
 pub use auth::{Scope, Tokens};
 pub use error::ApiError;
 
-use crate::broker::{Broker, CancelOutcome, ModuleDeletion, enqueue_checked};
+use crate::broker::{Broker, CancelOutcome, JobState, ModuleDeletion, enqueue_checked};
 use crate::invocation::{DEFAULT_QUEUE, Invocation, NewJob};
 use crate::modules::ModuleHash;
 use crate::sandbox::{Limits, Sandbox};
@@ -72,6 +76,8 @@ pub struct ApiState {
     pub ceilings: Limits,
     /// The in-process worker's counters, when `serve` runs one.
     pub worker: Option<Arc<Counters>>,
+    /// Throughput history, sampled while [`serve`] runs.
+    pub throughput: Arc<throughput::Throughput>,
 }
 
 /// One route.
@@ -91,8 +97,12 @@ pub enum Endpoint {
     EnqueueBatch,
     /// `GET /v1/batches/{id}`
     GetBatch,
+    /// `GET /v1/jobs`
+    ListJobs,
     /// `GET /v1/jobs/{id}`
     GetJob,
+    /// `POST /v1/jobs/{id}/run`
+    RunJob,
     /// `DELETE /v1/jobs/{id}`
     CancelJob,
     /// `GET /v1/queues`
@@ -111,6 +121,12 @@ pub enum Endpoint {
     RetryDead,
     /// `DELETE /v1/dead/{id}`
     DeleteDead,
+    /// `POST /v1/dead/retry`
+    RetryAllDead,
+    /// `DELETE /v1/dead`
+    DeleteAllDead,
+    /// `GET /v1/throughput`
+    Throughput,
     /// `GET /v1/cron`
     ListCron,
     /// `POST /v1/cron`
@@ -127,7 +143,7 @@ pub enum Endpoint {
 
 impl Endpoint {
     /// Every route the server has.
-    pub const ALL: [Endpoint; 23] = [
+    pub const ALL: [Endpoint; 28] = [
         Endpoint::UploadModule,
         Endpoint::ListModules,
         Endpoint::GetModule,
@@ -135,7 +151,9 @@ impl Endpoint {
         Endpoint::Enqueue,
         Endpoint::EnqueueBatch,
         Endpoint::GetBatch,
+        Endpoint::ListJobs,
         Endpoint::GetJob,
+        Endpoint::RunJob,
         Endpoint::CancelJob,
         Endpoint::Queues,
         Endpoint::PauseQueue,
@@ -145,6 +163,9 @@ impl Endpoint {
         Endpoint::ListDead,
         Endpoint::RetryDead,
         Endpoint::DeleteDead,
+        Endpoint::RetryAllDead,
+        Endpoint::DeleteAllDead,
+        Endpoint::Throughput,
         Endpoint::ListCron,
         Endpoint::AddCron,
         Endpoint::RemoveCron,
@@ -164,7 +185,9 @@ impl Endpoint {
             Enqueue => (Method::POST, "/v1/jobs"),
             EnqueueBatch => (Method::POST, "/v1/batches"),
             GetBatch => (Method::GET, "/v1/batches/{id}"),
+            ListJobs => (Method::GET, "/v1/jobs"),
             GetJob => (Method::GET, "/v1/jobs/{id}"),
+            RunJob => (Method::POST, "/v1/jobs/{id}/run"),
             CancelJob => (Method::DELETE, "/v1/jobs/{id}"),
             Queues => (Method::GET, "/v1/queues"),
             PauseQueue => (Method::POST, "/v1/queues/{queue}/pause"),
@@ -174,6 +197,9 @@ impl Endpoint {
             ListDead => (Method::GET, "/v1/dead"),
             RetryDead => (Method::POST, "/v1/dead/{id}/retry"),
             DeleteDead => (Method::DELETE, "/v1/dead/{id}"),
+            RetryAllDead => (Method::POST, "/v1/dead/retry"),
+            DeleteAllDead => (Method::DELETE, "/v1/dead"),
+            Throughput => (Method::GET, "/v1/throughput"),
             ListCron => (Method::GET, "/v1/cron"),
             AddCron => (Method::POST, "/v1/cron"),
             RemoveCron => (Method::DELETE, "/v1/cron/{name}"),
@@ -190,10 +216,10 @@ impl Endpoint {
             Health | OpenApi => None,
             UploadModule => Some(Scope::Upload),
             Enqueue | EnqueueBatch | CancelJob => Some(Scope::Enqueue),
-            DeleteModule | RetryDead | DeleteDead | AddCron | RemoveCron | PauseQueue
-            | ResumeQueue | SetLimits => Some(Scope::Admin),
-            ListModules | GetModule | GetJob | GetBatch | Queues | Workers | ListDead
-            | ListCron | Metrics => Some(Scope::Read),
+            DeleteModule | RetryDead | DeleteDead | RetryAllDead | DeleteAllDead | RunJob
+            | AddCron | RemoveCron | PauseQueue | ResumeQueue | SetLimits => Some(Scope::Admin),
+            ListModules | GetModule | ListJobs | GetJob | GetBatch | Queues | Workers
+            | ListDead | Throughput | ListCron | Metrics => Some(Scope::Read),
         }
     }
 
@@ -213,7 +239,9 @@ impl Endpoint {
                 on(filter, enqueue_batch).layer(DefaultBodyLimit::max(state.limits.request_bytes))
             }
             GetBatch => on(filter, get_batch),
+            ListJobs => on(filter, list_jobs),
             GetJob => on(filter, get_job),
+            RunJob => on(filter, run_job),
             CancelJob => on(filter, cancel_job),
             Queues => on(filter, queues),
             Workers => on(filter, workers),
@@ -227,6 +255,9 @@ impl Endpoint {
             ListDead => on(filter, list_dead),
             RetryDead => on(filter, retry_dead),
             DeleteDead => on(filter, delete_dead),
+            RetryAllDead => on(filter, retry_all_dead),
+            DeleteAllDead => on(filter, delete_all_dead),
+            Throughput => on(filter, throughput),
             ListCron => on(filter, list_cron),
             AddCron => {
                 on(filter, add_cron).layer(DefaultBodyLimit::max(state.limits.request_bytes))
@@ -248,9 +279,9 @@ impl Endpoint {
     }
 }
 
-/// The API's router, built from [`Endpoint::ALL`].
+/// The API's router, built from [`Endpoint::ALL`], plus the dashboard's pages.
 pub fn router(state: ApiState) -> Router {
-    let mut router = Router::new();
+    let mut router = dashboard::routes();
     for endpoint in Endpoint::ALL {
         let (_, path) = endpoint.route();
         router = router.route(path, endpoint.handler(&state));
@@ -273,9 +304,12 @@ pub async fn serve(
     state: ApiState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
+    let sampler = tokio::spawn(state.throughput.clone().sample(state.broker.clone()));
+    let served = axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
-        .await
+        .await;
+    sampler.abort();
+    served
 }
 
 /// A request body, with size and read failures in the API's error shape.
@@ -354,8 +388,33 @@ async fn upload_module(
         .into_response())
 }
 
-async fn list_modules(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!({ "modules": state.broker.modules().await? })))
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModulesParams {
+    #[serde(default)]
+    usage: bool,
+}
+
+async fn list_modules(
+    State(state): State<ApiState>,
+    req: Request,
+) -> Result<Json<Value>, ApiError> {
+    let ModulesParams { usage } = parse_query(req.uri().query())?;
+    let modules = state.broker.modules().await?;
+    if !usage {
+        return Ok(Json(json!({ "modules": modules })));
+    }
+    let counts = state.broker.module_usage().await?;
+    let modules: Vec<Value> = modules
+        .into_iter()
+        .map(|m| {
+            let jobs = counts.get(&m.hash).copied().unwrap_or(0);
+            let mut v = json!(m);
+            v["jobs"] = jobs.into();
+            v
+        })
+        .collect();
+    Ok(Json(json!({ "modules": modules })))
 }
 
 fn hash_param(hash: &str) -> Result<ModuleHash, ApiError> {
@@ -609,6 +668,58 @@ async fn get_job(
     Ok(Json(json!(record)))
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListJobsParams {
+    queue: Option<String>,
+    state: Option<String>,
+    offset: Option<usize>,
+    limit: Option<usize>,
+}
+
+async fn list_jobs(State(state): State<ApiState>, req: Request) -> Result<Json<Value>, ApiError> {
+    let params: ListJobsParams = parse_query(req.uri().query())?;
+    let queue = params.queue.unwrap_or_else(|| DEFAULT_QUEUE.to_owned());
+    let wanted = params.state.as_deref().unwrap_or("ready");
+    let job_state = JobState::parse(wanted).ok_or_else(|| ApiError {
+        field: Some("state".into()),
+        ..ApiError::bad_request(format!(
+            "unknown state `{wanted}`: one of ready, scheduled, leased, succeeded, dead, cancelled"
+        ))
+    })?;
+    let offset = params.offset.unwrap_or(0);
+    let limit = params.limit.unwrap_or(50).min(1000);
+    let page = state.broker.jobs(&queue, job_state, offset, limit).await?;
+    Ok(Json(json!({
+        "queue": queue,
+        "state": job_state,
+        "offset": offset,
+        "total": page.total,
+        "jobs": page.jobs,
+    })))
+}
+
+async fn run_job(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    req: Request,
+) -> Result<Json<Value>, ApiError> {
+    let queue = queue_or_default(&req)?;
+    if state.broker.run_now(&queue, &id).await? {
+        return Ok(Json(json!({ "id": id, "queue": queue, "state": "ready" })));
+    }
+    match state.broker.job(Some(&queue), &id).await? {
+        None => Err(ApiError::not_found(format!(
+            "job `{id}` not found on queue `{queue}`"
+        ))),
+        Some(r) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_scheduled",
+            format!("job `{id}` is {}, not scheduled", r.state.as_str()),
+        )),
+    }
+}
+
 async fn cancel_job(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -734,6 +845,31 @@ async fn delete_dead(
         )));
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+async fn retry_all_dead(
+    State(state): State<ApiState>,
+    req: Request,
+) -> Result<Json<Value>, ApiError> {
+    let queue = queue_or_default(&req)?;
+    let n = state.broker.retry_all_dead(&queue).await?;
+    Ok(Json(json!({ "queue": queue, "retried": n })))
+}
+
+async fn delete_all_dead(
+    State(state): State<ApiState>,
+    req: Request,
+) -> Result<Json<Value>, ApiError> {
+    let queue = queue_or_default(&req)?;
+    let n = state.broker.delete_all_dead(&queue).await?;
+    Ok(Json(json!({ "queue": queue, "deleted": n })))
+}
+
+async fn throughput(State(state): State<ApiState>) -> Json<Value> {
+    Json(json!({
+        "interval_ms": throughput::INTERVAL.as_millis() as u64,
+        "rates": state.throughput.rates(),
+    }))
 }
 
 async fn list_cron(State(state): State<ApiState>, req: Request) -> Result<Json<Value>, ApiError> {

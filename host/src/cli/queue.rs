@@ -566,22 +566,24 @@ pub(crate) enum DeadCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Put a dead job back on its queue with a fresh set of attempts.
-    Retry {
-        /// The job id.
-        id: String,
-        /// Queue.
-        #[arg(long, default_value = crate::invocation::DEFAULT_QUEUE)]
-        queue: String,
-    },
-    /// Delete a dead job.
-    Delete {
-        /// The job id.
-        id: String,
-        /// Queue.
-        #[arg(long, default_value = crate::invocation::DEFAULT_QUEUE)]
-        queue: String,
-    },
+    /// Put a dead job (or all of them) back on its queue with a fresh set of attempts.
+    Retry(DeadTarget),
+    /// Delete a dead job (or all of them).
+    Delete(DeadTarget),
+}
+
+/// Which dead jobs `wasmq dead retry|delete` acts on.
+#[derive(Debug, Args)]
+pub(crate) struct DeadTarget {
+    /// The job id.
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    id: Option<String>,
+    /// Every job in the queue's dead set.
+    #[arg(long)]
+    all: bool,
+    /// Queue.
+    #[arg(long, default_value = crate::invocation::DEFAULT_QUEUE)]
+    queue: String,
 }
 
 pub(crate) async fn dead(broker: &dyn Broker, command: DeadCommand) -> anyhow::Result<ExitCode> {
@@ -609,14 +611,36 @@ pub(crate) async fn dead(broker: &dyn Broker, command: DeadCommand) -> anyhow::R
             }
             Ok(ExitCode::SUCCESS)
         }
-        DeadCommand::Retry { id, queue } => {
+        DeadCommand::Retry(DeadTarget {
+            id: None, queue, ..
+        }) => {
+            let n = broker.retry_all_dead(&queue).await?;
+            println!("{n} dead job(s) back on queue `{queue}`");
+            Ok(ExitCode::SUCCESS)
+        }
+        DeadCommand::Delete(DeadTarget {
+            id: None, queue, ..
+        }) => {
+            let n = broker.delete_all_dead(&queue).await?;
+            println!("{n} dead job(s) of queue `{queue}` deleted");
+            Ok(ExitCode::SUCCESS)
+        }
+        DeadCommand::Retry(DeadTarget {
+            id: Some(id),
+            queue,
+            ..
+        }) => {
             if !broker.retry_dead(&queue, &id).await? {
                 bail!("job `{id}` is not in the dead set of queue `{queue}`");
             }
             println!("{id}: back on queue `{queue}`");
             Ok(ExitCode::SUCCESS)
         }
-        DeadCommand::Delete { id, queue } => {
+        DeadCommand::Delete(DeadTarget {
+            id: Some(id),
+            queue,
+            ..
+        }) => {
             if !broker.delete_dead(&queue, &id).await? {
                 bail!("job `{id}` is not in the dead set of queue `{queue}`");
             }

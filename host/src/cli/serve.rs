@@ -113,9 +113,11 @@ pub(crate) async fn run(
         },
         ceilings: Limits::default_ceilings(),
         worker: counters,
+        throughput: Default::default(),
     };
     // The address line is the readiness signal for scripts and tests.
     println!("listening on http://{addr}");
+    println!("dashboard: http://{addr}/ (enter a token in the page)");
     let mut stop = stop_rx.clone();
     let server = tokio::spawn(crate::api::serve(listener, state, async move {
         let _ = stop.wait_for(|s| *s).await;

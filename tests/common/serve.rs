@@ -1,0 +1,78 @@
+//! A live `wasmq serve` on a free port with its own Redis, for the tests that drive it from
+//! outside (the clients, the dashboard in a browser).
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use super::redis::RedisServer;
+
+/// An admin token the server accepts.
+pub const ADMIN: &str = "admin-secret-0123456789";
+/// A token with the `enqueue` scope only.
+pub const ENQUEUER: &str = "enqueue-secret-0123456789";
+
+/// Redis, and `wasmq serve --workers N` on a free port.
+pub struct Server {
+    /// The server's Redis.
+    pub redis: RedisServer,
+    child: Child,
+    /// `http://127.0.0.1:port`.
+    pub url: String,
+    /// Holds the token file; the CLI's cache directory.
+    pub dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// Starts Redis and `wasmq serve` with an in-process worker running `workers` jobs at once
+    /// (0: none); returns once it listens.
+    pub fn start(workers: usize) -> Self {
+        let redis = RedisServer::start();
+        let dir = tempfile::tempdir().unwrap();
+        let tokens = dir.path().join("tokens");
+        std::fs::write(
+            &tokens,
+            format!("ops:{ADMIN}:admin\nci:{ENQUEUER}:enqueue\n"),
+        )
+        .unwrap();
+        let mut child = super::wasmq_cmd(&redis.url(), dir.path())
+            .args(["serve", "--listen", "127.0.0.1:0", "--workers"])
+            .arg(workers.to_string())
+            .arg("--tokens-file")
+            .arg(&tokens)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("wasmq serve starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line from wasmq serve: {line:?}"))
+            .to_owned();
+        Server {
+            redis,
+            child,
+            url,
+            dir,
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether `program` is on PATH.
+pub fn which(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
