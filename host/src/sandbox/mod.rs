@@ -707,8 +707,10 @@ fn check_imports(engine: &Engine, component: &Component) -> Result<(), LoadError
     Ok(())
 }
 
-/// Requires the `run` export and nothing else, naming what is missing or extra. (`JobPre::new`
-/// then checks its type.)
+/// Requires the `run` export, naming what the component exports instead when it is missing.
+/// (`JobPre::new` then checks its type.) Other exports are allowed and never called: guest
+/// toolchains add their own (componentize-py exports `exports`, the hook its build-time
+/// pre-initialisation calls).
 fn check_exports(engine: &Engine, component: &Component) -> Result<(), LoadError> {
     let ty = component.component_type();
     let exports: Vec<&str> = ty.exports(engine).map(|(name, _)| name).collect();
@@ -726,11 +728,6 @@ fn check_exports(engine: &Engine, component: &Component) -> Result<(), LoadError
                 )
             },
         ));
-    }
-    if let Some(extra) = exports.iter().find(|e| **e != "run") {
-        return Err(LoadError::World(format!(
-            "exports `{extra}`, which is not part of the world (only `run` is)"
-        )));
     }
     Ok(())
 }
