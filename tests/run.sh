@@ -9,13 +9,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 if ! rustup target list --installed | grep -qx wasm32-wasip2; then
   rustup target add wasm32-wasip2
 fi
-SUDO=""
-[ "$(id -u)" -eq 0 ] || SUDO="sudo"
-apt_updated=""
-apt_install() {
-  [ -n "$apt_updated" ] || { $SUDO apt-get update; apt_updated=1; }
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y "$@"
-}
+source scripts/apt.sh
 
 if ! command -v redis-server >/dev/null; then
   apt_install redis-server

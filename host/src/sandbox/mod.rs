@@ -625,6 +625,16 @@ impl Sandbox {
         let result = match raw {
             Err(_elapsed) => Err(timeout),
             Ok(Ok(Ok(bytes))) => Ok(bytes),
+            // A guest whose runtime survives a refused `memory.grow` (Python's MemoryError,
+            // JavaScript's "out of memory") reports a plain error: the limiter knows the cause.
+            Ok(Ok(Err(bindings::wasmq::job::types::JobError::Retry(_))))
+                if let Some(requested) = state.memory.refused =>
+            {
+                Err(Failure::MemoryLimit {
+                    limit_bytes: limits.memory_bytes,
+                    requested_bytes: requested,
+                })
+            }
             Ok(Ok(Err(bindings::wasmq::job::types::JobError::Retry(message)))) => {
                 Err(Failure::Retry { message })
             }

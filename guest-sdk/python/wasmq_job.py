@@ -1,0 +1,127 @@
+"""Write a wasmq job in Python as a plain function.
+
+A job is a WebAssembly component built against the `wasmq:job` WIT contract (`wit/`) with
+componentize-py. This module hides the contract, as the Rust `wasmq-guest` crate does::
+
+    from wasmq_job import job, log, Fail
+
+    @job
+    def hello(args, info):
+        name = (args or {}).get("name", "world")
+        if not name:
+            raise Fail("`name` must not be empty")
+        log.info(f"greeting {name} (attempt {info.attempt})")
+        return {"message": f"Hello, {name}!"}
+
+Build it with ``componentize-py -d wit -w job componentize app -p <job dir> -p guest-sdk/python
+-o hello.wasm`` (``sample-jobs/build.sh`` does this for every ``sample-jobs/python-*``).
+
+Arguments and results:
+
+- The function takes ``()``, ``(args)`` or ``(args, info)``. ``args`` is the invocation's JSON
+  args decoded (``None`` when there were none), or the raw ``bytes`` when the parameter is
+  annotated ``bytes``. Args that are not JSON end the job for good: retrying cannot fix them.
+- The return value is encoded as JSON, or returned as is when it is ``bytes``.
+- ``raise Fail(...)`` ends the job for good (the dead set); ``raise Retry(...)``, and any other
+  exception, is a transient failure retried with backoff — like an exception in Sidekiq. The
+  traceback is written to stderr, which the host captures into the job's record.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import sys
+import traceback
+from typing import Any, Callable, Optional
+
+import wit_world
+from componentize_py_types import Err
+from wit_world.imports import host, types
+
+__all__ = ["job", "log", "progress", "enqueue", "Retry", "Fail", "JobInfo"]
+
+JobInfo = types.JobInfo
+"""What the job knows about its invocation: ``id``, ``queue``, ``attempt``, ``max_attempts``."""
+
+
+class Retry(Exception):
+    """A transient failure: the job is tried again with backoff while attempts remain."""
+
+
+class Fail(Exception):
+    """A permanent failure: the job goes straight to the dead set."""
+
+
+class _Log:
+    """``log.info("…")`` and friends append a record to the job's log."""
+
+    def trace(self, message: str) -> None:
+        host.log(host.Level.TRACE, str(message))
+
+    def debug(self, message: str) -> None:
+        host.log(host.Level.DEBUG, str(message))
+
+    def info(self, message: str) -> None:
+        host.log(host.Level.INFO, str(message))
+
+    def warn(self, message: str) -> None:
+        host.log(host.Level.WARN, str(message))
+
+    def error(self, message: str) -> None:
+        host.log(host.Level.ERROR, str(message))
+
+
+log = _Log()
+
+
+def progress(percent: int, note: Optional[str] = None) -> None:
+    """Reports progress, 0–100 (clamped), with an optional note; visible while the job runs."""
+    host.progress(max(0, min(100, int(percent))), note)
+
+
+def enqueue(module: str, args: Any = None) -> str:
+    """Enqueues a sub-job of ``module`` (``sha256:…``) on this job's queue with ``args`` (JSON, or
+    ``bytes`` as they are). Returns its id; raises ``Retry`` with the host's reason if refused."""
+    payload = args if isinstance(args, bytes) else json.dumps(args).encode()
+    try:
+        return host.enqueue(module, payload)
+    except Err as e:
+        raise Retry(f"enqueue refused: {e.value}") from None
+
+
+def job(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Makes ``fn`` the component's job: defines the ``WitWorld`` export componentize-py looks
+    for in ``fn``'s module. Returns ``fn`` unchanged, so it can still be called in tests."""
+    params = list(inspect.signature(fn).parameters.values())
+    if len(params) > 2:
+        raise TypeError(f"a job takes (), (args) or (args, info); {fn.__name__} takes {len(params)}")
+    raw = bool(params) and params[0].annotation in (bytes, "bytes")
+
+    class WitWorld(wit_world.WitWorld):
+        def run(self, info: types.JobInfo, args: bytes) -> bytes:
+            try:
+                if raw:
+                    decoded: Any = args
+                elif args:
+                    try:
+                        decoded = json.loads(args)
+                    except ValueError as e:
+                        raise Fail(f"args are not JSON: {e}") from None
+                else:
+                    decoded = None
+                result = fn(*[decoded, info][: len(params)])
+                if isinstance(result, bytes):
+                    return result
+                return json.dumps(result, separators=(",", ":"), ensure_ascii=False).encode()
+            except Fail as e:
+                raise Err(types.JobError_Fail(str(e) or "failed")) from None
+            except Exception as e:  # noqa: BLE001 - every exception is the job's failure
+                if not isinstance(e, Retry):
+                    traceback.print_exc()
+                message = str(e) if isinstance(e, Retry) else f"{type(e).__name__}: {e}"
+                raise Err(types.JobError_Retry(message or "retry")) from None
+
+    WitWorld.__qualname__ = "WitWorld"
+    sys.modules[fn.__module__].WitWorld = WitWorld  # type: ignore[attr-defined]
+    return fn
