@@ -1,6 +1,7 @@
-//! `wasmq bench sandbox`: measures the sandbox and prints the figures — compile time, artifact
-//! cache load time, instantiate-and-call latency of `hello` with every limit on, and the cost of
-//! the sandbox on CPU-bound work (`markdown` in the sandbox vs. the same code built natively).
+//! `wasmq bench sandbox`: measures the sandbox and prints the figures — size, compile time,
+//! artifact cache load time and instantiate-and-call latency with every limit on of the `hello`
+//! job in Rust, Python and JavaScript, and the cost of the sandbox on CPU-bound work (`markdown`
+//! in the sandbox vs. the same code built natively).
 //!
 //! Build with `--release`: a debug build measures the wrong thing.
 
@@ -43,6 +44,15 @@ struct SandboxBench {
     /// Repetitions of the slower measurements (compile, cache load, markdown).
     #[arg(long, default_value_t = 7)]
     reps: usize,
+    /// Timed runs of the Python and JavaScript `hello` jobs.
+    #[arg(long, default_value_t = 2_000)]
+    guest_runs: usize,
+    /// Compilations of the Python and JavaScript `hello` jobs (seconds each).
+    #[arg(long, default_value_t = 3)]
+    guest_reps: usize,
+    /// Leave out the Python and JavaScript jobs.
+    #[arg(long)]
+    no_guests: bool,
     /// Size of the generated markdown document, in KiB.
     #[arg(long, default_value_t = 1024)]
     markdown_kib: usize,
@@ -67,53 +77,25 @@ pub(crate) async fn run(
         cache_dir: Some(cache_dir.path().to_owned()),
         ..SandboxConfig::default()
     })?;
-    let hello = args.jobs.read("hello")?;
-    println!("hello.wasm: {} bytes", hello.len());
-
-    // Compile: a sandbox without a cache compiles on every load once the process forgets it.
-    let uncached = Sandbox::new(SandboxConfig::default())?;
-    let mut compile = Vec::new();
-    for _ in 0..args.reps {
-        uncached.forget_loaded();
-        compile.push(uncached.load(&hello)?.load_time());
+    for (name, runs, compile_reps) in [
+        ("hello", args.runs, args.reps),
+        ("python-hello", args.guest_runs, args.guest_reps),
+        ("js-hello", args.guest_runs, args.guest_reps),
+    ] {
+        if name != "hello" && args.no_guests {
+            continue;
+        }
+        let bytes = args.jobs.read(name)?;
+        bench_job(
+            &sandbox,
+            name,
+            &bytes,
+            runs,
+            compile_reps,
+            args.reps.max(20),
+        )
+        .await?;
     }
-    drop(uncached);
-    report("compile hello", &mut compile);
-
-    // Cache load: the first load writes the artifact; the others read, verify and deserialize it.
-    sandbox.load(&hello)?;
-    let mut cached = Vec::new();
-    for _ in 0..args.reps.max(20) {
-        sandbox.forget_loaded();
-        let m = sandbox.load(&hello)?;
-        anyhow::ensure!(
-            m.origin() == crate::sandbox::ModuleOrigin::DiskCache,
-            "expected a cache hit, got {:?}",
-            m.origin()
-        );
-        cached.push(m.load_time());
-    }
-    report("cache load hello", &mut cached);
-
-    // Instantiate and call, every limit on, one at a time.
-    let module = sandbox.load(&hello)?;
-    let hello_request = request(br#"{"name":"bench"}"#.to_vec(), Limits::default());
-    for _ in 0..args.runs / 10 {
-        run_ok(&sandbox, &module, &hello_request).await?;
-    }
-    let mut per_run = Vec::with_capacity(args.runs);
-    let started = Instant::now();
-    for _ in 0..args.runs {
-        let t = Instant::now();
-        run_ok(&sandbox, &module, &hello_request).await?;
-        per_run.push(t.elapsed());
-    }
-    let total = started.elapsed();
-    report("hello instantiate+call", &mut per_run);
-    println!(
-        "  {:.0} runs/s sequential on one task",
-        args.runs as f64 / total.as_secs_f64()
-    );
 
     // CPU-bound: the markdown job in the sandbox vs. the same code natively.
     let markdown = sandbox.load(&args.jobs.read("markdown")?)?;
@@ -156,6 +138,64 @@ pub(crate) async fn run(
         s.as_secs_f64() / n.as_secs_f64()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Size, compile time, artifact-cache load time and instantiate-and-call latency of one job.
+async fn bench_job(
+    sandbox: &Sandbox,
+    name: &str,
+    bytes: &[u8],
+    runs: usize,
+    compile_reps: usize,
+    cache_reps: usize,
+) -> anyhow::Result<()> {
+    println!("{name}: {} bytes", super::report::group(bytes.len() as u64));
+
+    // Compile: a sandbox without a cache compiles on every load once the process forgets it.
+    let uncached = Sandbox::new(SandboxConfig::default())?;
+    let mut compile = Vec::new();
+    for _ in 0..compile_reps {
+        uncached.forget_loaded();
+        compile.push(uncached.load(bytes)?.load_time());
+    }
+    drop(uncached);
+    report(&format!("  compile {name}"), &mut compile);
+
+    // Cache load: the first load writes the artifact; the others read, verify and deserialize it.
+    sandbox.load(bytes)?;
+    let mut cached = Vec::new();
+    for _ in 0..cache_reps {
+        sandbox.forget_loaded();
+        let m = sandbox.load(bytes)?;
+        anyhow::ensure!(
+            m.origin() == crate::sandbox::ModuleOrigin::DiskCache,
+            "expected a cache hit, got {:?}",
+            m.origin()
+        );
+        cached.push(m.load_time());
+    }
+    report(&format!("  cache load {name}"), &mut cached);
+
+    // Instantiate and call, every limit on, one at a time.
+    let module = sandbox.load(bytes)?;
+    let request = request(br#"{"name":"bench"}"#.to_vec(), Limits::default());
+    for _ in 0..runs / 10 {
+        run_ok(sandbox, &module, &request).await?;
+    }
+    let mut per_run = Vec::with_capacity(runs);
+    let started = Instant::now();
+    for _ in 0..runs {
+        let t = Instant::now();
+        run_ok(sandbox, &module, &request).await?;
+        per_run.push(t.elapsed());
+    }
+    let total = started.elapsed();
+    report(&format!("  {name} instantiate+call"), &mut per_run);
+    println!(
+        "  {:.0} runs/s sequential on one task",
+        runs as f64 / total.as_secs_f64()
+    );
+    Ok(())
 }
 
 #[derive(Serialize, Deserialize)]
