@@ -158,9 +158,11 @@ fn bad_input_exits_two_with_a_clear_error() {
 
 #[test]
 fn demo_runs_every_case() {
-    let cache = tempfile::tempdir().unwrap();
+    // The artifact cache the guest tests use: the Python and JavaScript components compile once
+    // per machine.
+    let cache = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("guest-artifacts");
     let dir = common::jobs_dir().display().to_string();
-    let out = wasmq(cache.path(), &["demo", "--jobs-dir", &dir]);
+    let out = wasmq(&cache, &["demo", "--jobs-dir", &dir]);
     let stdout = text(&out.stdout);
     assert_eq!(
         out.status.code(),
@@ -180,6 +182,10 @@ fn demo_runs_every_case() {
     ] {
         assert!(stdout.contains(kind), "missing {kind} in:\n{stdout}");
     }
+    assert!(
+        stdout.contains("csv-clean in Rust, Python and JavaScript: identical results"),
+        "{stdout}"
+    );
 }
 
 /// A private Redis, a worker process on it, and `wasmq` commands against it.

@@ -405,3 +405,20 @@ fn a_second_worker_loads_guest_modules_from_the_artifact_cache() {
         );
     }
 }
+
+/// The README's "Writing a job" shows these files as they are; the tests above build and run them.
+#[test]
+fn the_readme_shows_the_hello_job_in_each_language_as_it_is() {
+    let readme = std::fs::read_to_string(common::repo_root().join("README.md")).unwrap();
+    for file in [
+        "sample-jobs/hello/src/lib.rs",
+        "sample-jobs/python-hello/app.py",
+        "sample-jobs/js-hello/job.js",
+    ] {
+        let text = std::fs::read_to_string(common::repo_root().join(file)).unwrap();
+        assert!(
+            readme.contains(text.trim_end()),
+            "README.md must show `{file}` exactly as it is"
+        );
+    }
+}
