@@ -614,6 +614,46 @@ async fn workers_are_listed_while_they_run(b: Backend) {
     );
 }
 
+async fn precompile_loads_every_module_before_any_job_needs_it(b: Backend) {
+    let hashes = [
+        upload(b.broker.as_ref(), "hello").await,
+        upload(b.broker.as_ref(), "markdown").await,
+    ];
+    for precompile in [false, true] {
+        // A sandbox of its own: nothing loaded yet.
+        let sandbox =
+            wasmq::sandbox::Sandbox::new(wasmq::sandbox::SandboxConfig::default()).unwrap();
+        let worker = Worker::new(
+            b.broker.clone(),
+            sandbox.clone(),
+            WorkerConfig {
+                precompile,
+                ..config()
+            },
+        );
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(worker.run(async {
+            let _ = stopped.await;
+        }));
+        let loaded = || hashes.iter().all(|h| sandbox.is_loaded(*h));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !loaded() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if !precompile && tokio::time::Instant::now() + Duration::from_millis(29_000) > deadline
+            {
+                break; // one second is plenty to see that nothing loads without it
+            }
+        }
+        assert_eq!(loaded(), precompile, "precompile = {precompile}");
+        assert!(
+            hashes.iter().all(|h| sandbox.is_loaded(*h) == precompile),
+            "all or none"
+        );
+        let _ = stop.send(());
+        running.await.unwrap();
+    }
+}
+
 /// Runs `jobs` with `n` workers (separate connections on Redis) until all are final.
 async fn run_with_workers(b: &Backend, n: usize, jobs: &[NewJob]) -> Vec<JobRecord> {
     enqueue_checked(b.broker.as_ref(), jobs).await.unwrap();
@@ -729,6 +769,7 @@ macro_rules! suite {
 }
 
 suite!(
+    precompile_loads_every_module_before_any_job_needs_it,
     flaky_jobs_succeed_on_a_later_attempt,
     always_failing_jobs_die_with_their_last_error,
     fan_out_enqueues_real_sub_jobs,

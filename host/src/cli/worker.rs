@@ -39,6 +39,11 @@ pub(crate) struct WorkerArgs {
     /// Period of the pass that promotes due jobs and recovers expired leases.
     #[arg(long, value_parser = super::parse_duration, default_value = "1s")]
     maintain_every: Duration,
+    /// At start, load every uploaded module in the background (from the artifact cache, or by
+    /// compiling it), so that no job waits for a compile — worth it for Python and JavaScript
+    /// jobs, whose components take seconds to compile.
+    #[arg(long)]
+    precompile: bool,
 }
 
 impl WorkerArgs {
@@ -71,6 +76,7 @@ impl WorkerArgs {
                 max: self.backoff_max,
             },
             maintain_every: self.maintain_every,
+            precompile: self.precompile,
             ..WorkerConfig::default()
         })
     }

@@ -512,7 +512,12 @@ impl Sandbox {
         }
     }
 
-    /// Forgets the modules loaded by this process (the disk cache stays).
+    /// Whether this process has the module loaded (so a run needs no compile or cache read).
+    pub fn is_loaded(&self, hash: ModuleHash) -> bool {
+        self.inner.modules.lock().unwrap().contains_key(&hash)
+    }
+
+    /// Forgets every module loaded in this process (the artifact cache keeps its files).
     pub fn forget_loaded(&self) {
         self.inner.modules.lock().unwrap().clear();
     }

@@ -66,6 +66,10 @@ pub struct WorkerConfig {
     pub fetch_batch: usize,
     /// This worker's name in job records: `host:pid:random`.
     pub name: String,
+    /// At start, load every uploaded module in the background (from the artifact cache, or by
+    /// compiling it), so that no job waits for a compile. Off by default: a store with many
+    /// modules would hold them all in memory.
+    pub precompile: bool,
 }
 
 impl Default for WorkerConfig {
@@ -82,6 +86,31 @@ impl Default for WorkerConfig {
             // does not hoard a queue that others could share.
             fetch_batch: 64,
             name: default_name(),
+            precompile: false,
+        }
+    }
+}
+
+/// Loads every uploaded module, one at a time (a job that needs one meanwhile waits for the same
+/// load, never a second one).
+async fn precompile(broker: Arc<dyn Broker>, modules: ModuleCache) {
+    let list = match broker.modules().await {
+        Ok(list) => list,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not list modules to precompile");
+            return;
+        }
+    };
+    for info in list {
+        let started = std::time::Instant::now();
+        match modules.get(info.hash).await {
+            Ok(m) => tracing::info!(
+                module = %info.hash,
+                origin = ?m.origin(),
+                ms = started.elapsed().as_millis() as u64,
+                "module ready"
+            ),
+            Err(e) => tracing::warn!(module = %info.hash, error = %e.message, "module not loaded"),
         }
     }
 }
@@ -312,6 +341,9 @@ impl Worker {
             inflight.clone(),
             self.counters.clone(),
         ));
+        if config.precompile {
+            tokio::spawn(precompile(self.broker.clone(), self.modules.clone()));
+        }
         let me = WorkerInfo {
             name: config.name.clone(),
             host: hostname(),
