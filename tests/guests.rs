@@ -406,6 +406,37 @@ fn a_second_worker_loads_guest_modules_from_the_artifact_cache() {
     }
 }
 
+/// Python args annotated with a dataclass are filled from the JSON object, or refused for good
+/// naming the problem.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_args_fill_a_dataclass() {
+    let hello = |args| run("python-hello", args, Limits::default());
+    assert_eq!(
+        common::ok_json(&hello(json!({"name": "Ada"})).await),
+        json!({"message": "Hello, Ada!"})
+    );
+    assert_eq!(
+        common::ok_json(&hello(Value::Null).await),
+        json!({"message": "Hello, world!"}),
+        "no args: the defaults"
+    );
+    for (args, expected) in [
+        (
+            json!({"nme": "x"}),
+            "unknown field(s) in args: nme (Args has name)",
+        ),
+        (json!([1]), "args must be a JSON object for Args, not list"),
+    ] {
+        let outcome = hello(args).await;
+        assert_eq!(
+            failure(&outcome),
+            &Failure::Fail {
+                message: expected.into()
+            }
+        );
+    }
+}
+
 /// The README's "Writing a job" shows these files as they are; the tests above build and run them.
 #[test]
 fn the_readme_shows_the_hello_job_in_each_language_as_it_is() {

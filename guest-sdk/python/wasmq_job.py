@@ -19,8 +19,10 @@ Build it with ``componentize-py -d wit -w job componentize app -p <job dir> -p g
 Arguments and results:
 
 - The function takes ``()``, ``(args)`` or ``(args, info)``. ``args`` is the invocation's JSON
-  args decoded (``None`` when there were none), or the raw ``bytes`` when the parameter is
-  annotated ``bytes``. Args that are not JSON end the job for good: retrying cannot fix them.
+  args decoded (``None`` when there were none); when the parameter is annotated with a
+  dataclass, the JSON object's fields fill one (no args: the dataclass's defaults); annotated
+  ``bytes``, it gets the raw bytes. Args that do not decode end the job for good, naming the
+  problem: retrying cannot fix them.
 - The return value is encoded as JSON, or returned as is when it is ``bytes``.
 - ``raise Fail(...)`` ends the job for good (the dead set); ``raise Retry(...)``, and any other
   exception, is a transient failure retried with backoff — like an exception in Sidekiq. The
@@ -29,10 +31,12 @@ Arguments and results:
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import sys
 import traceback
+import typing
 from typing import Any, Callable, Optional
 
 import wit_world
@@ -90,13 +94,33 @@ def enqueue(module: str, args: Any = None) -> str:
         raise Retry(f"enqueue refused: {e.value}") from None
 
 
+def _fill(shape: type, value: Any) -> Any:
+    """The dataclass ``shape`` from a JSON object (or its defaults for no args); ``Fail`` naming
+    the problem otherwise."""
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise Fail(f"args must be a JSON object for {shape.__name__}, not {type(value).__name__}")
+    fields = {f.name for f in dataclasses.fields(shape)}
+    unknown = sorted(set(value) - fields)
+    if unknown:
+        raise Fail(f"unknown field(s) in args: {', '.join(unknown)} ({shape.__name__} has {', '.join(sorted(fields))})")
+    try:
+        return shape(**value)
+    except TypeError as e:
+        raise Fail(f"args do not fit {shape.__name__}: {e}") from None
+
+
 def job(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Makes ``fn`` the component's job: defines the ``WitWorld`` export componentize-py looks
     for in ``fn``'s module. Returns ``fn`` unchanged, so it can still be called in tests."""
     params = list(inspect.signature(fn).parameters.values())
     if len(params) > 2:
         raise TypeError(f"a job takes (), (args) or (args, info); {fn.__name__} takes {len(params)}")
-    raw = bool(params) and params[0].annotation in (bytes, "bytes")
+    hints = typing.get_type_hints(fn)
+    wanted = hints.get(params[0].name) if params else None
+    raw = wanted is bytes
+    shape = wanted if dataclasses.is_dataclass(wanted) else None
 
     class WitWorld(wit_world.WitWorld):
         def run(self, info: types.JobInfo, args: bytes) -> bytes:
@@ -110,6 +134,8 @@ def job(fn: Callable[..., Any]) -> Callable[..., Any]:
                         raise Fail(f"args are not JSON: {e}") from None
                 else:
                     decoded = None
+                if shape is not None:
+                    decoded = _fill(shape, decoded)
                 result = fn(*[decoded, info][: len(params)])
                 if isinstance(result, bytes):
                     return result

@@ -4,10 +4,16 @@ Args: `{"name": "Ada"}` (the name, or the args as a whole, may be left out: "wor
 Result: `{"message": "Hello, Ada!"}`.
 """
 
+from dataclasses import dataclass
+
 from wasmq_job import job
 
 
+@dataclass
+class Args:
+    name: str = "world"
+
+
 @job
-def hello(args):
-    name = (args or {}).get("name", "world")
-    return {"message": f"Hello, {name}!"}
+def hello(args: Args):
+    return {"message": f"Hello, {args.name}!"}
