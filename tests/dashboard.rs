@@ -117,11 +117,18 @@ fn the_dashboard_shows_jobs_and_acts_on_them() {
         json!({"name": "later"}),
         &["--delay", "1h"],
     );
+    enqueue(
+        &server,
+        &hello,
+        "html-1",
+        json!({"name": "<img src=x onerror=\"window.__pwned=1\">"}),
+        &[],
+    );
 
     // A worker runs them all, then stops; another keeps serving `reports` only, so that
     // nothing touches `default` while the browser acts on it.
     let mut first = worker(&server, "default,reports");
-    for id in ["flaky-1", "broken-1"] {
+    for id in ["flaky-1", "broken-1", "html-1"] {
         // Exits non-zero for the dead one: only the wait matters here.
         common::wasmq_cmd(&server.redis.url(), server.dir.path())
             .args(["job", id, "--wait"])
@@ -163,6 +170,7 @@ fn the_dashboard_shows_jobs_and_acts_on_them() {
         .env("WASMQ_OPEN_JOB", "flaky-1")
         .env("WASMQ_DEAD_JOB", "broken-1")
         .env("WASMQ_LATER_JOB", "later-1")
+        .env("WASMQ_HTML_JOB", "html-1")
         .env("WASMQ_SHOTS", &shots)
         .env("CHROMIUM", CHROMIUM)
         .output()

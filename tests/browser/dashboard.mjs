@@ -3,6 +3,7 @@
 //   WASMQ_URL        the server                WASMQ_TOKEN      an admin token
 //   WASMQ_OPEN_JOB   a succeeded job that failed twice first (its page is checked)
 //   WASMQ_DEAD_JOB   a dead job to retry       WASMQ_LATER_JOB  a scheduled job to run now
+//   WASMQ_HTML_JOB   a succeeded job whose args and result hold HTML with an onerror handler
 //   WASMQ_SHOTS      directory for screenshots CHROMIUM         the browser (/usr/bin/chromium)
 // Prints one line per step; exits non-zero on the first failure.
 
@@ -72,6 +73,13 @@ try {
   assert.match(await page.locator("pre.result").innerText(), /"succeeded_on_attempt": 3/);
   step("job page: state, result and each failed attempt");
   await page.screenshot({ path: path.join(shots, "job.png"), fullPage: true });
+
+  // What a job was given and returned is shown as text: markup in it is not run.
+  await page.goto(`${url}#/job/default/${env("WASMQ_HTML_JOB")}`);
+  await page.locator("pre.result", { hasText: "<img" }).waitFor();
+  assert.equal(await page.locator("main img").count(), 0, "no element made from job data");
+  assert.equal(await page.evaluate(() => window.__pwned), undefined, "no script from job data ran");
+  step("job data is shown as text, never as markup");
 
   // Retry the dead job from the dead set.
   await page.click('nav a[data-nav="dead"]');
