@@ -61,11 +61,11 @@ struct SandboxBench {
 pub(crate) async fn run(
     args: BenchArgs,
     redis: super::queue::RedisArgs,
-    cache_dir: Option<std::path::PathBuf>,
+    base: SandboxConfig,
 ) -> anyhow::Result<ExitCode> {
     let args = match args.what {
         BenchWhat::Sandbox(args) => args,
-        BenchWhat::Queue(args) => return super::bench_queue::run(args, redis, cache_dir).await,
+        BenchWhat::Queue(args) => return super::bench_queue::run(args, redis, base).await,
     };
     if cfg!(debug_assertions) {
         println!(
@@ -75,7 +75,7 @@ pub(crate) async fn run(
     let cache_dir = tempfile::tempdir()?;
     let sandbox = Sandbox::new(SandboxConfig {
         cache_dir: Some(cache_dir.path().to_owned()),
-        ..SandboxConfig::default()
+        ..base.clone()
     })?;
     for (name, runs, compile_reps) in [
         ("hello", args.runs, args.reps),

@@ -92,7 +92,7 @@ impl Drop for PrivateRedis {
 pub(crate) async fn run(
     args: QueueBench,
     redis: RedisArgs,
-    cache_dir: Option<std::path::PathBuf>,
+    base: crate::sandbox::SandboxConfig,
 ) -> anyhow::Result<ExitCode> {
     if cfg!(debug_assertions) {
         println!(
@@ -125,7 +125,7 @@ pub(crate) async fn run(
         args.concurrency
     );
 
-    let sandbox = super::sandbox(cache_dir, args.concurrency)?;
+    let sandbox = super::sandbox(&base, args.concurrency)?;
     let hello = args.jobs.read("hello")?;
     let module = sandbox.load_async(hello.clone()).await?;
     broker.put_module(module.hash(), &hello).await?;
