@@ -503,3 +503,48 @@ async fn concurrent_runs_are_isolated() {
         Err(Failure::Timeout { .. })
     ));
 }
+
+/// With a large keep-resident budget, pages a run touched stay mapped in its pool slot and are
+/// reset in place: every run must still start from the module's initial memory. One slot (so
+/// every run reuses it), a job that touches megabytes and one that touches little, alternated,
+/// give the same results as in a sandbox with the default budget.
+#[tokio::test]
+async fn memory_kept_resident_is_reset_between_runs() {
+    use wasmq::sandbox::{Sandbox, SandboxConfig};
+    let big_doc =
+        "## Section\n\nSome *emphasis* and a [link](https://example.invalid).\n\n".repeat(8000);
+    let cases = [
+        json!({"markdown": big_doc}),
+        json!({"markdown": "# Small\n\nOne paragraph."}),
+    ];
+    let roomy = Limits {
+        fuel: 20_000_000_000,
+        memory_bytes: 256 << 20,
+        ..limits()
+    };
+    let reference = common::sandbox().load(&common::job("markdown")).unwrap();
+    let mut expected = Vec::new();
+    for args in &cases {
+        let out = common::sandbox()
+            .run(&reference, common::request(args, roomy))
+            .await;
+        expected.push(ok_json(&out));
+    }
+    let kept = Sandbox::new(SandboxConfig {
+        max_instances: 1,
+        keep_resident_bytes: 64 << 20,
+        ceilings: Limits {
+            memory_bytes: 256 << 20,
+            ..Limits::default_ceilings()
+        },
+        ..SandboxConfig::default()
+    })
+    .unwrap();
+    let module = kept.load(&common::job("markdown")).unwrap();
+    for round in 0..4 {
+        for (args, want) in cases.iter().zip(&expected) {
+            let out = kept.run(&module, common::request(args, roomy)).await;
+            assert_eq!(&ok_json(&out), want, "round {round}");
+        }
+    }
+}

@@ -39,7 +39,12 @@ pub struct Cli {
     /// MiB at the start of each pooled memory slot kept resident and reset in place between
     /// runs: more makes memory-hungry jobs faster (no page faults) and keeps up to that much
     /// resident per slot.
-    #[arg(long, global = true, env = "WASMQ_KEEP_RESIDENT_MB", default_value_t = 2)]
+    #[arg(
+        long,
+        global = true,
+        env = "WASMQ_KEEP_RESIDENT_MB",
+        default_value_t = 2
+    )]
     keep_resident_mb: usize,
 
     #[command(flatten)]
@@ -151,12 +156,7 @@ impl Cli {
             Command::Demo(args) => demo::run(sandbox(&base, 0)?, args).await,
             Command::Bench(args) => bench::run(args, redis, base).await,
             Command::Upload(args) => {
-                queue::upload(
-                    redis.connect().await?.as_ref(),
-                    &sandbox(&base, 0)?,
-                    args,
-                )
-                .await
+                queue::upload(redis.connect().await?.as_ref(), &sandbox(&base, 0)?, args).await
             }
             Command::Modules(args) => queue::modules(redis.connect().await?.as_ref(), args).await,
             Command::Enqueue(args) => queue::enqueue(redis.connect().await?, args).await,
