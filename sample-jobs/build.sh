@@ -42,6 +42,24 @@ stale() {
   [ -n "$(find "$@" -type f -newer "$target" -print -quit)" ]
 }
 
+# build_guests LANGUAGE SDK-DIR BUILD-FUNCTION JOB-DIR…: for each job directory whose component is
+# missing or older than its sources, the SDK or wit/, runs `BUILD-FUNCTION DIR OUTPUT` and moves
+# the output into place only when the build succeeded.
+build_guests() {
+  local language="$1" sdk="$2" build="$3" dir name wasm
+  shift 3
+  for dir in "$@"; do
+    name="$(basename "$dir")"
+    wasm="$out/${name//-/_}.wasm"
+    if stale "$wasm" "$dir" "$sdk" "$root/wit"; then
+      say "building $name ($language)"
+      mkdir -p "$out"
+      "$build" "$dir" "$wasm.tmp"
+      mv "$wasm.tmp" "$wasm"
+    fi
+  done
+}
+
 # ---- Python -----------------------------------------------------------------------------------
 COMPONENTIZE_PY_VERSION=0.25.1
 componentize_py() {
@@ -58,17 +76,11 @@ if [ -e "${python_jobs[0]}" ]; then
     python3 -m pip install --quiet --disable-pip-version-check --target "$tools/python" \
       "componentize-py==$COMPONENTIZE_PY_VERSION"
   fi
-  for dir in "${python_jobs[@]}"; do
-    name="$(basename "$dir")"
-    wasm="$out/${name//-/_}.wasm"
-    if stale "$wasm" "$dir" "$root/guest-sdk/python" "$root/wit"; then
-      say "building $name (Python)"
-      mkdir -p "$out"
-      componentize_py -d "$root/wit" -w job componentize app -p "$dir" -p "$root/guest-sdk/python" \
-        -o "$wasm.tmp" >/dev/null
-      mv "$wasm.tmp" "$wasm"
-    fi
-  done
+  build_python() {
+    componentize_py -d "$root/wit" -w job componentize app -p "$1" -p "$root/guest-sdk/python" \
+      -o "$2" >/dev/null
+  }
+  build_guests Python "$root/guest-sdk/python" build_python "${python_jobs[@]}"
 fi
 
 # ---- JavaScript -------------------------------------------------------------------------------
@@ -82,18 +94,12 @@ if [ -e "${js_jobs[0]}" ]; then
     # file, which `npm ci` then refuses; the lock still pins every version installed here.
     (cd "$here" && npm install --no-audit --no-fund --loglevel=error >/dev/null)
   fi
-  for dir in "${js_jobs[@]}"; do
-    name="$(basename "$dir")"
-    wasm="$out/${name//-/_}.wasm"
-    if stale "$wasm" "$dir" "$root/guest-sdk/js" "$root/wit"; then
-      say "building $name (JavaScript)"
-      mkdir -p "$out"
-      # From the repository root: componentize-js resolves the job's imports (the SDK) inside
-      # the directory it runs in. Without `http` and `fetch-event` the component would import
-      # wasi:http, which the host does not grant.
-      (cd "$root" && "$here/node_modules/.bin/componentize-js" "${dir#"$root/"}job.js" -w wit -n job \
-        -d http fetch-event -o "$wasm.tmp" >/dev/null)
-      mv "$wasm.tmp" "$wasm"
-    fi
-  done
+  # From the repository root: componentize-js resolves the job's imports (the SDK) inside the
+  # directory it runs in. Without `http` and `fetch-event` the component would import wasi:http,
+  # which the host does not grant.
+  build_js() {
+    (cd "$root" && "$here/node_modules/.bin/componentize-js" "${1#"$root/"}job.js" -w wit -n job \
+      -d http fetch-event -o "$2" >/dev/null)
+  }
+  build_guests JavaScript "$root/guest-sdk/js" build_js "${js_jobs[@]}"
 fi

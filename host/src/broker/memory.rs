@@ -294,13 +294,39 @@ impl MemoryBroker {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The ids in `queue`'s dead set now.
-    fn dead_ids(&self, queue: &str) -> Vec<String> {
-        self.lock()
-            .queues
-            .get(queue)
-            .map(|q| q.dead.iter().map(|(_, id)| id.clone()).collect())
-            .unwrap_or_default()
+    /// Takes one named job (`Some(id)`), or every job in it now, out of `queue`'s dead set: back
+    /// to ready with a fresh set of attempts (`retry`), or deleted. Returns how many (mirrors
+    /// `lua/dead.lua`).
+    fn take_from_dead(&self, queue: &str, id: Option<&str>, retry: bool) -> u64 {
+        let mut taken = 0;
+        {
+            let mut state = self.lock();
+            let ids: Vec<String> = match id {
+                Some(id) => vec![id.to_owned()],
+                None => state
+                    .queues
+                    .get(queue)
+                    .map(|q| q.dead.iter().map(|(_, id)| id.clone()).collect())
+                    .unwrap_or_default(),
+            };
+            for id in ids {
+                let Some(job) = state.take_dead(queue, &id) else {
+                    continue;
+                };
+                taken += 1;
+                if retry {
+                    job.attempts = 0;
+                    job.finished_at_ms = None;
+                    state.make_ready(queue, &id, false);
+                } else {
+                    state.jobs.remove(&(queue.to_owned(), id));
+                }
+            }
+        }
+        if retry && taken > 0 {
+            self.work.notify_waiters();
+        }
+        taken
     }
 
     fn any_ready(&self, queues: &[String]) -> bool {
@@ -793,44 +819,19 @@ impl Broker for MemoryBroker {
     }
 
     async fn retry_dead(&self, queue: &str, id: &str) -> Result<bool, BrokerError> {
-        {
-            let mut state = self.lock();
-            let Some(job) = state.take_dead(queue, id) else {
-                return Ok(false);
-            };
-            job.attempts = 0;
-            job.finished_at_ms = None;
-            state.make_ready(queue, id, false);
-        }
-        self.work.notify_waiters();
-        Ok(true)
+        Ok(self.take_from_dead(queue, Some(id), true) == 1)
     }
 
     async fn delete_dead(&self, queue: &str, id: &str) -> Result<bool, BrokerError> {
-        let mut state = self.lock();
-        if state.take_dead(queue, id).is_none() {
-            return Ok(false);
-        }
-        state.jobs.remove(&(queue.to_owned(), id.to_owned()));
-        Ok(true)
+        Ok(self.take_from_dead(queue, Some(id), false) == 1)
     }
 
     async fn retry_all_dead(&self, queue: &str) -> Result<u64, BrokerError> {
-        let ids = self.dead_ids(queue);
-        let mut n = 0;
-        for id in ids {
-            n += u64::from(self.retry_dead(queue, &id).await?);
-        }
-        Ok(n)
+        Ok(self.take_from_dead(queue, None, true))
     }
 
     async fn delete_all_dead(&self, queue: &str) -> Result<u64, BrokerError> {
-        let ids = self.dead_ids(queue);
-        let mut n = 0;
-        for id in ids {
-            n += u64::from(self.delete_dead(queue, &id).await?);
-        }
-        Ok(n)
+        Ok(self.take_from_dead(queue, None, false))
     }
 
     async fn run_now(&self, queue: &str, id: &str) -> Result<bool, BrokerError> {

@@ -36,6 +36,16 @@ pub struct Cli {
     #[arg(long, global = true)]
     no_cache: bool,
 
+    /// The most the artifact cache may hold, in MiB; the least recently used artifacts are
+    /// deleted past it (a Python or JavaScript job's is about 40 MB).
+    #[arg(
+        long,
+        global = true,
+        env = "WASMQ_CACHE_MAX_MB",
+        default_value_t = 2048
+    )]
+    cache_max_mb: u64,
+
     /// MiB at the start of each pooled memory slot kept resident and reset in place between
     /// runs: more makes memory-hungry jobs faster (no page faults) and keeps up to that much
     /// resident per slot.
@@ -147,6 +157,7 @@ impl Cli {
             } else {
                 Some(self.cache_dir.unwrap_or_else(default_cache_dir))
             },
+            cache_max_bytes: self.cache_max_mb << 20,
             keep_resident_bytes: self.keep_resident_mb << 20,
             ..SandboxConfig::default()
         };

@@ -611,41 +611,41 @@ pub(crate) async fn dead(broker: &dyn Broker, command: DeadCommand) -> anyhow::R
             }
             Ok(ExitCode::SUCCESS)
         }
-        DeadCommand::Retry(DeadTarget {
-            id: None, queue, ..
-        }) => {
+        DeadCommand::Retry(target) => take_from_dead(broker, target, true).await,
+        DeadCommand::Delete(target) => take_from_dead(broker, target, false).await,
+    }
+}
+
+/// `wasmq dead retry|delete`: one job, or with `--all` the whole dead set.
+async fn take_from_dead(
+    broker: &dyn Broker,
+    DeadTarget { id, queue, .. }: DeadTarget,
+    retry: bool,
+) -> anyhow::Result<ExitCode> {
+    match id {
+        None if retry => {
             let n = broker.retry_all_dead(&queue).await?;
             println!("{n} dead job(s) back on queue `{queue}`");
-            Ok(ExitCode::SUCCESS)
         }
-        DeadCommand::Delete(DeadTarget {
-            id: None, queue, ..
-        }) => {
+        None => {
             let n = broker.delete_all_dead(&queue).await?;
             println!("{n} dead job(s) of queue `{queue}` deleted");
-            Ok(ExitCode::SUCCESS)
         }
-        DeadCommand::Retry(DeadTarget {
-            id: Some(id),
-            queue,
-            ..
-        }) => {
-            if !broker.retry_dead(&queue, &id).await? {
+        Some(id) => {
+            let taken = if retry {
+                broker.retry_dead(&queue, &id).await?
+            } else {
+                broker.delete_dead(&queue, &id).await?
+            };
+            if !taken {
                 bail!("job `{id}` is not in the dead set of queue `{queue}`");
             }
-            println!("{id}: back on queue `{queue}`");
-            Ok(ExitCode::SUCCESS)
-        }
-        DeadCommand::Delete(DeadTarget {
-            id: Some(id),
-            queue,
-            ..
-        }) => {
-            if !broker.delete_dead(&queue, &id).await? {
-                bail!("job `{id}` is not in the dead set of queue `{queue}`");
+            if retry {
+                println!("{id}: back on queue `{queue}`");
+            } else {
+                println!("{id}: deleted");
             }
-            println!("{id}: deleted");
-            Ok(ExitCode::SUCCESS)
         }
     }
+    Ok(ExitCode::SUCCESS)
 }

@@ -5,10 +5,15 @@
 //! with a magic tag, the hash of the module it was compiled from and the SHA-256 of its payload, files are written to a temporary name and renamed into place (a reader
 //! never sees half a file), and the directory is created private to this user. A file that fails
 //! any check is deleted and reported as rejected; the caller recompiles.
+//!
+//! The directory is bounded: after each write the least recently used artifacts are deleted until
+//! the total is under the cap (reads refresh a file's modification time). A Python or JavaScript
+//! job's artifact is about 40 MB, and every new version of a module adds one.
 
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
 
@@ -29,10 +34,15 @@ pub enum CacheLookup {
     Rejected(String),
 }
 
+/// The default cap on a cache directory's size: about fifty Python or JavaScript artifacts, or
+/// thousands of Rust ones.
+pub const DEFAULT_MAX_BYTES: u64 = 2 << 30;
+
 /// A directory of compiled artifacts owned by this host.
 #[derive(Clone, Debug)]
 pub struct ArtifactCache {
     dir: PathBuf,
+    max_bytes: u64,
 }
 
 impl ArtifactCache {
@@ -45,7 +55,17 @@ impl ArtifactCache {
             use std::os::unix::fs::PermissionsExt;
             fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
         }
-        Ok(ArtifactCache { dir })
+        Ok(ArtifactCache {
+            dir,
+            max_bytes: DEFAULT_MAX_BYTES,
+        })
+    }
+
+    /// Keeps the directory under `max_bytes` (the newest artifact is kept even if it alone is
+    /// larger).
+    pub fn with_max_bytes(mut self, max_bytes: u64) -> Self {
+        self.max_bytes = max_bytes;
+        self
     }
 
     /// The directory this cache lives in.
@@ -87,6 +107,11 @@ impl ArtifactCache {
             return self.reject(&path, "checksum mismatch (corrupted or altered)".to_owned());
         }
         bytes.drain(..HEADER_LEN);
+        // Recently used: the last to be evicted. A failure only makes eviction less precise.
+        let _ = fs::File::options()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_modified(SystemTime::now()));
         CacheLookup::Hit(bytes)
     }
 
@@ -100,7 +125,34 @@ impl ArtifactCache {
         tmp.write_all(payload)?;
         tmp.as_file().sync_all()?;
         tmp.persist(&path).map_err(|e| e.error)?;
+        self.evict(&path);
         Ok(())
+    }
+
+    /// Deletes the least recently used artifacts, never `keep`, until the directory's artifacts
+    /// total at most the cap. Best effort: files that vanish or cannot be read are skipped.
+    fn evict(&self, keep: &Path) {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        let mut files: Vec<(SystemTime, u64, PathBuf)> = entries
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
+            .filter_map(|e| {
+                let meta = e.metadata().ok().filter(fs::Metadata::is_file)?;
+                Some((meta.modified().ok()?, meta.len(), e.path()))
+            })
+            .collect();
+        let mut total: u64 = files.iter().map(|(_, len, _)| len).sum();
+        files.sort();
+        for (_, len, path) in files {
+            if total <= self.max_bytes {
+                break;
+            }
+            if path != keep && fs::remove_file(&path).is_ok() {
+                total -= len;
+            }
+        }
     }
 
     /// Deletes an artifact that passed the cache's own checks but that wasmtime then refused
@@ -153,6 +205,41 @@ mod tests {
             matches!(cache.read(&m, "k"), CacheLookup::Rejected(r) if r.contains("bad header"))
         );
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn the_least_recently_used_artifacts_are_evicted_over_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = |n: u8| ModuleHash::of(&[n]);
+        let file_len = (HEADER_LEN + 100) as u64;
+        let cache = ArtifactCache::open(dir.path())
+            .unwrap()
+            .with_max_bytes(3 * file_len);
+        let age = |n: u8, secs_ago: u64| {
+            let f = fs::File::options()
+                .write(true)
+                .open(cache.path(&m(n), "k"))
+                .unwrap();
+            f.set_modified(SystemTime::now() - std::time::Duration::from_secs(secs_ago))
+                .unwrap();
+        };
+        for n in 0..3 {
+            cache.write(&m(n), "k", &[n; 100]).unwrap();
+            age(n, 100 - u64::from(n)); // 0 oldest, then 1, then 2
+        }
+        // Reading 0 makes it the most recent; the next write evicts 1, the least recently used.
+        assert!(matches!(cache.read(&m(0), "k"), CacheLookup::Hit(_)));
+        cache.write(&m(3), "k", &[3; 100]).unwrap();
+        let present = |n: u8| cache.path(&m(n), "k").exists();
+        assert_eq!([0, 1, 2, 3].map(present), [true, false, true, true]);
+        // An artifact larger than the cap is kept (it is the one just written); the rest go.
+        cache.write(&m(9), "k", &[9; 1000]).unwrap();
+        assert_eq!([0, 2, 3, 9].map(present), [false, false, false, true]);
+        // Files that are not artifacts are left alone.
+        fs::write(dir.path().join("notes.txt"), vec![0; 10_000]).unwrap();
+        cache.write(&m(4), "k", &[4; 100]).unwrap();
+        assert!(dir.path().join("notes.txt").exists());
+        assert!(present(4));
     }
 
     #[cfg(unix)]

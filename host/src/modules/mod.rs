@@ -13,7 +13,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 
-pub use cache::{ArtifactCache, CacheLookup};
+pub use cache::{ArtifactCache, CacheLookup, DEFAULT_MAX_BYTES as DEFAULT_CACHE_MAX_BYTES};
 
 /// The content address of a job module: the SHA-256 of its component bytes.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -85,6 +85,9 @@ pub struct SandboxConfig {
     pub max_instances: u32,
     /// Where compiled artifacts are cached; `None` compiles every module at load.
     pub cache_dir: Option<PathBuf>,
+    /// The most the artifact cache directory may hold; the least recently used artifacts are
+    /// deleted past it. 2 GiB by default.
+    pub cache_max_bytes: u64,
     /// Bytes at the start of each pooled linear-memory slot that are reset in place between
     /// runs instead of being returned to the kernel. Pages a run touched within this budget stay
     /// resident, so the next run in the slot does not fault them in again: faster for jobs that
@@ -100,6 +103,7 @@ impl Default for SandboxConfig {
             // Matches a worker's default concurrency with room for the CLI's own runs.
             max_instances: 64,
             cache_dir: None,
+            cache_max_bytes: crate::modules::DEFAULT_CACHE_MAX_BYTES,
             keep_resident_bytes: 2 << 20,
         }
     }
@@ -436,7 +440,10 @@ impl Sandbox {
             std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut h);
             hex::encode(&h.0.finalize()[..8])
         };
-        let cache = config.cache_dir.map(ArtifactCache::open).transpose()?;
+        let cache = config
+            .cache_dir
+            .map(|dir| ArtifactCache::open(dir).map(|c| c.with_max_bytes(config.cache_max_bytes)))
+            .transpose()?;
         spawn_epoch_ticker(&engine);
 
         Ok(Sandbox {
