@@ -61,13 +61,22 @@ local function failed(jk, err)
   redis.call('HSET', jk, 'err', err, 'errs', all)
 end
 
--- List a job that ended `state` (succeeded or cancelled) in the queue's index of those (score:
--- when); entries older than the result TTL `ttl` (s), or beyond the newest MAX_FINISHED, drop out.
-local function list_final(id, state, now, ttl)
-  local key = string.sub(ARGV[1], 1, -5) .. state
-  redis.call('ZADD', key, now, id)
+-- The queue's index of jobs that ended `state` (succeeded or cancelled; score: when).
+local function final_key(state)
+  return string.sub(ARGV[1], 1, -5) .. state
+end
+
+-- Drop index entries older than the result TTL `ttl` (s), and all but the newest MAX_FINISHED.
+local function trim_final(key, now, ttl)
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now - ttl * 1000)
   redis.call('ZREMRANGEBYRANK', key, 0, -(MAX_FINISHED + 1))
+end
+
+-- List one job that ended `state` in the queue's index of those.
+local function list_final(id, state, now, ttl)
+  local key = final_key(state)
+  redis.call('ZADD', key, now, id)
+  trim_final(key, now, ttl)
 end
 
 -- Add to the queue's running totals (enqueued, succeeded, failed, retried, dead, cancelled,

@@ -6,6 +6,8 @@ local now = now_ms()
 local ttl = tonumber(ARGV[3])
 local stale = 0
 local n = {succeeded = 0, failed = 0, retried = 0, dead = 0, cancelled = 0}
+-- Succeeded jobs are listed in one ZADD after the loop: `now` and id, alternately.
+local listed = {}
 for i = 4, #ARGV, 6 do
   local id, token, action, delay, err, report = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3]), ARGV[i + 4], ARGV[i + 5]
   local jk = ARGV[1] .. id
@@ -18,7 +20,8 @@ for i = 4, #ARGV, 6 do
     if action == 'retry' and redis.call('HEXISTS', jk, 'cancel') == 1 then action = 'cancelled' end
     if action == 'ok' then
       redis.call('HSET', jk, 'state', 'succeeded', 'fin', now)
-      list_final(id, 'succeeded', now, ttl)
+      listed[#listed + 1] = now
+      listed[#listed + 1] = id
       redis.call('HDEL', jk, 'cancel')
       redis.call('EXPIRE', jk, ttl)
       notify(id)
@@ -38,6 +41,11 @@ for i = 4, #ARGV, 6 do
       n.dead = n.dead + 1
     end
   end
+end
+if #listed > 0 then
+  local key = final_key('succeeded')
+  redis.call('ZADD', key, unpack(listed))
+  trim_final(key, now, ttl)
 end
 for field, v in pairs(n) do count(field, v) end
 -- A concurrency-limited queue has a free slot now: wake a worker for it.
