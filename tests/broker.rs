@@ -384,6 +384,30 @@ async fn jobs_are_listed_by_state_in_order(b: Backend) {
     assert!(page(JobState::Succeeded, 0, 10).await.1.is_empty());
 }
 
+async fn the_succeeded_listing_keeps_the_newest_10000(b: Backend) {
+    let b = b.broker.as_ref();
+    let jobs: Vec<NewJob> = (0..10_050)
+        .map(|n| job(&format!("j{n:05}"), |_| {}))
+        .collect();
+    put(b, &jobs).await;
+    loop {
+        let leases = fetch(b, 256).await;
+        if leases.is_empty() {
+            break;
+        }
+        let acks: Vec<Ack> = leases.iter().map(ok).collect();
+        b.complete(&acks).await.unwrap();
+    }
+    let page = b.jobs("default", JobState::Succeeded, 0, 1).await.unwrap();
+    assert_eq!(page.total, wasmq::broker::MAX_FINISHED_LISTED as u64);
+    let last = b
+        .jobs("default", JobState::Succeeded, 9_999, 5)
+        .await
+        .unwrap();
+    assert_eq!(last.jobs.len(), 1, "the 10,000th is the last listed");
+    assert_eq!(counts(b).await.totals.succeeded, 10_050, "all ran");
+}
+
 async fn scheduled_jobs_can_run_now(b: Backend) {
     let b = b.broker.as_ref();
     let later = wasmq::broker::now_ms() + 3_600_000;
@@ -1121,4 +1145,5 @@ suite!(
     scheduled_jobs_can_run_now,
     the_whole_dead_set_can_be_retried_or_deleted,
     module_usage_counts_jobs_not_yet_succeeded,
+    the_succeeded_listing_keeps_the_newest_10000,
 );
