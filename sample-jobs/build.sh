@@ -89,10 +89,11 @@ if [ -e "${js_jobs[0]}" ]; then
   command -v node >/dev/null || apt_install nodejs
   command -v npm >/dev/null || apt_install npm
   if stale "$here/node_modules/.package-lock.json" "$here/package-lock.json"; then
-    say "installing componentize-js (npm install in $here)"
-    # `npm install`, not `npm ci`: npm leaves other platforms' optional packages out of the lock
-    # file, which `npm ci` then refuses; the lock still pins every version installed here.
-    (cd "$here" && npm install --no-audit --no-fund --loglevel=error >/dev/null)
+    say "installing componentize-js (npm ci in $here)"
+    # `npm ci` installs exactly the lock and never rewrites it, so a build leaves `git status`
+    # clean. The lock lists every platform's optional binaries (as `npm install` writes it on
+    # npm ≥ 11), which `npm ci` needs in order to accept it.
+    (cd "$here" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
   fi
   # From the repository root: componentize-js resolves the job's imports (the SDK) inside the
   # directory it runs in. Without `http` and `fetch-event` the component would import wasi:http,

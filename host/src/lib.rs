@@ -7,8 +7,11 @@
 //!
 //! # Layout
 //!
+//! - [`job`]: the job's own vocabulary — state, failure kinds, run report, limits (ground floor).
+//! - [`time`]: Unix milliseconds, RFC 3339 times, durations and the [`time::Clock`] (ground floor).
 //! - [`modules`]: content addresses, first validation of uploaded bytes, the artifact cache.
 //! - [`invocation`]: the wire format of a job (JSON, `docs/invocation.schema.json`) and its checks.
+//! - [`intake`]: the one way in for new jobs — parsing, ceilings, module checks, batches.
 //! - [`broker`]: the `Broker` trait and the job state machine; `redis` and `memory` backends.
 //! - [`worker`]: fetch → run → acknowledge, heartbeats, sub-jobs, graceful drain.
 //! - [`scheduler`]: retry backoff and the promote-and-recover loop every worker runs.
@@ -20,8 +23,11 @@
 pub mod api;
 pub mod broker;
 pub mod cli;
+pub mod intake;
 pub mod invocation;
+pub mod job;
 pub mod modules;
 pub mod sandbox;
 pub mod scheduler;
+pub mod time;
 pub mod worker;

@@ -1,4 +1,4 @@
-// Drives the dashboard in headless Chromium (run by tests/dashboard.rs, which prepares the jobs
+// Drives the dashboard in headless Chromium (run by tests/all/dashboard.rs, which prepares the jobs
 // and checks Redis afterwards). Environment:
 //   WASMQ_URL        the server                WASMQ_TOKEN      an admin token
 //   WASMQ_OPEN_JOB   a succeeded job that failed twice first (its page is checked)

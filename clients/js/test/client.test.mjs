@@ -1,5 +1,5 @@
 // The JavaScript client against a live `wasmq serve` (with an in-process worker). Run by
-// `tests/clients.rs`, which sets WASMQ_URL, WASMQ_TOKEN, WASMQ_ENQUEUE_TOKEN and WASMQ_JOBS_DIR.
+// `tests/all/clients.rs`, which sets WASMQ_URL, WASMQ_TOKEN, WASMQ_ENQUEUE_TOKEN and WASMQ_JOBS_DIR.
 
 import assert from "node:assert/strict";
 import { readFile } from "node:fs/promises";

@@ -1,6 +1,6 @@
 """The Python client against a live `wasmq serve` (with an in-process worker).
 
-Run by `tests/clients.rs`, which starts Redis and the server and sets WASMQ_URL, WASMQ_TOKEN
+Run by `tests/all/clients.rs`, which starts Redis and the server and sets WASMQ_URL, WASMQ_TOKEN
 (admin), WASMQ_ENQUEUE_TOKEN (enqueue only) and WASMQ_JOBS_DIR (the sample job components).
 """
 

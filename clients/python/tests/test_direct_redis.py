@@ -1,5 +1,5 @@
 """Enqueue straight into Redis with the published script (docs/redis-enqueue.lua) and Python's
-`redis` package; the server's worker runs the jobs. Run by `tests/clients.rs` (WASMQ_REDIS_URL).
+`redis` package; the server's worker runs the jobs. Run by `tests/all/clients.rs` (WASMQ_REDIS_URL).
 """
 
 import json

@@ -7,7 +7,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::broker::BrokerError;
-use crate::invocation::{Invocation, InvocationError};
+use crate::intake::{Place, Refusal};
+use crate::invocation::InvocationError;
 
 /// An error response.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,13 +44,24 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
 
+    /// A job refused by the intake, located in the request (`jobs[3]`, `callback`) when the
+    /// request held a list of jobs (`in_list`).
+    pub fn refused(r: &Refusal, in_list: bool) -> Self {
+        let prefix = match r.place {
+            Place::Job(i) if in_list => Some(format!("jobs[{i}]")),
+            Place::Callback => Some("callback".to_owned()),
+            Place::Job(_) | Place::Only => None,
+        };
+        Self::invocation(&r.error, prefix.as_deref())
+    }
+
     /// An invocation refused; `prefix` locates it in a bulk request (`jobs[3]`).
     pub fn invocation(e: &InvocationError, prefix: Option<&str>) -> Self {
         let code = match e {
             InvocationError::UnknownModule(_) => "unknown_module",
             _ => "invalid_invocation",
         };
-        let field = Invocation::error_field(e);
+        let field = e.field_name().map(str::to_owned);
         let (message, field) = match prefix {
             Some(p) => (
                 format!("{p}: {e}"),
@@ -70,12 +82,12 @@ impl From<BrokerError> for ApiError {
     fn from(e: BrokerError) -> Self {
         match e {
             BrokerError::Invocation(inv) => ApiError::invocation(&inv, None),
-            BrokerError::Redis(r) => {
-                tracing::warn!(error = %r, "broker unavailable");
+            BrokerError::Unavailable { .. } => {
+                tracing::warn!(error = %e, "broker unavailable");
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "unavailable",
-                    format!("the broker is unavailable: {r}"),
+                    format!("the broker is unavailable: {e}"),
                 )
             }
             BrokerError::Corrupt { .. } => {

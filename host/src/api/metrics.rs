@@ -73,7 +73,7 @@ pub fn render(queues: &[QueueCounts], workers: usize, worker: Option<&Counters>)
         "# HELP wasmq_queue_oldest_ready_age_seconds How long the next job to run has waited since it was enqueued."
     );
     let _ = writeln!(out, "# TYPE wasmq_queue_oldest_ready_age_seconds gauge");
-    let now = crate::broker::now_ms();
+    let now = crate::time::now_ms();
     for q in queues {
         let age = q
             .oldest_ready_ms

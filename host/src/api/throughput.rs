@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::broker::{Broker, QueueCounts, now_ms};
+use crate::broker::{ApiBroker, QueueCounts};
+use crate::time::now_ms;
 
 /// How often the totals are sampled.
 pub const INTERVAL: Duration = Duration::from_secs(1);
@@ -81,7 +82,7 @@ impl Throughput {
 
     /// Samples `broker`'s totals every [`INTERVAL`], forever (the server aborts it). A failed read
     /// (Redis away) leaves a gap rather than stopping the sampler.
-    pub async fn sample(self: Arc<Self>, broker: Arc<dyn Broker>) {
+    pub async fn sample(self: Arc<Self>, broker: Arc<dyn ApiBroker>) {
         let mut tick = tokio::time::interval(INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

@@ -13,7 +13,8 @@ use clap::{Args, Subcommand};
 use serde::{Deserialize, Serialize};
 
 use super::JobsDir;
-use crate::sandbox::{JobInfo, JobModule, Limits, NoSubJobs, RunRequest, Sandbox, SandboxConfig};
+use crate::job::{JobInfo, Limits};
+use crate::sandbox::{JobModule, NoSubJobs, RunRequest, Sandbox, SandboxConfig};
 
 // The markdown job's rendering code, compiled natively for the comparison.
 #[path = "../../../sample-jobs/markdown/src/render.rs"]

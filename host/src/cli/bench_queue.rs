@@ -18,10 +18,11 @@ use serde_json::json;
 use super::JobsDir;
 use super::bench::report;
 use super::queue::RedisArgs;
+use crate::broker::ApiBroker;
 use crate::broker::redis::RedisBroker;
-use crate::broker::{Broker, JobState, enqueue_checked};
+use crate::intake::Intake;
 use crate::invocation::{Invocation, NewJob};
-use crate::sandbox::Limits;
+use crate::job::JobState;
 use crate::worker::{Worker, WorkerConfig};
 
 /// Flags of `wasmq bench queue`.
@@ -109,7 +110,7 @@ pub(crate) async fn run(
         .map_or(redis.redis.clone(), |p| p.url.clone());
     // A fresh key prefix per run: a shared Redis keeps other data, and old runs do not interfere.
     let prefix = format!("wasmq-bench-{}", uuid::Uuid::now_v7().simple());
-    let broker: Arc<dyn Broker> = Arc::new(
+    let broker: Arc<dyn ApiBroker> = Arc::new(
         RedisBroker::connect_with_prefix(&url, &prefix)
             .await
             .with_context(|| format!("failed to connect to Redis at `{url}`"))?,
@@ -129,10 +130,11 @@ pub(crate) async fn run(
     let hello = args.jobs.read("hello")?;
     let module = sandbox.load_async(hello.clone()).await?;
     broker.put_module(module.hash(), &hello).await?;
+    let intake = Intake::new(*sandbox.ceilings());
     let job = |i: usize| -> anyhow::Result<NewJob> {
         let mut inv = Invocation::new(module.hash());
         inv.args = json!({ "name": format!("n{i}") });
-        Ok(inv.prepare(&Limits::default_ceilings())?)
+        Ok(intake.job(inv)?)
     };
 
     // Enqueue: pipelined, in chunks.
@@ -140,9 +142,7 @@ pub(crate) async fn run(
         .map(job)
         .collect::<anyhow::Result<Vec<_>>>()?;
     let started = Instant::now();
-    for chunk in jobs.chunks(5000) {
-        enqueue_checked(broker.as_ref(), chunk).await?;
-    }
+    intake.enqueue(broker.as_ref(), &jobs).await?;
     let enqueue_time = started.elapsed();
     println!(
         "enqueue: {:.0} jobs/s ({} jobs in {:.2} s)",
@@ -183,7 +183,9 @@ pub(crate) async fn run(
     for i in 0..args.latency_samples {
         let one = job(args.count + i)?;
         let t = Instant::now();
-        enqueue_checked(broker.as_ref(), std::slice::from_ref(&one)).await?;
+        intake
+            .enqueue(broker.as_ref(), std::slice::from_ref(&one))
+            .await?;
         let record = broker
             .wait_job(one.queue(), one.id(), Duration::from_secs(10))
             .await?;

@@ -5,9 +5,11 @@ use std::process::ExitCode;
 use anyhow::bail;
 use clap::Subcommand;
 
-use crate::broker::Broker;
-use crate::invocation::{DEFAULT_QUEUE, Invocation, format_time};
+use crate::broker::ApiBroker;
+use crate::intake::Intake;
+use crate::invocation::{DEFAULT_QUEUE, Invocation};
 use crate::modules::ModuleHash;
+use crate::time::format_time;
 
 /// `wasmq cron …`.
 #[derive(Debug, Subcommand)]
@@ -58,7 +60,11 @@ pub(crate) enum CronCommand {
     },
 }
 
-pub(crate) async fn run(broker: &dyn Broker, command: CronCommand) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(
+    intake: &Intake,
+    broker: &dyn ApiBroker,
+    command: CronCommand,
+) -> anyhow::Result<ExitCode> {
     match command {
         CronCommand::Add {
             name,
@@ -79,7 +85,7 @@ pub(crate) async fn run(broker: &dyn Broker, command: CronCommand) -> anyhow::Re
             inv.fuel = fuel.unwrap_or(inv.fuel);
             inv.timeout_ms = timeout_ms.unwrap_or(inv.timeout_ms);
             inv.memory_mb = memory_mb.unwrap_or(inv.memory_mb);
-            let entry = crate::scheduler::add_cron(broker, &name, &schedule, inv).await?;
+            let entry = crate::scheduler::add_cron(intake, broker, &name, &schedule, inv).await?;
             println!(
                 "{}: `{}` on queue `{}`, next at {}",
                 entry.name,

@@ -14,10 +14,12 @@ use serde_json::{Value, json};
 use super::JobsDir;
 use super::report::group;
 use crate::broker::memory::MemoryBroker;
-use crate::broker::{Broker, JobRecord, JobState, enqueue_checked};
+use crate::broker::{ApiBroker, JobRecord};
+use crate::intake::Intake;
 use crate::invocation::{Invocation, NewJob};
+use crate::job::JobState;
 use crate::modules::ModuleHash;
-use crate::sandbox::{Limits, Sandbox};
+use crate::sandbox::Sandbox;
 use crate::worker::{Backoff, Worker, WorkerConfig};
 
 /// Flags of `wasmq demo`.
@@ -186,7 +188,7 @@ fn cases(hello: ModuleHash) -> Vec<Case> {
 }
 
 pub(crate) async fn run(sandbox: Sandbox, args: DemoArgs) -> anyhow::Result<ExitCode> {
-    let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new());
+    let broker: Arc<dyn ApiBroker> = Arc::new(MemoryBroker::new());
 
     // 1. Upload: validate (compile) each sample job and store it under its hash. The Python and
     // JavaScript components are 12-19 MB: compiling them takes seconds, once per machine (then
@@ -213,19 +215,17 @@ pub(crate) async fn run(sandbox: Sandbox, args: DemoArgs) -> anyhow::Result<Exit
 
     // 2. Enqueue the batch.
     let cases = cases(hashes["hello"]);
-    let jobs = cases
-        .iter()
-        .enumerate()
-        .map(|(n, case)| {
-            let mut inv = Invocation::new(hashes[case.job]);
-            inv.id = Some(format!("demo-{:02}-{}", n + 1, case.job));
-            inv.queue = "demo".into();
-            inv.args = case.args.clone();
-            (case.tweak)(&mut inv);
-            inv.prepare(&Limits::default_ceilings())
-        })
-        .collect::<Result<Vec<NewJob>, _>>()?;
-    enqueue_checked(broker.as_ref(), &jobs).await?;
+    let jobs = cases.iter().enumerate().map(|(n, case)| {
+        let mut inv = Invocation::new(hashes[case.job]);
+        inv.id = Some(format!("demo-{:02}-{}", n + 1, case.job));
+        inv.queue = "demo".into();
+        inv.args = case.args.clone();
+        (case.tweak)(&mut inv);
+        Ok(inv)
+    });
+    let intake = Intake::new(*sandbox.ceilings());
+    let jobs: Vec<NewJob> = intake.jobs(jobs)?;
+    intake.enqueue(broker.as_ref(), &jobs).await?;
     println!("enqueued {} jobs on queue `demo`\n", jobs.len());
 
     // 3. One worker; short backoff so the retries happen while you watch.

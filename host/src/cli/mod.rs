@@ -15,10 +15,11 @@ mod worker;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::intake::Intake;
+use crate::job::Limits;
 use crate::sandbox::{Sandbox, SandboxConfig};
 
 /// wasmq — background jobs as sandboxed WebAssembly components.
@@ -60,9 +61,48 @@ pub struct Cli {
     #[command(flatten)]
     redis: queue::RedisArgs,
 
+    #[command(flatten)]
+    ceilings: CeilingArgs,
+
     /// Log format on stderr (`WASMQ_LOG` sets the level, e.g. `info`).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+}
+
+/// The operator's ceilings: no job may ask for more. The API and `enqueue` refuse jobs above
+/// them, a worker refuses to run one above its own (the job dies with `limits`), and the
+/// sandbox sizes its memory slots by them. The defaults suit trusted jobs; lower them for
+/// customer code.
+#[derive(Debug, Args)]
+struct CeilingArgs {
+    /// Most fuel one attempt may ask for (≈ wasm instructions).
+    #[arg(long, global = true, env = "WASMQ_MAX_FUEL", default_value_t = Limits::default_ceilings().fuel)]
+    max_fuel: u64,
+    /// Most linear memory one attempt may ask for, in MiB.
+    #[arg(long, global = true, env = "WASMQ_MAX_MEMORY_MB", default_value_t = Limits::default_ceilings().memory_bytes >> 20)]
+    max_memory_mb: u64,
+    /// Longest deadline one attempt may ask for.
+    #[arg(long, global = true, env = "WASMQ_MAX_TIMEOUT", value_parser = crate::time::parse_duration, default_value = "15m")]
+    max_timeout: std::time::Duration,
+}
+
+impl CeilingArgs {
+    fn limits(&self) -> anyhow::Result<Limits> {
+        let ceilings = Limits {
+            fuel: self.max_fuel,
+            timeout: self.max_timeout,
+            memory_bytes: self.max_memory_mb.saturating_mul(1 << 20),
+            ..Limits::default_ceilings()
+        };
+        for (flag, zero) in [
+            ("--max-fuel", ceilings.fuel == 0),
+            ("--max-memory-mb", ceilings.memory_bytes == 0),
+            ("--max-timeout", ceilings.timeout.is_zero()),
+        ] {
+            anyhow::ensure!(!zero, "`{flag}` must be greater than zero");
+        }
+        Ok(ceilings)
+    }
 }
 
 /// How logs are written.
@@ -159,8 +199,10 @@ impl Cli {
             },
             cache_max_bytes: self.cache_max_mb << 20,
             keep_resident_bytes: self.keep_resident_mb << 20,
+            ceilings: self.ceilings.limits()?,
             ..SandboxConfig::default()
         };
+        let intake = Intake::new(base.ceilings);
         let redis = self.redis;
         match self.command {
             Command::Run(args) => run::run(sandbox(&base, 0)?, args).await,
@@ -170,7 +212,7 @@ impl Cli {
                 queue::upload(redis.connect().await?.as_ref(), &sandbox(&base, 0)?, args).await
             }
             Command::Modules(args) => queue::modules(redis.connect().await?.as_ref(), args).await,
-            Command::Enqueue(args) => queue::enqueue(redis.connect().await?, args).await,
+            Command::Enqueue(args) => queue::enqueue(&intake, redis.connect().await?, args).await,
             Command::Worker(args) => {
                 let sandbox = sandbox(&base, args.concurrency())?;
                 let broker = redis.connect_with_ttl(args.result_ttl()).await?;
@@ -192,7 +234,9 @@ impl Cli {
             Command::Resume { queue } => {
                 queue::set_paused(redis.connect().await?.as_ref(), &queue, false).await
             }
-            Command::Cron(command) => cron::run(redis.connect().await?.as_ref(), command).await,
+            Command::Cron(command) => {
+                cron::run(&intake, redis.connect().await?.as_ref(), command).await
+            }
         }
     }
 }
@@ -203,14 +247,6 @@ pub(crate) fn sandbox(base: &SandboxConfig, concurrency: usize) -> anyhow::Resul
         max_instances: base.max_instances.max(concurrency as u32),
         ..base.clone()
     })
-}
-
-/// Parses a duration for a flag: `250ms`, `10s`, `5m`, `1h 30m`, `2 days`.
-pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
-    let d: jiff::SignedDuration = text
-        .parse()
-        .map_err(|e| format!("`{text}` is not a duration such as `10s`, `5m` or `1h 30m`: {e}"))?;
-    Duration::try_from(d).map_err(|_| format!("`{text}` is negative"))
 }
 
 fn default_cache_dir() -> PathBuf {

@@ -2,7 +2,7 @@
 //! `dead`.
 
 use std::io::{BufRead as _, Read as _};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,10 +14,13 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::report;
 use crate::broker::redis::RedisBroker;
-use crate::broker::{Broker, CancelOutcome, Enqueued, JobRecord, JobState, enqueue_checked};
-use crate::invocation::{Invocation, NewJob, format_time};
+use crate::broker::{ApiBroker, CancelOutcome, Enqueued, JobRecord};
+use crate::intake::{Intake, IntakeError, Place, Refusal};
+use crate::invocation::{Invocation, NewJob};
+use crate::job::JobState;
 use crate::modules::ModuleHash;
 use crate::sandbox::Sandbox;
+use crate::time::format_time;
 
 /// Where the broker is: shared by every command that needs Redis.
 #[derive(Debug, Clone, Args)]
@@ -65,7 +68,7 @@ pub(crate) struct UploadArgs {
 /// Validates each component like a worker would (it must fit the `wasmq:job` world), stores it
 /// under its hash and prints the hash.
 pub(crate) async fn upload(
-    broker: &dyn Broker,
+    broker: &dyn ApiBroker,
     sandbox: &Sandbox,
     args: UploadArgs,
 ) -> anyhow::Result<ExitCode> {
@@ -78,7 +81,7 @@ pub(crate) async fn upload(
 
 /// Reads, validates and stores one component.
 pub(crate) async fn upload_one(
-    broker: &dyn Broker,
+    broker: &dyn ApiBroker,
     sandbox: &Sandbox,
     file: &std::path::Path,
 ) -> anyhow::Result<ModuleHash> {
@@ -107,7 +110,7 @@ pub(crate) struct JsonArgs {
     json: bool,
 }
 
-pub(crate) async fn modules(broker: &dyn Broker, args: JsonArgs) -> anyhow::Result<ExitCode> {
+pub(crate) async fn modules(broker: &dyn ApiBroker, args: JsonArgs) -> anyhow::Result<ExitCode> {
     let all = broker.modules().await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&all)?);
@@ -138,7 +141,7 @@ pub(crate) struct EnqueueArgs {
     #[arg(long, default_value = crate::invocation::DEFAULT_QUEUE)]
     queue: String,
     /// Run after this long (`10s`, `5m`, `1h 30m`).
-    #[arg(long, value_parser = super::parse_duration, conflicts_with = "at")]
+    #[arg(long, value_parser = crate::time::parse_duration, conflicts_with = "at")]
     delay: Option<Duration>,
     /// Run at this RFC 3339 time.
     #[arg(long)]
@@ -168,7 +171,7 @@ pub(crate) struct EnqueueArgs {
     #[arg(long)]
     wait: bool,
     /// Give up waiting after this long.
-    #[arg(long, value_parser = super::parse_duration, default_value = "5m")]
+    #[arg(long, value_parser = crate::time::parse_duration, default_value = "5m")]
     wait_timeout: Duration,
     /// Print JSON.
     #[arg(long)]
@@ -188,39 +191,43 @@ impl EnqueueArgs {
         inv.memory_mb = self.memory_mb.unwrap_or(inv.memory_mb);
         inv.run_at = match (&self.at, self.delay) {
             (Some(at), _) => Some(at.clone()),
-            (None, Some(d)) => Some(format_time(crate::broker::now_ms() + d.as_millis() as u64)),
+            (None, Some(d)) => Some(format_time(crate::time::now_ms() + d.as_millis() as u64)),
             (None, None) => None,
         };
         Ok(inv)
     }
 }
 
-/// Jobs per enqueue call when reading a file: the broker pipelines the chunks inside one call.
-const BULK_CHUNK: usize = 5000;
-
 pub(crate) async fn enqueue(
-    broker: Arc<dyn Broker>,
+    intake: &Intake,
+    broker: Arc<dyn ApiBroker>,
     args: EnqueueArgs,
 ) -> anyhow::Result<ExitCode> {
-    // The operator's ceilings; workers check them again against their own.
-    let ceilings = &crate::sandbox::Limits::default_ceilings();
-    let jobs: Vec<NewJob> = match (&args.file, args.module) {
-        (Some(path), _) => read_jsonl(path)?
-            .into_iter()
-            .map(|(line, text)| {
-                Invocation::from_json(text.as_bytes())
-                    .and_then(|inv| inv.prepare(ceilings))
-                    .with_context(|| format!("line {line} of `{}`", path.display()))
-            })
-            .collect::<anyhow::Result<_>>()?,
-        (None, Some(module)) => vec![args.invocation(module)?.prepare(ceilings)?],
+    // Where each job came from, to name it in a refusal: a line of the file, or the flags.
+    let (jobs, lines): (Vec<NewJob>, Vec<usize>) = match (&args.file, args.module) {
+        (Some(path), _) => {
+            let lines = read_jsonl(path)?;
+            let numbers: Vec<usize> = lines.iter().map(|(n, _)| *n).collect();
+            let jobs = intake
+                .jobs(
+                    lines
+                        .iter()
+                        .map(|(_, text)| Invocation::from_json(text.as_bytes())),
+                )
+                .map_err(|r| refused_line(IntakeError::Refused(r), &numbers, path))?;
+            (jobs, numbers)
+        }
+        (None, Some(module)) => (vec![intake.job(args.invocation(module)?)?], vec![]),
         (None, None) => bail!("name a module, or `--file` with invocations"),
     };
-    // Nothing is enqueued unless every line was valid.
-    let mut outcomes = Vec::with_capacity(jobs.len());
-    for chunk in jobs.chunks(BULK_CHUNK) {
-        outcomes.extend(enqueue_checked(broker.as_ref(), chunk).await?);
-    }
+    // Nothing is enqueued unless every line is valid and every module was uploaded.
+    let outcomes = match intake.enqueue(broker.as_ref(), &jobs).await {
+        Ok(outcomes) => outcomes,
+        Err(e) => match &args.file {
+            Some(path) => return Err(refused_line(e, &lines, path)),
+            None => return Err(e.into()),
+        },
+    };
     let existed = outcomes.iter().filter(|o| **o == Enqueued::Existed).count();
     if !args.wait {
         if args.json {
@@ -255,6 +262,21 @@ pub(crate) async fn enqueue(
     })
 }
 
+/// An intake error for a file, naming the line of the job it refused.
+fn refused_line(e: IntakeError, lines: &[usize], path: &Path) -> anyhow::Error {
+    match e {
+        IntakeError::Refused(Refusal {
+            place: Place::Job(i),
+            error,
+        }) => anyhow::Error::new(error).context(format!(
+            "line {} of `{}`",
+            lines.get(i).copied().unwrap_or(i + 1),
+            path.display()
+        )),
+        other => other.into(),
+    }
+}
+
 /// The non-empty lines of a JSON-lines file, numbered from 1.
 fn read_jsonl(path: &PathBuf) -> anyhow::Result<Vec<(usize, String)>> {
     let mut text = String::new();
@@ -277,7 +299,7 @@ fn read_jsonl(path: &PathBuf) -> anyhow::Result<Vec<(usize, String)>> {
 
 /// Waits for every job (a few at a time), with a progress bar when there are several.
 pub(crate) async fn wait_all(
-    broker: Arc<dyn Broker>,
+    broker: Arc<dyn ApiBroker>,
     jobs: &[NewJob],
     timeout: Duration,
 ) -> anyhow::Result<Vec<Option<JobRecord>>> {
@@ -334,14 +356,14 @@ pub(crate) struct JobArgs {
     #[arg(long)]
     wait: bool,
     /// Give up waiting after this long.
-    #[arg(long, value_parser = super::parse_duration, default_value = "5m")]
+    #[arg(long, value_parser = crate::time::parse_duration, default_value = "5m")]
     wait_timeout: Duration,
     /// Print JSON.
     #[arg(long)]
     json: bool,
 }
 
-pub(crate) async fn job(broker: &dyn Broker, args: JobArgs) -> anyhow::Result<ExitCode> {
+pub(crate) async fn job(broker: &dyn ApiBroker, args: JobArgs) -> anyhow::Result<ExitCode> {
     let mut record = broker.job(args.queue.as_deref(), &args.id).await?;
     if args.wait
         && let Some(r) = &record
@@ -359,7 +381,7 @@ pub(crate) async fn job(broker: &dyn Broker, args: JobArgs) -> anyhow::Result<Ex
 
 /// Waits for a job to end, drawing its reported progress as a bar (on a terminal).
 async fn wait_with_progress(
-    broker: &dyn Broker,
+    broker: &dyn ApiBroker,
     queue: &str,
     id: &str,
     timeout: Duration,
@@ -391,7 +413,7 @@ async fn wait_with_progress(
     Ok(record)
 }
 
-pub(crate) async fn queues(broker: &dyn Broker, args: JsonArgs) -> anyhow::Result<ExitCode> {
+pub(crate) async fn queues(broker: &dyn ApiBroker, args: JsonArgs) -> anyhow::Result<ExitCode> {
     let counts = broker.queues().await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&counts)?);
@@ -432,7 +454,7 @@ pub(crate) async fn queues(broker: &dyn Broker, args: JsonArgs) -> anyhow::Resul
     Ok(ExitCode::SUCCESS)
 }
 
-pub(crate) async fn workers(broker: &dyn Broker, args: JsonArgs) -> anyhow::Result<ExitCode> {
+pub(crate) async fn workers(broker: &dyn ApiBroker, args: JsonArgs) -> anyhow::Result<ExitCode> {
     let workers = broker.workers().await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&workers)?);
@@ -468,11 +490,11 @@ pub(crate) struct LimitArgs {
     #[arg(long, requires = "per")]
     rate: Option<u32>,
     /// The rate window (`1s`, `1m`).
-    #[arg(long, value_parser = super::parse_duration, requires = "rate")]
+    #[arg(long, value_parser = crate::time::parse_duration, requires = "rate")]
     per: Option<Duration>,
 }
 
-pub(crate) async fn limit(broker: &dyn Broker, args: LimitArgs) -> anyhow::Result<ExitCode> {
+pub(crate) async fn limit(broker: &dyn ApiBroker, args: LimitArgs) -> anyhow::Result<ExitCode> {
     crate::invocation::check_queue_name(&args.queue)?;
     if args.concurrency == Some(0) || args.rate == Some(0) {
         bail!(
@@ -510,7 +532,7 @@ fn describe_limits(l: &crate::broker::QueueLimits) -> String {
 }
 
 pub(crate) async fn set_paused(
-    broker: &dyn Broker,
+    broker: &dyn ApiBroker,
     queue: &str,
     paused: bool,
 ) -> anyhow::Result<ExitCode> {
@@ -533,7 +555,7 @@ pub(crate) struct CancelArgs {
     queue: Option<String>,
 }
 
-pub(crate) async fn cancel(broker: &dyn Broker, args: CancelArgs) -> anyhow::Result<ExitCode> {
+pub(crate) async fn cancel(broker: &dyn ApiBroker, args: CancelArgs) -> anyhow::Result<ExitCode> {
     let Some(record) = broker.job(args.queue.as_deref(), &args.id).await? else {
         bail!("job `{}` not found", args.id);
     };
@@ -586,7 +608,7 @@ pub(crate) struct DeadTarget {
     queue: String,
 }
 
-pub(crate) async fn dead(broker: &dyn Broker, command: DeadCommand) -> anyhow::Result<ExitCode> {
+pub(crate) async fn dead(broker: &dyn ApiBroker, command: DeadCommand) -> anyhow::Result<ExitCode> {
     match command {
         DeadCommand::List { queue, limit, json } => {
             let dead = broker.dead(&queue, limit).await?;
@@ -618,7 +640,7 @@ pub(crate) async fn dead(broker: &dyn Broker, command: DeadCommand) -> anyhow::R
 
 /// `wasmq dead retry|delete`: one job, or with `--all` the whole dead set.
 async fn take_from_dead(
-    broker: &dyn Broker,
+    broker: &dyn ApiBroker,
     DeadTarget { id, queue, .. }: DeadTarget,
     retry: bool,
 ) -> anyhow::Result<ExitCode> {

@@ -5,8 +5,10 @@ use std::fmt::Write as _;
 use serde_json::{Value, json};
 
 use crate::broker::JobRecord;
-use crate::invocation::{bytes_to_json, format_time};
-use crate::sandbox::{Captured, JobModule, LogRecord, Progress, RunOutcome};
+use crate::invocation::bytes_to_json;
+use crate::job::{Captured, LogRecord, Progress};
+use crate::sandbox::{JobModule, RunOutcome};
+use crate::time::format_time;
 
 /// The outcome as one JSON object (the shape `wasmq run --json` prints).
 pub(crate) fn outcome_json(module: &JobModule, outcome: &RunOutcome) -> Value {

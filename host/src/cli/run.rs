@@ -11,8 +11,9 @@ use serde_json::{Value, json};
 
 use super::report;
 use crate::invocation::{args_to_bytes, bytes_to_json};
+use crate::job::{JobInfo, Limits};
 use crate::modules::ModuleHash;
-use crate::sandbox::{EnqueueFuture, JobInfo, Limits, RunRequest, Sandbox, SubJobSink};
+use crate::sandbox::{EnqueueFuture, RunRequest, Sandbox, SubJobSink};
 
 /// Flags of `wasmq run`.
 #[derive(Debug, Args)]

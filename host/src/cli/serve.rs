@@ -10,8 +10,8 @@ use clap::Args;
 
 use super::queue::RedisArgs;
 use crate::api::{ApiState, BodyLimits, Tokens};
-use crate::broker::Broker;
-use crate::sandbox::{Limits, Sandbox};
+use crate::broker::ApiBroker;
+use crate::sandbox::Sandbox;
 use crate::worker::{Worker, WorkerConfig};
 
 /// Flags of `wasmq serve`.
@@ -76,7 +76,7 @@ pub(crate) async fn run(
     args: ServeArgs,
 ) -> anyhow::Result<ExitCode> {
     let tokens = args.tokens()?;
-    let broker: Arc<dyn Broker> = redis.connect().await?;
+    let broker: Arc<dyn ApiBroker> = redis.connect().await?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("failed to listen on `{}`", args.listen))?;
@@ -111,7 +111,6 @@ pub(crate) async fn run(
             module_bytes: args.max_module_mb << 20,
             ..BodyLimits::default()
         },
-        ceilings: Limits::default_ceilings(),
         worker: counters,
         throughput: Default::default(),
     };

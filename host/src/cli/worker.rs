@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Args;
 
-use crate::broker::Broker;
+use crate::broker::ApiBroker;
 use crate::sandbox::Sandbox;
 use crate::worker::{Backoff, Worker, WorkerConfig};
 
@@ -22,22 +22,22 @@ pub(crate) struct WorkerArgs {
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
     /// How long a fetched job stays leased without a heartbeat.
-    #[arg(long, value_parser = super::parse_duration, default_value = "30s")]
+    #[arg(long, value_parser = crate::time::parse_duration, default_value = "30s")]
     lease: Duration,
     /// How long running jobs get to finish after SIGTERM/SIGINT.
-    #[arg(long, value_parser = super::parse_duration, default_value = "25s")]
+    #[arg(long, value_parser = crate::time::parse_duration, default_value = "25s")]
     grace: Duration,
     /// How long succeeded jobs' records are kept.
-    #[arg(long, value_parser = super::parse_duration, default_value = "24h")]
+    #[arg(long, value_parser = crate::time::parse_duration, default_value = "24h")]
     result_ttl: Duration,
     /// Delay before the first retry; doubles for each further one (with jitter).
-    #[arg(long, value_parser = super::parse_duration, default_value = "5s")]
+    #[arg(long, value_parser = crate::time::parse_duration, default_value = "5s")]
     backoff_base: Duration,
     /// Longest retry delay.
-    #[arg(long, value_parser = super::parse_duration, default_value = "1h")]
+    #[arg(long, value_parser = crate::time::parse_duration, default_value = "1h")]
     backoff_max: Duration,
     /// Period of the pass that promotes due jobs and recovers expired leases.
-    #[arg(long, value_parser = super::parse_duration, default_value = "1s")]
+    #[arg(long, value_parser = crate::time::parse_duration, default_value = "1s")]
     maintain_every: Duration,
     /// At start, load every uploaded module in the background (from the artifact cache, or by
     /// compiling it), so that no job waits for a compile — worth it for Python and JavaScript
@@ -83,7 +83,7 @@ impl WorkerArgs {
 }
 
 pub(crate) async fn run(
-    broker: Arc<dyn Broker>,
+    broker: Arc<dyn ApiBroker>,
     sandbox: Sandbox,
     args: WorkerArgs,
 ) -> anyhow::Result<ExitCode> {

@@ -16,8 +16,9 @@ mod payload;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::job::Limits;
 use crate::modules::ModuleHash;
-use crate::sandbox::Limits;
+use crate::time::parse_time;
 pub use payload::{BYTES_KEY, PayloadError, args_to_bytes, bytes_to_json};
 
 /// The queue used when an invocation names none.
@@ -93,9 +94,14 @@ fn default_memory_mb() -> u64 {
 /// Why an invocation was refused. Every message names the field.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum InvocationError {
-    /// Not JSON, an unknown field, a wrong type or a malformed module hash.
-    #[error("invalid invocation: {0}")]
-    Parse(String),
+    /// Not JSON, an unknown or missing field, a wrong type or a malformed module hash.
+    #[error("invalid invocation: {reason}")]
+    Parse {
+        /// The field at fault, when the refusal is about one.
+        field: Option<String>,
+        /// What did not parse.
+        reason: String,
+    },
     /// A field has a value out of range.
     #[error("invalid invocation: `{field}` {reason}")]
     Field {
@@ -106,7 +112,7 @@ pub enum InvocationError {
     },
     /// A limit is zero or above the operator's ceiling.
     #[error("invalid invocation: {0}")]
-    Limit(#[from] crate::sandbox::LimitError),
+    Limit(#[from] crate::job::LimitError),
     /// The module was never uploaded (checked by the broker).
     #[error(
         "invalid invocation: `module` `{0}` was never uploaded (upload it with `wasmq upload`)"
@@ -119,6 +125,16 @@ impl InvocationError {
         InvocationError::Field {
             field,
             reason: reason.into(),
+        }
+    }
+
+    /// The field a refusal is about, when it is about one field.
+    pub fn field_name(&self) -> Option<&str> {
+        match self {
+            InvocationError::Field { field, .. } => Some(field),
+            InvocationError::Limit(l) => Some(l.field()),
+            InvocationError::UnknownModule(_) => Some("module"),
+            InvocationError::Parse { field, .. } => field.as_deref(),
         }
     }
 }
@@ -181,39 +197,31 @@ impl Invocation {
         serde_path_to_error::deserialize(d).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner().to_string();
-            if path == "." || inner.contains('`') && inner.contains("field") {
-                InvocationError::Parse(inner)
+            if path == "." {
+                // Serde names an unknown or missing field first, in backticks; a document that is
+                // not an object at all names none.
+                let field = ["unknown field `", "missing field `"]
+                    .iter()
+                    .find_map(|p| inner.strip_prefix(p))
+                    .and_then(|rest| rest.split('`').next())
+                    .map(str::to_owned);
+                InvocationError::Parse {
+                    field,
+                    reason: inner,
+                }
             } else {
-                InvocationError::Parse(format!("`{path}`: {inner}"))
+                // A path into an array (`[0]`) names no field.
+                let field = path
+                    .split(['.', '['])
+                    .next()
+                    .filter(|f| !f.is_empty())
+                    .map(str::to_owned);
+                InvocationError::Parse {
+                    field,
+                    reason: format!("`{path}`: {inner}"),
+                }
             }
         })
-    }
-
-    /// The field a refusal is about, when it is about one field.
-    pub fn error_field(e: &InvocationError) -> Option<String> {
-        match e {
-            InvocationError::Field { field, .. } => Some((*field).to_owned()),
-            InvocationError::Limit(l) => Some(l.field().to_owned()),
-            InvocationError::UnknownModule(_) => Some("module".to_owned()),
-            InvocationError::Parse(msg) => {
-                let quoted = msg.split('`').nth(1)?;
-                let known = [
-                    "module",
-                    "args",
-                    "queue",
-                    "id",
-                    "max_attempts",
-                    "timeout_ms",
-                    "fuel",
-                    "memory_mb",
-                    "run_at",
-                    "priority",
-                ];
-                (msg.starts_with('`') || msg.contains("field"))
-                    .then(|| quoted.to_owned())
-                    .filter(|f| known.contains(&f.as_str()) || msg.contains("unknown field"))
-            }
-        }
     }
 
     /// The sandbox limits of one attempt.
@@ -297,21 +305,6 @@ fn check_name(
         ));
     }
     Ok(())
-}
-
-/// Parses an RFC 3339 time (`2026-11-23T17:00:00Z`, `…+02:00`) to Unix milliseconds.
-pub fn parse_time(text: &str) -> Result<u64, String> {
-    let ts: jiff::Timestamp = text
-        .parse()
-        .map_err(|e| format!("must be an RFC 3339 time such as `2026-11-23T17:00:00Z`: {e}"))?;
-    u64::try_from(ts.as_millisecond()).map_err(|_| format!("`{text}` is before 1970"))
-}
-
-/// Formats Unix milliseconds as RFC 3339 UTC.
-pub fn format_time(ms: u64) -> String {
-    jiff::Timestamp::from_millisecond(ms as i64)
-        .map(|t| t.to_string())
-        .unwrap_or_else(|_| ms.to_string())
 }
 
 #[cfg(test)]
@@ -403,11 +396,7 @@ mod tests {
         ];
         for (input, want) in cases {
             let err = parse(input.clone()).unwrap_err();
-            assert_eq!(
-                Invocation::error_field(&err).as_deref(),
-                want,
-                "{input}: {err}"
-            );
+            assert_eq!(err.field_name(), want, "{input}: {err}");
         }
         let err = parse(json!({"module": HASH, "fuel": "lots"})).unwrap_err();
         assert!(
@@ -423,7 +412,6 @@ mod tests {
         let b = parse(json!({"module": HASH, "run_at": "2026-11-23T19:00:00+02:00"})).unwrap();
         assert_eq!(a.run_at_ms, Some(1_795_453_200_000));
         assert_eq!(a.run_at_ms, b.run_at_ms);
-        assert_eq!(format_time(1_795_453_200_000), "2026-11-23T17:00:00Z");
     }
 
     #[test]

@@ -26,7 +26,6 @@ mod bindings {
         exports: { default: async },
     });
 }
-mod limits;
 mod output;
 
 use std::collections::HashMap;
@@ -47,9 +46,8 @@ use wasmtime::{
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use crate::job::{Captured, FailureKind, JobInfo, Limits, LogLevel, LogRecord, Progress};
 use crate::modules::{ArtifactCache, CacheLookup, FormatError, ModuleHash, check_component_header};
-pub use limits::{LimitError, Limits};
-pub use output::Captured;
 
 /// Every job runs on a wasm stack of this size. 1 MiB is twice wasmtime's default: deep but sane
 /// recursion (parsers, tree walks) fits, a runaway recursion still stops in well under a second.
@@ -109,19 +107,6 @@ impl Default for SandboxConfig {
     }
 }
 
-/// The identity of a job run, as the guest sees it in `job-info`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JobInfo {
-    /// Job id.
-    pub id: String,
-    /// Queue the job came from.
-    pub queue: String,
-    /// Attempt number, from 1.
-    pub attempt: u32,
-    /// Attempts the job gets in all.
-    pub max_attempts: u32,
-}
-
 /// A boxed future returned by [`SubJobSink::enqueue`].
 pub type EnqueueFuture = Pin<Box<dyn Future<Output = Result<String, String>> + Send>>;
 
@@ -172,42 +157,6 @@ impl fmt::Debug for RunRequest {
             .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
-}
-
-/// Severity of a guest log record.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogLevel {
-    /// `trace`
-    Trace,
-    /// `debug`
-    Debug,
-    /// `info`
-    Info,
-    /// `warn`
-    Warn,
-    /// `error`
-    Error,
-}
-
-/// A record the guest logged through the `host.log` import.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LogRecord {
-    /// Severity.
-    pub level: LogLevel,
-    /// The message (cut to 4 KiB).
-    pub message: String,
-    /// Milliseconds since the run started.
-    pub at_ms: u64,
-}
-
-/// The last progress the guest reported.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Progress {
-    /// 0–100.
-    pub percent: u8,
-    /// Optional note.
-    pub note: Option<String>,
 }
 
 /// Why a run did not succeed. Each sandbox limit is its own variant.
@@ -271,20 +220,20 @@ pub enum Failure {
 impl Failure {
     /// Whether a retry could help: everything but the guest's own `fail`.
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, Failure::Fail { .. })
+        !self.kind().is_permanent()
     }
 
-    /// A stable short name (`trap`, `out_of_fuel`, …), as in the JSON `kind` field.
-    pub fn kind(&self) -> &'static str {
+    /// Its kind, as in the JSON `kind` field.
+    pub fn kind(&self) -> FailureKind {
         match self {
-            Failure::Trap { .. } => "trap",
-            Failure::OutOfFuel { .. } => "out_of_fuel",
-            Failure::Timeout { .. } => "timeout",
-            Failure::MemoryLimit { .. } => "memory_limit",
-            Failure::StackOverflow { .. } => "stack_overflow",
-            Failure::Retry { .. } => "retry",
-            Failure::Fail { .. } => "fail",
-            Failure::Instantiate { .. } => "instantiate",
+            Failure::Trap { .. } => FailureKind::Trap,
+            Failure::OutOfFuel { .. } => FailureKind::OutOfFuel,
+            Failure::Timeout { .. } => FailureKind::Timeout,
+            Failure::MemoryLimit { .. } => FailureKind::MemoryLimit,
+            Failure::StackOverflow { .. } => FailureKind::StackOverflow,
+            Failure::Retry { .. } => FailureKind::Retry,
+            Failure::Fail { .. } => FailureKind::Fail,
+            Failure::Instantiate { .. } => FailureKind::Instantiate,
         }
     }
 }
@@ -944,7 +893,7 @@ mod tests {
             },
         ];
         for f in all {
-            assert_eq!(serde_json::to_value(&f).unwrap()["kind"], f.kind());
+            assert_eq!(serde_json::to_value(&f).unwrap()["kind"], f.kind().as_str());
         }
     }
 }

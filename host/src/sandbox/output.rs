@@ -7,10 +7,11 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use serde::Serialize;
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+
+use crate::job::Captured;
 
 /// How much a guest may write per `check-write` permit. Large enough that a flood costs few host
 /// calls; the cap itself is enforced on the bytes kept, not on the permit.
@@ -54,17 +55,6 @@ impl CapturedPipe {
             truncated: state.total > state.kept.len() as u64,
         }
     }
-}
-
-/// A captured output stream, as stored in a job's record.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct Captured {
-    /// The first bytes written, up to the cap (invalid UTF-8 replaced).
-    pub text: String,
-    /// How many bytes the guest wrote in all.
-    pub total_bytes: u64,
-    /// Whether bytes beyond the cap were dropped.
-    pub truncated: bool,
 }
 
 impl OutputStream for CapturedPipe {

@@ -10,42 +10,11 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::broker::{Broker, CronEntry, Maintenance, now_ms};
+use crate::broker::BrokerError;
+use crate::broker::{CronEntry, Maintenance, WorkerBroker};
+use crate::intake::{Intake, IntakeError, Refusal};
 use crate::invocation::NewJob;
-use crate::sandbox::Limits;
-
-/// Exponential backoff with jitter for retryable failures.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Backoff {
-    /// Delay after the first failed attempt (before jitter); doubles after each further one.
-    pub base: Duration,
-    /// No delay is longer than this.
-    pub max: Duration,
-}
-
-impl Default for Backoff {
-    /// 5 s, doubling, capped at an hour: with the default 5 attempts a job is retried after about
-    /// 5, 10, 20 and 40 s — long enough for a restarted dependency to come back, short enough that
-    /// a broken job reaches the dead set within minutes.
-    fn default() -> Self {
-        Backoff {
-            base: Duration::from_secs(5),
-            max: Duration::from_secs(3600),
-        }
-    }
-}
-
-impl Backoff {
-    /// The delay after failed attempt number `attempt` (from 1): `base · 2^(attempt-1)`, capped,
-    /// then drawn uniformly from its upper half so that jobs that failed together do not all come
-    /// back in the same millisecond.
-    pub fn delay(&self, attempt: u32) -> Duration {
-        let exp = attempt.saturating_sub(1).min(32);
-        let full = self.base.saturating_mul(1u32 << exp.min(31)).min(self.max);
-        let half = full / 2;
-        half + half.mul_f64(fastrand::f64())
-    }
-}
+use crate::time::now_ms;
 
 /// The first tick of `schedule` (a cron expression, UTC) strictly after `after_ms`.
 pub fn next_tick(schedule: &str, after_ms: u64) -> Result<u64, String> {
@@ -61,22 +30,20 @@ pub fn next_tick(schedule: &str, after_ms: u64) -> Result<u64, String> {
     Ok(next.timestamp().as_millisecond() as u64)
 }
 
-/// The job a cron entry enqueues for `tick_ms`: its id is `cron:<name>:<tick>`, so a tick can
-/// never produce two jobs.
-pub fn cron_job(
-    entry: &CronEntry,
-    tick_ms: u64,
-) -> Result<NewJob, crate::invocation::InvocationError> {
+/// The job a cron entry enqueues for `tick_ms`, checked by `intake`: its id is
+/// `cron:<name>:<tick>`, so a tick can never produce two jobs.
+pub fn cron_job(intake: &Intake, entry: &CronEntry, tick_ms: u64) -> Result<NewJob, Refusal> {
     let mut inv = entry.invocation.clone();
     inv.id = Some(format!("cron:{}:{tick_ms}", entry.name));
     inv.run_at = None;
-    inv.prepare(&Limits::default_ceilings())
+    intake.job(inv)
 }
 
 /// Checks a new cron entry — its name, schedule and invocation, and that its module was uploaded
 /// — and stores it, first firing at the schedule's next tick from now.
 pub async fn add_cron(
-    broker: &dyn Broker,
+    intake: &Intake,
+    broker: &dyn WorkerBroker,
     name: &str,
     schedule: &str,
     invocation: crate::invocation::Invocation,
@@ -110,15 +77,25 @@ pub async fn add_cron(
         next_ms,
     };
     // The same checks a tick's job gets, now rather than at the first tick.
-    let job = cron_job(&entry, next_ms)?;
-    crate::broker::check_modules(broker, std::slice::from_ref(&job)).await?;
+    let job = cron_job(intake, &entry, next_ms).map_err(|r| BrokerError::Invocation(r.error))?;
+    intake
+        .check_modules(broker, std::slice::from_ref(&job))
+        .await
+        .map_err(|e| match e {
+            IntakeError::Refused(r) => BrokerError::Invocation(r.error),
+            IntakeError::Broker(b) => b,
+        })?;
     broker.put_cron(&entry).await?;
     Ok(entry)
 }
 
 /// Fires the due cron entries of `queue` (at most once per tick across all workers). Returns how
 /// many this call fired.
-pub async fn fire_due_crons(broker: &dyn Broker, queue: &str) -> Result<u64, String> {
+pub async fn fire_due_crons(
+    intake: &Intake,
+    broker: &dyn WorkerBroker,
+    queue: &str,
+) -> Result<u64, String> {
     let now = now_ms();
     let mut fired = 0;
     for entry in broker.crons(Some(queue)).await.map_err(|e| e.to_string())? {
@@ -127,7 +104,7 @@ pub async fn fire_due_crons(broker: &dyn Broker, queue: &str) -> Result<u64, Str
         }
         // Ticks missed while no worker ran are coalesced into this one job.
         let next = next_tick(&entry.schedule, now)?;
-        let job = cron_job(&entry, entry.next_ms).map_err(|e| e.to_string())?;
+        let job = cron_job(intake, &entry, entry.next_ms).map_err(|e| e.to_string())?;
         if broker
             .fire_cron(queue, &entry.name, entry.next_ms, next, &job)
             .await
@@ -143,7 +120,8 @@ pub async fn fire_due_crons(broker: &dyn Broker, queue: &str) -> Result<u64, Str
 /// Runs maintenance passes over `queues` every `interval` (±10 % jitter, so many workers do not
 /// hit Redis in lockstep) until `stop` turns true. Errors are logged and retried next pass.
 pub async fn maintain(
-    broker: Arc<dyn Broker>,
+    intake: Intake,
+    broker: Arc<dyn WorkerBroker>,
     queues: Vec<String>,
     interval: Duration,
     mut stop: watch::Receiver<bool>,
@@ -167,7 +145,7 @@ pub async fn maintain(
                 }
                 Err(e) => tracing::warn!(queue = %queue, error = %e, "maintenance pass failed"),
             }
-            if let Err(e) = fire_due_crons(broker.as_ref(), queue).await {
+            if let Err(e) = fire_due_crons(&intake, broker.as_ref(), queue).await {
                 tracing::warn!(queue = %queue, error = %e, "cron pass failed");
             }
         }
@@ -185,8 +163,8 @@ mod tests {
 
     #[test]
     fn cron_ticks_are_computed_in_utc() {
-        let t0 = crate::invocation::parse_time("2026-11-23T17:00:00Z").unwrap();
-        let at = |s| crate::invocation::parse_time(s).unwrap();
+        let t0 = crate::time::parse_time("2026-11-23T17:00:00Z").unwrap();
+        let at = |s| crate::time::parse_time(s).unwrap();
         assert_eq!(
             next_tick("*/15 * * * *", t0),
             Ok(at("2026-11-23T17:15:00Z"))
@@ -205,23 +183,5 @@ mod tests {
             err.contains("`every tuesday` is not a cron expression"),
             "{err}"
         );
-    }
-
-    #[test]
-    fn backoff_doubles_with_jitter_and_caps() {
-        let b = Backoff {
-            base: Duration::from_millis(100),
-            max: Duration::from_secs(1),
-        };
-        for _ in 0..100 {
-            let d1 = b.delay(1);
-            assert!((50..=100).contains(&d1.as_millis()), "{d1:?}");
-            let d3 = b.delay(3);
-            assert!((200..=400).contains(&d3.as_millis()), "{d3:?}");
-            let d40 = b.delay(40);
-            assert!((500..=1000).contains(&d40.as_millis()), "{d40:?}");
-        }
-        let spread: std::collections::HashSet<_> = (0..50).map(|_| b.delay(2)).collect();
-        assert!(spread.len() > 10, "jitter spreads retries");
     }
 }

@@ -17,12 +17,14 @@
 //!
 //! What it must not do: touch wasmtime (that is `sandbox`) or Redis (that is `broker`).
 
+mod metrics;
 mod modules;
+mod retry;
 mod sub_jobs;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,13 +32,16 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::{AbortHandle, JoinSet};
 use tracing::Instrument as _;
 
-use crate::broker::{
-    Ack, AttemptError, Broker, Completion, Lease, LeaseKey, RunReport, WorkerInfo, now_ms,
-};
+use crate::broker::{Ack, Completion, Lease, LeaseKey, WorkerBroker, WorkerInfo};
+use crate::intake::Intake;
 use crate::invocation::{args_to_bytes, bytes_to_json};
-use crate::sandbox::{JobInfo, Progress, ProgressSink, RunOutcome, RunRequest, Sandbox};
-pub use crate::scheduler::Backoff;
+use crate::job::{AttemptError, FailureKind, JobInfo, Progress, RunReport};
+use crate::sandbox::{ProgressSink, RunOutcome, RunRequest, Sandbox};
+use crate::time::now_ms;
+pub use metrics::{Counters, DURATION_BUCKETS, FUEL_BUCKETS, Histogram, WorkerStats};
 pub use modules::ModuleCache;
+pub use retry::Backoff;
+use retry::{cancelled, decide};
 pub use sub_jobs::BrokerSubJobs;
 
 /// How a worker runs.
@@ -93,7 +98,7 @@ impl Default for WorkerConfig {
 
 /// Loads every uploaded module, one at a time (a job that needs one meanwhile waits for the same
 /// load, never a second one).
-async fn precompile(broker: Arc<dyn Broker>, modules: ModuleCache) {
+async fn precompile(broker: Arc<dyn WorkerBroker>, modules: ModuleCache) {
     let list = match broker.modules().await {
         Ok(list) => list,
         Err(e) => {
@@ -133,146 +138,9 @@ fn hostname() -> String {
         .unwrap_or_else(|| "localhost".to_owned())
 }
 
-/// A histogram with fixed bucket bounds, updated lock-free from every job task.
-#[derive(Debug)]
-pub struct Histogram {
-    /// Upper bounds of the buckets, ascending (the `+Inf` bucket is implicit).
-    pub bounds: &'static [f64],
-    counts: Vec<AtomicU64>,
-    /// Sum of the observations, in millionths (so it fits an integer atomic).
-    sum_micros: AtomicU64,
-    count: AtomicU64,
-}
-
-impl Histogram {
-    /// An empty histogram.
-    pub fn new(bounds: &'static [f64]) -> Self {
-        Histogram {
-            bounds,
-            counts: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
-            sum_micros: AtomicU64::new(0),
-            count: AtomicU64::new(0),
-        }
-    }
-
-    /// Records one observation.
-    pub fn observe(&self, value: f64) {
-        if let Some(i) = self.bounds.iter().position(|b| value <= *b) {
-            self.counts[i].fetch_add(1, Ordering::Relaxed);
-        }
-        self.sum_micros
-            .fetch_add((value * 1e6) as u64, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Cumulative counts per bound (Prometheus `le` buckets), the sum and the count.
-    pub fn snapshot(&self) -> (Vec<(f64, u64)>, f64, u64) {
-        let mut running = 0;
-        let buckets = self
-            .bounds
-            .iter()
-            .zip(&self.counts)
-            .map(|(b, c)| {
-                running += c.load(Ordering::Relaxed);
-                (*b, running)
-            })
-            .collect();
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        (buckets, sum, self.count.load(Ordering::Relaxed))
-    }
-}
-
-/// Bucket bounds of attempt durations, in seconds: from a no-op job to the 15-minute ceiling.
-pub const DURATION_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 900.0,
-];
-
-/// Bucket bounds of fuel per attempt: decades from a no-op job to the default ceiling.
-pub const FUEL_BUCKETS: &[f64] = &[1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11];
-
-/// Counters of what a worker did.
-#[derive(Debug)]
-pub struct Counters {
-    /// Jobs fetched.
-    pub fetched: AtomicU64,
-    /// Attempts that succeeded.
-    pub succeeded: AtomicU64,
-    /// Attempts that failed and were scheduled again.
-    pub retried: AtomicU64,
-    /// Jobs moved to the dead set.
-    pub dead: AtomicU64,
-    /// Jobs stopped because their cancellation was requested.
-    pub cancelled: AtomicU64,
-    /// Acks ignored because the lease had moved on.
-    pub stale: AtomicU64,
-    /// Jobs handed back at shutdown.
-    pub released: AtomicU64,
-    /// Fuel used by every attempt.
-    pub fuel_used: AtomicU64,
-    /// Wall time of each attempt that ran, in seconds.
-    pub duration: Histogram,
-    /// Fuel of each attempt that ran.
-    pub fuel: Histogram,
-}
-
-impl Default for Counters {
-    fn default() -> Self {
-        Counters {
-            fetched: AtomicU64::new(0),
-            succeeded: AtomicU64::new(0),
-            retried: AtomicU64::new(0),
-            dead: AtomicU64::new(0),
-            cancelled: AtomicU64::new(0),
-            stale: AtomicU64::new(0),
-            released: AtomicU64::new(0),
-            fuel_used: AtomicU64::new(0),
-            duration: Histogram::new(DURATION_BUCKETS),
-            fuel: Histogram::new(FUEL_BUCKETS),
-        }
-    }
-}
-
-/// A snapshot of [`Counters`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct WorkerStats {
-    /// Jobs fetched.
-    pub fetched: u64,
-    /// Attempts that succeeded.
-    pub succeeded: u64,
-    /// Attempts that failed and were scheduled again.
-    pub retried: u64,
-    /// Jobs moved to the dead set.
-    pub dead: u64,
-    /// Jobs stopped because their cancellation was requested.
-    pub cancelled: u64,
-    /// Acks ignored because the lease had moved on.
-    pub stale: u64,
-    /// Jobs handed back at shutdown.
-    pub released: u64,
-    /// Fuel used by every attempt.
-    pub fuel_used: u64,
-}
-
-impl Counters {
-    /// The current values.
-    pub fn snapshot(&self) -> WorkerStats {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        WorkerStats {
-            fetched: get(&self.fetched),
-            succeeded: get(&self.succeeded),
-            retried: get(&self.retried),
-            dead: get(&self.dead),
-            cancelled: get(&self.cancelled),
-            stale: get(&self.stale),
-            released: get(&self.released),
-            fuel_used: get(&self.fuel_used),
-        }
-    }
-}
-
 /// A worker process's job loop.
 pub struct Worker {
-    broker: Arc<dyn Broker>,
+    broker: Arc<dyn WorkerBroker>,
     sandbox: Sandbox,
     modules: ModuleCache,
     config: WorkerConfig,
@@ -311,7 +179,7 @@ type InFlightMap = Arc<Mutex<HashMap<LeaseKey, InFlight>>>;
 
 impl Worker {
     /// A worker taking jobs from `broker` and running them in `sandbox`.
-    pub fn new(broker: Arc<dyn Broker>, sandbox: Sandbox, config: WorkerConfig) -> Self {
+    pub fn new(broker: Arc<dyn WorkerBroker>, sandbox: Sandbox, config: WorkerConfig) -> Self {
         Worker {
             modules: ModuleCache::new(broker.clone(), sandbox.clone()),
             broker,
@@ -372,6 +240,7 @@ impl Worker {
             stop_rx.clone(),
         ));
         let maintenance = tokio::spawn(crate::scheduler::maintain(
+            Intake::new(*self.sandbox.ceilings()),
             self.broker.clone(),
             config.queues.clone(),
             config.maintain_every,
@@ -519,7 +388,7 @@ impl Worker {
             let completion = match prepare(&modules, &sandbox, &lease).await {
                 Err(error) => {
                     tracing::warn!(kind = %error.kind, error = %error.message, "job could not start");
-                    decide(&config, &lease, error, None, error_is_permanent)
+                    decide(&config.backoff, &lease, error, None)
                 }
                 Ok((module, args)) => {
                     let sub_jobs = Arc::new(BrokerSubJobs::new(broker, sandbox.ceilings()));
@@ -542,13 +411,12 @@ impl Worker {
                         Err(failure) => {
                             let error = AttemptError {
                                 attempt: lease.attempt,
-                                kind: failure.kind().to_owned(),
+                                kind: failure.kind(),
                                 message: failure.to_string(),
                                 at_ms: now_ms(),
                             };
                             tracing::info!(kind = %error.kind, error = %error.message, "attempt failed");
-                            let retryable = failure.is_retryable();
-                            decide(&config, &lease, error, Some(report), |_| !retryable)
+                            decide(&config.backoff, &lease, error, Some(report))
                         }
                     }
                 }
@@ -598,51 +466,28 @@ async fn prepare(
     lease: &Lease,
 ) -> Result<(crate::sandbox::JobModule, Vec<u8>), AttemptError> {
     let inv = &lease.invocation;
-    let error = |kind: &str, message: String| AttemptError {
+    let error = |kind: FailureKind, message: String| AttemptError {
         attempt: lease.attempt,
-        kind: kind.to_owned(),
+        kind,
         message,
         at_ms: now_ms(),
     };
     // The enqueuer checked its own ceilings; this worker's operator may allow less.
     inv.limits()
         .check(sandbox.ceilings())
-        .map_err(|e| error("limits", format!("refused by this worker: {e}")))?;
-    let args = args_to_bytes(&inv.args).map_err(|e| error("args", e.to_string()))?;
+        .map_err(|e| error(FailureKind::Limits, format!("refused by this worker: {e}")))?;
+    let args = args_to_bytes(&inv.args).map_err(|e| error(FailureKind::Args, e.to_string()))?;
     let module = modules.get(inv.module).await.map_err(|e| {
         error(
             if e.permanent {
-                "module"
+                FailureKind::Module
             } else {
-                "module_unavailable"
+                FailureKind::ModuleUnavailable
             },
             e.message,
         )
     })?;
     Ok((module, args))
-}
-
-fn error_is_permanent(error: &AttemptError) -> bool {
-    matches!(error.kind.as_str(), "limits" | "args" | "module")
-}
-
-/// Retry with backoff while attempts remain and the failure is retryable; otherwise dead.
-fn decide(
-    config: &WorkerConfig,
-    lease: &Lease,
-    error: AttemptError,
-    report: Option<RunReport>,
-    permanent: impl Fn(&AttemptError) -> bool,
-) -> Completion {
-    if !permanent(&error) && lease.attempt < lease.invocation.max_attempts {
-        Completion::Retry {
-            delay: config.backoff.delay(lease.attempt),
-            error,
-            report,
-        }
-    } else {
-        Completion::Dead { error, report }
-    }
 }
 
 fn report(worker: &str, attempt: u32, outcome: &RunOutcome, sub_jobs: Vec<String>) -> RunReport {
@@ -680,7 +525,7 @@ async fn take_slots(slots: &Arc<Semaphore>, max: usize) -> Vec<OwnedSemaphorePer
 
 /// Sends acks in batches: everything that finished while the previous batch was in flight.
 async fn ack_loop(
-    broker: Arc<dyn Broker>,
+    broker: Arc<dyn WorkerBroker>,
     mut rx: mpsc::UnboundedReceiver<Ack>,
     inflight: InFlightMap,
     counters: Arc<Counters>,
@@ -694,7 +539,7 @@ async fn ack_loop(
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let mut pause = Duration::from_millis(50);
         for round in 1..=ROUNDS {
-            match broker.complete(&batch).await {
+            match broker.ack(&batch).await {
                 Ok(stale) => {
                     counters.stale.fetch_add(stale as u64, Ordering::Relaxed);
                     if stale > 0 {
@@ -732,7 +577,7 @@ async fn ack_loop(
 
 /// Sends running jobs' latest progress to the broker every [`PROGRESS_FLUSH`].
 async fn progress_loop(
-    broker: Arc<dyn Broker>,
+    broker: Arc<dyn WorkerBroker>,
     board: Arc<ProgressBoard>,
     inflight: InFlightMap,
     mut stop: watch::Receiver<bool>,
@@ -768,7 +613,7 @@ async fn progress_loop(
 /// Extends every held lease each `min(lease / 3, 1 s)`, abandons runs whose lease was lost, stops
 /// those whose cancellation was requested, and reports the worker to the registry.
 async fn heartbeat_loop(
-    broker: Arc<dyn Broker>,
+    broker: Arc<dyn WorkerBroker>,
     inflight: InFlightMap,
     lease: Duration,
     mut me: WorkerInfo,
@@ -810,15 +655,10 @@ async fn heartbeat_loop(
                         handle.abort();
                     }
                     entry.acking = true;
-                    let error = AttemptError {
-                        attempt: entry.attempt,
-                        kind: "cancelled".to_owned(),
-                        message: "cancelled while running; the attempt was stopped".to_owned(),
-                        at_ms: now_ms(),
-                    };
+                    let completion = cancelled(entry.attempt);
                     let _ = acks.send(Ack {
                         lease: key,
-                        completion: Completion::Cancelled { error },
+                        completion,
                     });
                 }
                 for key in beat.lost {

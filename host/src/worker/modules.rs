@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::OnceCell;
 
-use crate::broker::Broker;
+use crate::broker::WorkerBroker;
 use crate::modules::ModuleHash;
 use crate::sandbox::{JobModule, Sandbox};
 
@@ -23,7 +23,7 @@ pub struct ModuleError {
 /// compile. Cheap to clone.
 #[derive(Clone)]
 pub struct ModuleCache {
-    broker: Arc<dyn Broker>,
+    broker: Arc<dyn WorkerBroker>,
     sandbox: Sandbox,
     cells: Arc<Mutex<HashMap<ModuleHash, Arc<Slot>>>>,
 }
@@ -33,7 +33,7 @@ type Slot = OnceCell<Result<JobModule, ModuleError>>;
 
 impl ModuleCache {
     /// An empty cache over `broker`, compiling with `sandbox`.
-    pub fn new(broker: Arc<dyn Broker>, sandbox: Sandbox) -> Self {
+    pub fn new(broker: Arc<dyn WorkerBroker>, sandbox: Sandbox) -> Self {
         ModuleCache {
             broker,
             sandbox,

@@ -7,25 +7,27 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::broker::{Broker, enqueue_checked};
+use crate::broker::WorkerBroker;
+use crate::intake::Intake;
 use crate::invocation::{Invocation, bytes_to_json};
+use crate::job::{JobInfo, Limits};
 use crate::modules::ModuleHash;
-use crate::sandbox::{EnqueueFuture, JobInfo, Limits, SubJobSink};
+use crate::sandbox::{EnqueueFuture, SubJobSink};
 
 /// Enqueues a run's sub-jobs on the broker and remembers their ids.
 pub struct BrokerSubJobs {
-    broker: Arc<dyn Broker>,
-    ceilings: Limits,
+    broker: Arc<dyn WorkerBroker>,
+    intake: Intake,
     calls: AtomicU32,
     ids: Arc<Mutex<Vec<String>>>,
 }
 
 impl BrokerSubJobs {
     /// A sink for one run.
-    pub fn new(broker: Arc<dyn Broker>, ceilings: &Limits) -> Self {
+    pub fn new(broker: Arc<dyn WorkerBroker>, ceilings: &Limits) -> Self {
         BrokerSubJobs {
             broker,
-            ceilings: *ceilings,
+            intake: Intake::new(*ceilings),
             calls: AtomicU32::new(0),
             ids: Arc::default(),
         }
@@ -42,7 +44,7 @@ impl SubJobSink for BrokerSubJobs {
         let n = self.calls.fetch_add(1, Ordering::Relaxed) + 1;
         let broker = self.broker.clone();
         let ids = self.ids.clone();
-        let ceilings = self.ceilings;
+        let intake = self.intake;
         let parent = parent.clone();
         Box::pin(async move {
             let hash: ModuleHash = module.parse().map_err(|e| format!("{e}"))?;
@@ -50,8 +52,9 @@ impl SubJobSink for BrokerSubJobs {
             inv.args = bytes_to_json(&args);
             inv.queue = parent.queue.clone();
             inv.id = Some(format!("{}.{n}", parent.id));
-            let job = inv.prepare(&ceilings).map_err(|e| e.to_string())?;
-            enqueue_checked(broker.as_ref(), std::slice::from_ref(&job))
+            let job = intake.job(inv).map_err(|e| e.to_string())?;
+            intake
+                .enqueue(broker.as_ref(), std::slice::from_ref(&job))
                 .await
                 .map_err(|e| e.to_string())?;
             let id = job.id().to_owned();

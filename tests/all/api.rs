@@ -1,7 +1,7 @@
 //! The HTTP API through its router (no socket), against a real Redis: every route, the token
 //! scopes, and for each kind of bad input the status code and the one error shape.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,9 +12,8 @@ use common::redis::RedisServer;
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
 use wasmq::api::{ApiState, BodyLimits, Tokens, router};
-use wasmq::broker::Broker;
+use wasmq::broker::ApiBroker;
 use wasmq::broker::redis::RedisBroker;
-use wasmq::sandbox::Limits;
 use wasmq::worker::{Backoff, Worker, WorkerConfig};
 
 use common::serve::{ADMIN, ENQUEUER};
@@ -33,7 +32,8 @@ impl Api {
 
     async fn with_limits(limits: BodyLimits) -> Self {
         let redis = RedisServer::start();
-        let broker: Arc<dyn Broker> = Arc::new(RedisBroker::connect(&redis.url()).await.unwrap());
+        let broker: Arc<dyn ApiBroker> =
+            Arc::new(RedisBroker::connect(&redis.url()).await.unwrap());
         let tokens = Tokens::parse(&format!(
             "ops:{ADMIN}:admin\nci:{ENQUEUER}:enqueue\nbuild:{UPLOADER}:upload"
         ))
@@ -44,7 +44,6 @@ impl Api {
                 sandbox: common::sandbox().clone(),
                 tokens: Arc::new(tokens),
                 limits,
-                ceilings: Limits::default_ceilings(),
                 worker: None,
                 throughput: Default::default(),
             },
@@ -986,7 +985,7 @@ async fn a_batch_calls_back_over_http() {
             json!({"jobs": [{"module": never}], "callback": {"module": hello}}),
             StatusCode::UNPROCESSABLE_ENTITY,
             "unknown_module",
-            Some("module"),
+            Some("jobs[0].module"),
         ),
         (
             json!({"jobs": [{"module": hello, "fuel": 0}], "callback": {"module": hello}}),

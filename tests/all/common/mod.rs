@@ -1,6 +1,6 @@
 //! Helpers shared by the integration tests: the sample job components (built on first use), one
 //! sandbox per test process, and a shorthand for one run.
-#![allow(dead_code, reason = "each test binary uses a different subset")]
+#![allow(dead_code, reason = "not every helper is used yet")]
 
 pub mod redis;
 pub mod serve;
@@ -10,9 +10,8 @@ use std::process::Command;
 use std::sync::{Arc, OnceLock};
 
 use serde_json::Value;
-use wasmq::sandbox::{
-    JobInfo, Limits, NoSubJobs, RunOutcome, RunRequest, Sandbox, SandboxConfig, SubJobSink,
-};
+use wasmq::job::{JobInfo, Limits};
+use wasmq::sandbox::{NoSubJobs, RunOutcome, RunRequest, Sandbox, SandboxConfig, SubJobSink};
 
 /// The repository root.
 pub fn repo_root() -> &'static Path {
@@ -105,4 +104,15 @@ pub fn job_path(name: &str) -> String {
         .join(format!("{}.wasm", name.replace('-', "_")))
         .display()
         .to_string()
+}
+
+/// Enqueues through the intake with the default ceilings, as a client would: every module must
+/// have been uploaded.
+pub async fn enqueue(
+    broker: &dyn wasmq::broker::Broker,
+    jobs: &[wasmq::invocation::NewJob],
+) -> Result<Vec<wasmq::broker::Enqueued>, wasmq::intake::IntakeError> {
+    wasmq::intake::Intake::new(Limits::default_ceilings())
+        .enqueue(broker, jobs)
+        .await
 }

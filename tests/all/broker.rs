@@ -1,7 +1,7 @@
 //! The broker's behaviour, tested the same way against the in-memory broker and a real Redis (each
 //! Redis test starts its own `redis-server`).
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,16 +11,18 @@ use serde_json::json;
 use wasmq::broker::memory::MemoryBroker;
 use wasmq::broker::redis::RedisBroker;
 use wasmq::broker::{
-    Ack, AttemptError, Broker, CancelOutcome, Completion, CronEntry, Enqueued, JobState, Lease,
-    ModuleDeletion, NewBatch, QueueCounts, RunReport, WorkerInfo, enqueue_checked,
+    Ack, ApiBroker, Broker, CancelOutcome, Completion, CronEntry, Enqueued, Lease, ModuleDeletion,
+    NewBatch, QueueCounts, WorkerInfo,
 };
 use wasmq::invocation::{Invocation, NewJob};
+use wasmq::job::FailureKind;
+use wasmq::job::Limits;
+use wasmq::job::{AttemptError, JobState, RunReport};
 use wasmq::modules::ModuleHash;
-use wasmq::sandbox::Limits;
 
 /// A broker under test, plus the Redis server behind it (kept alive for the test).
 struct Backend {
-    broker: Arc<dyn Broker>,
+    broker: Arc<dyn ApiBroker>,
     _redis: Option<RedisServer>,
 }
 
@@ -59,12 +61,12 @@ fn job(id: &str, f: impl FnOnce(&mut Invocation)) -> NewJob {
     inv.prepare(&Limits::default_ceilings()).unwrap()
 }
 
-async fn put(b: &dyn Broker, jobs: &[NewJob]) -> Vec<Enqueued> {
+async fn put(b: &dyn ApiBroker, jobs: &[NewJob]) -> Vec<Enqueued> {
     b.put_module(module(), b"x").await.unwrap();
-    enqueue_checked(b, jobs).await.unwrap()
+    common::enqueue(b, jobs).await.unwrap()
 }
 
-async fn fetch(b: &dyn Broker, max: usize) -> Vec<Lease> {
+async fn fetch(b: &dyn ApiBroker, max: usize) -> Vec<Lease> {
     b.fetch(&["default".to_owned()], max, LEASE, "w1")
         .await
         .unwrap()
@@ -87,20 +89,20 @@ fn ok(lease: &Lease) -> Ack {
     }
 }
 
-fn error(lease: &Lease, kind: &str) -> AttemptError {
+fn error(lease: &Lease, kind: FailureKind) -> AttemptError {
     AttemptError {
         attempt: lease.attempt,
-        kind: kind.into(),
+        kind,
         message: format!("{kind} on attempt {}", lease.attempt),
         at_ms: 1,
     }
 }
 
 fn at(ms: u64) -> String {
-    wasmq::invocation::format_time(ms)
+    wasmq::time::format_time(ms)
 }
 
-async fn state(b: &dyn Broker, id: &str) -> Option<JobState> {
+async fn state(b: &dyn ApiBroker, id: &str) -> Option<JobState> {
     b.job(None, id).await.unwrap().map(|r| r.state)
 }
 
@@ -124,7 +126,7 @@ async fn unknown_modules_are_refused(b: Backend) {
         b.broker.queues().await.unwrap().is_empty(),
         "no queue used yet"
     );
-    let err = enqueue_checked(b.broker.as_ref(), &[job("a", |_| {})])
+    let err = common::enqueue(b.broker.as_ref(), &[job("a", |_| {})])
         .await
         .unwrap_err();
     assert!(err.to_string().contains("was never uploaded"), "{err}");
@@ -144,7 +146,7 @@ async fn a_job_runs_once_and_keeps_its_result(b: Backend) {
         "a leased job is not fetched twice"
     );
     assert_eq!(state(b, "a").await, Some(JobState::Leased));
-    assert_eq!(b.complete(&[ok(&leases[0])]).await.unwrap(), 0);
+    assert_eq!(b.ack(&[ok(&leases[0])]).await.unwrap(), 0);
     let record = b.job(Some("default"), "a").await.unwrap().unwrap();
     assert_eq!(record.state, JobState::Succeeded);
     assert_eq!(record.attempts, 1);
@@ -154,7 +156,7 @@ async fn a_job_runs_once_and_keeps_its_result(b: Backend) {
     assert_eq!(report.fuel_used, 42);
     assert!(record.finished_at_ms.unwrap() >= record.enqueued_at_ms);
     // A second ack of the same lease is stale and changes nothing.
-    assert_eq!(b.complete(&[ok(&leases[0])]).await.unwrap(), 1);
+    assert_eq!(b.ack(&[ok(&leases[0])]).await.unwrap(), 1);
 }
 
 async fn enqueue_is_idempotent_by_id(b: Backend) {
@@ -172,7 +174,7 @@ async fn enqueue_is_idempotent_by_id(b: Backend) {
         json!({"id": "same"}),
         "first wins"
     );
-    b.complete(&[ok(&leases[0])]).await.unwrap();
+    b.ack(&[ok(&leases[0])]).await.unwrap();
     assert_eq!(
         put(b, &jobs[..1]).await,
         vec![Enqueued::Existed],
@@ -243,7 +245,7 @@ async fn queues_are_separate_and_counted(b: Backend) {
 
 async fn delayed_jobs_wait_for_their_time(b: Backend) {
     let b = b.broker.as_ref();
-    let at = wasmq::invocation::format_time(wasmq::broker::now_ms() + 400);
+    let at = wasmq::time::format_time(wasmq::time::now_ms() + 400);
     put(b, &[job("later", |i| i.run_at = Some(at))]).await;
     assert_eq!(state(b, "later").await, Some(JobState::Scheduled));
     b.maintain("default").await.unwrap();
@@ -261,14 +263,14 @@ async fn retries_back_off_then_die(b: Backend) {
         lease: first.key.clone(),
         completion: Completion::Retry {
             delay: Duration::from_millis(150),
-            error: error(&first, "trap"),
+            error: error(&first, FailureKind::Trap),
             report: None,
         },
     };
-    b.complete(&[retry]).await.unwrap();
+    b.ack(&[retry]).await.unwrap();
     let record = b.job(None, "r").await.unwrap().unwrap();
     assert_eq!(record.state, JobState::Scheduled);
-    assert_eq!(record.last_error.unwrap().kind, "trap");
+    assert_eq!(record.last_error.unwrap().kind, FailureKind::Trap);
     b.maintain("default").await.unwrap();
     assert!(fetch(b, 1).await.is_empty(), "backing off");
     tokio::time::sleep(Duration::from_millis(250)).await;
@@ -276,15 +278,15 @@ async fn retries_back_off_then_die(b: Backend) {
     let second = fetch(b, 1).await.remove(0);
     assert_eq!(second.attempt, 2);
     // The first attempt's lease is gone: its late ack is ignored.
-    assert_eq!(b.complete(&[ok(&first)]).await.unwrap(), 1);
+    assert_eq!(b.ack(&[ok(&first)]).await.unwrap(), 1);
     let dead = Ack {
         lease: second.key.clone(),
         completion: Completion::Dead {
-            error: error(&second, "out_of_fuel"),
+            error: error(&second, FailureKind::OutOfFuel),
             report: None,
         },
     };
-    b.complete(&[dead]).await.unwrap();
+    b.ack(&[dead]).await.unwrap();
     let record = b.job(None, "r").await.unwrap().unwrap();
     assert_eq!(record.state, JobState::Dead);
     assert_eq!(record.attempts, 2);
@@ -309,12 +311,12 @@ async fn a_record_keeps_the_last_25_failures(b: Backend) {
         let retry = Ack {
             completion: Completion::Retry {
                 delay: Duration::ZERO,
-                error: error(&lease, "trap"),
+                error: error(&lease, FailureKind::Trap),
                 report: None,
             },
             lease: lease.key,
         };
-        b.complete(&[retry]).await.unwrap();
+        b.ack(&[retry]).await.unwrap();
         b.maintain("default").await.unwrap();
     }
     let record = b.job(None, "f").await.unwrap().unwrap();
@@ -325,7 +327,7 @@ async fn a_record_keeps_the_last_25_failures(b: Backend) {
 
 async fn jobs_are_listed_by_state_in_order(b: Backend) {
     let b = b.broker.as_ref();
-    let later = wasmq::broker::now_ms() + 60_000;
+    let later = wasmq::time::now_ms() + 60_000;
     put(
         b,
         &[
@@ -357,9 +359,9 @@ async fn jobs_are_listed_by_state_in_order(b: Backend) {
     let leases = fetch(b, 2).await;
     assert_eq!(page(JobState::Leased, 0, 10).await.0, 2);
     // Finished ones newest first, each state in its own list.
-    b.complete(&[ok(&leases[0])]).await.unwrap();
+    b.ack(&[ok(&leases[0])]).await.unwrap();
     tokio::time::sleep(Duration::from_millis(5)).await;
-    b.complete(&[ok(&leases[1])]).await.unwrap();
+    b.ack(&[ok(&leases[1])]).await.unwrap();
     assert_eq!(
         page(JobState::Succeeded, 0, 10).await,
         (2, vec!["r1".into(), "r2".into()])
@@ -396,7 +398,7 @@ async fn the_succeeded_listing_keeps_the_newest_10000(b: Backend) {
             break;
         }
         let acks: Vec<Ack> = leases.iter().map(ok).collect();
-        b.complete(&acks).await.unwrap();
+        b.ack(&acks).await.unwrap();
     }
     let page = b.jobs("default", JobState::Succeeded, 0, 1).await.unwrap();
     assert_eq!(page.total, wasmq::broker::MAX_FINISHED_LISTED as u64);
@@ -410,7 +412,7 @@ async fn the_succeeded_listing_keeps_the_newest_10000(b: Backend) {
 
 async fn scheduled_jobs_can_run_now(b: Backend) {
     let b = b.broker.as_ref();
-    let later = wasmq::broker::now_ms() + 3_600_000;
+    let later = wasmq::time::now_ms() + 3_600_000;
     put(
         b,
         &[job("s", |i| i.run_at = Some(at(later))), job("r", |_| {})],
@@ -439,13 +441,13 @@ async fn the_whole_dead_set_can_be_retried_or_deleted(b: Backend) {
     put(b, &jobs).await;
     let kill = |lease: Lease| Ack {
         completion: Completion::Dead {
-            error: error(&lease, "fail"),
+            error: error(&lease, FailureKind::Fail),
             report: None,
         },
         lease: lease.key,
     };
     for lease in fetch(b, 5).await {
-        b.complete(&[kill(lease)]).await.unwrap();
+        b.ack(&[kill(lease)]).await.unwrap();
     }
     assert_eq!(counts(b).await.dead, 5);
     assert_eq!(b.retry_all_dead("default").await.unwrap(), 5);
@@ -455,7 +457,7 @@ async fn the_whole_dead_set_can_be_retried_or_deleted(b: Backend) {
     let again = fetch(b, 5).await;
     assert!(again.iter().all(|l| l.attempt == 1));
     for lease in again.into_iter().take(3) {
-        b.complete(&[kill(lease)]).await.unwrap();
+        b.ack(&[kill(lease)]).await.unwrap();
     }
     assert_eq!(b.delete_all_dead("default").await.unwrap(), 3);
     assert_eq!(counts(b).await.dead, 0);
@@ -470,7 +472,7 @@ async fn module_usage_counts_jobs_not_yet_succeeded(b: Backend) {
     let usage = b.module_usage().await.unwrap();
     assert_eq!(usage.get(&module()), Some(&3));
     let lease = fetch(b, 1).await.remove(0);
-    b.complete(&[ok(&lease)]).await.unwrap();
+    b.ack(&[ok(&lease)]).await.unwrap();
     assert_eq!(b.module_usage().await.unwrap().get(&module()), Some(&2));
 }
 
@@ -491,7 +493,7 @@ async fn expired_leases_are_recovered(b: Backend) {
     let record = b.job(None, "a").await.unwrap().unwrap();
     assert_eq!(record.state, JobState::Ready);
     let err = record.last_error.unwrap();
-    assert_eq!(err.kind, "lease_expired");
+    assert_eq!(err.kind, FailureKind::LeaseExpired);
     assert!(err.message.contains("`doomed`"), "{}", err.message);
     let second = b.fetch(&q, 1, short, "w2").await.unwrap().remove(0);
     assert_eq!(second.attempt, 2);
@@ -503,7 +505,7 @@ async fn expired_leases_are_recovered(b: Backend) {
         vec![first.key.clone()],
         "the old holder learns it lost the lease"
     );
-    assert_eq!(b.complete(&[ok(&first)]).await.unwrap(), 1);
+    assert_eq!(b.ack(&[ok(&first)]).await.unwrap(), 1);
     // On the last attempt an expired lease is the end.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(b.maintain("default").await.unwrap().expired_dead, 1);
@@ -530,7 +532,7 @@ async fn heartbeats_keep_leases(b: Backend) {
         assert_eq!(beat, Default::default());
         assert_eq!(b.maintain("default").await.unwrap().recovered, 0);
     }
-    assert_eq!(b.complete(&[ok(&lease)]).await.unwrap(), 0);
+    assert_eq!(b.ack(&[ok(&lease)]).await.unwrap(), 0);
 }
 
 async fn released_jobs_go_to_the_front_uncounted(b: Backend) {
@@ -556,12 +558,12 @@ async fn dead_jobs_can_be_retried_or_deleted(b: Backend) {
     for lease in fetch(b, 2).await {
         let ack = Ack {
             completion: Completion::Dead {
-                error: error(&lease, "fail"),
+                error: error(&lease, FailureKind::Fail),
                 report: None,
             },
             lease: lease.key,
         };
-        b.complete(&[ack]).await.unwrap();
+        b.ack(&[ack]).await.unwrap();
     }
     let dead: Vec<String> = b
         .dead("default", 10)
@@ -600,7 +602,7 @@ async fn waiters_wake_when_a_job_ends(b: Backend) {
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
     let lease = fetch(broker.as_ref(), 1).await.remove(0);
-    broker.complete(&[ok(&lease)]).await.unwrap();
+    broker.ack(&[ok(&lease)]).await.unwrap();
     let (state, waited) = waiter.await.unwrap();
     assert_eq!(state, JobState::Succeeded);
     assert!(
@@ -652,7 +654,7 @@ async fn results_expire(b: Backend) {
     let b = b.broker.as_ref();
     put(b, &[job("a", |_| {})]).await;
     let lease = fetch(b, 1).await.remove(0);
-    b.complete(&[ok(&lease)]).await.unwrap();
+    b.ack(&[ok(&lease)]).await.unwrap();
     assert_eq!(state(b, "a").await, Some(JobState::Succeeded));
     tokio::time::sleep(TTL + Duration::from_millis(200)).await;
     assert_eq!(state(b, "a").await, None);
@@ -708,10 +710,10 @@ async fn cancelling_waiting_and_running_jobs(b: Backend) {
     let ack = Ack {
         lease: running.key.clone(),
         completion: Completion::Cancelled {
-            error: error(&running, "cancelled"),
+            error: error(&running, FailureKind::Cancelled),
         },
     };
-    assert_eq!(b.complete(&[ack]).await.unwrap(), 0);
+    assert_eq!(b.ack(&[ack]).await.unwrap(), 0);
     let r = b.job(None, "waiting").await.unwrap().unwrap();
     assert_eq!(r.state, JobState::Cancelled);
     assert_eq!(
@@ -739,11 +741,11 @@ async fn a_failing_attempt_of_a_cancelled_job_is_not_retried(b: Backend) {
         lease: lease.key.clone(),
         completion: Completion::Retry {
             delay: Duration::ZERO,
-            error: error(&lease, "trap"),
+            error: error(&lease, FailureKind::Trap),
             report: None,
         },
     };
-    b.complete(&[retry]).await.unwrap();
+    b.ack(&[retry]).await.unwrap();
     assert_eq!(state(b, "a").await, Some(JobState::Cancelled));
 }
 
@@ -764,15 +766,15 @@ async fn totals_count_every_outcome(b: Backend) {
             "ok" => ok(&lease).completion,
             "flaky" => Completion::Retry {
                 delay: Duration::ZERO,
-                error: error(&lease, "retry"),
+                error: error(&lease, FailureKind::Retry),
                 report: None,
             },
             _ => Completion::Dead {
-                error: error(&lease, "fail"),
+                error: error(&lease, FailureKind::Fail),
                 report: None,
             },
         };
-        b.complete(&[Ack {
+        b.ack(&[Ack {
             lease: lease.key,
             completion,
         }])
@@ -802,7 +804,7 @@ async fn modules_in_use_are_not_deleted(b: Backend) {
         ModuleDeletion::InUse(2)
     );
     for lease in fetch(b, 2).await {
-        b.complete(&[ok(&lease)]).await.unwrap();
+        b.ack(&[ok(&lease)]).await.unwrap();
     }
     // Succeeded jobs do not hold a module.
     assert_eq!(
@@ -834,7 +836,12 @@ async fn cron_ticks_fire_once(b: Backend) {
     b.put_cron(&entry).await.unwrap();
     assert_eq!(b.crons(None).await.unwrap(), vec![entry.clone()]);
     assert_eq!(b.crons(Some("other")).await.unwrap(), vec![]);
-    let job = wasmq::scheduler::cron_job(&entry, 1_000).unwrap();
+    let job = wasmq::scheduler::cron_job(
+        &wasmq::intake::Intake::new(Limits::default_ceilings()),
+        &entry,
+        1_000,
+    )
+    .unwrap();
     assert_eq!(job.id(), "cron:nightly:1000");
     // Two workers see the same due tick; one fires it.
     assert!(
@@ -851,7 +858,12 @@ async fn cron_ticks_fire_once(b: Backend) {
     assert_eq!(ids(&fetch(b, 5).await), ["cron:nightly:1000"]);
     assert!(b.remove_cron("default", "nightly").await.unwrap());
     assert!(!b.remove_cron("default", "nightly").await.unwrap());
-    let later = wasmq::scheduler::cron_job(&entry, 2_000).unwrap();
+    let later = wasmq::scheduler::cron_job(
+        &wasmq::intake::Intake::new(Limits::default_ceilings()),
+        &entry,
+        2_000,
+    )
+    .unwrap();
     assert!(
         !b.fire_cron("default", "nightly", 2_000, 3_000, &later)
             .await
@@ -890,7 +902,7 @@ async fn paused_queues_accept_but_hand_out_nothing(b: Backend) {
 
 async fn workers_report_and_expire(b: Backend) {
     let b = b.broker.as_ref();
-    let now = wasmq::broker::now_ms();
+    let now = wasmq::time::now_ms();
     let worker = |name: &str, seen: u64| WorkerInfo {
         name: name.into(),
         host: "h".into(),
@@ -929,15 +941,15 @@ async fn a_batch_calls_back_once_when_every_job_ended(b: Backend) {
     assert_eq!((info.total, info.pending, info.done_at_ms), (3, 3, None));
     let leases = fetch(b, 2).await;
     assert_eq!(ids(&leases), ["a", "b"]);
-    b.complete(&[ok(&leases[0])]).await.unwrap();
+    b.ack(&[ok(&leases[0])]).await.unwrap();
     let dead = Ack {
         lease: leases[1].key.clone(),
         completion: Completion::Dead {
-            error: error(&leases[1], "fail"),
+            error: error(&leases[1], FailureKind::Fail),
             report: None,
         },
     };
-    b.complete(&[dead]).await.unwrap();
+    b.ack(&[dead]).await.unwrap();
     assert_eq!(b.batch("default", "B").await.unwrap().unwrap().pending, 1);
     assert!(
         fetch(b, 5).await.iter().all(|l| l.key.id == "c"),
@@ -958,13 +970,13 @@ async fn a_batch_calls_back_once_when_every_job_ended(b: Backend) {
         completion: Completion::Cancelled {
             error: AttemptError {
                 attempt: c.attempts,
-                kind: "cancelled".into(),
+                kind: FailureKind::Cancelled,
                 message: "x".into(),
                 at_ms: 1,
             },
         },
     };
-    b.complete(&[ack]).await.unwrap();
+    b.ack(&[ack]).await.unwrap();
     let info = b.batch("default", "B").await.unwrap().unwrap();
     assert_eq!(info.pending, 0);
     assert!(info.done_at_ms.is_some());
@@ -982,7 +994,7 @@ async fn a_batch_calls_back_once_when_every_job_ended(b: Backend) {
     assert!(b.retry_dead("default", "b").await.unwrap());
     let again = fetch(b, 5).await;
     assert_eq!(ids(&again), ["b"]);
-    b.complete(&[ok(&again[0])]).await.unwrap();
+    b.ack(&[ok(&again[0])]).await.unwrap();
     assert!(fetch(b, 5).await.is_empty());
     assert_eq!(
         counts(b).await.totals.enqueued,
@@ -1017,7 +1029,7 @@ async fn a_batch_is_all_or_nothing(b: Backend) {
     );
 }
 
-async fn counts(b: &dyn Broker) -> QueueCounts {
+async fn counts(b: &dyn ApiBroker) -> QueueCounts {
     b.queues()
         .await
         .unwrap()
@@ -1062,7 +1074,7 @@ async fn the_enqueue_script_checks_direct_writers() {
     let server = RedisServer::start();
     let client = redis::Client::open(server.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let script = redis::Script::new(include_str!("../docs/redis-enqueue.lua"));
+    let script = redis::Script::new(include_str!("../../docs/redis-enqueue.lua"));
     let keys = wasmq::broker::redis::Keys::new("wasmq").queue("default");
     let good = serde_json::json!({"module": module()}).to_string();
     let call = |id: &str, inv: &str, prio: &str, max: &str| {

@@ -1,7 +1,7 @@
 //! The worker end to end with the real sample jobs, on the in-memory broker and on a real Redis:
 //! retries with backoff, the dead set, fan-out, the worker's own ceilings, graceful shutdown.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,21 +10,23 @@ use common::redis::RedisServer;
 use serde_json::{Value, json};
 use wasmq::broker::memory::MemoryBroker;
 use wasmq::broker::redis::RedisBroker;
-use wasmq::broker::{Broker, JobRecord, JobState, enqueue_checked};
+use wasmq::broker::{ApiBroker, JobRecord};
 use wasmq::invocation::{Invocation, NewJob};
+use wasmq::job::FailureKind;
+use wasmq::job::JobState;
+use wasmq::job::Limits;
 use wasmq::modules::ModuleHash;
-use wasmq::sandbox::Limits;
 use wasmq::worker::{Backoff, Worker, WorkerConfig, WorkerStats};
 
 struct Backend {
-    broker: Arc<dyn Broker>,
+    broker: Arc<dyn ApiBroker>,
     _redis: Option<RedisServer>,
 }
 
 impl Backend {
     /// The same broker through a separate connection (Redis), or shared (memory): what another
     /// worker process would have.
-    async fn another_connection(&self) -> Arc<dyn Broker> {
+    async fn another_connection(&self) -> Arc<dyn ApiBroker> {
         match &self._redis {
             Some(server) => Arc::new(RedisBroker::connect(&server.url()).await.unwrap()),
             None => self.broker.clone(),
@@ -60,7 +62,7 @@ fn config() -> WorkerConfig {
     }
 }
 
-async fn upload(b: &dyn Broker, name: &str) -> ModuleHash {
+async fn upload(b: &dyn ApiBroker, name: &str) -> ModuleHash {
     let bytes = common::job(name);
     let hash = ModuleHash::of(&bytes);
     b.put_module(hash, &bytes).await.unwrap();
@@ -77,11 +79,11 @@ fn job(module: ModuleHash, id: &str, args: Value, f: impl FnOnce(&mut Invocation
 
 /// Runs a worker until every job in `jobs` is final (or 60 s pass), then stops it.
 async fn run_until_final(
-    b: &Arc<dyn Broker>,
+    b: &Arc<dyn ApiBroker>,
     config: WorkerConfig,
     jobs: &[NewJob],
 ) -> (Vec<JobRecord>, WorkerStats) {
-    enqueue_checked(b.as_ref(), jobs).await.unwrap();
+    common::enqueue(b.as_ref(), jobs).await.unwrap();
     let worker = Worker::new(b.clone(), common::sandbox().clone(), config);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(worker.run(async {
@@ -119,7 +121,7 @@ async fn flaky_jobs_succeed_on_a_later_attempt(b: Backend) {
     );
     assert_eq!(
         r.last_error.as_ref().unwrap().kind,
-        "retry",
+        FailureKind::Retry,
         "the earlier failure is kept"
     );
     assert_eq!((stats.retried, stats.succeeded, stats.dead), (2, 1, 0));
@@ -246,7 +248,7 @@ async fn the_worker_enforces_its_own_ceilings(b: Backend) {
     let hello = upload(b.broker.as_ref(), "hello").await;
     // Accepted by an enqueuer with the default ceilings, above this worker's.
     let big = job(hello, "big", json!({"name": "x"}), |i| i.memory_mb = 512);
-    enqueue_checked(b.broker.as_ref(), &[big]).await.unwrap();
+    common::enqueue(b.broker.as_ref(), &[big]).await.unwrap();
     let strict = wasmq::sandbox::Sandbox::new(wasmq::sandbox::SandboxConfig {
         ceilings: Limits {
             memory_bytes: 128 << 20,
@@ -271,7 +273,7 @@ async fn the_worker_enforces_its_own_ceilings(b: Backend) {
     assert_eq!(r.state, JobState::Dead);
     assert_eq!(r.attempts, 1, "a limit no retry can fix is not retried");
     let e = r.last_error.unwrap();
-    assert_eq!(e.kind, "limits");
+    assert_eq!(e.kind, FailureKind::Limits);
     assert!(e.message.contains("`memory_mb` is 512"), "{}", e.message);
 }
 
@@ -286,7 +288,7 @@ async fn shutdown_finishes_short_jobs_and_hands_back_long_ones(b: Backend) {
             |_| {},
         ),
     ];
-    enqueue_checked(b.broker.as_ref(), &jobs).await.unwrap();
+    common::enqueue(b.broker.as_ref(), &jobs).await.unwrap();
     let worker = Worker::new(
         b.broker.clone(),
         common::sandbox().clone(),
@@ -374,7 +376,7 @@ async fn waiting_and_spinning_guests_do_not_hold_up_the_rest(b: Backend) {
     };
     let (records, _) = run_until_final(&b.broker, config, &jobs).await;
     let spin = &records[0];
-    assert_eq!(spin.last_error.as_ref().unwrap().kind, "timeout");
+    assert_eq!(spin.last_error.as_ref().unwrap().kind, FailureKind::Timeout);
     let spin_end = spin.finished_at_ms.unwrap();
     for r in &records[1..] {
         assert_eq!(r.state, JobState::Succeeded, "{}: {:?}", r.id, r.last_error);
@@ -407,7 +409,7 @@ async fn a_running_job_can_be_cancelled(b: Backend) {
         json!({"mode": "sleep", "ms": 20_000}),
         |_| {},
     );
-    enqueue_checked(b.broker.as_ref(), &[long]).await.unwrap();
+    common::enqueue(b.broker.as_ref(), &[long]).await.unwrap();
     let worker = Worker::new(
         b.broker.clone(),
         common::sandbox().clone(),
@@ -438,7 +440,7 @@ async fn a_running_job_can_be_cancelled(b: Backend) {
         "stopped long before its 20 s sleep ended"
     );
     assert_eq!(r.attempts, 1, "and not retried");
-    assert_eq!(r.last_error.unwrap().kind, "cancelled");
+    assert_eq!(r.last_error.unwrap().kind, FailureKind::Cancelled);
     let _ = stop.send(());
     let stats = running.await.unwrap();
     assert_eq!((stats.cancelled, stats.succeeded), (1, 0));
@@ -451,9 +453,15 @@ async fn a_cron_tick_enqueues_exactly_one_job_across_workers(b: Backend) {
     let hello = upload(b.broker.as_ref(), "hello").await;
     let mut inv = Invocation::new(hello);
     inv.args = json!({"name": "cron"});
-    let entry = wasmq::scheduler::add_cron(b.broker.as_ref(), "every", "* * * * * *", inv)
-        .await
-        .unwrap();
+    let entry = wasmq::scheduler::add_cron(
+        &wasmq::intake::Intake::new(Limits::default_ceilings()),
+        b.broker.as_ref(),
+        "every",
+        "* * * * * *",
+        inv,
+    )
+    .await
+    .unwrap();
     let first = entry.next_ms;
     let mut stops = Vec::new();
     let mut running = Vec::new();
@@ -500,6 +508,7 @@ async fn a_cron_tick_enqueues_exactly_one_job_across_workers(b: Backend) {
 async fn missed_cron_ticks_are_coalesced(b: Backend) {
     let hello = upload(b.broker.as_ref(), "hello").await;
     let entry = wasmq::scheduler::add_cron(
+        &wasmq::intake::Intake::new(Limits::default_ceilings()),
         b.broker.as_ref(),
         "m",
         "* * * * * *",
@@ -508,10 +517,14 @@ async fn missed_cron_ticks_are_coalesced(b: Backend) {
     .await
     .unwrap();
     tokio::time::sleep(Duration::from_millis(2600)).await;
-    let back = wasmq::broker::now_ms();
-    let fired = wasmq::scheduler::fire_due_crons(b.broker.as_ref(), "default")
-        .await
-        .unwrap();
+    let back = wasmq::time::now_ms();
+    let fired = wasmq::scheduler::fire_due_crons(
+        &wasmq::intake::Intake::new(Limits::default_ceilings()),
+        b.broker.as_ref(),
+        "default",
+    )
+    .await
+    .unwrap();
     assert_eq!(fired, 1, "one job for the missed ticks");
     assert!(
         b.broker
@@ -524,9 +537,13 @@ async fn missed_cron_ticks_are_coalesced(b: Backend) {
     assert!(next > back, "the schedule continues from the present");
     assert_eq!(b.broker.queues().await.unwrap()[0].totals.enqueued, 1);
     assert_eq!(
-        wasmq::scheduler::fire_due_crons(b.broker.as_ref(), "default")
-            .await
-            .unwrap(),
+        wasmq::scheduler::fire_due_crons(
+            &wasmq::intake::Intake::new(Limits::default_ceilings()),
+            b.broker.as_ref(),
+            "default"
+        )
+        .await
+        .unwrap(),
         0
     );
 }
@@ -540,7 +557,7 @@ async fn progress_is_visible_while_a_job_runs(b: Backend) {
         json!({"mode": "steps", "steps": 5, "ms": 300}),
         |_| {},
     );
-    enqueue_checked(b.broker.as_ref(), &[job]).await.unwrap();
+    common::enqueue(b.broker.as_ref(), &[job]).await.unwrap();
     let worker = Worker::new(b.broker.clone(), common::sandbox().clone(), config());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(worker.run(async {
@@ -578,7 +595,7 @@ async fn progress_is_visible_while_a_job_runs(b: Backend) {
 async fn workers_are_listed_while_they_run(b: Backend) {
     let chaos = upload(b.broker.as_ref(), "chaos").await;
     let slow = job(chaos, "slow", json!({"mode": "sleep", "ms": 1500}), |_| {});
-    enqueue_checked(b.broker.as_ref(), &[slow]).await.unwrap();
+    common::enqueue(b.broker.as_ref(), &[slow]).await.unwrap();
     let config = WorkerConfig {
         lease: Duration::from_millis(600),
         ..config()
@@ -654,7 +671,7 @@ async fn precompile_loads_every_module_before_any_job_needs_it(b: Backend) {
 
 /// Runs `jobs` with `n` workers (separate connections on Redis) until all are final.
 async fn run_with_workers(b: &Backend, n: usize, jobs: &[NewJob]) -> Vec<JobRecord> {
-    enqueue_checked(b.broker.as_ref(), jobs).await.unwrap();
+    common::enqueue(b.broker.as_ref(), jobs).await.unwrap();
     let mut stops = Vec::new();
     let mut running = Vec::new();
     for _ in 0..n {

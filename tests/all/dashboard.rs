@@ -4,7 +4,7 @@
 //! test then checks in Redis that both really moved. Needs `node`, `chromium` and
 //! `tests/browser/node_modules`: `tests/run.sh` installs them when missing.
 
-mod common;
+use crate::common;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -1,7 +1,7 @@
 //! `#[wasmq_guest::job]` on a wrong signature: the compile error names the mistake and points at
 //! the user's code. Each case builds a small throwaway crate for `wasm32-wasip2`.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

@@ -2,7 +2,7 @@
 //! SIGKILLed mid-batch, Redis killed and restarted, every connection dropped under a worker — and
 //! then counts that every accepted job still ended, exactly once in the results.
 
-mod common;
+use crate::common;
 
 use std::fs::File;
 use std::process::{Child, Stdio};
@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use common::redis::RedisServer;
 use serde_json::json;
 use wasmq::broker::redis::RedisBroker;
-use wasmq::broker::{Broker, JobState, QueueCounts};
+use wasmq::broker::{ApiBroker, Broker, QueueCounts};
+use wasmq::job::FailureKind;
+use wasmq::job::JobState;
 
 /// A test's Redis, artifact cache and log directory.
 struct Rig {
@@ -99,7 +101,7 @@ impl Rig {
     }
 }
 
-async fn counts(b: &dyn Broker) -> QueueCounts {
+async fn counts(b: &dyn ApiBroker) -> QueueCounts {
     b.queues()
         .await
         .unwrap()
@@ -109,7 +111,7 @@ async fn counts(b: &dyn Broker) -> QueueCounts {
 }
 
 /// Waits until every id has succeeded; panics (with `log`) after `limit`.
-async fn all_succeed(b: &dyn Broker, ids: &[String], limit: Duration, log: impl Fn() -> String) {
+async fn all_succeed(b: &dyn ApiBroker, ids: &[String], limit: Duration, log: impl Fn() -> String) {
     let deadline = Instant::now() + limit;
     for id in ids {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -177,7 +179,7 @@ async fn a_sigkilled_worker_loses_no_job() {
         let r = b.job(Some("default"), id).await.unwrap().unwrap();
         if r.last_error
             .as_ref()
-            .is_some_and(|e| e.kind == "lease_expired")
+            .is_some_and(|e| e.kind == FailureKind::LeaseExpired)
         {
             assert_eq!(r.attempts, 2, "{id}");
             recovered += 1;

@@ -3,7 +3,7 @@
 //! private Redis. Needs `python3` (with the `redis` package) and `node` ≥ 18: `tests/run.sh`
 //! installs them when missing.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Output};
 

@@ -1,14 +1,15 @@
 //! The sandbox, driven through the sample jobs: real work, and every limit obeyed and violated
 //! by the `chaos` job.
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{ok_json, run};
 use serde_json::json;
-use wasmq::sandbox::{EnqueueFuture, Failure, JobInfo, Limits, LogLevel, SubJobSink};
+use wasmq::job::{JobInfo, Limits, LogLevel};
+use wasmq::sandbox::{EnqueueFuture, Failure, SubJobSink};
 
 fn limits() -> Limits {
     Limits::default()

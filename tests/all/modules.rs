@@ -1,6 +1,6 @@
 //! Module loading: each way bytes can fail to be a job, and the compiled-artifact cache.
 
-mod common;
+use crate::common;
 
 use serde_json::json;
 use wasmq::modules::{FormatError, ModuleHash};

@@ -9,7 +9,7 @@
 //! for all its runs (in Cargo's target directory: compiled once per machine) and one loaded
 //! module per job.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -17,12 +17,13 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use wasmq::broker::ApiBroker;
 use wasmq::broker::memory::MemoryBroker;
-use wasmq::broker::{Broker, JobState, enqueue_checked};
 use wasmq::invocation::Invocation;
-use wasmq::sandbox::{
-    Failure, JobModule, Limits, ModuleOrigin, RunOutcome, Sandbox, SandboxConfig,
-};
+use wasmq::job::FailureKind;
+use wasmq::job::JobState;
+use wasmq::job::Limits;
+use wasmq::sandbox::{Failure, JobModule, ModuleOrigin, RunOutcome, Sandbox, SandboxConfig};
 use wasmq::worker::{Backoff, Worker, WorkerConfig};
 
 const LANGUAGES: [&str; 2] = ["python", "js"];
@@ -130,7 +131,11 @@ async fn the_csv_job_gives_the_same_result_in_rust_python_and_javascript() {
     ] {
         for name in ["csv-clean", "python-csv-clean", "js-csv-clean"] {
             let outcome = run(name, bad.clone(), Limits::default()).await;
-            assert_eq!(failure(&outcome).kind(), "fail", "{name} on {bad}");
+            assert_eq!(
+                failure(&outcome).kind(),
+                FailureKind::Fail,
+                "{name} on {bad}"
+            );
         }
     }
 }
@@ -148,7 +153,7 @@ async fn python_and_javascript_jobs_are_contained_like_rust_ones() {
 
         // Fuel: a loop within budget succeeds only when it ends; one without end runs out.
         let spin = run(&chaos, json!({"mode": "spin"}), Limits::default()).await;
-        assert_eq!(failure(&spin).kind(), "out_of_fuel", "{lang}");
+        assert_eq!(failure(&spin).kind(), FailureKind::OutOfFuel, "{lang}");
         assert_eq!(spin.fuel_used, spin.fuel_budget, "{lang}");
 
         // Time: with fuel to spare, the deadline stops it.
@@ -158,7 +163,7 @@ async fn python_and_javascript_jobs_are_contained_like_rust_ones() {
             ..Limits::default()
         };
         let slow = run(&chaos, json!({"mode": "spin"}), timed).await;
-        assert_eq!(failure(&slow).kind(), "timeout", "{lang}");
+        assert_eq!(failure(&slow).kind(), FailureKind::Timeout, "{lang}");
         assert!(
             slow.wall_time < Duration::from_secs(5),
             "{lang}: {:?}",
@@ -270,13 +275,13 @@ async fn python_and_javascript_jobs_are_contained_like_rust_ones() {
         request.args = b"not json".to_vec();
         let module = module(&chaos);
         let garbage = sandbox().run(&module, request).await;
-        assert_eq!(failure(&garbage).kind(), "fail", "{lang}");
+        assert_eq!(failure(&garbage).kind(), FailureKind::Fail, "{lang}");
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guest_jobs_run_through_the_queue_and_enqueue_each_other() {
-    let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new());
+    let broker: Arc<dyn ApiBroker> = Arc::new(MemoryBroker::new());
     let mut hashes = HashMap::new();
     for name in [
         "hello",
@@ -314,7 +319,7 @@ async fn guest_jobs_run_through_the_queue_and_enqueue_each_other() {
         ),
         job("py-raise", "python-chaos", json!({"mode": "raise"})),
     ];
-    enqueue_checked(broker.as_ref(), &jobs).await.unwrap();
+    common::enqueue(broker.as_ref(), &jobs).await.unwrap();
     let worker = Worker::new(
         broker.clone(),
         sandbox().clone(),

@@ -1,6 +1,6 @@
 //! The `wasmq` binary: `run` with text and JSON output, exit codes, error messages, and `demo`.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -387,7 +387,36 @@ fn enqueue_refuses_bad_invocations_and_names_the_field() {
         )
         .contains("unknown field `colour`")
     );
-    // Nothing from the bad file was enqueued, not even its valid first line.
+    // A file far longer than one broker call, its only unknown module on the last line: the
+    // whole file is checked before anything is enqueued.
+    let long = q.cache.path().join("long.jsonl");
+    let mut lines: String = (0..12_000)
+        .map(|i| format!("{{\"module\":\"{hash}\",\"id\":\"long-{i}\"}}\n"))
+        .collect();
+    lines.push_str(&format!("{{\"module\":\"{never}\"}}\n"));
+    std::fs::write(&long, lines).unwrap();
+    let out = q.run(&["enqueue", "--file", long.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("line 12001 of") && stderr.contains("was never uploaded"),
+        "{stderr}"
+    );
+    // The operator's ceilings are flags: a lower one refuses what the default allows.
+    let out = q.run(&["--max-memory-mb", "32", "enqueue", hash]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("`memory_mb` is 64, above the operator's ceiling of 32"),
+        "{stderr}"
+    );
+    let out = q.run(&["--max-fuel", "0", "enqueue", hash]);
+    assert!(
+        text(&out.stderr).contains("`--max-fuel` must be greater than zero"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Nothing from the bad files was enqueued, not even their valid lines.
     let queues: Value = serde_json::from_str(&q.ok(&["queues", "--json"])).unwrap();
     assert_eq!(queues, serde_json::json!([]));
     let out = q.run(&["upload", "Cargo.toml"]);

@@ -1,0 +1,101 @@
+//! Every Redis key wasmq uses, built in one place. A queue's keys share its `{queue}` hash tag, so
+//! every job script touches one Redis Cluster slot; module bytes are tagged by their own hash.
+
+use crate::job::JobState;
+use crate::modules::ModuleHash;
+
+/// Every Redis key wasmq uses, built in one place.
+#[derive(Clone, Debug)]
+pub struct Keys {
+    prefix: String,
+}
+
+/// The keys of one queue, in the order job scripts take them.
+#[derive(Clone, Debug)]
+pub struct QueueKeys {
+    /// `KEYS[1..=7]`: ready, scheduled, leased, dead, wake, seq, stats.
+    pub keys: [String; 7],
+    /// Prefix of job hashes: `wasmq:{q}:job:`.
+    pub job_prefix: String,
+    /// Prefix of waiter lists: `wasmq:{q}:done:`.
+    pub done_prefix: String,
+    /// Cron entries (`KEYS[8]` of the cron scripts) and their next ticks (`KEYS[9]`).
+    pub cron: [String; 2],
+    /// Indexes of recently succeeded and cancelled jobs (zsets: finished at ms → id), kept by the
+    /// scripts that end jobs (`list_final` in `lua/common.lua`).
+    pub finished: [String; 2],
+}
+
+impl QueueKeys {
+    /// The sorted set listing jobs in `state`, and whether it lists newest first.
+    pub fn listing(&self, state: JobState) -> (&str, bool) {
+        match state {
+            JobState::Ready => (&self.keys[0], false),
+            JobState::Scheduled => (&self.keys[1], false),
+            JobState::Leased => (&self.keys[2], false),
+            JobState::Dead => (&self.keys[3], true),
+            JobState::Succeeded => (&self.finished[0], true),
+            JobState::Cancelled => (&self.finished[1], true),
+        }
+    }
+}
+
+impl Keys {
+    /// Keys under `prefix` (normally `wasmq`).
+    pub fn new(prefix: &str) -> Self {
+        Keys {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// The keys of `queue`.
+    pub fn queue(&self, queue: &str) -> QueueKeys {
+        let base = format!("{}:{{{queue}}}:", self.prefix);
+        QueueKeys {
+            keys: [
+                "ready",
+                "scheduled",
+                "leased",
+                "dead",
+                "wake",
+                "seq",
+                "stats",
+            ]
+            .map(|k| format!("{base}{k}")),
+            job_prefix: format!("{base}job:"),
+            done_prefix: format!("{base}done:"),
+            cron: [format!("{base}cron"), format!("{base}cron_next")],
+            finished: [format!("{base}succeeded"), format!("{base}cancelled")],
+        }
+    }
+
+    /// The job hash of `id` in `queue`.
+    pub fn job(&self, queue: &str, id: &str) -> String {
+        format!("{}:{{{queue}}}:job:{id}", self.prefix)
+    }
+
+    /// The waiter list of `id` in `queue`.
+    pub fn done(&self, queue: &str, id: &str) -> String {
+        format!("{}:{{{queue}}}:done:{id}", self.prefix)
+    }
+
+    /// The worker registry: name → `WorkerInfo` JSON.
+    pub fn workers(&self) -> String {
+        format!("{}:workers", self.prefix)
+    }
+
+    /// The set of queue names.
+    pub fn queues(&self) -> String {
+        format!("{}:queues", self.prefix)
+    }
+
+    /// The module index.
+    pub fn module_index(&self) -> String {
+        format!("{}:{{modules}}:index", self.prefix)
+    }
+
+    /// The bytes of a module.
+    pub fn module_bytes(&self, hash: ModuleHash) -> String {
+        format!("{}:{{modules}}:bytes:{}", self.prefix, hash.hex())
+    }
+}

@@ -1,0 +1,305 @@
+//! The Redis broker's core: modules, enqueue, fetch, heartbeats, acknowledgements, maintenance
+//! and the job record — what a worker loop needs.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::records::{json_or_empty, parse_module_info};
+use super::{ENQUEUE_CHUNK, MAINTAIN_LIMIT, MAX_BLOCK, RedisBroker, SCRIPTS, group_by_queue};
+use crate::broker::{
+    Ack, Broker, BrokerError, Completion, Enqueued, Heartbeat, JobRecord, Lease, LeaseKey,
+    Maintenance, ModuleInfo,
+};
+use crate::invocation::{Invocation, NewJob};
+use crate::job::{AttemptError, FailureKind, JobState, Progress};
+use crate::modules::ModuleHash;
+use crate::time::now_ms;
+
+#[async_trait]
+impl Broker for RedisBroker {
+    async fn put_module(&self, hash: ModuleHash, bytes: &[u8]) -> Result<ModuleInfo, BrokerError> {
+        let mut inv = SCRIPTS.put_module.prepare_invoke();
+        inv.key(self.keys.module_index())
+            .key(self.keys.module_bytes(hash))
+            .arg(hash.hex())
+            .arg(bytes);
+        let info: String = self.script(&inv).await?;
+        parse_module_info(&hash.hex(), &info)
+    }
+
+    async fn module(&self, hash: ModuleHash) -> Result<Option<Vec<u8>>, BrokerError> {
+        let key = self.keys.module_bytes(hash);
+        self.query(redis::cmd("GET").arg(&key).clone()).await
+    }
+
+    async fn has_module(&self, hash: ModuleHash) -> Result<bool, BrokerError> {
+        let key = self.keys.module_index();
+        self.query(redis::cmd("HEXISTS").arg(&key).arg(hash.hex()).clone())
+            .await
+    }
+
+    async fn enqueue(&self, jobs: &[NewJob]) -> Result<Vec<Enqueued>, BrokerError> {
+        self.register_queues(jobs.iter().map(NewJob::queue)).await?;
+        // Group by queue (one slot per script call), keeping each job's position.
+        let mut by_queue: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, job) in jobs.iter().enumerate() {
+            by_queue.entry(job.queue()).or_default().push(i);
+        }
+        let mut calls = Vec::new();
+        for (queue, positions) in &by_queue {
+            for chunk in positions.chunks(ENQUEUE_CHUNK) {
+                let mut inv = self.queue_script(&SCRIPTS.enqueue, queue);
+                inv.arg(chunk.len());
+                for &i in chunk {
+                    let job = &jobs[i];
+                    let inv_json =
+                        serde_json::to_string(&job.invocation).expect("plain data serialises");
+                    inv.arg(job.id())
+                        .arg(inv_json)
+                        .arg(job.invocation.priority)
+                        .arg(job.invocation.max_attempts)
+                        .arg(job.run_at_ms.unwrap_or(0));
+                }
+                calls.push((chunk, inv));
+            }
+        }
+        // Chunks go out together: the connection pipelines them.
+        let replies = futures_util::future::join_all(
+            calls.iter().map(|(_, inv)| self.script::<Vec<u8>>(inv)),
+        )
+        .await;
+        let mut out = vec![Enqueued::Existed; jobs.len()];
+        for ((chunk, _), reply) in calls.iter().zip(replies) {
+            for (&i, created) in chunk.iter().zip(reply?) {
+                out[i] = if created == 1 {
+                    Enqueued::Created
+                } else {
+                    Enqueued::Existed
+                };
+            }
+        }
+        Ok(out)
+    }
+
+    async fn fetch(
+        &self,
+        queues: &[String],
+        max: usize,
+        lease: Duration,
+        worker: &str,
+    ) -> Result<Vec<Lease>, BrokerError> {
+        let mut out = Vec::new();
+        for queue in queues {
+            if out.len() >= max {
+                break;
+            }
+            let mut inv = self.queue_script(&SCRIPTS.fetch, queue);
+            inv.arg(max - out.len())
+                .arg(lease.as_millis() as u64)
+                .arg(worker);
+            let rows: Vec<(String, String, u32, u64)> = self.script(&inv).await?;
+            let mut refused = Vec::new();
+            for (id, inv_json, attempt, token) in rows {
+                let key = LeaseKey {
+                    queue: queue.clone(),
+                    id,
+                    token,
+                };
+                match Invocation::from_json(inv_json.as_bytes()) {
+                    Ok(invocation) => out.push(Lease {
+                        key,
+                        attempt,
+                        invocation,
+                    }),
+                    // Written straight into Redis by something that skipped the checks: the job
+                    // ends dead with the reason instead of stalling every worker that fetches it.
+                    Err(e) => refused.push(Ack {
+                        lease: key,
+                        completion: Completion::Dead {
+                            error: AttemptError {
+                                attempt,
+                                kind: FailureKind::Invocation,
+                                message: e.to_string(),
+                                at_ms: now_ms(),
+                            },
+                            report: None,
+                        },
+                    }),
+                }
+            }
+            if !refused.is_empty() {
+                tracing::warn!(queue = %queue, count = refused.len(), "invalid invocations moved to the dead set");
+                self.ack(&refused).await?;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn wait_for_work(&self, queues: &[String], timeout: Duration) -> Result<(), BrokerError> {
+        // One BLPOP over every queue's wake key. (On Redis Cluster these would be one BLPOP per
+        // queue: the keys live in different slots.)
+        let mut cmd = redis::cmd("BLPOP");
+        for q in queues {
+            cmd.arg(&self.keys.queue(q).keys[4]);
+        }
+        cmd.arg(timeout.min(MAX_BLOCK).as_secs_f64().max(0.001));
+        let _: Option<(String, String)> = self.blocking(cmd).await?;
+        Ok(())
+    }
+
+    async fn heartbeat(
+        &self,
+        leases: &[LeaseKey],
+        lease: Duration,
+    ) -> Result<Heartbeat, BrokerError> {
+        let mut beat = Heartbeat::default();
+        for (queue, group) in group_by_queue(leases) {
+            let mut inv = self.queue_script(&SCRIPTS.heartbeat, queue);
+            inv.arg(lease.as_millis() as u64);
+            for key in &group {
+                inv.arg(&key.id).arg(key.token);
+            }
+            let (gone, cancel): (Vec<String>, Vec<String>) = self.script(&inv).await?;
+            let gone: HashSet<String> = gone.into_iter().collect();
+            let cancel: HashSet<String> = cancel.into_iter().collect();
+            for key in group {
+                if gone.contains(&key.id) {
+                    beat.lost.push(key.clone());
+                } else if cancel.contains(&key.id) {
+                    beat.cancel.push(key.clone());
+                }
+            }
+        }
+        Ok(beat)
+    }
+
+    async fn ack(&self, acks: &[Ack]) -> Result<usize, BrokerError> {
+        let mut by_queue: HashMap<&str, Vec<&Ack>> = HashMap::new();
+        for ack in acks {
+            by_queue.entry(&ack.lease.queue).or_default().push(ack);
+        }
+        let mut stale = 0;
+        for (queue, group) in by_queue {
+            let mut inv = self.queue_script(&SCRIPTS.ack, queue);
+            inv.arg(self.ttl_secs());
+            for ack in group {
+                let (action, delay, error, report) = match &ack.completion {
+                    Completion::Succeeded(report) => ("ok", 0, None, Some(report)),
+                    Completion::Retry {
+                        delay,
+                        error,
+                        report,
+                    } => (
+                        "retry",
+                        delay.as_millis() as u64,
+                        Some(error),
+                        report.as_ref(),
+                    ),
+                    Completion::Dead { error, report } => ("dead", 0, Some(error), report.as_ref()),
+                    Completion::Cancelled { error } => ("cancelled", 0, Some(error), None),
+                };
+                inv.arg(&ack.lease.id)
+                    .arg(ack.lease.token)
+                    .arg(action)
+                    .arg(delay)
+                    .arg(json_or_empty(error))
+                    .arg(json_or_empty(report));
+            }
+            let n: usize = self.script(&inv).await?;
+            stale += n;
+        }
+        Ok(stale)
+    }
+
+    async fn report_progress(&self, updates: &[(LeaseKey, Progress)]) -> Result<(), BrokerError> {
+        let mut by_queue: HashMap<&str, Vec<&(LeaseKey, Progress)>> = HashMap::new();
+        for u in updates {
+            by_queue.entry(&u.0.queue).or_default().push(u);
+        }
+        for (queue, group) in by_queue {
+            let mut inv = self.queue_script(&SCRIPTS.progress, queue);
+            for (key, progress) in group {
+                inv.arg(&key.id)
+                    .arg(key.token)
+                    .arg(serde_json::to_string(progress).expect("plain data serialises"));
+            }
+            let _: u32 = self.script(&inv).await?;
+        }
+        Ok(())
+    }
+
+    async fn release(&self, leases: &[LeaseKey]) -> Result<(), BrokerError> {
+        for (queue, group) in group_by_queue(leases) {
+            let mut inv = self.queue_script(&SCRIPTS.release, queue);
+            for key in group {
+                inv.arg(&key.id).arg(key.token);
+            }
+            let _: usize = self.script(&inv).await?;
+        }
+        Ok(())
+    }
+
+    async fn maintain(&self, queue: &str) -> Result<Maintenance, BrokerError> {
+        let mut inv = self.queue_script(&SCRIPTS.maintain, queue);
+        inv.arg(MAINTAIN_LIMIT).arg(self.ttl_secs());
+        let (promoted, recovered, expired_dead): (u64, u64, u64) = self.script(&inv).await?;
+        Ok(Maintenance {
+            promoted,
+            recovered,
+            expired_dead,
+        })
+    }
+
+    async fn job(&self, queue: Option<&str>, id: &str) -> Result<Option<JobRecord>, BrokerError> {
+        let queues = match queue {
+            Some(q) => vec![q.to_owned()],
+            None => self.queue_names().await?,
+        };
+        for q in queues {
+            if let Some(record) = self.records(&q, &[id.to_owned()]).await?.pop().flatten() {
+                return Ok(Some(record));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn wait_job(
+        &self,
+        queue: &str,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<Option<JobRecord>, BrokerError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut inv = self.queue_script(&SCRIPTS.watch, queue);
+        inv.arg(id);
+        let state: Option<String> = self.script(&inv).await?;
+        let already_final = state
+            .as_deref()
+            .and_then(JobState::parse)
+            .is_none_or(JobState::is_final);
+        if !already_final {
+            let done = self.keys.done(queue, id);
+            loop {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                let mut cmd = redis::cmd("BLPOP");
+                cmd.arg(&done)
+                    .arg(left.min(MAX_BLOCK).as_secs_f64().max(0.001));
+                let popped: Option<(String, String)> = self.blocking(cmd).await?;
+                if popped.is_some() {
+                    break;
+                }
+                // A token can be missed across a reconnect; the record is the truth.
+                let record = self.job(Some(queue), id).await?;
+                if record.as_ref().is_none_or(|r| r.state.is_final()) {
+                    return Ok(record);
+                }
+            }
+        }
+        self.job(Some(queue), id).await
+    }
+}

@@ -1,0 +1,171 @@
+//! The job's own vocabulary, shared by every layer: where a job is ([`JobState`]), how an attempt
+//! failed ([`FailureKind`], [`AttemptError`]), what a run produced ([`RunReport`] with its
+//! [`Captured`] output, [`LogRecord`]s and [`Progress`]), who the guest is told it is
+//! ([`JobInfo`]) and what a run may use ([`Limits`]).
+//!
+//! These are plain data: serialised into job records (Redis, the HTTP API) and read by the CLI.
+//! What it must not do: depend on any other module of the crate — it is the ground floor.
+
+mod failure;
+mod limits;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use failure::FailureKind;
+pub use limits::{LimitError, Limits};
+
+/// Where a job is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Waiting to be fetched.
+    Ready,
+    /// Waiting for its `run_at` or its retry backoff.
+    Scheduled,
+    /// Fetched by a worker that holds the lease.
+    Leased,
+    /// Done; kept for the result TTL.
+    Succeeded,
+    /// Failed for good; kept until retried or deleted.
+    Dead,
+    /// Cancelled before it ended; kept for the result TTL, never retried.
+    Cancelled,
+}
+
+impl JobState {
+    /// Whether the job will not change any more on its own.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Dead | JobState::Cancelled
+        )
+    }
+
+    /// The lowercase name stored in Redis and shown by the CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Ready => "ready",
+            JobState::Scheduled => "scheduled",
+            JobState::Leased => "leased",
+            JobState::Succeeded => "succeeded",
+            JobState::Dead => "dead",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses the stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "ready" => JobState::Ready,
+            "scheduled" => JobState::Scheduled,
+            "leased" => JobState::Leased,
+            "succeeded" => JobState::Succeeded,
+            "dead" => JobState::Dead,
+            "cancelled" => JobState::Cancelled,
+            _ => return None,
+        })
+    }
+}
+
+/// Why one attempt failed, as kept in the job's record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptError {
+    /// The attempt, from 1.
+    pub attempt: u32,
+    /// What kind of failure it was.
+    pub kind: FailureKind,
+    /// The full reason.
+    pub message: String,
+    /// When it happened (Unix ms).
+    pub at_ms: u64,
+}
+
+/// What the last attempt produced, kept in the job's record.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunReport {
+    /// The attempt this describes.
+    pub attempt: u32,
+    /// The worker that ran it.
+    pub worker: String,
+    /// The job's result (success only), as JSON (`{"$bytes": …}` for non-JSON bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    /// Captured stdout.
+    pub stdout: Captured,
+    /// Captured stderr.
+    pub stderr: Captured,
+    /// Log records, oldest first.
+    pub logs: Vec<LogRecord>,
+    /// Records dropped over the cap.
+    pub logs_dropped: u64,
+    /// The last progress reported.
+    pub progress: Option<Progress>,
+    /// Fuel consumed.
+    pub fuel_used: u64,
+    /// Wall time of the run, in milliseconds.
+    pub wall_ms: f64,
+    /// Ids of the sub-jobs it enqueued.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sub_jobs: Vec<String>,
+}
+
+/// The identity of a job run, as the guest sees it in `job-info`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobInfo {
+    /// Job id.
+    pub id: String,
+    /// Queue the job came from.
+    pub queue: String,
+    /// Attempt number, from 1.
+    pub attempt: u32,
+    /// Attempts the job gets in all.
+    pub max_attempts: u32,
+}
+
+/// Severity of a guest log record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// `trace`
+    Trace,
+    /// `debug`
+    Debug,
+    /// `info`
+    Info,
+    /// `warn`
+    Warn,
+    /// `error`
+    Error,
+}
+
+/// A record the guest logged through the `host.log` import.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogRecord {
+    /// Severity.
+    pub level: LogLevel,
+    /// The message (cut to 4 KiB).
+    pub message: String,
+    /// Milliseconds since the run started.
+    pub at_ms: u64,
+}
+
+/// The last progress the guest reported.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// 0–100.
+    pub percent: u8,
+    /// Optional note.
+    pub note: Option<String>,
+}
+
+/// A captured output stream, as stored in a job's record.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Captured {
+    /// The first bytes written, up to the cap (invalid UTF-8 replaced).
+    pub text: String,
+    /// How many bytes the guest wrote in all.
+    pub total_bytes: u64,
+    /// Whether bytes beyond the cap were dropped.
+    pub truncated: bool,
+}

@@ -1,0 +1,24 @@
+//! Every integration test of wasmq, in one binary (one link of wasmtime instead of one per area),
+//! one module per area. Run with `tests/run.sh` (installs what they need), or `cargo test -p wasmq
+//! --test all AREA::` for one area.
+//!
+//! - [`common`]: the kit — sample jobs, a shared sandbox, private Redis servers, `wasmq serve`.
+//! - [`sandbox`], [`modules`], [`guests`], [`guest_sdk`]: running one job and loading modules.
+//! - [`broker`]: the broker's behaviour on both backends.
+//! - [`worker`], [`faults`]: the worker end to end, and with faults injected.
+//! - [`api`], [`cli`], [`clients`], [`dashboard`]: the ways in: HTTP, the binary, the clients, the
+//!   browser.
+
+mod common;
+
+mod api;
+mod broker;
+mod cli;
+mod clients;
+mod dashboard;
+mod faults;
+mod guest_sdk;
+mod guests;
+mod modules;
+mod sandbox;
+mod worker;
