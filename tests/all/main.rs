@@ -4,7 +4,8 @@
 //!
 //! - [`common`]: the kit — sample jobs, a shared sandbox, private Redis servers, `wasmq serve`.
 //! - [`sandbox`], [`modules`], [`guests`], [`guest_sdk`]: running one job and loading modules.
-//! - [`broker`]: the broker's behaviour on both backends.
+//! - [`broker`]: the broker's behaviour on both backends; [`differential`]: both backends driven
+//!   with the same random operations, every observable result compared.
 //! - [`worker`], [`faults`]: the worker end to end, and with faults injected.
 //! - [`api`], [`cli`], [`clients`], [`dashboard`]: the ways in: HTTP, the binary, the clients, the
 //!   browser.
@@ -16,6 +17,7 @@ mod broker;
 mod cli;
 mod clients;
 mod dashboard;
+mod differential;
 mod faults;
 mod guest_sdk;
 mod guests;

@@ -13,6 +13,7 @@ use clap::{Args, Subcommand};
 use serde::{Deserialize, Serialize};
 
 use super::JobsDir;
+use super::report::timings;
 use crate::job::{JobInfo, Limits};
 use crate::sandbox::{JobModule, NoSubJobs, RunRequest, Sandbox, SandboxConfig};
 
@@ -132,8 +133,8 @@ pub(crate) async fn run(
         args.markdown_kib,
         super::report::group(fuel)
     );
-    let s = report("  in the sandbox", &mut sandboxed);
-    let n = report("  native", &mut native);
+    let s = timings("  in the sandbox", &mut sandboxed);
+    let n = timings("  native", &mut native);
     println!(
         "  sandbox / native (medians): {:.2}x",
         s.as_secs_f64() / n.as_secs_f64()
@@ -160,7 +161,7 @@ async fn bench_job(
         compile.push(uncached.load(bytes)?.load_time());
     }
     drop(uncached);
-    report(&format!("  compile {name}"), &mut compile);
+    timings(&format!("  compile {name}"), &mut compile);
 
     // Cache load: the first load writes the artifact; the others read, verify and deserialize it.
     sandbox.load(bytes)?;
@@ -175,7 +176,7 @@ async fn bench_job(
         );
         cached.push(m.load_time());
     }
-    report(&format!("  cache load {name}"), &mut cached);
+    timings(&format!("  cache load {name}"), &mut cached);
 
     // Instantiate and call, every limit on, one at a time.
     let module = sandbox.load(bytes)?;
@@ -191,7 +192,7 @@ async fn bench_job(
         per_run.push(t.elapsed());
     }
     let total = started.elapsed();
-    report(&format!("  {name} instantiate+call"), &mut per_run);
+    timings(&format!("  {name} instantiate+call"), &mut per_run);
     println!(
         "  {:.0} runs/s sequential on one task",
         runs as f64 / total.as_secs_f64()
@@ -235,29 +236,6 @@ async fn run_ok(
         Ok(_) => Ok((outcome.fuel_used, outcome.wall_time)),
         Err(f) => anyhow::bail!("benchmark run failed: {f}"),
     }
-}
-
-/// Prints median, p99 and min of `samples`; returns the median.
-pub(crate) fn report(name: &str, samples: &mut [Duration]) -> Duration {
-    samples.sort();
-    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
-    let us = |d: Duration| d.as_secs_f64() * 1e6;
-    let (median, p99, min) = (at(0.5), at(0.99), samples[0]);
-    let fmt = |d: Duration| {
-        if us(d) >= 10_000.0 {
-            format!("{:.1} ms", us(d) / 1e3)
-        } else {
-            format!("{:.1} µs", us(d))
-        }
-    };
-    println!(
-        "{name}: median {} · p99 {} · min {} (n={})",
-        fmt(median),
-        fmt(p99),
-        fmt(min),
-        samples.len()
-    );
-    median
 }
 
 /// A deterministic document with the usual mix: headings, paragraphs with inline markup, lists,

@@ -16,8 +16,8 @@ use clap::Args;
 use serde_json::json;
 
 use super::JobsDir;
-use super::bench::report;
 use super::queue::RedisArgs;
+use super::report::timings;
 use crate::broker::ApiBroker;
 use crate::broker::redis::RedisBroker;
 use crate::intake::Intake;
@@ -196,7 +196,7 @@ pub(crate) async fn run(
             one.id()
         );
     }
-    report("latency enqueue→result", &mut latency);
+    timings("latency enqueue→result", &mut latency);
     let _ = stop_tx.send(());
     running.await?;
     Ok(ExitCode::SUCCESS)

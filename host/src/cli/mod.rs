@@ -7,6 +7,7 @@ mod bench;
 mod bench_queue;
 mod cron;
 mod demo;
+mod enqueue;
 mod queue;
 mod report;
 mod run;
@@ -127,7 +128,7 @@ enum Command {
     /// List the uploaded modules.
     Modules(queue::JsonArgs),
     /// Enqueue a job (or a JSON-lines file of invocations); prints the job ids.
-    Enqueue(queue::EnqueueArgs),
+    Enqueue(enqueue::EnqueueArgs),
     /// Run jobs from Redis until SIGTERM/SIGINT.
     Worker(worker::WorkerArgs),
     /// Serve the HTTP API (and optionally run a worker in the same process).
@@ -212,7 +213,7 @@ impl Cli {
                 queue::upload(redis.connect().await?.as_ref(), &sandbox(&base, 0)?, args).await
             }
             Command::Modules(args) => queue::modules(redis.connect().await?.as_ref(), args).await,
-            Command::Enqueue(args) => queue::enqueue(&intake, redis.connect().await?, args).await,
+            Command::Enqueue(args) => enqueue::enqueue(&intake, redis.connect().await?, args).await,
             Command::Worker(args) => {
                 let sandbox = sandbox(&base, args.concurrency())?;
                 let broker = redis.connect_with_ttl(args.result_ttl()).await?;

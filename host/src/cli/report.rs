@@ -1,6 +1,7 @@
 //! How the CLI shows a run's outcome: one JSON object (`--json`) or a short human summary.
 
 use std::fmt::Write as _;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -206,6 +207,29 @@ pub(crate) fn group(n: u64) -> String {
         out.push(c);
     }
     out
+}
+
+/// Prints median, p99 and min of `samples`; returns the median.
+pub(crate) fn timings(name: &str, samples: &mut [Duration]) -> Duration {
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    let (median, p99, min) = (at(0.5), at(0.99), samples[0]);
+    let fmt = |d: Duration| {
+        if us(d) >= 10_000.0 {
+            format!("{:.1} ms", us(d) / 1e3)
+        } else {
+            format!("{:.1} µs", us(d))
+        }
+    };
+    println!(
+        "{name}: median {} · p99 {} · min {} (n={})",
+        fmt(median),
+        fmt(p99),
+        fmt(min),
+        samples.len()
+    );
+    median
 }
 
 #[cfg(test)]

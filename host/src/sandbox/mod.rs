@@ -26,6 +26,9 @@ mod bindings {
         exports: { default: async },
     });
 }
+mod host;
+mod load;
+mod outcome;
 mod output;
 
 use std::collections::HashMap;
@@ -37,17 +40,20 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{
-    Config, Enabled, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig,
-    ResourceLimiter, Store, Trap, UpdateDeadline,
+    Config, Enabled, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig, Store,
+    UpdateDeadline,
 };
-use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::WasiCtxBuilder;
 
-use crate::job::{Captured, FailureKind, JobInfo, Limits, LogLevel, LogRecord, Progress};
-use crate::modules::{ArtifactCache, CacheLookup, FormatError, ModuleHash, check_component_header};
+use crate::job::{JobInfo, Limits, Progress};
+use crate::modules::{ArtifactCache, ModuleHash};
+use host::{MemoryCap, RunState};
+pub use load::{JobModule, LoadError, ModuleOrigin};
+use outcome::classify;
+pub use outcome::{Failure, RunOutcome};
 
 /// Every job runs on a wasm stack of this size. 1 MiB is twice wasmtime's default: deep but sane
 /// recursion (parsers, tree walks) fits, a runaway recursion still stops in well under a second.
@@ -159,170 +165,6 @@ impl fmt::Debug for RunRequest {
     }
 }
 
-/// Why a run did not succeed. Each sandbox limit is its own variant.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Failure {
-    /// The guest trapped (a panic, `unreachable`, an out-of-bounds access, …).
-    #[error("trapped: {message}")]
-    Trap {
-        /// The trap, with the guest's panic message when it left one.
-        message: String,
-    },
-    /// The fuel budget ran out.
-    #[error("out of fuel: used the whole budget of {budget} fuel")]
-    OutOfFuel {
-        /// The budget.
-        budget: u64,
-    },
-    /// The wall-clock deadline passed (in guest code or blocked in a host call).
-    #[error("timed out after {timeout_ms} ms")]
-    Timeout {
-        /// The deadline.
-        timeout_ms: u64,
-    },
-    /// The guest asked for more linear memory than its cap.
-    #[error(
-        "memory limit: asked for {requested_bytes} bytes of linear memory, cap is {limit_bytes}"
-    )]
-    MemoryLimit {
-        /// The cap.
-        limit_bytes: u64,
-        /// The total the refused growth asked for.
-        requested_bytes: u64,
-    },
-    /// The wasm stack overflowed.
-    #[error("stack overflow: exhausted the {stack_bytes}-byte wasm stack")]
-    StackOverflow {
-        /// The stack size.
-        stack_bytes: u64,
-    },
-    /// The guest returned `job-error::retry`.
-    #[error("job asked to be retried: {message}")]
-    Retry {
-        /// The guest's message.
-        message: String,
-    },
-    /// The guest returned `job-error::fail`: never retried.
-    #[error("job failed: {message}")]
-    Fail {
-        /// The guest's message.
-        message: String,
-    },
-    /// The component could not be instantiated (for example the pool is exhausted).
-    #[error("could not instantiate: {message}")]
-    Instantiate {
-        /// Wasmtime's reason.
-        message: String,
-    },
-}
-
-impl Failure {
-    /// Whether a retry could help: everything but the guest's own `fail`.
-    pub fn is_retryable(&self) -> bool {
-        !self.kind().is_permanent()
-    }
-
-    /// Its kind, as in the JSON `kind` field.
-    pub fn kind(&self) -> FailureKind {
-        match self {
-            Failure::Trap { .. } => FailureKind::Trap,
-            Failure::OutOfFuel { .. } => FailureKind::OutOfFuel,
-            Failure::Timeout { .. } => FailureKind::Timeout,
-            Failure::MemoryLimit { .. } => FailureKind::MemoryLimit,
-            Failure::StackOverflow { .. } => FailureKind::StackOverflow,
-            Failure::Retry { .. } => FailureKind::Retry,
-            Failure::Fail { .. } => FailureKind::Fail,
-            Failure::Instantiate { .. } => FailureKind::Instantiate,
-        }
-    }
-}
-
-/// What a run produced.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RunOutcome {
-    /// The result bytes, or why there are none.
-    pub result: Result<Vec<u8>, Failure>,
-    /// Fuel consumed.
-    pub fuel_used: u64,
-    /// The budget the run had.
-    pub fuel_budget: u64,
-    /// Wall time from the start of instantiation to the end of the call.
-    pub wall_time: Duration,
-    /// Captured stdout.
-    pub stdout: Captured,
-    /// Captured stderr.
-    pub stderr: Captured,
-    /// Log records, oldest first.
-    pub logs: Vec<LogRecord>,
-    /// Records dropped over the cap.
-    pub logs_dropped: u64,
-    /// The last progress reported.
-    pub progress: Option<Progress>,
-}
-
-/// Why a module was refused at load.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    /// Not a WebAssembly component at all.
-    #[error(transparent)]
-    Format(#[from] FormatError),
-    /// A component that wasmtime could not parse, validate or compile.
-    #[error("invalid component: {0}")]
-    Invalid(String),
-    /// A valid component that does not fit the `wasmq:job/job` world.
-    #[error("component does not fit the `wasmq:job/job` world: {0}")]
-    World(String),
-}
-
-/// Where a loaded module's compiled code came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ModuleOrigin {
-    /// Compiled now.
-    Compiled,
-    /// Loaded from the on-disk artifact cache.
-    DiskCache,
-    /// Already loaded by this process.
-    Memory,
-}
-
-/// A compiled module, ready to instantiate. Cheap to clone.
-#[derive(Clone)]
-pub struct JobModule {
-    hash: ModuleHash,
-    pre: bindings::JobPre<RunState>,
-    origin: ModuleOrigin,
-    load_time: Duration,
-}
-
-impl fmt::Debug for JobModule {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("JobModule")
-            .field("hash", &self.hash)
-            .field("origin", &self.origin)
-            .field("load_time", &self.load_time)
-            .finish_non_exhaustive()
-    }
-}
-
-impl JobModule {
-    /// The module's content address.
-    pub fn hash(&self) -> ModuleHash {
-        self.hash
-    }
-
-    /// Where the compiled code came from when this handle was produced.
-    pub fn origin(&self) -> ModuleOrigin {
-        self.origin
-    }
-
-    /// How long producing it took (compile, or cache read and load).
-    pub fn load_time(&self) -> Duration {
-        self.load_time
-    }
-}
-
 /// The per-process sandbox: one engine, one linker, the compiled modules. Cheap to clone.
 #[derive(Clone)]
 pub struct Sandbox {
@@ -420,103 +262,6 @@ impl Sandbox {
     /// The artifact cache, if configured.
     pub fn cache(&self) -> Option<&ArtifactCache> {
         self.inner.cache.as_ref()
-    }
-
-    /// Validates `bytes` as a job component and makes it runnable: from this process's memory,
-    /// from the artifact cache, or by compiling it (then caching the artifact). CPU-heavy on a
-    /// miss: call it from a blocking context.
-    pub fn load(&self, bytes: &[u8]) -> Result<JobModule, LoadError> {
-        let started = Instant::now();
-        let hash = ModuleHash::of(bytes);
-        if let Some(module) = self.inner.modules.lock().unwrap().get(&hash) {
-            return Ok(JobModule {
-                origin: ModuleOrigin::Memory,
-                load_time: started.elapsed(),
-                ..module.clone()
-            });
-        }
-        check_component_header(bytes)?;
-        let (component, origin) = self.compile_or_load_cached(&hash, bytes)?;
-        // Imports first (ours, then what the linker grants), exports next, types last: each
-        // error names the first item that does not fit.
-        check_imports(&self.inner.engine, &component)?;
-        let pre = self
-            .inner
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| LoadError::World(format!("{e:#}")))?;
-        check_exports(&self.inner.engine, &component)?;
-        let pre = bindings::JobPre::new(pre)
-            .map_err(|e| LoadError::World(format!("export `run`: {e:#}")))?;
-        let module = JobModule {
-            hash,
-            pre,
-            origin,
-            load_time: started.elapsed(),
-        };
-        self.inner
-            .modules
-            .lock()
-            .unwrap()
-            .insert(hash, module.clone());
-        Ok(module)
-    }
-
-    /// [`Sandbox::load`] on tokio's blocking pool, so that compiling never stalls the async
-    /// threads that other jobs run on.
-    pub async fn load_async(&self, bytes: Vec<u8>) -> Result<JobModule, LoadError> {
-        let sandbox = self.clone();
-        match tokio::task::spawn_blocking(move || sandbox.load(&bytes)).await {
-            Ok(loaded) => loaded,
-            Err(join) => std::panic::resume_unwind(join.into_panic()),
-        }
-    }
-
-    /// Whether this process has the module loaded (so a run needs no compile or cache read).
-    pub fn is_loaded(&self, hash: ModuleHash) -> bool {
-        self.inner.modules.lock().unwrap().contains_key(&hash)
-    }
-
-    /// Forgets every module loaded in this process (the artifact cache keeps its files).
-    pub fn forget_loaded(&self) {
-        self.inner.modules.lock().unwrap().clear();
-    }
-
-    fn compile_or_load_cached(
-        &self,
-        hash: &ModuleHash,
-        bytes: &[u8],
-    ) -> Result<(Component, ModuleOrigin), LoadError> {
-        let key = &self.inner.engine_key;
-        if let Some(cache) = &self.inner.cache {
-            match cache.read(hash, key) {
-                CacheLookup::Hit(artifact) => {
-                    match deserialize_artifact(&self.inner.engine, &artifact) {
-                        Ok(component) => return Ok((component, ModuleOrigin::DiskCache)),
-                        Err(e) => {
-                            tracing::warn!(module = %hash, error = %format!("{e:#}"), "wasmtime refused a cached artifact; recompiling");
-                            cache.discard(hash, key);
-                        }
-                    }
-                }
-                CacheLookup::Rejected(reason) => {
-                    tracing::warn!(module = %hash, "{reason}; recompiling")
-                }
-                CacheLookup::Miss => {}
-            }
-        }
-        let component = Component::new(&self.inner.engine, bytes)
-            .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
-        if let Some(cache) = &self.inner.cache {
-            let written = component
-                .serialize()
-                .map_err(std::io::Error::other)
-                .and_then(|artifact| cache.write(hash, key, &artifact));
-            if let Err(e) = written {
-                tracing::warn!(module = %hash, error = %e, "could not cache the compiled artifact");
-            }
-        }
-        Ok((component, ModuleOrigin::Compiled))
     }
 
     /// Runs `module` once in a fresh store with `request.limits`.
@@ -624,111 +369,6 @@ impl Sandbox {
     }
 }
 
-/// Turns a wasmtime error into the precise failure. The memory cap is checked before the trap
-/// code: a refused `memory.grow` surfaces as whatever the guest does next (Rust aborts through
-/// `unreachable`), so the limiter's record is the real cause.
-fn classify(
-    error: &wasmtime::Error,
-    instantiating: bool,
-    state: &RunState,
-    limits: &Limits,
-    timeout: Failure,
-) -> Failure {
-    if let Some(requested) = state.memory.refused {
-        return Failure::MemoryLimit {
-            limit_bytes: limits.memory_bytes,
-            requested_bytes: requested,
-        };
-    }
-    match error.downcast_ref::<Trap>() {
-        Some(Trap::OutOfFuel) => Failure::OutOfFuel {
-            budget: limits.fuel,
-        },
-        Some(Trap::Interrupt) => timeout,
-        Some(Trap::StackOverflow) => Failure::StackOverflow {
-            stack_bytes: WASM_STACK_BYTES as u64,
-        },
-        Some(trap) => {
-            let panic = state
-                .logs
-                .iter()
-                .rev()
-                .find_map(|r| r.message.strip_prefix("panic: "));
-            let message = match panic {
-                Some(p) => format!("{trap}: guest panicked: {p}"),
-                None => trap.to_string(),
-            };
-            Failure::Trap { message }
-        }
-        None if instantiating => Failure::Instantiate {
-            message: format!("{error:#}"),
-        },
-        None => Failure::Trap {
-            message: format!("{error:#}"),
-        },
-    }
-}
-
-/// Refuses imports outside WASI and the `wasmq:job` package, naming the first one. (The linker
-/// then refuses WASI interfaces the sandbox does not grant.)
-fn check_imports(engine: &Engine, component: &Component) -> Result<(), LoadError> {
-    for (name, _) in component.component_type().imports(engine) {
-        if !(name.starts_with("wasi:") || name.starts_with("wasmq:job/")) {
-            return Err(LoadError::World(format!(
-                "imports `{name}`, which the host does not provide"
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// Requires the `run` export, naming what the component exports instead when it is missing.
-/// (`JobPre::new` then checks its type.) Other exports are allowed and never called: guest
-/// toolchains add their own (componentize-py exports `exports`, the hook its build-time
-/// pre-initialisation calls).
-fn check_exports(engine: &Engine, component: &Component) -> Result<(), LoadError> {
-    let ty = component.component_type();
-    let exports: Vec<&str> = ty.exports(engine).map(|(name, _)| name).collect();
-    if !exports.contains(&"run") {
-        return Err(LoadError::World(
-            if let Some(cmd) = exports.iter().find(|e| e.starts_with("wasi:cli/run")) {
-                format!(
-                    "missing export `run`; it exports `{cmd}`, so it is a command (a `main`), not a \
-                     job: build a `cdylib` whose job function carries `#[wasmq_guest::job]`"
-                )
-            } else {
-                format!(
-                    "missing export `run` (it exports: {})",
-                    list_or_none(&exports)
-                )
-            },
-        ));
-    }
-    Ok(())
-}
-
-fn list_or_none(items: &[&str]) -> String {
-    if items.is_empty() {
-        "nothing".to_owned()
-    } else {
-        items
-            .iter()
-            .map(|i| format!("`{i}`"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-}
-
-/// The one place that turns bytes into executable code without compiling them.
-#[allow(unsafe_code)]
-fn deserialize_artifact(engine: &Engine, artifact: &[u8]) -> wasmtime::Result<Component> {
-    // SAFETY: `artifact` comes only from `ArtifactCache::read`, which returns bytes this host
-    // wrote with `Component::serialize` into its own private directory and whose SHA-256 still
-    // matches the digest written beside them; wasmtime then checks the engine compatibility
-    // header itself. Bytes from anywhere else never reach this function.
-    unsafe { Component::deserialize(engine, artifact) }
-}
-
 /// Advances the engine's epoch every [`EPOCH_TICK`] until the engine is dropped.
 fn spawn_epoch_ticker(engine: &Engine) {
     let weak = engine.weak();
@@ -753,115 +393,6 @@ impl Hasher for Sha256Hasher {
     }
     fn write(&mut self, bytes: &[u8]) {
         self.0.update(bytes);
-    }
-}
-
-/// The memory cap: total linear memory across the instance's memories.
-struct MemoryCap {
-    limit: u64,
-    used: u64,
-    refused: Option<u64>,
-}
-
-impl ResourceLimiter for MemoryCap {
-    fn memory_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        let grow = (desired - current) as u64;
-        let total = self.used + grow;
-        if total > self.limit {
-            self.refused = Some(total);
-            return Ok(false);
-        }
-        self.used = total;
-        Ok(true)
-    }
-
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        // Tables hold function references; a million entries is far past any real guest.
-        Ok(desired <= 1_000_000)
-    }
-}
-
-/// Everything one run's store holds.
-struct RunState {
-    wasi: WasiCtx,
-    table: ResourceTable,
-    memory: MemoryCap,
-    logs: Vec<LogRecord>,
-    logs_dropped: u64,
-    progress: Option<Progress>,
-    info: JobInfo,
-    sub_jobs: Arc<dyn SubJobSink>,
-    progress_sink: Option<Arc<dyn ProgressSink>>,
-    started: Instant,
-}
-
-impl WasiView for RunState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
-
-fn cut(mut s: String) -> String {
-    if s.len() > MAX_LOG_MESSAGE_BYTES {
-        let mut end = MAX_LOG_MESSAGE_BYTES;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-    }
-    s
-}
-
-impl bindings::wasmq::job::types::Host for RunState {}
-
-impl bindings::wasmq::job::host::Host for RunState {
-    fn log(&mut self, level: bindings::wasmq::job::host::Level, message: String) {
-        use bindings::wasmq::job::host::Level as L;
-        if self.logs.len() >= MAX_LOG_RECORDS {
-            self.logs_dropped += 1;
-            return;
-        }
-        let level = match level {
-            L::Trace => LogLevel::Trace,
-            L::Debug => LogLevel::Debug,
-            L::Info => LogLevel::Info,
-            L::Warn => LogLevel::Warn,
-            L::Error => LogLevel::Error,
-        };
-        let at_ms = self.started.elapsed().as_millis() as u64;
-        self.logs.push(LogRecord {
-            level,
-            message: cut(message),
-            at_ms,
-        });
-    }
-
-    fn progress(&mut self, percent: u8, note: Option<String>) {
-        let progress = Progress {
-            percent: percent.min(100),
-            note: note.map(cut),
-        };
-        if let Some(sink) = &self.progress_sink {
-            sink.progress(&self.info, &progress);
-        }
-        self.progress = Some(progress);
-    }
-
-    async fn enqueue(&mut self, module: String, args: Vec<u8>) -> Result<String, String> {
-        self.sub_jobs.enqueue(&self.info, module, args).await
     }
 }
 

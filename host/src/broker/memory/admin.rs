@@ -78,7 +78,7 @@ impl Admin for MemoryBroker {
             };
             match job.state {
                 JobState::Ready | JobState::Scheduled => {
-                    let (ready_key, due_at) = (job.ready_key, job.due_at);
+                    let (ready_key, due_at) = (job.ready_key.take(), job.due_at);
                     end_cancelled(job, now, self.result_ttl);
                     let q = state.queues.get_mut(queue).expect("queue of a job");
                     if let Some(k) = ready_key {

@@ -61,8 +61,11 @@ struct Batch {
 
 #[derive(Default)]
 struct Queue {
-    /// (-priority, seq) → id.
-    ready: BTreeMap<(i32, u64), String>,
+    /// (-priority, seq, id) → id. Jobs handed back to the front of the queue all get seq 0, so the
+    /// id breaks their tie (as it does in Redis's sorted set): a key that was only
+    /// (-priority, seq) made a second release overwrite the first, and that job was never fetched
+    /// again.
+    ready: BTreeMap<(i32, u64, String), String>,
     /// (due, id).
     scheduled: BTreeSet<(u64, String)>,
     /// id → lease deadline.
@@ -105,7 +108,7 @@ struct Job {
     progress: Option<Progress>,
     report: Option<RunReport>,
     /// Where the job sits in its queue's `ready` or `scheduled` index.
-    ready_key: Option<(i32, u64)>,
+    ready_key: Option<(i32, u64, String)>,
     due_at: Option<u64>,
     expires_at: Option<u64>,
     /// Someone asked to cancel it while it ran.
@@ -151,8 +154,12 @@ impl State {
             .get_mut(&(queue.to_owned(), id.to_owned()))
             .expect("indexed jobs exist");
         q.seq += 1;
-        let key = (-job.invocation.priority, if front { 0 } else { q.seq });
-        q.ready.insert(key, id.to_owned());
+        let key = (
+            -job.invocation.priority,
+            if front { 0 } else { q.seq },
+            id.to_owned(),
+        );
+        q.ready.insert(key.clone(), id.to_owned());
         job.ready_key = Some(key);
         job.due_at = None;
         job.state = JobState::Ready;
@@ -386,6 +393,14 @@ fn apply(
         {
             let job = state.get(&key.queue, &key.id).expect("held");
             job.failed(error.clone());
+            // What the interrupted attempt produced is kept, as for any other failure.
+            if let Completion::Retry {
+                report: Some(report),
+                ..
+            } = completion
+            {
+                job.report = Some(report.clone());
+            }
             end_cancelled(job, now, result_ttl);
             let t = totals(state, &key.queue);
             t.failed += 1;

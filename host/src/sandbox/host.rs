@@ -1,0 +1,122 @@
+//! What a guest can reach while it runs: the per-run state behind the `wasmq:job/host` imports
+//! (log, progress, enqueue), WASI with nothing granted, and the memory cap that refuses growth.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use wasmtime::ResourceLimiter;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings;
+use super::{MAX_LOG_MESSAGE_BYTES, MAX_LOG_RECORDS, ProgressSink, SubJobSink};
+use crate::job::{JobInfo, LogLevel, LogRecord, Progress};
+
+/// The memory cap: total linear memory across the instance's memories.
+pub(super) struct MemoryCap {
+    pub(super) limit: u64,
+    pub(super) used: u64,
+    pub(super) refused: Option<u64>,
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let grow = (desired - current) as u64;
+        let total = self.used + grow;
+        if total > self.limit {
+            self.refused = Some(total);
+            return Ok(false);
+        }
+        self.used = total;
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        // Tables hold function references; a million entries is far past any real guest.
+        Ok(desired <= 1_000_000)
+    }
+}
+
+/// Everything one run's store holds.
+pub(super) struct RunState {
+    pub(super) wasi: WasiCtx,
+    pub(super) table: ResourceTable,
+    pub(super) memory: MemoryCap,
+    pub(super) logs: Vec<LogRecord>,
+    pub(super) logs_dropped: u64,
+    pub(super) progress: Option<Progress>,
+    pub(super) info: JobInfo,
+    pub(super) sub_jobs: Arc<dyn SubJobSink>,
+    pub(super) progress_sink: Option<Arc<dyn ProgressSink>>,
+    pub(super) started: Instant,
+}
+
+impl WasiView for RunState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+fn cut(mut s: String) -> String {
+    if s.len() > MAX_LOG_MESSAGE_BYTES {
+        let mut end = MAX_LOG_MESSAGE_BYTES;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
+impl bindings::wasmq::job::types::Host for RunState {}
+
+impl bindings::wasmq::job::host::Host for RunState {
+    fn log(&mut self, level: bindings::wasmq::job::host::Level, message: String) {
+        use bindings::wasmq::job::host::Level as L;
+        if self.logs.len() >= MAX_LOG_RECORDS {
+            self.logs_dropped += 1;
+            return;
+        }
+        let level = match level {
+            L::Trace => LogLevel::Trace,
+            L::Debug => LogLevel::Debug,
+            L::Info => LogLevel::Info,
+            L::Warn => LogLevel::Warn,
+            L::Error => LogLevel::Error,
+        };
+        let at_ms = self.started.elapsed().as_millis() as u64;
+        self.logs.push(LogRecord {
+            level,
+            message: cut(message),
+            at_ms,
+        });
+    }
+
+    fn progress(&mut self, percent: u8, note: Option<String>) {
+        let progress = Progress {
+            percent: percent.min(100),
+            note: note.map(cut),
+        };
+        if let Some(sink) = &self.progress_sink {
+            sink.progress(&self.info, &progress);
+        }
+        self.progress = Some(progress);
+    }
+
+    async fn enqueue(&mut self, module: String, args: Vec<u8>) -> Result<String, String> {
+        self.sub_jobs.enqueue(&self.info, module, args).await
+    }
+}

@@ -1,0 +1,190 @@
+//! What a worker tells the broker while jobs run and end: acknowledgements in batches, live
+//! progress four times a second, and heartbeats that extend every held lease, stop runs whose
+//! lease was lost or whose cancellation was requested, and report the worker to the registry.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+
+use super::retry::cancelled;
+use super::{Counters, InFlightMap};
+use crate::broker::{Ack, Completion, LeaseKey, WorkerBroker, WorkerInfo};
+use crate::job::{JobInfo, Progress};
+use crate::sandbox::ProgressSink;
+use crate::time::now_ms;
+
+/// How often running jobs' latest progress goes to the broker: a progress bar that moves four
+/// times a second looks live, and it costs one script call per worker per period however often
+/// guests report.
+const PROGRESS_FLUSH: Duration = Duration::from_millis(250);
+
+/// The latest progress of each running job, between flushes.
+#[derive(Default)]
+pub(super) struct ProgressBoard {
+    latest: Mutex<HashMap<(String, String), Progress>>,
+}
+
+impl ProgressSink for ProgressBoard {
+    fn progress(&self, job: &JobInfo, progress: &Progress) {
+        self.latest
+            .lock()
+            .expect("not poisoned")
+            .insert((job.queue.clone(), job.id.clone()), progress.clone());
+    }
+}
+
+/// Sends acks in batches: everything that finished while the previous batch was in flight.
+pub(super) async fn ack_loop(
+    broker: Arc<dyn WorkerBroker>,
+    mut rx: mpsc::UnboundedReceiver<Ack>,
+    inflight: InFlightMap,
+    counters: Arc<Counters>,
+) {
+    // An ack batch this large holds Redis for about a millisecond.
+    const MAX_BATCH: usize = 256;
+    // Each round already retries for the broker's retry window (30 s for Redis): ten rounds ride
+    // out a long outage without pinning a shutting-down worker forever.
+    const ROUNDS: u32 = 10;
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let mut pause = Duration::from_millis(50);
+        for round in 1..=ROUNDS {
+            match broker.ack(&batch).await {
+                Ok(stale) => {
+                    counters.stale.fetch_add(stale as u64, Ordering::Relaxed);
+                    if stale > 0 {
+                        tracing::warn!(
+                            stale,
+                            "acks ignored: those leases had expired and moved on"
+                        );
+                    }
+                    break;
+                }
+                Err(e) if round == ROUNDS => {
+                    tracing::error!(error = %e, jobs = batch.len(), "giving up on acks: these jobs' leases will expire and they will run again");
+                }
+                Err(e) => {
+                    // Keep trying: giving up makes the lease expire and the job run again.
+                    tracing::warn!(error = %e, jobs = batch.len(), "ack failed; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+        let mut map = inflight.lock().expect("not poisoned");
+        for ack in batch.drain(..) {
+            map.remove(&ack.lease);
+            let counter = match ack.completion {
+                Completion::Succeeded(_) => &counters.succeeded,
+                Completion::Retry { .. } => &counters.retried,
+                Completion::Dead { .. } => &counters.dead,
+                Completion::Cancelled { .. } => &counters.cancelled,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Sends running jobs' latest progress to the broker every [`PROGRESS_FLUSH`].
+pub(super) async fn progress_loop(
+    broker: Arc<dyn WorkerBroker>,
+    board: Arc<ProgressBoard>,
+    inflight: InFlightMap,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(PROGRESS_FLUSH) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let latest = std::mem::take(&mut *board.latest.lock().expect("not poisoned"));
+        if latest.is_empty() {
+            continue;
+        }
+        let updates: Vec<(LeaseKey, Progress)> = inflight
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .filter(|(_, f)| !f.acking)
+            .filter_map(|(k, _)| {
+                latest
+                    .get(&(k.queue.clone(), k.id.clone()))
+                    .map(|p| (k.clone(), p.clone()))
+            })
+            .collect();
+        if !updates.is_empty()
+            && let Err(e) = broker.report_progress(&updates).await
+        {
+            tracing::warn!(error = %e, "progress update failed");
+        }
+    }
+}
+
+/// Extends every held lease each `min(lease / 3, 1 s)`, abandons runs whose lease was lost, stops
+/// those whose cancellation was requested, and reports the worker to the registry.
+pub(super) async fn heartbeat_loop(
+    broker: Arc<dyn WorkerBroker>,
+    inflight: InFlightMap,
+    lease: Duration,
+    mut me: WorkerInfo,
+    acks: mpsc::UnboundedSender<Ack>,
+    mut stop: watch::Receiver<bool>,
+) {
+    // A third of the lease, so two heartbeats may be lost before it expires; at most a second,
+    // because the heartbeat is also how a running job hears that it was cancelled. One script
+    // a second carrying every held lease costs Redis next to nothing.
+    let period = (lease / 3).min(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let held: Vec<LeaseKey> = inflight
+            .lock()
+            .expect("not poisoned")
+            .keys()
+            .cloned()
+            .collect();
+        me.in_flight = held.len();
+        me.last_seen_ms = now_ms();
+        if let Err(e) = broker.worker_seen(&me).await {
+            tracing::warn!(error = %e, "worker report failed");
+        }
+        if held.is_empty() {
+            continue;
+        }
+        match broker.heartbeat(&held, lease).await {
+            Ok(beat) => {
+                let mut map = inflight.lock().expect("not poisoned");
+                for key in beat.cancel {
+                    let Some(entry) = map.get_mut(&key).filter(|f| !f.acking) else {
+                        continue;
+                    };
+                    tracing::info!(id = %key.id, queue = %key.queue, "cancelled while running; stopping it");
+                    if let Some(handle) = entry.abort.take() {
+                        handle.abort();
+                    }
+                    entry.acking = true;
+                    let completion = cancelled(entry.attempt);
+                    let _ = acks.send(Ack {
+                        lease: key,
+                        completion,
+                    });
+                }
+                for key in beat.lost {
+                    // A job whose ack is on its way is left to it: the ack will be counted stale.
+                    if map.get(&key).is_some_and(|f| !f.acking) {
+                        tracing::warn!(id = %key.id, queue = %key.queue, "lease lost; abandoning the run");
+                        if let Some(handle) = map.remove(&key).and_then(|f| f.abort) {
+                            handle.abort();
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+        }
+    }
+}
