@@ -20,6 +20,8 @@
 //! twice by different attempts. What a broker must not do: run jobs or decide retry policy — the
 //! worker computes the backoff and passes it in.
 
+#[cfg(feature = "testing")]
+pub mod conformance;
 pub mod memory;
 pub mod redis;
 mod types;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use anyhow::bail;
 use clap::Subcommand;
 
+use super::AttemptLimits;
 use crate::broker::ApiBroker;
 use crate::intake::Intake;
 use crate::invocation::{DEFAULT_QUEUE, Invocation};
@@ -31,15 +32,8 @@ pub(crate) enum CronCommand {
         /// Attempts per tick's job.
         #[arg(long)]
         max_attempts: Option<u32>,
-        /// Fuel budget per attempt.
-        #[arg(long)]
-        fuel: Option<u64>,
-        /// Deadline per attempt, in milliseconds.
-        #[arg(long)]
-        timeout_ms: Option<u64>,
-        /// Memory cap per attempt, in MiB.
-        #[arg(long)]
-        memory_mb: Option<u64>,
+        #[command(flatten)]
+        limits: AttemptLimits,
     },
     /// List the recurring jobs and their next tick.
     List {
@@ -73,18 +67,14 @@ pub(crate) async fn run(
             args,
             queue,
             max_attempts,
-            fuel,
-            timeout_ms,
-            memory_mb,
+            limits,
         } => {
             let mut inv = Invocation::new(module);
             inv.args = serde_json::from_str(&args)
                 .map_err(|e| anyhow::anyhow!("`--args` is not JSON: {e}"))?;
             inv.queue = queue;
             inv.max_attempts = max_attempts.unwrap_or(inv.max_attempts);
-            inv.fuel = fuel.unwrap_or(inv.fuel);
-            inv.timeout_ms = timeout_ms.unwrap_or(inv.timeout_ms);
-            inv.memory_mb = memory_mb.unwrap_or(inv.memory_mb);
+            limits.apply(&mut inv);
             let entry = crate::scheduler::add_cron(intake, broker, &name, &schedule, inv).await?;
             println!(
                 "{}: `{}` on queue `{}`, next at {}",

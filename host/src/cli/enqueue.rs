@@ -13,7 +13,7 @@ use clap::Args;
 use futures_util::StreamExt as _;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::report;
+use super::{AttemptLimits, report};
 use crate::broker::{ApiBroker, Enqueued, JobRecord};
 use crate::intake::{Intake, IntakeError, Place, Refusal};
 use crate::invocation::{Invocation, NewJob};
@@ -48,15 +48,8 @@ pub(crate) struct EnqueueArgs {
     /// Higher runs first (-100 to 100).
     #[arg(long, allow_negative_numbers = true)]
     priority: Option<i32>,
-    /// Fuel budget per attempt.
-    #[arg(long)]
-    fuel: Option<u64>,
-    /// Deadline per attempt, in milliseconds.
-    #[arg(long)]
-    timeout_ms: Option<u64>,
-    /// Memory cap per attempt, in MiB.
-    #[arg(long)]
-    memory_mb: Option<u64>,
+    #[command(flatten)]
+    limits: AttemptLimits,
     /// Enqueue every invocation in this JSON-lines file (`-` for stdin) instead; one per line.
     #[arg(long, conflicts_with = "module")]
     file: Option<PathBuf>,
@@ -79,9 +72,7 @@ impl EnqueueArgs {
         inv.id = self.id.clone();
         inv.max_attempts = self.max_attempts.unwrap_or(inv.max_attempts);
         inv.priority = self.priority.unwrap_or(inv.priority);
-        inv.fuel = self.fuel.unwrap_or(inv.fuel);
-        inv.timeout_ms = self.timeout_ms.unwrap_or(inv.timeout_ms);
-        inv.memory_mb = self.memory_mb.unwrap_or(inv.memory_mb);
+        self.limits.apply(&mut inv);
         inv.run_at = match (&self.at, self.delay) {
             (Some(at), _) => Some(at.clone()),
             (None, Some(d)) => Some(format_time(crate::time::now_ms() + d.as_millis() as u64)),

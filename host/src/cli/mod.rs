@@ -169,6 +169,45 @@ pub(crate) struct JobsDir {
     jobs_dir: PathBuf,
 }
 
+/// The per-attempt limits of a job, as flags of `run`, `enqueue` and `cron add`; each left out
+/// takes the invocation format's default.
+#[derive(Debug, Args)]
+pub(crate) struct AttemptLimits {
+    /// Fuel budget (about one unit per wasm instruction) [default: 1000000000].
+    #[arg(long)]
+    fuel: Option<u64>,
+    /// Wall-clock deadline in milliseconds [default: 30000].
+    #[arg(long)]
+    timeout_ms: Option<u64>,
+    /// Linear memory cap in MiB [default: 64].
+    #[arg(long)]
+    memory_mb: Option<u64>,
+}
+
+impl AttemptLimits {
+    /// The limits of one run: these flags over the defaults.
+    pub(crate) fn limits(&self) -> Limits {
+        let d = Limits::default();
+        Limits {
+            fuel: self.fuel.unwrap_or(d.fuel),
+            timeout: self
+                .timeout_ms
+                .map_or(d.timeout, std::time::Duration::from_millis),
+            memory_bytes: self
+                .memory_mb
+                .map_or(d.memory_bytes, |mb| mb.saturating_mul(1 << 20)),
+            ..d
+        }
+    }
+
+    /// Sets the limits given on `inv`.
+    pub(crate) fn apply(&self, inv: &mut crate::invocation::Invocation) {
+        inv.fuel = self.fuel.unwrap_or(inv.fuel);
+        inv.timeout_ms = self.timeout_ms.unwrap_or(inv.timeout_ms);
+        inv.memory_mb = self.memory_mb.unwrap_or(inv.memory_mb);
+    }
+}
+
 impl JobsDir {
     /// Reads `<name>.wasm` from the jobs directory, with a hint when it was never built.
     pub(crate) fn read(&self, name: &str) -> anyhow::Result<Vec<u8>> {

@@ -3,12 +3,13 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use clap::Args;
 use serde_json::{Value, json};
 
+use super::AttemptLimits;
 use super::report;
 use crate::invocation::{args_to_bytes, bytes_to_json};
 use crate::job::{JobInfo, Limits};
@@ -42,15 +43,8 @@ pub(crate) struct RunArgs {
 /// The per-run limit flags, defaulting to the invocation format's defaults.
 #[derive(Debug, Args)]
 pub(crate) struct LimitArgs {
-    /// Fuel budget (about one unit per wasm instruction) [default: 1000000000].
-    #[arg(long)]
-    fuel: Option<u64>,
-    /// Wall-clock deadline in milliseconds [default: 30000].
-    #[arg(long)]
-    timeout_ms: Option<u64>,
-    /// Linear memory cap in MiB [default: 64].
-    #[arg(long)]
-    memory_mb: Option<u64>,
+    #[command(flatten)]
+    attempt: AttemptLimits,
     /// Bytes of stdout and of stderr kept [default: 65536].
     #[arg(long)]
     output_bytes: Option<usize>,
@@ -59,14 +53,10 @@ pub(crate) struct LimitArgs {
 impl LimitArgs {
     /// The limits these flags ask for, checked against the sandbox's ceilings.
     pub(crate) fn limits(&self, sandbox: &Sandbox) -> anyhow::Result<Limits> {
-        let d = Limits::default();
+        let attempt = self.attempt.limits();
         let limits = Limits {
-            fuel: self.fuel.unwrap_or(d.fuel),
-            timeout: self.timeout_ms.map_or(d.timeout, Duration::from_millis),
-            memory_bytes: self
-                .memory_mb
-                .map_or(d.memory_bytes, |mb| mb.saturating_mul(1 << 20)),
-            output_bytes: self.output_bytes.unwrap_or(d.output_bytes),
+            output_bytes: self.output_bytes.unwrap_or(attempt.output_bytes),
+            ..attempt
         };
         limits.check(sandbox.ceilings()).context("invalid limits")?;
         Ok(limits)

@@ -1,0 +1,170 @@
+//! Conformance cases of cron ticks (each fired once) and batches (a callback once, all or
+//! nothing).
+
+use serde_json::json;
+
+use super::*;
+use crate::broker::{Ack, CancelOutcome, Completion, CronEntry, Enqueued, NewBatch};
+use crate::job::{FailureKind, Limits};
+
+/// Conformance case `cron_ticks_fire_once`.
+pub async fn cron_ticks_fire_once(store: &dyn Store) {
+    let b = Subject::new(store, TTL).await;
+    let b = b.broker.as_ref();
+    b.put_module(module(), b"x").await.unwrap();
+    let entry = CronEntry {
+        name: "nightly".into(),
+        schedule: "0 3 * * *".into(),
+        invocation: Invocation::new(module()),
+        next_ms: 1_000,
+    };
+    b.put_cron(&entry).await.unwrap();
+    assert_eq!(b.crons(None).await.unwrap(), vec![entry.clone()]);
+    assert_eq!(b.crons(Some("other")).await.unwrap(), vec![]);
+    let job = crate::scheduler::cron_job(
+        &crate::intake::Intake::new(Limits::default_ceilings()),
+        &entry,
+        1_000,
+    )
+    .unwrap();
+    assert_eq!(job.id(), "cron:nightly:1000");
+    // Two workers see the same due tick; one fires it.
+    assert!(
+        b.fire_cron("default", "nightly", 1_000, 2_000, &job)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !b.fire_cron("default", "nightly", 1_000, 2_000, &job)
+            .await
+            .unwrap()
+    );
+    assert_eq!(b.crons(None).await.unwrap()[0].next_ms, 2_000);
+    assert_eq!(ids(&fetch(b, 5).await), ["cron:nightly:1000"]);
+    assert!(b.remove_cron("default", "nightly").await.unwrap());
+    assert!(!b.remove_cron("default", "nightly").await.unwrap());
+    let later = crate::scheduler::cron_job(
+        &crate::intake::Intake::new(Limits::default_ceilings()),
+        &entry,
+        2_000,
+    )
+    .unwrap();
+    assert!(
+        !b.fire_cron("default", "nightly", 2_000, 3_000, &later)
+            .await
+            .unwrap(),
+        "removed"
+    );
+    assert_eq!(counts(b).await.totals.enqueued, 1);
+}
+
+/// Conformance case `a_batch_calls_back_once_when_every_job_ended`.
+pub async fn a_batch_calls_back_once_when_every_job_ended(store: &dyn Store) {
+    let b = Subject::new(store, TTL).await;
+    let b = b.broker.as_ref();
+    b.put_module(module(), b"x").await.unwrap();
+    let batch = NewBatch {
+        id: "B".into(),
+        jobs: vec![
+            job("a", |_| {}),
+            job("b", |i| i.max_attempts = 1),
+            job("c", |_| {}),
+        ],
+        callback: job("batch:B:callback", |i| i.args = json!({"note": "x"})),
+    };
+    batch.check().unwrap();
+    assert_eq!(b.enqueue_batch(&batch).await.unwrap(), Enqueued::Created);
+    assert_eq!(b.enqueue_batch(&batch).await.unwrap(), Enqueued::Existed);
+    let info = b.batch("default", "B").await.unwrap().unwrap();
+    assert_eq!((info.total, info.pending, info.done_at_ms), (3, 3, None));
+    let leases = fetch(b, 2).await;
+    assert_eq!(ids(&leases), ["a", "b"]);
+    b.ack(&[ok(&leases[0])]).await.unwrap();
+    let dead = Ack {
+        lease: leases[1].key.clone(),
+        completion: Completion::Dead {
+            error: error(&leases[1], FailureKind::Fail),
+            report: None,
+        },
+    };
+    b.ack(&[dead]).await.unwrap();
+    assert_eq!(b.batch("default", "B").await.unwrap().unwrap().pending, 1);
+    assert!(
+        fetch(b, 5).await.iter().all(|l| l.key.id == "c"),
+        "no callback yet"
+    );
+    // c is leased now; cancelling it is the batch's last end.
+    assert_eq!(
+        b.cancel("default", "c").await.unwrap(),
+        CancelOutcome::Cancelling
+    );
+    let c = b.job(None, "c").await.unwrap().unwrap();
+    let ack = Ack {
+        lease: crate::broker::LeaseKey {
+            queue: "default".into(),
+            id: "c".into(),
+            token: 1,
+        },
+        completion: Completion::Cancelled {
+            error: AttemptError {
+                attempt: c.attempts,
+                kind: FailureKind::Cancelled,
+                message: "x".into(),
+                at_ms: 1,
+            },
+        },
+    };
+    b.ack(&[ack]).await.unwrap();
+    let info = b.batch("default", "B").await.unwrap().unwrap();
+    assert_eq!(info.pending, 0);
+    assert!(info.done_at_ms.is_some());
+    let callback = fetch(b, 5).await;
+    assert_eq!(ids(&callback), ["batch:B:callback"]);
+    assert_eq!(
+        callback[0].invocation.args,
+        json!({"note": "x", "batch": "B", "jobs": [
+            {"id": "a", "state": "succeeded"},
+            {"id": "b", "state": "dead"},
+            {"id": "c", "state": "cancelled"},
+        ]})
+    );
+    // A dead job retried and ending again does not call back a second time.
+    assert!(b.retry_dead("default", "b").await.unwrap());
+    let again = fetch(b, 5).await;
+    assert_eq!(ids(&again), ["b"]);
+    b.ack(&[ok(&again[0])]).await.unwrap();
+    assert!(fetch(b, 5).await.is_empty());
+    assert_eq!(
+        counts(b).await.totals.enqueued,
+        4,
+        "three jobs and one callback"
+    );
+}
+
+/// Conformance case `a_batch_is_all_or_nothing`.
+pub async fn a_batch_is_all_or_nothing(store: &dyn Store) {
+    let b = Subject::new(store, TTL).await;
+    let b = b.broker.as_ref();
+    put(b, &[job("taken", |_| {})]).await;
+    let batch = NewBatch {
+        id: "B".into(),
+        jobs: vec![job("fresh", |_| {}), job("taken", |_| {})],
+        callback: job("batch:B:callback", |_| {}),
+    };
+    let err = b.enqueue_batch(&batch).await.unwrap_err().to_string();
+    assert!(err.contains("`taken` already exists"), "{err}");
+    assert!(b.job(None, "fresh").await.unwrap().is_none());
+    assert!(b.batch("default", "B").await.unwrap().is_none());
+    let other_queue = NewBatch {
+        id: "C".into(),
+        jobs: vec![job("x", |i| i.queue = "mail".into())],
+        callback: job("batch:C:callback", |_| {}),
+    };
+    assert!(
+        other_queue
+            .check()
+            .unwrap_err()
+            .to_string()
+            .contains("callback's queue `default`")
+    );
+}
