@@ -9,8 +9,12 @@
 # Installs what is missing, from the registries only: the wasm32-wasip2 target (rustup),
 # componentize-py (pip, pinned, into sample-jobs/target/toolchains/python), componentize-js (npm,
 # from sample-jobs/package-lock.json), and python3/pip/node/npm themselves (apt-get) on a bare
-# machine. A Python or JavaScript job is rebuilt only when its sources, its SDK or wit/ changed.
-# Flags: --quiet. Run from anywhere.
+# machine. A Python or JavaScript job is rebuilt only when its sources, its SDK or wit/ changed;
+# a component built before from exactly the same sources, SDK, wit/ and toolchain is taken from
+# the build cache ($WASMQ_BUILD_CACHE, default ~/.cache/wasmq/sample-jobs) instead of being built
+# again — componentize-py and componentize-js do not build byte for byte the same twice, so without
+# it every fresh checkout would hand the tests new modules to compile. The toolchains are
+# installed only when something must be built. Flags: --quiet. Run from anywhere.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(dirname "$here")"
@@ -42,19 +46,41 @@ stale() {
   [ -n "$(find "$@" -type f -newer "$target" -print -quit)" ]
 }
 
-# build_guests LANGUAGE SDK-DIR BUILD-FUNCTION JOB-DIR…: for each job directory whose component is
-# missing or older than its sources, the SDK or wit/, runs `BUILD-FUNCTION DIR OUTPUT` and moves
-# the output into place only when the build succeeded.
+cache="${WASMQ_BUILD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/wasmq/sample-jobs}"
+
+# The SHA-256 of the files under the given directories (by path relative to the repository, then
+# content) and of TOOLCHAIN: what a guest component is built from.
+inputs_key() {
+  local toolchain="$1"
+  shift
+  {
+    echo "$toolchain"
+    (cd "$root" && find "${@#"$root/"}" -type f ! -name '*.pyc' ! -path '*/__pycache__/*' -print0 \
+      | LC_ALL=C sort -z | xargs -0 sha256sum)
+  } | sha256sum | cut -c1-64
+}
+
+# build_guests LANGUAGE SDK-DIR TOOLCHAIN BUILD-FUNCTION JOB-DIR…: for each job directory whose
+# component is missing or older than its sources, the SDK or wit/, takes the component built from
+# the same inputs out of the build cache, or runs `BUILD-FUNCTION DIR OUTPUT` (and keeps the
+# result in the cache); the output is moved into place only when it is complete.
 build_guests() {
-  local language="$1" sdk="$2" build="$3" dir name wasm
-  shift 3
+  local language="$1" sdk="$2" toolchain="$3" build="$4" dir name wasm key
+  shift 4
   for dir in "$@"; do
     name="$(basename "$dir")"
     wasm="$out/${name//-/_}.wasm"
     if stale "$wasm" "$dir" "$sdk" "$root/wit"; then
-      say "building $name ($language)"
-      mkdir -p "$out"
-      "$build" "$dir" "$wasm.tmp"
+      mkdir -p "$out" "$cache"
+      key="$(inputs_key "$toolchain" "${dir%/}" "$sdk" "$root/wit")"
+      if [ -s "$cache/$name-$key.wasm" ]; then
+        say "$name ($language): built before from the same inputs, from $cache"
+        cp "$cache/$name-$key.wasm" "$wasm.tmp"
+      else
+        say "building $name ($language)"
+        "$build" "$dir" "$wasm.tmp"
+        cp "$wasm.tmp" "$cache/$name-$key.wasm.tmp" && mv "$cache/$name-$key.wasm.tmp" "$cache/$name-$key.wasm"
+      fi
       mv "$wasm.tmp" "$wasm"
     fi
   done
@@ -68,39 +94,47 @@ componentize_py() {
 }
 python_jobs=("$here"/python-*/)
 if [ -e "${python_jobs[0]}" ]; then
-  command -v python3 >/dev/null || apt_install python3
-  python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
-  if [ ! -d "$tools/python/componentize_py-$COMPONENTIZE_PY_VERSION.dist-info" ]; then
-    say "installing componentize-py $COMPONENTIZE_PY_VERSION into $tools/python"
-    rm -rf "$tools/python"
-    python3 -m pip install --quiet --disable-pip-version-check --target "$tools/python" \
-      "componentize-py==$COMPONENTIZE_PY_VERSION"
-  fi
+  install_componentize_py() {
+    command -v python3 >/dev/null || apt_install python3
+    python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
+    if [ ! -d "$tools/python/componentize_py-$COMPONENTIZE_PY_VERSION.dist-info" ]; then
+      say "installing componentize-py $COMPONENTIZE_PY_VERSION into $tools/python"
+      rm -rf "$tools/python"
+      python3 -m pip install --quiet --disable-pip-version-check --target "$tools/python" \
+        "componentize-py==$COMPONENTIZE_PY_VERSION"
+    fi
+  }
   build_python() {
+    install_componentize_py
     componentize_py -d "$root/wit" -w job componentize app -p "$1" -p "$root/guest-sdk/python" \
       -o "$2" >/dev/null
   }
-  build_guests Python "$root/guest-sdk/python" build_python "${python_jobs[@]}"
+  build_guests Python "$root/guest-sdk/python" "componentize-py $COMPONENTIZE_PY_VERSION" \
+    build_python "${python_jobs[@]}"
 fi
 
 # ---- JavaScript -------------------------------------------------------------------------------
 js_jobs=("$here"/js-*/)
 if [ -e "${js_jobs[0]}" ]; then
-  command -v node >/dev/null || apt_install nodejs
-  command -v npm >/dev/null || apt_install npm
-  if stale "$here/node_modules/.package-lock.json" "$here/package-lock.json"; then
-    say "installing componentize-js (npm ci in $here)"
-    # `npm ci` installs exactly the lock and never rewrites it, so a build leaves `git status`
-    # clean. The lock lists every platform's optional binaries (as `npm install` writes it on
-    # npm ≥ 11), which `npm ci` needs in order to accept it.
-    (cd "$here" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
-  fi
+  install_componentize_js() {
+    command -v node >/dev/null || apt_install nodejs
+    command -v npm >/dev/null || apt_install npm
+    if stale "$here/node_modules/.package-lock.json" "$here/package-lock.json"; then
+      say "installing componentize-js (npm ci in $here)"
+      # `npm ci` installs exactly the lock and never rewrites it, so a build leaves `git status`
+      # clean. The lock lists every platform's optional binaries (as `npm install` writes it on
+      # npm ≥ 11), which `npm ci` needs in order to accept it.
+      (cd "$here" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+    fi
+  }
   # From the repository root: componentize-js resolves the job's imports (the SDK) inside the
   # directory it runs in. Without `http` and `fetch-event` the component would import wasi:http,
   # which the host does not grant.
   build_js() {
+    install_componentize_js
     (cd "$root" && "$here/node_modules/.bin/componentize-js" "${1#"$root/"}job.js" -w wit -n job \
       -d http fetch-event -o "$2" >/dev/null)
   }
-  build_guests JavaScript "$root/guest-sdk/js" build_js "${js_jobs[@]}"
+  build_guests JavaScript "$root/guest-sdk/js" \
+    "componentize-js $(sha256sum "$here/package-lock.json" | cut -c1-64)" build_js "${js_jobs[@]}"
 fi

@@ -12,13 +12,16 @@
 //! - [`modules`]: content addresses, first validation of uploaded bytes, the artifact cache.
 //! - [`invocation`]: the wire format of a job (JSON, `docs/invocation.schema.json`) and its checks.
 //! - [`intake`]: the one way in for new jobs — parsing, ceilings, module checks, batches.
-//! - [`broker`]: the `Broker` trait and the job state machine; `redis` and `memory` backends.
-//! - [`worker`]: fetch → run → acknowledge, heartbeats, sub-jobs, graceful drain.
-//! - [`scheduler`]: retry backoff and the promote-and-recover loop every worker runs.
+//! - [`broker`]: the core `Broker` trait, the capability traits beside it and the job state
+//!   machine; `redis` and `memory` backends (and, with `testing`, the conformance suite).
+//! - [`worker`]: fetch → run → acknowledge, heartbeats, retry policy, sub-jobs, graceful drain.
+//! - [`scheduler`]: cron, and the promote-and-recover loop every worker runs.
 //! - [`sandbox`]: the only place that configures wasmtime — engine, compile, limits, one run.
+//! - [`api`]: the HTTP API, one file per resource, and the dashboard.
 //! - [`cli`]: the `wasmq` command line.
 //!
-//! Data flows one way: cli → broker → worker → sandbox → broker.
+//! Data flows one way: api/cli → intake → broker → worker → sandbox → broker. `job` and `time` are
+//! the ground floor every layer stands on; nothing imports upwards.
 
 pub mod api;
 pub mod broker;

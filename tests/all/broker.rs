@@ -131,3 +131,17 @@ async fn the_enqueue_script_checks_direct_writers() {
         .unwrap();
     assert_eq!(created, [1]);
 }
+
+/// The intake refuses a job whose module was never uploaded, and the broker then holds nothing of
+/// it (the memory broker's case is in the intake's own tests).
+#[tokio::test]
+async fn unknown_modules_are_refused_before_redis_holds_anything() {
+    let store = Redis(RedisServer::start());
+    let b = store.broker(Duration::from_secs(60)).await;
+    let err = common::enqueue(b.as_ref(), &[job("a", |_| {})])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("was never uploaded"), "{err}");
+    assert!(b.job(None, "a").await.unwrap().is_none());
+    assert!(b.queues().await.unwrap().is_empty(), "no queue was touched");
+}

@@ -1,6 +1,7 @@
 //! The `wasmq` binary: `run` with text and JSON output, exit codes, error messages, and `demo`.
 
 use crate::common;
+use crate::common::rig::Rig;
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -188,69 +189,9 @@ fn demo_runs_every_case() {
     );
 }
 
-/// A private Redis, a worker process on it, and `wasmq` commands against it.
-struct Queue {
-    redis: common::redis::RedisServer,
-    cache: tempfile::TempDir,
-    worker: Option<std::process::Child>,
-}
-
-impl Queue {
-    fn new() -> Self {
-        Queue {
-            redis: common::redis::RedisServer::start(),
-            cache: tempfile::tempdir().unwrap(),
-            worker: None,
-        }
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        common::wasmq_cmd(&self.redis.url(), self.cache.path())
-            .args(args)
-            .output()
-            .expect("wasmq runs")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{args:?}: {}",
-            text(&out.stderr)
-        );
-        text(&out.stdout)
-    }
-
-    fn start_worker(&mut self) {
-        let child = common::wasmq_cmd(&self.redis.url(), self.cache.path())
-            .args([
-                "worker",
-                "--backoff-base",
-                "50ms",
-                "--maintain-every",
-                "50ms",
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        self.worker = Some(child);
-    }
-}
-
-impl Drop for Queue {
-    fn drop(&mut self) {
-        if let Some(mut w) = self.worker.take() {
-            let _ = w.kill();
-            let _ = w.wait();
-        }
-    }
-}
-
 #[test]
 fn upload_enqueue_wait_and_inspect() {
-    let mut q = Queue::new();
+    let q = Rig::new();
     let hash = q.ok(&["upload", &common::job_path("hello")]);
     let hash = hash.trim();
     assert!(hash.starts_with("sha256:") && hash.len() == 71, "{hash}");
@@ -264,7 +205,7 @@ fn upload_enqueue_wait_and_inspect() {
     assert_eq!(modules[0]["hash"], hash);
     assert!(modules[0]["size"].as_u64().unwrap() > 10_000);
 
-    q.start_worker();
+    let _worker = q.worker("worker", &[]);
     let out = q.ok(&[
         "enqueue",
         hash,
@@ -286,7 +227,7 @@ fn upload_enqueue_wait_and_inspect() {
     assert_eq!(record["report"]["result"]["message"], "Hello, Ada!");
 
     // The id is the idempotency key.
-    let again = q.run(&[
+    let again = q.cmd(&[
         "enqueue",
         hash,
         "--args",
@@ -309,7 +250,7 @@ fn upload_enqueue_wait_and_inspect() {
             format!("{{\"module\":\"{hash}\",\"id\":\"bulk-{i}\",\"args\":{{\"name\":\"{i}\"}}}}\n")
         })
         .collect();
-    let mut child = common::wasmq_cmd(&q.redis.url(), q.cache.path())
+    let mut child = common::wasmq_cmd(&q.redis.url(), q.dir.path())
         .args(["enqueue", "--file", "-", "--wait", "--json"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -332,11 +273,11 @@ fn upload_enqueue_wait_and_inspect() {
 
 #[test]
 fn enqueue_refuses_bad_invocations_and_names_the_field() {
-    let q = Queue::new();
+    let q = Rig::new();
     let hash = q.ok(&["upload", &common::job_path("hello")]);
     let hash = hash.trim();
     let never = format!("sha256:{}", "ab".repeat(32));
-    let bad_lines = q.cache.path().join("bad.jsonl");
+    let bad_lines = q.dir.path().join("bad.jsonl");
     std::fs::write(
         &bad_lines,
         format!("{{\"module\":\"{hash}\"}}\n{{\"module\":\"{hash}\",\"colour\":\"red\"}}\n"),
@@ -370,7 +311,7 @@ fn enqueue_refuses_bad_invocations_and_names_the_field() {
         ),
     ];
     for (args, expected) in cases {
-        let out = q.run(args);
+        let out = q.cmd(args);
         assert_eq!(
             out.status.code(),
             Some(2),
@@ -382,20 +323,20 @@ fn enqueue_refuses_bad_invocations_and_names_the_field() {
     }
     assert!(
         text(
-            &q.run(&["enqueue", "--file", bad_lines.to_str().unwrap()])
+            &q.cmd(&["enqueue", "--file", bad_lines.to_str().unwrap()])
                 .stderr
         )
         .contains("unknown field `colour`")
     );
     // A file far longer than one broker call, its only unknown module on the last line: the
     // whole file is checked before anything is enqueued.
-    let long = q.cache.path().join("long.jsonl");
+    let long = q.dir.path().join("long.jsonl");
     let mut lines: String = (0..12_000)
         .map(|i| format!("{{\"module\":\"{hash}\",\"id\":\"long-{i}\"}}\n"))
         .collect();
     lines.push_str(&format!("{{\"module\":\"{never}\"}}\n"));
     std::fs::write(&long, lines).unwrap();
-    let out = q.run(&["enqueue", "--file", long.to_str().unwrap()]);
+    let out = q.cmd(&["enqueue", "--file", long.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = text(&out.stderr);
     assert!(
@@ -403,14 +344,14 @@ fn enqueue_refuses_bad_invocations_and_names_the_field() {
         "{stderr}"
     );
     // The operator's ceilings are flags: a lower one refuses what the default allows.
-    let out = q.run(&["--max-memory-mb", "32", "enqueue", hash]);
+    let out = q.cmd(&["--max-memory-mb", "32", "enqueue", hash]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = text(&out.stderr);
     assert!(
         stderr.contains("`memory_mb` is 64, above the operator's ceiling of 32"),
         "{stderr}"
     );
-    let out = q.run(&["--max-fuel", "0", "enqueue", hash]);
+    let out = q.cmd(&["--max-fuel", "0", "enqueue", hash]);
     assert!(
         text(&out.stderr).contains("`--max-fuel` must be greater than zero"),
         "{}",
@@ -419,7 +360,7 @@ fn enqueue_refuses_bad_invocations_and_names_the_field() {
     // Nothing from the bad files was enqueued, not even their valid lines.
     let queues: Value = serde_json::from_str(&q.ok(&["queues", "--json"])).unwrap();
     assert_eq!(queues, serde_json::json!([]));
-    let out = q.run(&["upload", "Cargo.toml"]);
+    let out = q.cmd(&["upload", "Cargo.toml"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
         text(&out.stderr).contains("`Cargo.toml` is not a wasmq job"),
@@ -430,12 +371,12 @@ fn enqueue_refuses_bad_invocations_and_names_the_field() {
 
 #[test]
 fn dead_jobs_are_listed_retried_and_deleted() {
-    let mut q = Queue::new();
+    let q = Rig::new();
     let chaos = q.ok(&["upload", &common::job_path("chaos")]);
     let chaos = chaos.trim();
     let args = r#"{"mode":"retry","message":"upstream down"}"#;
-    q.start_worker();
-    let out = q.run(&[
+    let _worker = q.worker("worker", &[]);
+    let out = q.cmd(&[
         "enqueue",
         chaos,
         "--args",
@@ -463,20 +404,20 @@ fn dead_jobs_are_listed_retried_and_deleted() {
         q.ok(&["dead", "retry", "x"])
             .contains("back on queue `default`")
     );
-    let out = q.run(&["job", "x", "--wait", "--json"]);
+    let out = q.cmd(&["job", "x", "--wait", "--json"]);
     let record: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(record["state"], "dead", "it failed again");
     assert_eq!(record["attempts"], 2, "with a fresh set of attempts");
 
     assert!(q.ok(&["dead", "delete", "x"]).contains("deleted"));
-    let out = q.run(&["dead", "delete", "x"]);
+    let out = q.cmd(&["dead", "delete", "x"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("job `x` is not in the dead set of queue `default`"));
-    assert_eq!(q.run(&["job", "x"]).status.code(), Some(2), "gone");
+    assert_eq!(q.cmd(&["job", "x"]).status.code(), Some(2), "gone");
 
     // `--all` acts on the whole dead set; an id or `--all` is required, not both.
     for id in ["y", "z"] {
-        q.run(&[
+        q.cmd(&[
             "enqueue",
             chaos,
             "--args",
@@ -488,9 +429,9 @@ fn dead_jobs_are_listed_retried_and_deleted() {
             "--wait",
         ]);
     }
-    assert_eq!(q.run(&["dead", "retry"]).status.code(), Some(2));
+    assert_eq!(q.cmd(&["dead", "retry"]).status.code(), Some(2));
     assert_eq!(
-        q.run(&["dead", "retry", "y", "--all"]).status.code(),
+        q.cmd(&["dead", "retry", "y", "--all"]).status.code(),
         Some(2)
     );
     assert_eq!(
@@ -505,7 +446,7 @@ fn dead_jobs_are_listed_retried_and_deleted() {
 
 #[test]
 fn cancel_a_scheduled_job() {
-    let q = Queue::new();
+    let q = Rig::new();
     let hash = q.ok(&["upload", &common::job_path("hello")]);
     q.ok(&["enqueue", hash.trim(), "--id", "later", "--delay", "1h"]);
     let queues: Value = serde_json::from_str(&q.ok(&["queues", "--json"])).unwrap();
@@ -513,7 +454,7 @@ fn cancel_a_scheduled_job() {
     assert_eq!(q.ok(&["cancel", "later"]).trim(), "later: cancelled");
     let record: Value = serde_json::from_str(&q.ok(&["job", "later", "--json"])).unwrap();
     assert_eq!(record["state"], "cancelled");
-    let out = q.run(&["cancel", "later"]);
+    let out = q.cmd(&["cancel", "later"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("job `later` already ended: cancelled"));
     let queues: Value = serde_json::from_str(&q.ok(&["queues", "--json"])).unwrap();
@@ -524,7 +465,7 @@ fn cancel_a_scheduled_job() {
 
 #[test]
 fn cron_entries_are_added_listed_and_removed() {
-    let q = Queue::new();
+    let q = Rig::new();
     let hash = q.ok(&["upload", &common::job_path("hello")]);
     let hash = hash.trim();
     let out = q.ok(&[
@@ -565,7 +506,7 @@ fn cron_entries_are_added_listed_and_removed() {
         ),
     ];
     for (args, want) in cases {
-        let out = q.run(args);
+        let out = q.cmd(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         assert!(
             text(&out.stderr).contains(want),
@@ -574,28 +515,28 @@ fn cron_entries_are_added_listed_and_removed() {
         );
     }
     assert!(q.ok(&["cron", "remove", "nightly"]).contains("removed"));
-    let out = q.run(&["cron", "remove", "nightly"]);
+    let out = q.cmd(&["cron", "remove", "nightly"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("no cron entry `nightly` on queue `default`"));
 }
 
 #[test]
 fn pause_and_resume_a_queue() {
-    let q = Queue::new();
+    let q = Rig::new();
     assert_eq!(q.ok(&["pause", "mail"]).trim(), "queue `mail`: paused");
     assert!(q.ok(&["queues"]).contains("mail (paused)"));
     assert_eq!(q.ok(&["resume", "mail"]).trim(), "queue `mail`: resumed");
     assert!(!q.ok(&["queues"]).contains("(paused)"));
-    let out = q.run(&["pause", "a b"]);
+    let out = q.cmd(&["pause", "a b"]);
     assert_eq!(out.status.code(), Some(2));
 }
 
 #[test]
 fn json_logs_carry_the_job_span() {
-    let q = Queue::new();
+    let q = Rig::new();
     let chaos = q.ok(&["upload", &common::job_path("chaos")]);
-    let log_path = q.cache.path().join("worker.log");
-    let mut worker = common::wasmq_cmd(&q.redis.url(), q.cache.path())
+    let log_path = q.dir.path().join("worker.log");
+    let mut worker = common::wasmq_cmd(&q.redis.url(), q.dir.path())
         .args(["worker", "--log-format", "json"])
         .env("WASMQ_LOG", "info")
         .stdout(std::process::Stdio::null())
@@ -603,7 +544,7 @@ fn json_logs_carry_the_job_span() {
         .spawn()
         .unwrap();
     let args = r#"{"mode":"fail","message":"nope"}"#;
-    let out = q.run(&[
+    let out = q.cmd(&[
         "enqueue",
         chaos.trim(),
         "--args",
@@ -633,7 +574,7 @@ fn json_logs_carry_the_job_span() {
 
 #[test]
 fn limit_a_queue() {
-    let q = Queue::new();
+    let q = Rig::new();
     let out = q.ok(&[
         "limit",
         "mail",
@@ -654,7 +595,7 @@ fn limit_a_queue() {
         serde_json::json!({"concurrency": 2, "rate": [100, 60000]})
     );
     assert_eq!(q.ok(&["limit", "mail"]).trim(), "queue `mail`: no limits");
-    let out = q.run(&["limit", "mail", "--concurrency", "0"]);
+    let out = q.cmd(&["limit", "mail", "--concurrency", "0"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("limits must be at least 1"));
 }

@@ -6,7 +6,7 @@
 
 use crate::common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::serve::{ADMIN, Server, which};
@@ -15,16 +15,7 @@ use serde_json::{Value, json};
 const CHROMIUM: &str = "/usr/bin/chromium";
 
 fn wasmq(server: &Server, args: &[&str]) -> String {
-    let out = common::wasmq_cmd(&server.redis.url(), server.dir.path())
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "wasmq {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    server.rig.ok(args).trim().to_owned()
 }
 
 fn enqueue(server: &Server, hash: &str, id: &str, args: Value, extra: &[&str]) {
@@ -34,26 +25,10 @@ fn enqueue(server: &Server, hash: &str, id: &str, args: Value, extra: &[&str]) {
     wasmq(server, &all);
 }
 
-fn worker(server: &Server, queues: &str) -> Child {
-    common::wasmq_cmd(&server.redis.url(), server.dir.path())
-        .args([
-            "worker",
-            "--queues",
-            queues,
-            "--backoff-base",
-            "50ms",
-            "--maintain-every",
-            "50ms",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
 /// Redis `HGET` of a job field, as text.
 fn job_field(server: &Server, id: &str, field: &str) -> Option<String> {
     match server
+        .rig
         .redis
         .cmd(&["HGET", &format!("wasmq:{{default}}:job:{id}"), field])
     {
@@ -93,7 +68,7 @@ fn the_dashboard_shows_jobs_and_acts_on_them() {
             )
         })
         .collect();
-    let file = server.dir.path().join("bulk.jsonl");
+    let file = server.rig.dir.path().join("bulk.jsonl");
     std::fs::write(&file, bulk).unwrap();
     wasmq(&server, &["enqueue", "--file", file.to_str().unwrap()]);
     enqueue(
@@ -127,13 +102,10 @@ fn the_dashboard_shows_jobs_and_acts_on_them() {
 
     // A worker runs them all, then stops; another keeps serving `reports` only, so that
     // nothing touches `default` while the browser acts on it.
-    let mut first = worker(&server, "default,reports");
+    let mut first = server.rig.worker("first", &["--queues", "default,reports"]);
     for id in ["flaky-1", "broken-1", "html-1"] {
         // Exits non-zero for the dead one: only the wait matters here.
-        common::wasmq_cmd(&server.redis.url(), server.dir.path())
-            .args(["job", id, "--wait"])
-            .output()
-            .unwrap();
+        server.rig.cmd(&["job", id, "--wait"]);
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -151,10 +123,10 @@ fn the_dashboard_shows_jobs_and_acts_on_them() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let _ = Command::new("kill")
-        .args(["-TERM", &first.id().to_string()])
+        .args(["-TERM", &first.child().id().to_string()])
         .status();
-    first.wait().unwrap();
-    let mut second = worker(&server, "reports");
+    first.child().wait().unwrap();
+    let second = server.rig.worker("second", &["--queues", "reports"]);
     assert_eq!(
         job_field(&server, "broken-1", "state").as_deref(),
         Some("dead")
@@ -175,8 +147,7 @@ fn the_dashboard_shows_jobs_and_acts_on_them() {
         .env("CHROMIUM", CHROMIUM)
         .output()
         .unwrap();
-    let _ = second.kill();
-    let _ = second.wait();
+    second.kill();
     let report = format!(
         "{}\n{}",
         String::from_utf8_lossy(&out.stdout),
@@ -197,6 +168,7 @@ fn the_dashboard_shows_jobs_and_acts_on_them() {
     );
     assert_eq!(
         server
+            .rig
             .redis
             .cmd(&["ZSCORE", "wasmq:{default}:dead", "broken-1"]),
         redis::Value::Nil
@@ -206,7 +178,10 @@ fn the_dashboard_shows_jobs_and_acts_on_them() {
         Some("ready")
     );
     assert_eq!(
-        server.redis.cmd(&["ZCARD", "wasmq:{default}:scheduled"]),
+        server
+            .rig
+            .redis
+            .cmd(&["ZCARD", "wasmq:{default}:scheduled"]),
         redis::Value::Int(0)
     );
 }

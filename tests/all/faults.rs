@@ -4,102 +4,17 @@
 
 use crate::common;
 
-use std::fs::File;
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::redis::RedisServer;
+use common::rig::{Process, Rig};
 use serde_json::json;
-use wasmq::broker::redis::RedisBroker;
 use wasmq::broker::{ApiBroker, Broker, QueueCounts};
 use wasmq::job::FailureKind;
 use wasmq::job::JobState;
 
-/// A test's Redis, artifact cache and log directory.
-struct Rig {
-    redis: RedisServer,
-    dir: tempfile::TempDir,
-}
-
-impl Rig {
-    fn new() -> Self {
-        Rig {
-            redis: RedisServer::start(),
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn cmd(&self, args: &[&str]) -> std::process::Output {
-        common::wasmq_cmd(&self.redis.url(), self.dir.path())
-            .args(args)
-            .output()
-            .expect("wasmq runs")
-    }
-
-    fn upload(&self, name: &str) -> String {
-        let out = self.cmd(&["upload", &common::job_path(name)]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    }
-
-    /// Enqueues `n` invocations through `wasmq enqueue --file` (one pipelined bulk call) and
-    /// returns their ids; the command's success is the acknowledgement.
-    fn enqueue(&self, n: usize, tag: &str, module: &str, args: serde_json::Value) -> Vec<String> {
-        let ids: Vec<String> = (0..n).map(|i| format!("{tag}-{i}")).collect();
-        let lines: String = ids
-            .iter()
-            .map(|id| json!({"module": module, "id": id, "args": args}).to_string() + "\n")
-            .collect();
-        let file = self.dir.path().join(format!("{tag}.jsonl"));
-        std::fs::write(&file, lines).unwrap();
-        let out = self.cmd(&["enqueue", "--file", file.to_str().unwrap()]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_eq!(String::from_utf8(out.stdout).unwrap().lines().count(), n);
-        ids
-    }
-
-    /// Starts `wasmq worker` with a short lease, logging to `<name>.log`.
-    fn worker(&self, name: &str, extra: &[&str]) -> Child {
-        let log = File::create(self.log_path(name)).unwrap();
-        common::wasmq_cmd(&self.redis.url(), self.dir.path())
-            .args([
-                "worker",
-                "--concurrency",
-                "32",
-                "--lease",
-                "2s",
-                "--maintain-every",
-                "200ms",
-            ])
-            .args(["--backoff-base", "50ms"])
-            .args(extra)
-            .env("WASMQ_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("the worker starts")
-    }
-
-    fn log_path(&self, name: &str) -> std::path::PathBuf {
-        self.dir.path().join(format!("{name}.log"))
-    }
-
-    fn log(&self, name: &str) -> String {
-        std::fs::read_to_string(self.log_path(name)).unwrap_or_default()
-    }
-
-    async fn broker(&self) -> RedisBroker {
-        RedisBroker::connect(&self.redis.url()).await.unwrap()
-    }
-}
+/// Workers here hold 32 jobs at once on a 2 s lease, so that a killed one leaves many orphans
+/// and they come back quickly.
+const WORKER: &[&str] = &["--concurrency", "32", "--lease", "2s"];
 
 async fn counts(b: &dyn ApiBroker) -> QueueCounts {
     b.queues()
@@ -126,19 +41,14 @@ async fn all_succeed(b: &dyn ApiBroker, ids: &[String], limit: Duration, log: im
     }
 }
 
-fn stop(mut child: Child) {
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigkilled_worker_loses_no_job() {
     let rig = Rig::new();
     let chaos = rig.upload("chaos");
-    let ids = rig.enqueue(600, "k", &chaos, json!({"mode": "sleep", "ms": 20}));
+    let ids = rig.enqueue_many(600, "k", &chaos, json!({"mode": "sleep", "ms": 20}));
     let b = rig.broker().await;
 
-    let doomed = rig.worker("doomed", &[]);
+    let doomed = rig.worker("doomed", WORKER);
     // Kill it as soon as it holds a full set of leases.
     let deadline = Instant::now() + Duration::from_secs(60);
     let at_kill = loop {
@@ -153,7 +63,7 @@ async fn a_sigkilled_worker_loses_no_job() {
         );
         tokio::time::sleep(Duration::from_millis(2)).await;
     };
-    stop(doomed);
+    doomed.kill();
     let after_kill = counts(&b).await;
     let pending = after_kill.ready + after_kill.leased + after_kill.scheduled;
     assert!(
@@ -163,9 +73,9 @@ async fn a_sigkilled_worker_loses_no_job() {
     let orphaned = after_kill.leased;
     assert!(orphaned > 0);
 
-    let rescuer = rig.worker("rescuer", &[]);
+    let rescuer = rig.worker("rescuer", WORKER);
     all_succeed(&b, &ids, Duration::from_secs(120), || rig.log("rescuer")).await;
-    stop(rescuer);
+    rescuer.kill();
 
     let end = counts(&b).await;
     assert_eq!(
@@ -195,7 +105,7 @@ async fn a_sigkilled_worker_loses_no_job() {
 async fn acknowledged_enqueues_survive_a_redis_restart() {
     let mut rig = Rig::new();
     let hello = rig.upload("hello");
-    let ids = rig.enqueue(300, "r", &hello, json!({"name": "durable"}));
+    let ids = rig.enqueue_many(300, "r", &hello, json!({"name": "durable"}));
     // SIGKILL: no shutdown save; only the append-only file can bring the jobs back.
     rig.redis.kill();
     rig.redis.restart();
@@ -209,12 +119,12 @@ async fn acknowledged_enqueues_survive_a_redis_restart() {
         b.has_module(hello.parse().unwrap()).await.unwrap(),
         "and so is the module"
     );
-    let worker = rig.worker("after-restart", &[]);
+    let worker = rig.worker("after-restart", WORKER);
     all_succeed(&b, &ids, Duration::from_secs(60), || {
         rig.log("after-restart")
     })
     .await;
-    stop(worker);
+    worker.kill();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -222,14 +132,14 @@ async fn a_worker_reconnects_after_its_connections_are_killed() {
     let mut rig = Rig::new();
     let chaos = rig.upload("chaos");
     let b = rig.broker().await;
-    let worker = rig.worker("reconnect", &[]);
+    let worker = rig.worker("reconnect", WORKER);
 
     // While the worker is idle (blocked in BLPOP), and again while it is busy.
-    let first = rig.enqueue(50, "a", &chaos, json!({"mode": "ok"}));
+    let first = rig.enqueue_many(50, "a", &chaos, json!({"mode": "ok"}));
     all_succeed(&b, &first, Duration::from_secs(60), || rig.log("reconnect")).await;
     rig.redis.cmd(&["CLIENT", "KILL", "TYPE", "normal"]);
     // 400 jobs of 50 ms at concurrency 32 keep the worker busy for well over a second.
-    let second = rig.enqueue(400, "b", &chaos, json!({"mode": "sleep", "ms": 50}));
+    let second = rig.enqueue_many(400, "b", &chaos, json!({"mode": "sleep", "ms": 50}));
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         rig.redis.cmd(&["CLIENT", "KILL", "TYPE", "normal"]);
@@ -251,12 +161,11 @@ async fn a_worker_reconnects_after_its_connections_are_killed() {
     assert!(!worker_exited(&mut rig, worker), "the worker kept running");
 }
 
-fn worker_exited(rig: &mut Rig, mut worker: Child) -> bool {
-    let exited = worker.try_wait().unwrap().is_some();
+fn worker_exited(rig: &mut Rig, mut worker: Process) -> bool {
+    let exited = worker.child().try_wait().unwrap().is_some();
     if exited {
         eprintln!("{}", rig.log("reconnect"));
     }
-    stop(worker);
     exited
 }
 
@@ -264,20 +173,20 @@ fn worker_exited(rig: &mut Rig, mut worker: Child) -> bool {
 async fn sigterm_lets_running_jobs_finish() {
     let rig = Rig::new();
     let chaos = rig.upload("chaos");
-    let ids = rig.enqueue(4, "t", &chaos, json!({"mode": "sleep", "ms": 1500}));
+    let ids = rig.enqueue_many(4, "t", &chaos, json!({"mode": "sleep", "ms": 1500}));
     let b = rig.broker().await;
-    let mut worker = rig.worker("term", &["--grace", "20s"]);
+    let mut worker = rig.worker("term", &[WORKER, &["--grace", "20s"]].concat());
     let deadline = Instant::now() + Duration::from_secs(60);
     while counts(&b).await.leased < 4 {
         assert!(Instant::now() < deadline, "{}", rig.log("term"));
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let status = std::process::Command::new("kill")
-        .args(["-TERM", &worker.id().to_string()])
+        .args(["-TERM", &worker.child().id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
-    let exit = worker.wait().unwrap();
+    let exit = worker.child().wait().unwrap();
     assert!(exit.success(), "{exit:?}\n{}", rig.log("term"));
     for id in &ids {
         let r = b.job(Some("default"), id).await.unwrap().unwrap();

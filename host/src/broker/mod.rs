@@ -81,7 +81,7 @@ pub trait Broker: Send + Sync + 'static {
     async fn has_module(&self, hash: ModuleHash) -> Result<bool, BrokerError>;
 
     /// Accepts checked jobs, in order; a job whose id exists is left alone. Does not check that
-    /// the modules exist: use [`crate::intake::Intake::enqueue`].
+    /// the modules exist: the intake (`intake::Intake::enqueue`) does.
     async fn enqueue(&self, jobs: &[NewJob]) -> Result<Vec<Enqueued>, BrokerError>;
 
     /// Moves up to `max` ready jobs from `queues` (earlier queues first) to leased, with a lease of
@@ -237,7 +237,7 @@ pub trait Cron: Broker {
 /// Groups of jobs with a callback enqueued exactly once when all of them have ended.
 #[async_trait]
 pub trait Batches: Broker {
-    /// Accepts a batch (assembled and checked by [`crate::intake::Intake`]):
+    /// Accepts a batch (assembled and checked by the intake):
     /// all its jobs or none. `Existed` if a batch with this id exists.
     async fn enqueue_batch(&self, batch: &NewBatch) -> Result<Enqueued, BrokerError>;
 

@@ -1,5 +1,6 @@
-//! Time: when a failed job runs again (backoff), cron schedules, and the loop every worker runs to
-//! promote delayed and retrying jobs, recover expired leases and fire cron entries.
+//! Cron schedules, and the loop every worker runs to promote delayed and retrying jobs, recover
+//! expired leases and fire cron entries. (When a failed job runs again is the worker's retry
+//! policy, `worker/retry.rs`.)
 //!
 //! There is no scheduler daemon: every worker runs [`maintain`], and the broker makes each step
 //! atomic (a cron tick fires only if the entry's next tick is still the one this worker saw), so

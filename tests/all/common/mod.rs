@@ -3,6 +3,7 @@
 #![allow(dead_code, reason = "not every helper is used yet")]
 
 pub mod redis;
+pub mod rig;
 pub mod serve;
 
 use std::path::{Path, PathBuf};

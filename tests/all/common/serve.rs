@@ -2,39 +2,36 @@
 //! outside (the clients, the dashboard in a browser).
 
 use std::io::{BufRead as _, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
-use super::redis::RedisServer;
+use super::rig::{Process, Rig};
 
 /// An admin token the server accepts.
 pub const ADMIN: &str = "admin-secret-0123456789";
 /// A token with the `enqueue` scope only.
 pub const ENQUEUER: &str = "enqueue-secret-0123456789";
 
-/// Redis, and `wasmq serve --workers N` on a free port.
+/// A [`Rig`] (Redis, directory, the CLI), and `wasmq serve --workers N` on a free port.
 pub struct Server {
-    /// The server's Redis.
-    pub redis: RedisServer,
-    child: Child,
+    /// The server's Redis and directory (which holds the token file), and the CLI against them.
+    pub rig: Rig,
+    _serve: Process,
     /// `http://127.0.0.1:port`.
     pub url: String,
-    /// Holds the token file; the CLI's cache directory.
-    pub dir: tempfile::TempDir,
 }
 
 impl Server {
     /// Starts Redis and `wasmq serve` with an in-process worker running `workers` jobs at once
     /// (0: none); returns once it listens.
     pub fn start(workers: usize) -> Self {
-        let redis = RedisServer::start();
-        let dir = tempfile::tempdir().unwrap();
-        let tokens = dir.path().join("tokens");
+        let rig = Rig::new();
+        let tokens = rig.dir.path().join("tokens");
         std::fs::write(
             &tokens,
             format!("ops:{ADMIN}:admin\nci:{ENQUEUER}:enqueue\n"),
         )
         .unwrap();
-        let mut child = super::wasmq_cmd(&redis.url(), dir.path())
+        let mut child = super::wasmq_cmd(&rig.redis.url(), rig.dir.path())
             .args(["serve", "--listen", "127.0.0.1:0", "--workers"])
             .arg(workers.to_string())
             .arg("--tokens-file")
@@ -53,18 +50,10 @@ impl Server {
             .unwrap_or_else(|| panic!("unexpected first line from wasmq serve: {line:?}"))
             .to_owned();
         Server {
-            redis,
-            child,
+            rig,
+            _serve: Process::from(child),
             url,
-            dir,
         }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

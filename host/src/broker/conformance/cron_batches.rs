@@ -5,7 +5,7 @@ use serde_json::json;
 
 use super::*;
 use crate::broker::{Ack, CancelOutcome, Completion, CronEntry, Enqueued, NewBatch};
-use crate::job::{FailureKind, Limits};
+use crate::job::FailureKind;
 
 /// Conformance case `cron_ticks_fire_once`.
 pub async fn cron_ticks_fire_once(store: &dyn Store) {
@@ -21,21 +21,16 @@ pub async fn cron_ticks_fire_once(store: &dyn Store) {
     b.put_cron(&entry).await.unwrap();
     assert_eq!(b.crons(None).await.unwrap(), vec![entry.clone()]);
     assert_eq!(b.crons(Some("other")).await.unwrap(), vec![]);
-    let job = crate::scheduler::cron_job(
-        &crate::intake::Intake::new(Limits::default_ceilings()),
-        &entry,
-        1_000,
-    )
-    .unwrap();
-    assert_eq!(job.id(), "cron:nightly:1000");
+    // The job of the 1,000 ms tick, as the scheduler names it.
+    let tick = job("cron:nightly:1000", |_| {});
     // Two workers see the same due tick; one fires it.
     assert!(
-        b.fire_cron("default", "nightly", 1_000, 2_000, &job)
+        b.fire_cron("default", "nightly", 1_000, 2_000, &tick)
             .await
             .unwrap()
     );
     assert!(
-        !b.fire_cron("default", "nightly", 1_000, 2_000, &job)
+        !b.fire_cron("default", "nightly", 1_000, 2_000, &tick)
             .await
             .unwrap()
     );
@@ -43,12 +38,7 @@ pub async fn cron_ticks_fire_once(store: &dyn Store) {
     assert_eq!(ids(&fetch(b, 5).await), ["cron:nightly:1000"]);
     assert!(b.remove_cron("default", "nightly").await.unwrap());
     assert!(!b.remove_cron("default", "nightly").await.unwrap());
-    let later = crate::scheduler::cron_job(
-        &crate::intake::Intake::new(Limits::default_ceilings()),
-        &entry,
-        2_000,
-    )
-    .unwrap();
+    let later = job("cron:nightly:2000", |_| {});
     assert!(
         !b.fire_cron("default", "nightly", 2_000, 3_000, &later)
             .await

@@ -7,8 +7,7 @@ use serde_json::json;
 
 use super::*;
 use crate::broker::{Ack, Completion, Enqueued};
-use crate::intake::Intake;
-use crate::job::{FailureKind, JobState, Limits};
+use crate::job::{FailureKind, JobState};
 use crate::modules::ModuleHash;
 
 /// Conformance case `modules_are_stored_once`.
@@ -26,21 +25,6 @@ pub async fn modules_are_stored_once(store: &dyn Store) {
     assert_eq!(b.modules().await.unwrap(), vec![first]);
     let other = ModuleHash::of(b"other");
     assert_eq!(b.module(other).await.unwrap(), None);
-}
-
-/// Conformance case `unknown_modules_are_refused`.
-pub async fn unknown_modules_are_refused(store: &dyn Store) {
-    let b = Subject::new(store, TTL).await;
-    assert!(
-        b.broker.queues().await.unwrap().is_empty(),
-        "no queue used yet"
-    );
-    let err = Intake::new(Limits::default_ceilings())
-        .enqueue(b.broker.as_ref(), &[job("a", |_| {})])
-        .await
-        .unwrap_err();
-    assert!(err.to_string().contains("was never uploaded"), "{err}");
-    assert!(b.broker.job(None, "a").await.unwrap().is_none());
 }
 
 /// Conformance case `a_job_runs_once_and_keeps_its_result`.

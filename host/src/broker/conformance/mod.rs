@@ -18,7 +18,6 @@ use serde_json::json;
 
 // Every case, by name, for the macro.
 use crate::broker::{Ack, ApiBroker, Completion, Enqueued, Lease, QueueCounts};
-use crate::intake::Intake;
 use crate::invocation::{Invocation, NewJob};
 use crate::job::{AttemptError, FailureKind, JobState, Limits, RunReport};
 use crate::modules::ModuleHash;
@@ -64,10 +63,7 @@ pub fn job(id: &str, f: impl FnOnce(&mut Invocation)) -> NewJob {
 
 pub async fn put(b: &dyn ApiBroker, jobs: &[NewJob]) -> Vec<Enqueued> {
     b.put_module(module(), b"x").await.unwrap();
-    Intake::new(Limits::default_ceilings())
-        .enqueue(b, jobs)
-        .await
-        .unwrap()
+    b.enqueue(jobs).await.unwrap()
 }
 
 pub async fn fetch(b: &dyn ApiBroker, max: usize) -> Vec<Lease> {
@@ -128,7 +124,6 @@ macro_rules! broker_conformance {
     ($store:expr, $test:meta) => {
         $crate::broker_conformance!(@cases $store, $test,
             modules_are_stored_once,
-            unknown_modules_are_refused,
             a_job_runs_once_and_keeps_its_result,
             enqueue_is_idempotent_by_id,
             priority_then_fifo,

@@ -1,0 +1,151 @@
+//! The `wasmq` binary against a private Redis: a [`Rig`] holds the Redis server and a directory
+//! (artifact cache, files, logs), runs commands and starts worker processes, each a [`Process`]
+//! that is killed when dropped.
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::{Child, Output, Stdio};
+
+use serde_json::{Value, json};
+use wasmq::broker::redis::RedisBroker;
+
+use super::redis::RedisServer;
+use super::{job_path, wasmq_cmd};
+
+/// A test's Redis, artifact cache and log directory.
+pub struct Rig {
+    /// The private Redis.
+    pub redis: RedisServer,
+    /// The artifact cache, and where files and logs go.
+    pub dir: tempfile::TempDir,
+}
+
+/// A running `wasmq` process, killed when dropped.
+pub struct Process(Option<Child>);
+
+impl Process {
+    /// The child, to signal or wait on.
+    pub fn child(&mut self) -> &mut Child {
+        self.0.as_mut().expect("running")
+    }
+
+    /// Kills it now (SIGKILL) and reaps it.
+    pub fn kill(mut self) {
+        self.stop();
+    }
+
+    /// Hands the child over, no longer killed on drop.
+    pub fn into_child(mut self) -> Child {
+        self.0.take().expect("running")
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl From<Child> for Process {
+    fn from(child: Child) -> Self {
+        Process(Some(child))
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl Default for Rig {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Rig {
+    /// A new Redis and directory.
+    pub fn new() -> Self {
+        Rig {
+            redis: RedisServer::start(),
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// Runs `wasmq ARGS` to completion.
+    pub fn cmd(&self, args: &[&str]) -> Output {
+        wasmq_cmd(&self.redis.url(), self.dir.path())
+            .args(args)
+            .output()
+            .expect("wasmq runs")
+    }
+
+    /// Runs `wasmq ARGS`, which must succeed; returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cmd(args);
+        assert!(
+            out.status.success(),
+            "wasmq {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Uploads a sample job; returns its `sha256:…`.
+    pub fn upload(&self, name: &str) -> String {
+        self.ok(&["upload", &job_path(name)]).trim().to_owned()
+    }
+
+    /// Enqueues `n` invocations through `wasmq enqueue --file` (one pipelined bulk call) and
+    /// returns their ids `<tag>-<i>`; the command's success is the acknowledgement.
+    pub fn enqueue_many(&self, n: usize, tag: &str, module: &str, args: Value) -> Vec<String> {
+        let ids: Vec<String> = (0..n).map(|i| format!("{tag}-{i}")).collect();
+        let lines: String = ids
+            .iter()
+            .map(|id| json!({"module": module, "id": id, "args": args}).to_string() + "\n")
+            .collect();
+        let file = self.dir.path().join(format!("{tag}.jsonl"));
+        std::fs::write(&file, lines).unwrap();
+        let out = self.ok(&["enqueue", "--file", file.to_str().unwrap()]);
+        assert_eq!(out.lines().count(), n);
+        ids
+    }
+
+    /// Starts `wasmq worker` with quick retries and maintenance passes (50 ms) and `extra` flags,
+    /// logging at `info` to `<name>.log` in the rig's directory.
+    pub fn worker(&self, name: &str, extra: &[&str]) -> Process {
+        let log = File::create(self.log_path(name)).unwrap();
+        let child = wasmq_cmd(&self.redis.url(), self.dir.path())
+            .args([
+                "worker",
+                "--backoff-base",
+                "50ms",
+                "--maintain-every",
+                "50ms",
+            ])
+            .args(extra)
+            .env("WASMQ_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("the worker starts");
+        Process(Some(child))
+    }
+
+    /// Where the process `name` logs.
+    pub fn log_path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.log"))
+    }
+
+    /// What the process `name` has logged so far.
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.log_path(name)).unwrap_or_default()
+    }
+
+    /// A broker client on the rig's Redis.
+    pub async fn broker(&self) -> RedisBroker {
+        RedisBroker::connect(&self.redis.url()).await.unwrap()
+    }
+}
