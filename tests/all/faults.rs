@@ -8,22 +8,14 @@ use std::time::{Duration, Instant};
 
 use common::rig::{Process, Rig};
 use serde_json::json;
-use wasmq::broker::{ApiBroker, Broker, QueueCounts};
+use wasmq::broker::conformance::counts;
+use wasmq::broker::{ApiBroker, Broker};
 use wasmq::job::FailureKind;
 use wasmq::job::JobState;
 
 /// Workers here hold 32 jobs at once on a 2 s lease, so that a killed one leaves many orphans
 /// and they come back quickly.
 const WORKER: &[&str] = &["--concurrency", "32", "--lease", "2s"];
-
-async fn counts(b: &dyn ApiBroker) -> QueueCounts {
-    b.queues()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|q| q.queue == "default")
-        .unwrap_or_default()
-}
 
 /// Waits until every id has succeeded; panics (with `log`) after `limit`.
 async fn all_succeed(b: &dyn ApiBroker, ids: &[String], limit: Duration, log: impl Fn() -> String) {
