@@ -16,7 +16,7 @@ use wasmq::job::FailureKind;
 use wasmq::job::JobState;
 use wasmq::job::Limits;
 use wasmq::modules::ModuleHash;
-use wasmq::worker::{Backoff, Worker, WorkerConfig, WorkerStats};
+use wasmq::worker::{Backoff, FanOut, Worker, WorkerConfig, WorkerStats};
 
 struct Backend {
     broker: Arc<dyn ApiBroker>,
@@ -770,6 +770,113 @@ async fn a_rate_limit_holds_across_workers(b: Backend) {
     );
 }
 
+/// Waits (60 s at most) until job `id` exists and is final.
+async fn final_record(b: &dyn ApiBroker, id: &str) -> JobRecord {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(r) = b
+            .wait_job("default", id, Duration::from_secs(1))
+            .await
+            .unwrap()
+            && r.state.is_final()
+        {
+            return r;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "job {id} did not end"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Past the operator's sub-jobs per run, the guest's `enqueue` gets an error naming the limit
+/// (the fan-out job treats it as a failure) and no further sub-job exists.
+async fn sub_jobs_per_run_are_bounded(b: Backend) {
+    let hello = upload(b.broker.as_ref(), "hello").await;
+    let fanout = upload(b.broker.as_ref(), "fanout").await;
+    let parent = job(
+        fanout,
+        "wide",
+        json!({"module": hello, "count": 5, "args": {"name": "kid"}}),
+        |i| i.max_attempts = 1,
+    );
+    let config = WorkerConfig {
+        fan_out: FanOut {
+            per_run: 3,
+            depth: 8,
+        },
+        ..config()
+    };
+    let (records, _) = run_until_final(&b.broker, config, &[parent]).await;
+    let r = &records[0];
+    assert_eq!(r.state, JobState::Dead);
+    let error = r.last_error.as_ref().unwrap();
+    assert!(
+        error
+            .message
+            .contains("sub-job 3 was not enqueued: sub-job refused: this run has enqueued 3, the most one run may (--max-sub-jobs)"),
+        "{}",
+        error.message
+    );
+    assert_eq!(
+        r.report.as_ref().unwrap().sub_jobs,
+        ["wide.1", "wide.2", "wide.3"]
+    );
+    assert!(b.broker.job(None, "wide.4").await.unwrap().is_none());
+    let totals = b.broker.queues().await.unwrap()[0].totals.clone();
+    assert_eq!(totals.enqueued, 4, "the parent and three sub-jobs, no more");
+}
+
+/// A job that enqueues copies of itself stops at the operator's depth: every generation up to
+/// the limit runs, the last one's enqueue is refused, and nothing else was ever enqueued.
+async fn a_self_enqueuing_job_stops_at_the_depth_limit(b: Backend) {
+    let fanout = upload(b.broker.as_ref(), "fanout").await;
+    // Args that would go on for 20 generations: each level enqueues one copy with the next.
+    let mut args = json!({"module": fanout, "count": 1, "args": "end"});
+    for _ in 0..20 {
+        args = json!({"module": fanout, "count": 1, "args": args});
+    }
+    let root = job(fanout, "loop", args, |i| i.max_attempts = 1);
+    let config = WorkerConfig {
+        fan_out: FanOut {
+            per_run: 10,
+            depth: 3,
+        },
+        ..config()
+    };
+    common::enqueue(b.broker.as_ref(), &[root]).await.unwrap();
+    let worker = Worker::new(b.broker.clone(), common::sandbox().clone(), config);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(worker.run(async {
+        let _ = stopped.await;
+    }));
+    let mut id = "loop".to_owned();
+    for depth in 0..=3u32 {
+        let r = final_record(b.broker.as_ref(), &id).await;
+        assert_eq!(r.invocation.depth, depth, "{id}");
+        if depth < 3 {
+            assert_eq!(r.state, JobState::Succeeded, "{id}: {:?}", r.last_error);
+        } else {
+            assert_eq!(r.state, JobState::Dead, "{id}");
+            let message = &r.last_error.as_ref().unwrap().message;
+            assert!(
+                message.contains("4 generations below the job a client enqueued, past the limit of 3 (--max-depth)"),
+                "{message}"
+            );
+        }
+        id.push_str(".1");
+    }
+    let _ = stop.send(());
+    running.await.unwrap();
+    assert!(b.broker.job(None, &id).await.unwrap().is_none(), "{id}");
+    let totals = b.broker.queues().await.unwrap()[0].totals.clone();
+    assert_eq!(
+        totals.enqueued, 4,
+        "four generations, every one accounted for"
+    );
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod on_memory {
@@ -788,6 +895,8 @@ suite!(
     flaky_jobs_succeed_on_a_later_attempt,
     always_failing_jobs_die_with_their_last_error,
     fan_out_enqueues_real_sub_jobs,
+    sub_jobs_per_run_are_bounded,
+    a_self_enqueuing_job_stops_at_the_depth_limit,
     a_retried_parent_does_not_duplicate_sub_jobs,
     the_worker_enforces_its_own_ceilings,
     shutdown_finishes_short_jobs_and_hands_back_long_ones,

@@ -22,6 +22,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::intake::Intake;
 use crate::job::Limits;
 use crate::sandbox::{Sandbox, SandboxConfig};
+use crate::worker::FanOut;
 
 /// wasmq — background jobs as sandboxed WebAssembly components.
 #[derive(Debug, Parser)]
@@ -85,6 +86,13 @@ struct CeilingArgs {
     /// Longest deadline one attempt may ask for.
     #[arg(long, global = true, env = "WASMQ_MAX_TIMEOUT", value_parser = crate::time::parse_duration, default_value = "15m")]
     max_timeout: std::time::Duration,
+    /// Most sub-jobs one run may enqueue; past it the guest's `enqueue` returns an error.
+    #[arg(long, global = true, env = "WASMQ_MAX_SUB_JOBS", default_value_t = FanOut::default().per_run)]
+    max_sub_jobs: u32,
+    /// Most generations of sub-jobs below a job a client enqueued (a job that enqueues copies of
+    /// itself stops here).
+    #[arg(long, global = true, env = "WASMQ_MAX_DEPTH", default_value_t = FanOut::default().depth)]
+    max_depth: u32,
 }
 
 impl CeilingArgs {
@@ -103,6 +111,13 @@ impl CeilingArgs {
             anyhow::ensure!(!zero, "`{flag}` must be greater than zero");
         }
         Ok(ceilings)
+    }
+
+    fn fan_out(&self) -> FanOut {
+        FanOut {
+            per_run: self.max_sub_jobs,
+            depth: self.max_depth,
+        }
     }
 }
 
@@ -243,6 +258,7 @@ impl Cli {
             ..SandboxConfig::default()
         };
         let intake = Intake::new(base.ceilings);
+        let fan_out = self.ceilings.fan_out();
         let redis = self.redis;
         match self.command {
             Command::Run(args) => run::run(sandbox(&base, 0)?, args).await,
@@ -256,11 +272,11 @@ impl Cli {
             Command::Worker(args) => {
                 let sandbox = sandbox(&base, args.concurrency())?;
                 let broker = redis.connect_with_ttl(args.result_ttl()).await?;
-                worker::run(broker, sandbox, args).await
+                worker::run(broker, sandbox, args, fan_out).await
             }
             Command::Serve(args) => {
                 let sandbox = sandbox(&base, args.workers())?;
-                serve::run(redis, sandbox, args).await
+                serve::run(redis, sandbox, args, fan_out).await
             }
             Command::Job(args) => queue::job(redis.connect().await?.as_ref(), args).await,
             Command::Cancel(args) => queue::cancel(redis.connect().await?.as_ref(), args).await,

@@ -12,7 +12,7 @@ use super::queue::RedisArgs;
 use crate::api::{ApiState, BodyLimits, Tokens};
 use crate::broker::ApiBroker;
 use crate::sandbox::Sandbox;
-use crate::worker::{Worker, WorkerConfig};
+use crate::worker::{FanOut, Worker, WorkerConfig};
 
 /// Flags of `wasmq serve`.
 #[derive(Debug, Args)]
@@ -74,6 +74,7 @@ pub(crate) async fn run(
     redis: RedisArgs,
     sandbox: Sandbox,
     args: ServeArgs,
+    fan_out: FanOut,
 ) -> anyhow::Result<ExitCode> {
     let tokens = args.tokens()?;
     let broker: Arc<dyn ApiBroker> = redis.connect().await?;
@@ -94,6 +95,7 @@ pub(crate) async fn run(
             WorkerConfig {
                 queues: args.queues.clone(),
                 concurrency: args.workers,
+                fan_out,
                 ..WorkerConfig::default()
             },
         );

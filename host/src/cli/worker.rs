@@ -9,7 +9,7 @@ use clap::Args;
 
 use crate::broker::ApiBroker;
 use crate::sandbox::Sandbox;
-use crate::worker::{Backoff, Worker, WorkerConfig};
+use crate::worker::{Backoff, FanOut, Worker, WorkerConfig};
 
 /// Flags of `wasmq worker`.
 #[derive(Debug, Args)]
@@ -86,8 +86,12 @@ pub(crate) async fn run(
     broker: Arc<dyn ApiBroker>,
     sandbox: Sandbox,
     args: WorkerArgs,
+    fan_out: FanOut,
 ) -> anyhow::Result<ExitCode> {
-    let config = args.config()?;
+    let config = WorkerConfig {
+        fan_out,
+        ..args.config()?
+    };
     eprintln!(
         "wasmq worker {}: queues {}, concurrency {}",
         config.name,

@@ -73,6 +73,15 @@ pub struct Invocation {
     /// Higher runs first within a queue.
     #[serde(default)]
     pub priority: i32,
+    /// How many sub-job generations separate this job from the job a client enqueued (0): set by
+    /// the host on each sub-job, so that a job enqueuing copies of itself stops at the
+    /// operator's `--max-depth`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub depth: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 fn default_queue() -> String {
@@ -177,6 +186,7 @@ impl Invocation {
             memory_mb: default_memory_mb(),
             run_at: None,
             priority: 0,
+            depth: 0,
         }
     }
 
@@ -475,6 +485,9 @@ mod tests {
             json!({"module": HASH, "run_at": 1_700_000_000}),
             json!({"module": HASH, "priority": 101}),
             json!({"module": HASH, "priority": "high"}),
+            json!({"module": HASH, "depth": 3}),
+            json!({"module": HASH, "depth": -1}),
+            json!({"module": HASH, "depth": 4_294_967_296_u64}),
         ];
         for doc in &corpus {
             let by_schema = validator.is_valid(doc);
@@ -492,6 +505,7 @@ mod tests {
         let mut full = Invocation::new(HASH.parse().unwrap());
         full.id = Some("i".into());
         full.run_at = Some("2026-11-23T17:00:00Z".into());
+        full.depth = 1;
         let full = serde_json::to_value(&full).unwrap();
         let mut type_fields: Vec<_> = full.as_object().unwrap().keys().collect();
         let mut schema_fields: Vec<_> = props.keys().collect();
@@ -499,8 +513,15 @@ mod tests {
         schema_fields.sort();
         assert_eq!(type_fields, schema_fields);
         let defaults = serde_json::to_value(Invocation::new(HASH.parse().unwrap())).unwrap();
+        // `depth` is left out while 0, so that jobs a client enqueued stay readable by workers
+        // that predate the field.
+        assert_eq!(defaults.get("depth"), None);
+        assert_eq!(Invocation::new(HASH.parse().unwrap()).depth, 0);
+        assert_eq!(props["depth"]["default"], 0);
         for (field, prop) in props {
-            if let Some(default) = prop.get("default") {
+            if let Some(default) = prop.get("default")
+                && field != "depth"
+            {
                 assert_eq!(&defaults[field], default, "default of `{field}`");
             }
         }

@@ -44,7 +44,7 @@ pub use modules::ModuleCache;
 use report::{ProgressBoard, ack_loop, heartbeat_loop, progress_loop};
 pub use retry::Backoff;
 use retry::decide;
-pub use sub_jobs::BrokerSubJobs;
+pub use sub_jobs::{BrokerSubJobs, FanOut};
 
 /// How a worker runs.
 #[derive(Clone, Debug)]
@@ -77,6 +77,8 @@ pub struct WorkerConfig {
     /// compiling it), so that no job waits for a compile. Off by default: a store with many
     /// modules would hold them all in memory.
     pub precompile: bool,
+    /// How far jobs may fan out into sub-jobs.
+    pub fan_out: FanOut,
 }
 
 impl Default for WorkerConfig {
@@ -94,6 +96,7 @@ impl Default for WorkerConfig {
             fetch_batch: 64,
             name: default_name(),
             precompile: false,
+            fan_out: FanOut::default(),
         }
     }
 }
@@ -373,7 +376,12 @@ impl Worker {
                     decide(&config.backoff, &lease, error, None)
                 }
                 Ok((module, args)) => {
-                    let sub_jobs = Arc::new(BrokerSubJobs::new(broker, sandbox.ceilings()));
+                    let sub_jobs = Arc::new(BrokerSubJobs::new(
+                        broker,
+                        sandbox.ceilings(),
+                        config.fan_out,
+                        inv.depth,
+                    ));
                     let request = RunRequest {
                         info,
                         args,

@@ -2,7 +2,10 @@
 //!
 //! A sub-job goes on its parent's queue with default limits. Its id is the parent's id and the
 //! call's position (`<parent>.1`, `<parent>.2`, …), so a parent that is retried after fanning
-//! out enqueues the same ids again and creates no duplicates.
+//! out enqueues the same ids again and creates no duplicates. Fan-out is bounded by the operator
+//! ([`FanOut`]): sub-jobs per run, and the depth of a tree of sub-jobs (each sub-job's
+//! invocation carries its `depth`); past either the guest's `enqueue` returns an error naming
+//! the limit, and the run goes on.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,20 +17,52 @@ use crate::job::{JobInfo, Limits};
 use crate::modules::ModuleHash;
 use crate::sandbox::{EnqueueFuture, SubJobSink};
 
+/// How far jobs may fan out, set by the operator (`--max-sub-jobs`, `--max-depth`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FanOut {
+    /// Sub-jobs one run may enqueue.
+    pub per_run: u32,
+    /// Generations of sub-jobs below a job a client enqueued.
+    pub depth: u32,
+}
+
+impl Default for FanOut {
+    /// A thousand sub-jobs per run: a fan-out wider than that is better split in stages (a
+    /// batch of batches), and it bounds what one run can add to a queue. Eight generations: real
+    /// pipelines nest two or three deep, and a job that enqueues copies of itself stops after
+    /// eight.
+    fn default() -> Self {
+        FanOut {
+            per_run: 1000,
+            depth: 8,
+        }
+    }
+}
+
 /// Enqueues a run's sub-jobs on the broker and remembers their ids.
 pub struct BrokerSubJobs {
     broker: Arc<dyn WorkerBroker>,
     intake: Intake,
+    fan_out: FanOut,
+    /// The parent's depth.
+    depth: u32,
     calls: AtomicU32,
     ids: Arc<Mutex<Vec<String>>>,
 }
 
 impl BrokerSubJobs {
-    /// A sink for one run.
-    pub fn new(broker: Arc<dyn WorkerBroker>, ceilings: &Limits) -> Self {
+    /// A sink for one run of a job at `depth`.
+    pub fn new(
+        broker: Arc<dyn WorkerBroker>,
+        ceilings: &Limits,
+        fan_out: FanOut,
+        depth: u32,
+    ) -> Self {
         BrokerSubJobs {
             broker,
             intake: Intake::new(*ceilings),
+            fan_out,
+            depth,
             calls: AtomicU32::new(0),
             ids: Arc::default(),
         }
@@ -46,12 +81,25 @@ impl SubJobSink for BrokerSubJobs {
         let ids = self.ids.clone();
         let intake = self.intake;
         let parent = parent.clone();
+        let FanOut { per_run, depth } = self.fan_out;
+        let child_depth = self.depth.saturating_add(1);
         Box::pin(async move {
+            if n > per_run {
+                return Err(format!(
+                    "sub-job refused: this run has enqueued {per_run}, the most one run may (--max-sub-jobs)"
+                ));
+            }
+            if child_depth > depth {
+                return Err(format!(
+                    "sub-job refused: it would be {child_depth} generations below the job a client enqueued, past the limit of {depth} (--max-depth)"
+                ));
+            }
             let hash: ModuleHash = module.parse().map_err(|e| format!("{e}"))?;
             let mut inv = Invocation::new(hash);
             inv.args = bytes_to_json(&args);
             inv.queue = parent.queue.clone();
             inv.id = Some(format!("{}.{n}", parent.id));
+            inv.depth = child_depth;
             let job = intake.job(inv).map_err(|e| e.to_string())?;
             intake
                 .enqueue(broker.as_ref(), std::slice::from_ref(&job))
