@@ -369,6 +369,52 @@ fn enqueue_refuses_bad_invocations_and_names_the_field() {
     );
 }
 
+/// `wasmq upload` refuses a module over `--max-module-mb` (the same limit as `POST /v1/modules`)
+/// by its size, before reading it, and stores nothing.
+#[test]
+fn upload_refuses_modules_over_the_size_limit() {
+    let q = Rig::new();
+    // Sparse files: their size is what is checked, nothing need be written.
+    let sized = |name: &str, bytes: u64| {
+        let path = q.dir.path().join(name);
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(bytes)
+            .unwrap();
+        path.display().to_string()
+    };
+    let default_limit = 64 << 20;
+    let big = sized("big.wasm", default_limit + 1);
+    let out = q.cmd(&["upload", &big]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "is {} bytes, above the module size limit of {default_limit} bytes (`--max-module-mb`)",
+            default_limit + 1
+        )),
+        "{stderr}"
+    );
+    let two_mb = sized("two.wasm", 2 << 20);
+    let out = q.cmd(&["--max-module-mb", "1", "upload", &two_mb]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("above the module size limit of 1048576 bytes"),
+        "{}",
+        text(&out.stderr)
+    );
+    // A real job under the limit is accepted; nothing else was stored.
+    let hash = q.ok(&["--max-module-mb", "1", "upload", &common::job_path("hello")]);
+    let modules: Value = serde_json::from_str(&q.ok(&["modules", "--json"])).unwrap();
+    let stored: Vec<&str> = modules
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["hash"].as_str().unwrap())
+        .collect();
+    assert_eq!(stored, [hash.trim()]);
+}
+
 #[test]
 fn dead_jobs_are_listed_retried_and_deleted() {
     let q = Rig::new();

@@ -93,6 +93,19 @@ struct CeilingArgs {
     /// itself stops here).
     #[arg(long, global = true, env = "WASMQ_MAX_DEPTH", default_value_t = FanOut::default().depth)]
     max_depth: u32,
+    /// Largest module `upload` (CLI) and `POST /v1/modules` accept, in MiB. 64: a Python or
+    /// JavaScript component is 12–19 MB.
+    #[arg(long, global = true, env = "WASMQ_MAX_MODULE_MB", default_value_t = 64)]
+    max_module_mb: u64,
+}
+
+/// The operator's limits beyond the per-attempt ceilings, as the flags set them.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct OperatorLimits {
+    /// Sub-jobs per run and depth of a sub-job tree.
+    pub(crate) fan_out: FanOut,
+    /// Largest module accepted, in bytes.
+    pub(crate) module_bytes: u64,
 }
 
 impl CeilingArgs {
@@ -113,11 +126,18 @@ impl CeilingArgs {
         Ok(ceilings)
     }
 
-    fn fan_out(&self) -> FanOut {
-        FanOut {
-            per_run: self.max_sub_jobs,
-            depth: self.max_depth,
-        }
+    fn operator(&self) -> anyhow::Result<OperatorLimits> {
+        anyhow::ensure!(
+            self.max_module_mb > 0,
+            "`--max-module-mb` must be greater than zero"
+        );
+        Ok(OperatorLimits {
+            fan_out: FanOut {
+                per_run: self.max_sub_jobs,
+                depth: self.max_depth,
+            },
+            module_bytes: self.max_module_mb.saturating_mul(1 << 20),
+        })
     }
 }
 
@@ -258,25 +278,27 @@ impl Cli {
             ..SandboxConfig::default()
         };
         let intake = Intake::new(base.ceilings);
-        let fan_out = self.ceilings.fan_out();
+        let operator = self.ceilings.operator()?;
         let redis = self.redis;
         match self.command {
             Command::Run(args) => run::run(sandbox(&base, 0)?, args).await,
             Command::Demo(args) => demo::run(sandbox(&base, 0)?, args).await,
             Command::Bench(args) => bench::run(args, redis, base).await,
             Command::Upload(args) => {
-                queue::upload(redis.connect().await?.as_ref(), &sandbox(&base, 0)?, args).await
+                let broker = redis.connect().await?;
+                let sandbox = sandbox(&base, 0)?;
+                queue::upload(broker.as_ref(), &sandbox, args, operator.module_bytes).await
             }
             Command::Modules(args) => queue::modules(redis.connect().await?.as_ref(), args).await,
             Command::Enqueue(args) => enqueue::enqueue(&intake, redis.connect().await?, args).await,
             Command::Worker(args) => {
                 let sandbox = sandbox(&base, args.concurrency())?;
                 let broker = redis.connect_with_ttl(args.result_ttl()).await?;
-                worker::run(broker, sandbox, args, fan_out).await
+                worker::run(broker, sandbox, args, operator.fan_out).await
             }
             Command::Serve(args) => {
                 let sandbox = sandbox(&base, args.workers())?;
-                serve::run(redis, sandbox, args, fan_out).await
+                serve::run(redis, sandbox, args, operator).await
             }
             Command::Job(args) => queue::job(redis.connect().await?.as_ref(), args).await,
             Command::Cancel(args) => queue::cancel(redis.connect().await?.as_ref(), args).await,

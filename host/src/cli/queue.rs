@@ -1,6 +1,7 @@
 //! The commands that talk to a Redis broker: `upload`, `modules`, `job`, `queues`, `workers`,
 //! `limit`, `pause`, `resume`, `cancel`, `dead` (`enqueue` is in `enqueue.rs`).
 
+use std::io::Read as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -68,12 +69,39 @@ pub(crate) async fn upload(
     broker: &dyn ApiBroker,
     sandbox: &Sandbox,
     args: UploadArgs,
+    max_bytes: u64,
 ) -> anyhow::Result<ExitCode> {
     for file in &args.files {
-        let hash = upload_one(broker, sandbox, file).await?;
+        let hash = upload_one(broker, sandbox, file, max_bytes).await?;
         println!("{hash}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Reads a module file, refusing one over `max_bytes` — by its size before reading, and by what
+/// was read (a file that grows, a pipe) — so that an oversized file is never held in memory.
+fn read_module(file: &std::path::Path, max_bytes: u64) -> anyhow::Result<Vec<u8>> {
+    let too_big = |size: u64| {
+        anyhow::anyhow!(
+            "`{}` is {size} bytes, above the module size limit of {max_bytes} bytes (`--max-module-mb`)",
+            file.display()
+        )
+    };
+    let opened = std::fs::File::open(file)
+        .with_context(|| format!("failed to read `{}`", file.display()))?;
+    let size = opened.metadata().map(|m| m.len()).unwrap_or(0);
+    if size > max_bytes {
+        return Err(too_big(size));
+    }
+    let mut bytes = Vec::new();
+    opened
+        .take(max_bytes + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("failed to read `{}`", file.display()))?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(too_big(bytes.len() as u64));
+    }
+    Ok(bytes)
 }
 
 /// Reads, validates and stores one component.
@@ -81,9 +109,9 @@ pub(crate) async fn upload_one(
     broker: &dyn ApiBroker,
     sandbox: &Sandbox,
     file: &std::path::Path,
+    max_bytes: u64,
 ) -> anyhow::Result<ModuleHash> {
-    let bytes =
-        std::fs::read(file).with_context(|| format!("failed to read `{}`", file.display()))?;
+    let bytes = read_module(file, max_bytes)?;
     let hash = ModuleHash::of(&bytes);
     let module = sandbox
         .load_async(bytes.clone())

@@ -8,11 +8,12 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Args;
 
+use super::OperatorLimits;
 use super::queue::RedisArgs;
 use crate::api::{ApiState, BodyLimits, Tokens};
 use crate::broker::ApiBroker;
 use crate::sandbox::Sandbox;
-use crate::worker::{FanOut, Worker, WorkerConfig};
+use crate::worker::{Worker, WorkerConfig};
 
 /// Flags of `wasmq serve`.
 #[derive(Debug, Args)]
@@ -40,9 +41,6 @@ pub(crate) struct ServeArgs {
     /// Queues the in-process worker takes jobs from.
     #[arg(long, value_delimiter = ',', default_value = crate::invocation::DEFAULT_QUEUE)]
     queues: Vec<String>,
-    /// Largest module upload, in MiB.
-    #[arg(long, default_value_t = 64)]
-    max_module_mb: usize,
 }
 
 impl ServeArgs {
@@ -74,7 +72,7 @@ pub(crate) async fn run(
     redis: RedisArgs,
     sandbox: Sandbox,
     args: ServeArgs,
-    fan_out: FanOut,
+    operator: OperatorLimits,
 ) -> anyhow::Result<ExitCode> {
     let tokens = args.tokens()?;
     let broker: Arc<dyn ApiBroker> = redis.connect().await?;
@@ -95,7 +93,7 @@ pub(crate) async fn run(
             WorkerConfig {
                 queues: args.queues.clone(),
                 concurrency: args.workers,
-                fan_out,
+                fan_out: operator.fan_out,
                 ..WorkerConfig::default()
             },
         );
@@ -110,7 +108,7 @@ pub(crate) async fn run(
         sandbox,
         tokens: Arc::new(tokens),
         limits: BodyLimits {
-            module_bytes: args.max_module_mb << 20,
+            module_bytes: usize::try_from(operator.module_bytes).unwrap_or(usize::MAX),
             ..BodyLimits::default()
         },
         worker: counters,
