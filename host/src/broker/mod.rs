@@ -1,8 +1,12 @@
 //! The broker: where accepted jobs and uploaded modules live until a worker is done with them.
 //!
-//! [`Broker`] is what every backend must do; [`redis::RedisBroker`] is the shared one (many workers
-//! on many machines) and [`memory::MemoryBroker`] the embedded one (the demo, tests, single-process
-//! use). Both keep the same state machine:
+//! [`Broker`] is what every backend must do for a worker loop (modules, enqueue, fetch, heartbeat,
+//! ack, progress, release, maintain, the job record); rarer abilities are traits beside it —
+//! [`Inspect`], [`Admin`], [`Cron`], [`Batches`], [`Registry`] — and [`WorkerBroker`] and
+//! [`ApiBroker`] name what a worker and the API/CLI need. [`redis::RedisBroker`] is the shared
+//! backend (many workers on many machines) and [`memory::MemoryBroker`] the embedded one (the demo,
+//! tests, single-process use); each is a folder with one file per trait. Both keep the same state
+//! machine, held to it by the conformance suite (`conformance`, with the `testing` feature):
 //!
 //! ```text
 //!  enqueue ──► ready ◄──────── scheduled ◄── enqueue with run_at

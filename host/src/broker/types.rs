@@ -111,7 +111,7 @@ pub const MAX_FINISHED_LISTED: usize = 10_000;
 pub struct JobPage {
     /// How many jobs the queue has in that state.
     pub total: u64,
-    /// The page, in the state's order (see [`Inspect::jobs`]).
+    /// The page, in the state's order (see [`Inspect::jobs`](super::Inspect::jobs)).
     pub jobs: Vec<JobRecord>,
 }
 
