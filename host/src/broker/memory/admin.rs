@@ -70,9 +70,9 @@ impl Admin for MemoryBroker {
     }
 
     async fn cancel(&self, queue: &str, id: &str) -> Result<CancelOutcome, BrokerError> {
-        let now = self.clock.now_ms();
         let outcome = {
             let mut state = self.lock();
+            let now = state.now;
             let Some(job) = state.get(queue, id) else {
                 return Ok(CancelOutcome::NotFound);
             };

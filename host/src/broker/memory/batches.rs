@@ -9,10 +9,10 @@ use crate::invocation::InvocationError;
 #[async_trait]
 impl Batches for MemoryBroker {
     async fn enqueue_batch(&self, batch: &NewBatch) -> Result<Enqueued, BrokerError> {
-        let now = self.clock.now_ms();
         let queue = batch.callback.queue().to_owned();
         let woke = {
             let mut state = self.lock();
+            let now = state.now;
             if state
                 .batches
                 .contains_key(&(queue.clone(), batch.id.clone()))

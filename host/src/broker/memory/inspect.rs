@@ -62,7 +62,7 @@ impl Inspect for MemoryBroker {
     ) -> Result<JobPage, BrokerError> {
         let mut guard = self.lock();
         let st = &mut *guard;
-        let now = self.clock.now_ms();
+        let now = st.now;
         let ids: Vec<String> = match (state, st.queues.get(queue)) {
             (_, None) => Vec::new(),
             (JobState::Ready, Some(q)) => q.ready.values().cloned().collect(),
@@ -100,11 +100,8 @@ impl Inspect for MemoryBroker {
     }
 
     async fn workers(&self) -> Result<Vec<WorkerInfo>, BrokerError> {
-        let cutoff = self
-            .clock
-            .now_ms()
-            .saturating_sub(WORKER_TTL.as_millis() as u64);
         let mut state = self.lock();
+        let cutoff = state.now.saturating_sub(WORKER_TTL.as_millis() as u64);
         state.workers.retain(|_, w| w.last_seen_ms >= cutoff);
         Ok(state.workers.values().cloned().collect())
     }

@@ -20,11 +20,12 @@ use crate::modules::ModuleHash;
 impl Broker for MemoryBroker {
     async fn put_module(&self, hash: ModuleHash, bytes: &[u8]) -> Result<ModuleInfo, BrokerError> {
         let mut state = self.lock();
+        let now = state.now;
         let entry = state.modules.entry(hash).or_insert_with(|| {
             let info = ModuleInfo {
                 hash,
                 size: bytes.len() as u64,
-                uploaded_at_ms: self.clock.now_ms(),
+                uploaded_at_ms: now,
             };
             (Arc::new(bytes.to_vec()), info)
         });
@@ -44,11 +45,11 @@ impl Broker for MemoryBroker {
     }
 
     async fn enqueue(&self, jobs: &[NewJob]) -> Result<Vec<Enqueued>, BrokerError> {
-        let now = self.clock.now_ms();
         let mut out = Vec::with_capacity(jobs.len());
         let mut woke = false;
         {
             let mut state = self.lock();
+            let now = state.now;
             for job in jobs {
                 if state.get(job.queue(), job.id()).is_some() {
                     out.push(Enqueued::Existed);
@@ -71,9 +72,9 @@ impl Broker for MemoryBroker {
         lease: Duration,
         worker: &str,
     ) -> Result<Vec<Lease>, BrokerError> {
-        let now = self.clock.now_ms();
-        let deadline = now + lease.as_millis() as u64;
         let mut state = self.lock();
+        let now = state.now;
+        let deadline = now + lease.as_millis() as u64;
         let mut out = Vec::new();
         for queue in queues {
             let Some(q) = state.queues.get_mut(queue) else {
@@ -140,8 +141,8 @@ impl Broker for MemoryBroker {
         leases: &[LeaseKey],
         lease: Duration,
     ) -> Result<Heartbeat, BrokerError> {
-        let deadline = self.clock.now_ms() + lease.as_millis() as u64;
         let mut state = self.lock();
+        let deadline = state.now + lease.as_millis() as u64;
         let mut beat = Heartbeat::default();
         for key in leases {
             let held = state
@@ -163,12 +164,12 @@ impl Broker for MemoryBroker {
     }
 
     async fn ack(&self, acks: &[Ack]) -> Result<usize, BrokerError> {
-        let now = self.clock.now_ms();
         let result_ttl = self.result_ttl;
         let mut stale = 0;
         let mut finished = false;
         {
             let mut state = self.lock();
+            let now = state.now;
             for ack in acks {
                 let key = &ack.lease;
                 let held = state
@@ -235,11 +236,11 @@ impl Broker for MemoryBroker {
     }
 
     async fn maintain(&self, queue: &str) -> Result<Maintenance, BrokerError> {
-        let now = self.clock.now_ms();
         let mut done = Maintenance::default();
         let mut extra_work = false;
         {
             let mut state = self.lock();
+            let now = state.now;
             let Some(q) = state.queues.get_mut(queue) else {
                 return Ok(done);
             };
