@@ -379,6 +379,13 @@ async fn bad_invocations_name_the_field() {
             Some("jobs[1].module"),
         ),
         (
+            // A list of one is still a list: the job is named by its place.
+            Body::from(json!({"jobs": [{"module": never}]}).to_string()),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_module",
+            Some("jobs[0].module"),
+        ),
+        (
             Body::from(json!({"jobs": 5}).to_string()),
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_invocation",

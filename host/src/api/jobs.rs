@@ -14,7 +14,7 @@ use super::request::{Body, QueueParam, parse_query, queue_or_default};
 use super::{ApiError, ApiState, BodySize, Route, Scope};
 
 use crate::broker::CancelOutcome;
-use crate::intake::{IntakeError, Place, Refusal};
+use crate::intake::{IntakeError, Refusal};
 use crate::invocation::{DEFAULT_QUEUE, Invocation, NewJob};
 use crate::job::JobState;
 
@@ -43,7 +43,7 @@ async fn enqueue(State(state): State<ApiState>, Body(bytes): Body) -> Result<Res
     let intake = state.intake();
     let refused = |r: Refusal| ApiError::refused(&r, bulk);
     // All or nothing: every invocation and every module is checked before any job is enqueued.
-    let jobs: Vec<NewJob> = if bulk {
+    let items: Vec<Value> = if bulk {
         let Some(Value::Array(items)) = value.get("jobs") else {
             return Err(ApiError {
                 field: Some("jobs".into()),
@@ -54,18 +54,13 @@ async fn enqueue(State(state): State<ApiState>, Body(bytes): Body) -> Result<Res
                 )
             });
         };
-        intake
-            .jobs(items.iter().cloned().map(Invocation::from_value))
-            .map_err(refused)?
+        items.clone()
     } else {
-        let inv = Invocation::from_value(value).map_err(|error| {
-            refused(Refusal {
-                place: Place::Only,
-                error,
-            })
-        })?;
-        vec![intake.job(inv).map_err(refused)?]
+        vec![value]
     };
+    let jobs: Vec<NewJob> = intake
+        .jobs(items.into_iter().map(Invocation::from_value))
+        .map_err(refused)?;
     let outcomes = intake
         .enqueue(state.broker.as_ref(), &jobs)
         .await

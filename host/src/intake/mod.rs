@@ -133,19 +133,13 @@ impl Intake {
 
     /// Enqueues checked jobs after checking that every module they name was uploaded — each
     /// module once, all of them before the first job is enqueued — however many jobs there are.
+    /// A refusal names the job by its place in `jobs`.
     pub async fn enqueue(
         &self,
         broker: &dyn Broker,
         jobs: &[NewJob],
     ) -> Result<Vec<Enqueued>, IntakeError> {
-        check_modules(broker, jobs, |i| {
-            if jobs.len() == 1 {
-                Place::Only
-            } else {
-                Place::Job(i)
-            }
-        })
-        .await?;
+        self.check_modules(broker, jobs).await?;
         let mut outcomes = Vec::with_capacity(jobs.len());
         for chunk in jobs.chunks(ENQUEUE_CHUNK) {
             outcomes.extend(broker.enqueue(chunk).await?);
@@ -173,12 +167,10 @@ impl Intake {
         .await?;
         Ok(broker.enqueue_batch(batch).await?)
     }
-}
 
-impl Intake {
     /// Refuses jobs whose module was never uploaded (the refusal names the first job that uses
-    /// it), asking the broker once per module. For callers that store jobs some other way than
-    /// [`Intake::enqueue`] (a cron entry's template).
+    /// it), asking the broker once per module. [`Intake::enqueue`] does this first; callers that
+    /// store jobs some other way (a cron entry's template) call it themselves.
     pub async fn check_modules<B: Broker + ?Sized>(
         &self,
         broker: &B,
