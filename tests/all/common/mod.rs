@@ -1,6 +1,5 @@
 //! Helpers shared by the integration tests: the sample job components (built on first use), one
 //! sandbox per test process, and a shorthand for one run.
-#![allow(dead_code, reason = "not every helper is used yet")]
 
 pub mod redis;
 pub mod rig;

@@ -2,7 +2,6 @@
 //! fsync per write (so a SIGKILLed server loses nothing acknowledged), stopped by pid on drop.
 
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -32,11 +31,6 @@ impl RedisServer {
     /// `redis://127.0.0.1:<port>/`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    /// The server's data directory.
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
     }
 
     /// SIGKILLs the server (no chance to save anything beyond what the AOF already holds).

@@ -34,11 +34,6 @@ impl Process {
         self.stop();
     }
 
-    /// Hands the child over, no longer killed on drop.
-    pub fn into_child(mut self) -> Child {
-        self.0.take().expect("running")
-    }
-
     fn stop(&mut self) {
         if let Some(mut child) = self.0.take() {
             let _ = child.kill();
@@ -56,12 +51,6 @@ impl From<Child> for Process {
 impl Drop for Process {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-impl Default for Rig {
-    fn default() -> Self {
-        Self::new()
     }
 }
 
