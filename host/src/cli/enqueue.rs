@@ -87,31 +87,31 @@ pub(crate) async fn enqueue(
     broker: Arc<dyn ApiBroker>,
     args: EnqueueArgs,
 ) -> anyhow::Result<ExitCode> {
-    // Where each job came from, to name it in a refusal: a line of the file, or the flags.
-    let (jobs, lines): (Vec<NewJob>, Vec<usize>) = match (&args.file, args.module) {
-        (Some(path), _) => {
-            let lines = read_jsonl(path)?;
-            let numbers: Vec<usize> = lines.iter().map(|(n, _)| *n).collect();
-            let jobs = intake
-                .jobs(
-                    lines
-                        .iter()
-                        .map(|(_, text)| Invocation::from_json(text.as_bytes())),
-                )
-                .map_err(|r| refused_line(IntakeError::Refused(r), &numbers, path))?;
-            (jobs, numbers)
-        }
-        (None, Some(module)) => (vec![intake.job(args.invocation(module)?)?], vec![]),
+    let lines = match &args.file {
+        Some(path) => read_jsonl(path)?,
+        None => Vec::new(),
+    };
+    // A refusal names the line of the file it came from; a job from the flags needs no place.
+    let located = |e: IntakeError| match &args.file {
+        Some(path) => refused_line(e, &lines, path),
+        None => e.into(),
+    };
+    let jobs: Vec<NewJob> = match (&args.file, args.module) {
+        (Some(_), _) => intake
+            .jobs(
+                lines
+                    .iter()
+                    .map(|(_, text)| Invocation::from_json(text.as_bytes())),
+            )
+            .map_err(|r| located(r.into()))?,
+        (None, Some(module)) => vec![intake.job(args.invocation(module)?)?],
         (None, None) => bail!("name a module, or `--file` with invocations"),
     };
     // Nothing is enqueued unless every line is valid and every module was uploaded.
-    let outcomes = match intake.enqueue(broker.as_ref(), &jobs).await {
-        Ok(outcomes) => outcomes,
-        Err(e) => match &args.file {
-            Some(path) => return Err(refused_line(e, &lines, path)),
-            None => return Err(e.into()),
-        },
-    };
+    let outcomes = intake
+        .enqueue(broker.as_ref(), &jobs)
+        .await
+        .map_err(located)?;
     let existed = outcomes.iter().filter(|o| **o == Enqueued::Existed).count();
     if !args.wait {
         if args.json {
@@ -147,14 +147,14 @@ pub(crate) async fn enqueue(
 }
 
 /// An intake error for a file, naming the line of the job it refused.
-fn refused_line(e: IntakeError, lines: &[usize], path: &Path) -> anyhow::Error {
+fn refused_line(e: IntakeError, lines: &[(usize, String)], path: &Path) -> anyhow::Error {
     match e {
         IntakeError::Refused(Refusal {
             place: Place::Job(i),
             error,
         }) => anyhow::Error::new(error).context(format!(
             "line {} of `{}`",
-            lines.get(i).copied().unwrap_or(i + 1),
+            lines.get(i).map_or(i + 1, |(n, _)| *n),
             path.display()
         )),
         other => other.into(),
