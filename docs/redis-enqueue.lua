@@ -12,6 +12,10 @@
 local MAX_ERRORS = 25
 local MAX_FINISHED = 10000
 
+-- The longest invocation JSON accepted: the hard ceiling on args (MAX_ARGS_BYTES, 1 MiB) plus
+-- room for the other fields (INVOCATION_OVERHEAD_BYTES, 4 KiB), both in job/limits.rs.
+local MAX_INVOCATION_BYTES = 1052672
+
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -163,6 +167,9 @@ for i = 4, #ARGV, 5 do
   if id == '' or string.len(id) > 200 or string.find(id, '[%s%c]') then return refuse(id, 'id must be 1 to 200 visible characters') end
   -- A cheap look rather than a full parse: a worker parses the invocation anyway, and one that
   -- does not parse ends dead with the reason.
+  if string.len(inv) > MAX_INVOCATION_BYTES then
+    return refuse(id, 'invocation is ' .. string.len(inv) .. ' bytes, above the limit of ' .. MAX_INVOCATION_BYTES .. ' (1 MiB of `args` and 4 KiB for the other fields)')
+  end
   if string.sub(inv, 1, 1) ~= '{' then return refuse(id, 'invocation is not a JSON object') end
   if not string.find(inv, MODULE_FIELD) then
     return refuse(id, '`module` must be `sha256:` and 64 lowercase hex digits')

@@ -425,6 +425,68 @@ async fn bad_invocations_name_the_field() {
     assert_error(s, &b, StatusCode::BAD_REQUEST, "bad_request", Some("wait"));
 }
 
+/// Args over the operator's limit are refused naming `args` and the limit, alone, in a bulk
+/// request or in a batch, and Redis keeps nothing of them; args at the limit go in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn args_over_the_limit_are_refused_before_anything_is_stored() {
+    let api = Api::new().await;
+    let hello = api.upload("hello").await;
+    let limit = wasmq::job::Sizes::default().args_bytes;
+    // A JSON string of `len` bytes, quotes included.
+    let args = |len: usize| Value::String("x".repeat(len - 2));
+    let over = json!({"module": hello, "args": args(limit + 1)});
+    let before = api.redis.stored_bytes();
+    let requests = [
+        ("/v1/jobs", over.clone(), "args"),
+        (
+            "/v1/jobs",
+            json!({"jobs": [{"module": hello}, over.clone(), over.clone()]}),
+            "jobs[1].args",
+        ),
+        (
+            "/v1/batches",
+            json!({"jobs": [{"module": hello}, over.clone()], "callback": {"module": hello}}),
+            "jobs[1].args",
+        ),
+        (
+            "/v1/batches",
+            json!({"jobs": [{"module": hello}], "callback": over.clone()}),
+            "callback.args",
+        ),
+    ];
+    for (uri, body, field) in &requests {
+        let (s, b) = api.post_json(uri, ENQUEUER, body).await;
+        assert_error(
+            s,
+            &b,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_invocation",
+            Some(field),
+        );
+        let message = b["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!(
+                "`args` is {} bytes of JSON, above the limit of {limit} bytes (--max-args-kb)",
+                limit + 1
+            )),
+            "{message}"
+        );
+    }
+    let grew = api.redis.stored_bytes().saturating_sub(before);
+    assert!(
+        grew < 4 << 10,
+        "refused requests left {grew} bytes in Redis"
+    );
+    let (s, b) = api
+        .post_json(
+            "/v1/jobs",
+            ENQUEUER,
+            &json!({"module": hello, "args": args(limit)}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{b}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_run_and_are_waited_on_cancelled_and_retried() {
     let mut api = Api::new().await;

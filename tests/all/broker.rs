@@ -130,6 +130,44 @@ async fn the_enqueue_script_checks_direct_writers() {
         .await
         .unwrap();
     assert_eq!(created, [1]);
+
+    // Args at the hard ceiling go in; an invocation one byte longer than the ceiling and the
+    // room for the other fields is refused, and Redis keeps nothing of it.
+    let with_args = |len: usize| {
+        // `"` + text + `"`: the args' JSON is `len` bytes.
+        serde_json::json!({"module": module(), "args": "x".repeat(len - 2)}).to_string()
+    };
+    let before = server.stored_bytes();
+    let limit = wasmq::job::MAX_ARGS_BYTES + wasmq::job::INVOCATION_OVERHEAD_BYTES;
+    let mut big = with_args(wasmq::job::MAX_ARGS_BYTES);
+    big.insert_str(1, &" ".repeat(limit + 1 - big.len()));
+    assert_eq!(big.len(), limit + 1);
+    for i in 0..20 {
+        let err = call(&format!("too-big-{i}"), &big, "0", "5")
+            .invoke_async::<Vec<u8>>(&mut conn)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("above the limit of 1052672"),
+            "refusal names the limit: {err}"
+        );
+    }
+    let grew = server.stored_bytes().saturating_sub(before);
+    assert!(grew < 4 << 10, "20 refused invocations left {grew} bytes");
+    let before = server.stored_bytes();
+    let fits = with_args(wasmq::job::MAX_ARGS_BYTES);
+    let created: Vec<u8> = call("at-limit", &fits, "0", "5")
+        .invoke_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(created, [1]);
+    let grew = server.stored_bytes().saturating_sub(before);
+    // jemalloc keeps a 1 MiB value in its 1.25 MiB size class.
+    assert!(
+        (1 << 20..3 << 19).contains(&grew),
+        "an accepted 1 MiB job grew Redis by {grew} bytes"
+    );
 }
 
 /// The intake refuses a job whose module was never uploaded, and the broker then holds nothing of

@@ -283,8 +283,13 @@ fn enqueue_refuses_bad_invocations_and_names_the_field() {
         format!("{{\"module\":\"{hash}\"}}\n{{\"module\":\"{hash}\",\"colour\":\"red\"}}\n"),
     )
     .unwrap();
-    let cases: [(&[&str], &str); 7] = [
+    let five_kb = format!("\"{}\"", "x".repeat(5000));
+    let cases: [(&[&str], &str); 8] = [
         (&["enqueue", &never], "was never uploaded"),
+        (
+            &["--max-args-kb", "4", "enqueue", hash, "--args", &five_kb],
+            "`args` is 5002 bytes of JSON, above the limit of 4096 bytes (--max-args-kb)",
+        ),
         (
             &["enqueue", "sha256:xyz"],
             "must be `sha256:` followed by 64",

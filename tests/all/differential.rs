@@ -95,12 +95,12 @@ fn report(lease: &Lease) -> RunReport {
 }
 
 fn failure(lease: &Lease, kind: FailureKind) -> AttemptError {
-    AttemptError {
-        attempt: lease.attempt,
+    AttemptError::new(
+        lease.attempt,
         kind,
-        message: format!("{kind} on attempt {}", lease.attempt),
-        at_ms: 1,
-    }
+        format!("{kind} on attempt {}", lease.attempt),
+        1,
+    )
 }
 
 impl Side {

@@ -24,6 +24,11 @@ struct Backend {
 }
 
 impl Backend {
+    /// What Redis holds in keys, on Redis.
+    fn stored_bytes(&self) -> Option<u64> {
+        self._redis.as_ref().map(RedisServer::stored_bytes)
+    }
+
     /// The same broker through a separate connection (Redis), or shared (memory): what another
     /// worker process would have.
     async fn another_connection(&self) -> Arc<dyn ApiBroker> {
@@ -454,7 +459,7 @@ async fn a_cron_tick_enqueues_exactly_one_job_across_workers(b: Backend) {
     let mut inv = Invocation::new(hello);
     inv.args = json!({"name": "cron"});
     let entry = wasmq::scheduler::add_cron(
-        &wasmq::intake::Intake::new(Limits::default_ceilings()),
+        &wasmq::intake::Intake::default(),
         b.broker.as_ref(),
         "every",
         "* * * * * *",
@@ -508,7 +513,7 @@ async fn a_cron_tick_enqueues_exactly_one_job_across_workers(b: Backend) {
 async fn missed_cron_ticks_are_coalesced(b: Backend) {
     let hello = upload(b.broker.as_ref(), "hello").await;
     let entry = wasmq::scheduler::add_cron(
-        &wasmq::intake::Intake::new(Limits::default_ceilings()),
+        &wasmq::intake::Intake::default(),
         b.broker.as_ref(),
         "m",
         "* * * * * *",
@@ -519,7 +524,7 @@ async fn missed_cron_ticks_are_coalesced(b: Backend) {
     tokio::time::sleep(Duration::from_millis(2600)).await;
     let back = wasmq::time::now_ms();
     let fired = wasmq::scheduler::fire_due_crons(
-        &wasmq::intake::Intake::new(Limits::default_ceilings()),
+        &wasmq::intake::Intake::default(),
         b.broker.as_ref(),
         "default",
     )
@@ -538,7 +543,7 @@ async fn missed_cron_ticks_are_coalesced(b: Backend) {
     assert_eq!(b.broker.queues().await.unwrap()[0].totals.enqueued, 1);
     assert_eq!(
         wasmq::scheduler::fire_due_crons(
-            &wasmq::intake::Intake::new(Limits::default_ceilings()),
+            &wasmq::intake::Intake::default(),
             b.broker.as_ref(),
             "default"
         )
@@ -877,6 +882,100 @@ async fn a_self_enqueuing_job_stops_at_the_depth_limit(b: Backend) {
     );
 }
 
+/// What a guest chooses the size of is cut or refused before it is stored: a result over the
+/// limit fails the job (`result_too_large`, nothing of it kept), error messages are cut and
+/// flagged in the last error and in the history, and sub-job args over the args limit are
+/// refused. On Redis, the store grows by no more than the caps allow.
+async fn sizes_a_guest_chooses_are_bounded_before_they_are_stored(b: Backend) {
+    let chaos = upload(b.broker.as_ref(), "chaos").await;
+    let before = b.stored_bytes();
+    let sizes = wasmq::job::Sizes::default();
+    let jobs = [
+        job(
+            chaos,
+            "fits",
+            json!({"mode": "big", "bytes": sizes.result_bytes}),
+            |_| {},
+        ),
+        job(
+            chaos,
+            "huge",
+            json!({"mode": "big", "bytes": 8 << 20}),
+            |i| i.max_attempts = 3,
+        ),
+        // 400 KB of two-byte characters per attempt, three attempts.
+        job(
+            chaos,
+            "loud",
+            json!({"mode": "retry", "message": "é", "repeat": 200_000}),
+            |i| i.max_attempts = 3,
+        ),
+        job(
+            chaos,
+            "wide",
+            json!({"mode": "enqueue", "module": chaos, "pad": sizes.args_bytes + 1}),
+            |i| i.max_attempts = 1,
+        ),
+    ];
+    let (records, _) = run_until_final(&b.broker, config(), &jobs).await;
+
+    let fits = &records[0];
+    assert_eq!(fits.state, JobState::Succeeded, "{:?}", fits.last_error);
+    let result = fits.report.as_ref().unwrap().result.as_ref().unwrap();
+    assert_eq!(result.as_str().unwrap().len(), sizes.result_bytes - 2);
+
+    let huge = &records[1];
+    assert_eq!(huge.state, JobState::Dead);
+    let error = huge.last_error.as_ref().unwrap();
+    assert_eq!(
+        huge.attempts, 1,
+        "the same run makes the same result: {error:?}"
+    );
+    assert_eq!(error.kind, FailureKind::ResultTooLarge);
+    assert_eq!(
+        error.message,
+        format!(
+            "result too large: the job returned {} bytes, above the limit of {} (--max-result-kb)",
+            8 << 20,
+            sizes.result_bytes
+        )
+    );
+    assert_eq!(huge.report.as_ref().unwrap().result, None);
+
+    let loud = &records[2];
+    assert_eq!(loud.state, JobState::Dead);
+    assert_eq!(loud.errors.len(), 3);
+    for e in loud.errors.iter().chain(&loud.last_error) {
+        assert!(e.truncated, "attempt {} flagged", e.attempt);
+        assert!(e.message.len() <= sizes.error_bytes, "{}", e.message.len());
+        assert!(e.message.len() > sizes.error_bytes - 4, "cut at the limit");
+        assert!(e.message.starts_with("job asked to be retried: éé"));
+    }
+
+    let wide = &records[3];
+    assert_eq!(wide.state, JobState::Dead);
+    let message = &wide.last_error.as_ref().unwrap().message;
+    assert!(
+        message.contains(&format!(
+            "sub-job refused: invalid invocation: `args` is {} bytes of JSON, above the limit of {} bytes (--max-args-kb)",
+            sizes.args_bytes + 1,
+            sizes.args_bytes
+        )),
+        "{message}"
+    );
+    assert!(b.broker.job(None, "wide.1").await.unwrap().is_none());
+
+    if let (Some(before), Some(after)) = (before, b.stored_bytes()) {
+        // The 1 MiB result that fits (in jemalloc's 1.25 MiB size class), 6 error copies of
+        // 8 KiB (last error and history) and the records; without the caps: 8 MiB of result,
+        // 2.4 MB of messages, 1 MiB of sub-job.
+        let grew = after.saturating_sub(before);
+        let bound = sizes.result_bytes as u64 * 5 / 4 + 6 * sizes.error_bytes as u64 + (128 << 10);
+        assert!(grew < bound, "Redis grew by {grew} bytes, bound {bound}");
+        println!("Redis grew by {grew} bytes for these jobs (bound {bound})");
+    }
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod on_memory {
@@ -899,6 +998,7 @@ suite!(
     a_self_enqueuing_job_stops_at_the_depth_limit,
     a_retried_parent_does_not_duplicate_sub_jobs,
     the_worker_enforces_its_own_ceilings,
+    sizes_a_guest_chooses_are_bounded_before_they_are_stored,
     shutdown_finishes_short_jobs_and_hands_back_long_ones,
     heartbeats_keep_a_long_job_from_running_twice,
     a_running_job_can_be_cancelled,

@@ -87,7 +87,7 @@ pub struct ApiState {
 impl ApiState {
     /// The intake for new jobs, with the operator's ceilings (the sandbox's).
     pub fn intake(&self) -> Intake {
-        Intake::new(*self.sandbox.ceilings())
+        Intake::new(*self.sandbox.ceilings(), self.sandbox.sizes())
     }
 }
 

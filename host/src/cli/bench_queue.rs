@@ -130,7 +130,7 @@ pub(crate) async fn run(
     let hello = args.jobs.read("hello")?;
     let module = sandbox.load_async(hello.clone()).await?;
     broker.put_module(module.hash(), &hello).await?;
-    let intake = Intake::new(*sandbox.ceilings());
+    let intake = Intake::new(*sandbox.ceilings(), sandbox.sizes());
     let job = |i: usize| -> anyhow::Result<NewJob> {
         let mut inv = Invocation::new(module.hash());
         inv.args = json!({ "name": format!("n{i}") });

@@ -223,7 +223,7 @@ pub(crate) async fn run(sandbox: Sandbox, args: DemoArgs) -> anyhow::Result<Exit
         (case.tweak)(&mut inv);
         Ok(inv)
     });
-    let intake = Intake::new(*sandbox.ceilings());
+    let intake = Intake::new(*sandbox.ceilings(), sandbox.sizes());
     let jobs: Vec<NewJob> = intake.jobs(jobs)?;
     intake.enqueue(broker.as_ref(), &jobs).await?;
     println!("enqueued {} jobs on queue `demo`\n", jobs.len());

@@ -20,7 +20,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use crate::intake::Intake;
-use crate::job::Limits;
+use crate::job::{Limits, MAX_ARGS_BYTES, Sizes};
 use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::worker::FanOut;
 
@@ -97,6 +97,21 @@ struct CeilingArgs {
     /// JavaScript component is 12–19 MB.
     #[arg(long, global = true, env = "WASMQ_MAX_MODULE_MB", default_value_t = 64)]
     max_module_mb: u64,
+    /// Largest args a job may have, in KiB of compact JSON (at most 1024: the Redis enqueue
+    /// script's own limit); refused at enqueue, and by a worker with a lower limit.
+    #[arg(long, global = true, env = "WASMQ_MAX_ARGS_KB", default_value_t = (Sizes::default().args_bytes >> 10) as u64,
+          value_parser = clap::value_parser!(u64).range(1..=(MAX_ARGS_BYTES >> 10) as u64))]
+    max_args_kb: u64,
+    /// Largest result a run may return, in KiB; past it the attempt fails with
+    /// `result_too_large` and nothing of it is kept.
+    #[arg(long, global = true, env = "WASMQ_MAX_RESULT_KB", default_value_t = (Sizes::default().result_bytes >> 10) as u64,
+          value_parser = clap::value_parser!(u64).range(1..=64 << 10))]
+    max_result_kb: u64,
+    /// Longest error message kept per attempt, in KiB; longer ones are cut and flagged
+    /// `truncated`.
+    #[arg(long, global = true, env = "WASMQ_MAX_ERROR_KB", default_value_t = (Sizes::default().error_bytes >> 10) as u64,
+          value_parser = clap::value_parser!(u64).range(1..=1024))]
+    max_error_kb: u64,
 }
 
 /// The operator's limits beyond the per-attempt ceilings, as the flags set them.
@@ -124,6 +139,14 @@ impl CeilingArgs {
             anyhow::ensure!(!zero, "`{flag}` must be greater than zero");
         }
         Ok(ceilings)
+    }
+
+    fn sizes(&self) -> Sizes {
+        Sizes {
+            args_bytes: (self.max_args_kb << 10) as usize,
+            result_bytes: (self.max_result_kb << 10) as usize,
+            error_bytes: (self.max_error_kb << 10) as usize,
+        }
     }
 
     fn operator(&self) -> anyhow::Result<OperatorLimits> {
@@ -275,9 +298,10 @@ impl Cli {
             cache_max_bytes: self.cache_max_mb << 20,
             keep_resident_bytes: self.keep_resident_mb << 20,
             ceilings: self.ceilings.limits()?,
+            sizes: self.ceilings.sizes(),
             ..SandboxConfig::default()
         };
-        let intake = Intake::new(base.ceilings);
+        let intake = Intake::new(base.ceilings, &base.sizes);
         let operator = self.ceilings.operator()?;
         let redis = self.redis;
         match self.command {

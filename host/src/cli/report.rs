@@ -109,9 +109,14 @@ pub(crate) fn record_text(r: &JobRecord) -> String {
         let _ = writeln!(out, "worker: {w}");
     }
     if let Some(e) = &r.last_error {
+        let cut = if e.truncated {
+            " [cut at the operator's --max-error-kb]"
+        } else {
+            ""
+        };
         let _ = writeln!(
             out,
-            "last error (attempt {}, {}): {}",
+            "last error (attempt {}, {}): {}{cut}",
             e.attempt, e.kind, e.message
         );
     }

@@ -1,6 +1,7 @@
 //! The intake: the one way in for new jobs, whoever sends them — HTTP (one job, a bulk request,
 //! a batch), the CLI (`--file` too), a guest's sub-jobs and cron ticks. It parses, checks every
-//! field against the operator's ceilings, fills in ids, checks that each module named was uploaded
+//! field against the operator's ceilings and the size of the args against the operator's limit,
+//! fills in ids, checks that each module named was uploaded
 //! (once per module per request, before anything is enqueued) and assembles batches.
 //!
 //! Every refusal says where it is ([`Place`]: which job of a list, or the callback) and which
@@ -15,8 +16,8 @@ use std::collections::HashMap;
 use serde_json::Value;
 
 use crate::broker::{Batches, Broker, BrokerError, Enqueued, NewBatch};
-use crate::invocation::{Invocation, InvocationError, NewJob};
-use crate::job::Limits;
+use crate::invocation::{Invocation, InvocationError, NewJob, json_len};
+use crate::job::{Limits, Sizes};
 
 /// Jobs handed to the broker per call: bounds one call's size, while every job of the request is
 /// still checked before the first call.
@@ -55,16 +56,28 @@ pub enum IntakeError {
     Broker(#[from] BrokerError),
 }
 
-/// The intake, with the operator's ceilings that every job's limits must fit.
+/// The intake, with the operator's ceilings that every job's limits must fit and the largest
+/// args it takes.
 #[derive(Clone, Copy, Debug)]
 pub struct Intake {
     ceilings: Limits,
+    args_bytes: usize,
+}
+
+impl Default for Intake {
+    /// The default ceilings and sizes.
+    fn default() -> Self {
+        Intake::new(Limits::default_ceilings(), &Sizes::default())
+    }
 }
 
 impl Intake {
-    /// An intake refusing limits above `ceilings`.
-    pub fn new(ceilings: Limits) -> Self {
-        Intake { ceilings }
+    /// An intake refusing limits above `ceilings` and args larger than `sizes.args_bytes`.
+    pub fn new(ceilings: Limits, sizes: &Sizes) -> Self {
+        Intake {
+            ceilings,
+            args_bytes: sizes.args_bytes,
+        }
     }
 
     /// The ceilings it checks against.
@@ -72,12 +85,26 @@ impl Intake {
         &self.ceilings
     }
 
+    /// The largest args it takes, in bytes of compact JSON.
+    pub fn args_bytes(&self) -> usize {
+        self.args_bytes
+    }
+
     /// Checks one invocation.
     pub fn job(&self, invocation: Invocation) -> Result<NewJob, Refusal> {
-        invocation.prepare(&self.ceilings).map_err(|error| Refusal {
+        self.prepare(invocation).map_err(|error| Refusal {
             place: Place::Only,
             error,
         })
+    }
+
+    /// Checks one invocation's fields and the size of its args.
+    fn prepare(&self, invocation: Invocation) -> Result<NewJob, InvocationError> {
+        let len = json_len(&invocation.args);
+        if len > self.args_bytes {
+            return Err(InvocationError::args_too_large(len, self.args_bytes));
+        }
+        invocation.prepare(&self.ceilings)
     }
 
     /// Checks a list of parsed (or refused) invocations, in order; the first refusal names its
@@ -90,7 +117,7 @@ impl Intake {
             .into_iter()
             .enumerate()
             .map(|(i, item)| {
-                item.and_then(|inv| inv.prepare(&self.ceilings))
+                item.and_then(|inv| self.prepare(inv))
                     .map_err(|error| Refusal {
                         place: Place::Job(i),
                         error,
@@ -121,7 +148,7 @@ impl Intake {
             }));
         }
         callback.id = Some(format!("batch:{id}:callback"));
-        let callback = callback.prepare(&self.ceilings).map_err(at_callback)?;
+        let callback = self.prepare(callback).map_err(at_callback)?;
         let jobs = self.jobs(jobs.into_iter().map(Invocation::from_value))?;
         let batch = NewBatch { id, jobs, callback };
         batch.check().map_err(|error| Refusal {
@@ -225,7 +252,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_list_is_refused_whole_naming_the_first_bad_job_and_its_field() {
-        let intake = Intake::new(Limits::default_ceilings());
+        let intake = Intake::default();
         let mut bad = Invocation::new(hash(1));
         bad.fuel = 0;
         let err = intake
@@ -239,7 +266,7 @@ mod tests {
     async fn an_unknown_module_anywhere_refuses_everything_and_names_its_first_job() {
         let broker = MemoryBroker::new();
         broker.put_module(hash(1), b"bytes").await.unwrap();
-        let intake = Intake::new(Limits::default_ceilings());
+        let intake = Intake::default();
         // Far more jobs than one broker call takes, the unknown module only at the end.
         let mut items: Vec<_> = (0..ENQUEUE_CHUNK * 2 + 10).map(|_| inv(hash(1))).collect();
         items.push(inv(hash(2)));
@@ -259,7 +286,7 @@ mod tests {
 
     #[test]
     fn a_batch_callback_may_not_name_its_id() {
-        let intake = Intake::new(Limits::default_ceilings());
+        let intake = Intake::default();
         let module = hash(1).to_string();
         let err = intake
             .batch(

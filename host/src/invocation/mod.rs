@@ -19,7 +19,7 @@ use serde_json::Value;
 use crate::job::Limits;
 use crate::modules::ModuleHash;
 use crate::time::parse_time;
-pub use payload::{BYTES_KEY, PayloadError, args_to_bytes, bytes_to_json};
+pub use payload::{BYTES_KEY, PayloadError, args_to_bytes, bytes_to_json, json_len};
 
 /// The queue used when an invocation names none.
 pub const DEFAULT_QUEUE: &str = "default";
@@ -130,6 +130,14 @@ pub enum InvocationError {
 }
 
 impl InvocationError {
+    /// The job's args are larger than `max` bytes of compact JSON (`len`).
+    pub fn args_too_large(len: usize, max: usize) -> Self {
+        InvocationError::field(
+            "args",
+            format!("is {len} bytes of JSON, above the limit of {max} bytes (--max-args-kb)"),
+        )
+    }
+
     fn field(field: &'static str, reason: impl Into<String>) -> Self {
         InvocationError::Field {
             field,

@@ -35,6 +35,23 @@ pub fn args_to_bytes(args: &Value) -> Result<Vec<u8>, PayloadError> {
     Ok(serde_json::to_vec(args).expect("a JSON value always serialises"))
 }
 
+/// The length of `value` as compact JSON (as it is stored), counted without building the text.
+pub fn json_len(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    serde_json::to_writer(&mut count, value).expect("a JSON value always serialises");
+    count.0
+}
+
 /// The JSON shown for result (or argument) bytes.
 pub fn bytes_to_json(bytes: &[u8]) -> Value {
     match serde_json::from_slice::<Value>(bytes) {

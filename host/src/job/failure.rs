@@ -21,6 +21,9 @@ pub enum FailureKind {
     MemoryLimit,
     /// The wasm stack overflowed.
     StackOverflow,
+    /// The guest returned a result larger than the operator's limit (`--max-result-kb`); nothing
+    /// of it was kept.
+    ResultTooLarge,
     /// The guest returned `job-error::retry`.
     Retry,
     /// The guest returned `job-error::fail`.
@@ -45,12 +48,13 @@ pub enum FailureKind {
 
 impl FailureKind {
     /// Every kind, in the order the docs list them.
-    pub const ALL: [FailureKind; 15] = [
+    pub const ALL: [FailureKind; 16] = [
         FailureKind::Trap,
         FailureKind::OutOfFuel,
         FailureKind::Timeout,
         FailureKind::MemoryLimit,
         FailureKind::StackOverflow,
+        FailureKind::ResultTooLarge,
         FailureKind::Retry,
         FailureKind::Fail,
         FailureKind::Instantiate,
@@ -64,14 +68,16 @@ impl FailureKind {
     ];
 
     /// Whether running the same invocation again cannot help: the guest said so (`fail`), the
-    /// job as enqueued can never run here (module, limits, args, invocation), or someone asked for
-    /// it to stop (cancelled). Everything else — the guest's own resource exhaustion included,
+    /// job as enqueued can never run here (module, limits, args, invocation), it finished but its
+    /// result cannot be kept (result_too_large: running it again redoes the work to make the
+    /// same result), or someone asked for it to stop (cancelled). Everything else — the guest's own resource exhaustion included,
     /// since a flaky input or a busy machine may differ next time — is retried while attempts
     /// remain.
     pub fn is_permanent(self) -> bool {
         matches!(
             self,
             FailureKind::Fail
+                | FailureKind::ResultTooLarge
                 | FailureKind::Module
                 | FailureKind::Limits
                 | FailureKind::Args
@@ -88,6 +94,7 @@ impl FailureKind {
             FailureKind::Timeout => "timeout",
             FailureKind::MemoryLimit => "memory_limit",
             FailureKind::StackOverflow => "stack_overflow",
+            FailureKind::ResultTooLarge => "result_too_large",
             FailureKind::Retry => "retry",
             FailureKind::Fail => "fail",
             FailureKind::Instantiate => "instantiate",
@@ -134,6 +141,7 @@ mod tests {
         assert_eq!(
             permanent,
             [
+                "result_too_large",
                 "fail",
                 "module",
                 "limits",

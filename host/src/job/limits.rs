@@ -1,4 +1,5 @@
-//! The per-run limits a job gets, and the operator's ceilings that bound them.
+//! The per-run limits a job gets, the operator's ceilings that bound them, and the operator's
+//! limits on the sizes of what clients and guests hand over ([`Sizes`]).
 
 use std::time::Duration;
 
@@ -76,6 +77,47 @@ impl Limits {
             }
         }
         Ok(())
+    }
+}
+
+/// The hard ceiling on a job's args, in bytes of compact JSON: the most `--max-args-kb` may allow.
+/// The Redis enqueue script refuses an invocation longer than this plus
+/// [`INVOCATION_OVERHEAD_BYTES`], so a producer writing straight into Redis cannot store more.
+/// Args are a job's parameters, not its data: like a cloud task queue's 1 MB, a bigger input
+/// belongs in a store the job reads, named by the args.
+pub const MAX_ARGS_BYTES: usize = 1 << 20;
+
+/// Room for an invocation's other fields beside its args (id ≤ 200 bytes, queue ≤ 64, module,
+/// numbers, `run_at`): the Redis enqueue script's limit is `MAX_ARGS_BYTES` plus this
+/// (`MAX_INVOCATION_BYTES` in `common.lua`).
+pub const INVOCATION_OVERHEAD_BYTES: usize = 4 << 10;
+
+/// The operator's limits on sizes that a client or a guest chooses, each checked on every path
+/// that takes it in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sizes {
+    /// Largest args, as compact JSON: refused at enqueue (HTTP, CLI, cron, a guest's sub-jobs)
+    /// naming `args`; a worker with a lower limit ends a larger job dead with `args`.
+    pub args_bytes: usize,
+    /// Largest result a run may return: past it the attempt fails with `result_too_large` and
+    /// nothing of the result is kept.
+    pub result_bytes: usize,
+    /// Longest error message kept per attempt (in the job's last error and its history): longer
+    /// ones are cut at a character boundary and flagged `truncated`.
+    pub error_bytes: usize,
+}
+
+impl Default for Sizes {
+    /// Args up to the 1 MiB ceiling; a 1 MiB result, like args a value rather than a data set,
+    /// which the result TTL keeps per job; 8 KiB of error message, room for a guest's message
+    /// and a wasm backtrace (the full stderr is kept beside it), 200 KiB over the 25 failures a
+    /// job record keeps.
+    fn default() -> Self {
+        Sizes {
+            args_bytes: MAX_ARGS_BYTES,
+            result_bytes: 1 << 20,
+            error_bytes: 8 << 10,
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use failure::FailureKind;
-pub use limits::{LimitError, Limits};
+pub use limits::{INVOCATION_OVERHEAD_BYTES, LimitError, Limits, MAX_ARGS_BYTES, Sizes};
 
 /// Where a job is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,10 +75,39 @@ pub struct AttemptError {
     pub attempt: u32,
     /// What kind of failure it was.
     pub kind: FailureKind,
-    /// The full reason.
+    /// The reason, cut to the operator's error size limit (see `truncated`).
     pub message: String,
     /// When it happened (Unix ms).
     pub at_ms: u64,
+    /// Whether `message` was cut to the operator's limit (`--max-error-kb`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+}
+
+impl AttemptError {
+    /// Attempt `attempt` failed with `kind` at `at_ms` (Unix ms) for `message`.
+    pub fn new(attempt: u32, kind: FailureKind, message: String, at_ms: u64) -> Self {
+        AttemptError {
+            attempt,
+            kind,
+            message,
+            at_ms,
+            truncated: false,
+        }
+    }
+
+    /// Cuts the message to at most `max` bytes, at a character boundary, and flags it.
+    pub fn cut_to(mut self, max: usize) -> Self {
+        if self.message.len() > max {
+            let mut end = max;
+            while !self.message.is_char_boundary(end) {
+                end -= 1;
+            }
+            self.message.truncate(end);
+            self.truncated = true;
+        }
+        self
+    }
 }
 
 /// What the last attempt produced, kept in the job's record.

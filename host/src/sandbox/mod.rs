@@ -48,7 +48,7 @@ use wasmtime::{
 };
 use wasmtime_wasi::WasiCtxBuilder;
 
-use crate::job::{JobInfo, Limits, Progress};
+use crate::job::{JobInfo, Limits, Progress, Sizes};
 use crate::modules::{ArtifactCache, ModuleHash};
 use host::{MemoryCap, RunState};
 pub use load::{JobModule, LoadError, ModuleOrigin};
@@ -85,6 +85,9 @@ const MEMORIES_PER_COMPONENT: u32 = 4;
 pub struct SandboxConfig {
     /// The most any invocation may ask for; also sizes the pooling allocator's slots.
     pub ceilings: Limits,
+    /// The operator's size limits: the sandbox enforces the result's; the worker and the intake
+    /// read the others from here.
+    pub sizes: Sizes,
     /// How many runs may be alive at once (the pool's capacity).
     pub max_instances: u32,
     /// Where compiled artifacts are cached; `None` compiles every module at load.
@@ -104,6 +107,7 @@ impl Default for SandboxConfig {
     fn default() -> Self {
         SandboxConfig {
             ceilings: Limits::default_ceilings(),
+            sizes: Sizes::default(),
             // Matches a worker's default concurrency with room for the CLI's own runs.
             max_instances: 64,
             cache_dir: None,
@@ -177,6 +181,7 @@ struct Inner {
     engine_key: String,
     cache: Option<ArtifactCache>,
     ceilings: Limits,
+    sizes: Sizes,
     modules: Mutex<HashMap<ModuleHash, JobModule>>,
 }
 
@@ -244,6 +249,7 @@ impl Sandbox {
                 engine_key,
                 cache,
                 ceilings: config.ceilings,
+                sizes: config.sizes,
                 modules: Mutex::default(),
             }),
         })
@@ -252,6 +258,11 @@ impl Sandbox {
     /// The operator ceilings this sandbox was built with.
     pub fn ceilings(&self) -> &Limits {
         &self.inner.ceilings
+    }
+
+    /// The operator's size limits this sandbox was built with.
+    pub fn sizes(&self) -> &Sizes {
+        &self.inner.sizes
     }
 
     /// Identifies the engine's compiled-code compatibility (part of each cache file name).
@@ -334,6 +345,12 @@ impl Sandbox {
         };
         let result = match raw {
             Err(_elapsed) => Err(timeout),
+            Ok(Ok(Ok(bytes))) if bytes.len() > self.inner.sizes.result_bytes => {
+                Err(Failure::ResultTooLarge {
+                    bytes: bytes.len() as u64,
+                    limit_bytes: self.inner.sizes.result_bytes as u64,
+                })
+            }
             Ok(Ok(Ok(bytes))) => Ok(bytes),
             // A guest whose runtime survives a refused `memory.grow` (Python's MemoryError,
             // JavaScript's "out of memory") reports a plain error: the limiter knows the cause.
@@ -413,6 +430,10 @@ mod tests {
                 requested_bytes: 2,
             },
             Failure::StackOverflow { stack_bytes: 1 },
+            Failure::ResultTooLarge {
+                bytes: 2,
+                limit_bytes: 1,
+            },
             Failure::Retry {
                 message: "m".into(),
             },

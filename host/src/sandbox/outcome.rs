@@ -48,6 +48,16 @@ pub enum Failure {
         /// The stack size.
         stack_bytes: u64,
     },
+    /// The guest returned a result larger than the operator's limit; nothing of it is kept.
+    #[error(
+        "result too large: the job returned {bytes} bytes, above the limit of {limit_bytes} (--max-result-kb)"
+    )]
+    ResultTooLarge {
+        /// The result's size.
+        bytes: u64,
+        /// The limit.
+        limit_bytes: u64,
+    },
     /// The guest returned `job-error::retry`.
     #[error("job asked to be retried: {message}")]
     Retry {
@@ -82,6 +92,7 @@ impl Failure {
             Failure::Timeout { .. } => FailureKind::Timeout,
             Failure::MemoryLimit { .. } => FailureKind::MemoryLimit,
             Failure::StackOverflow { .. } => FailureKind::StackOverflow,
+            Failure::ResultTooLarge { .. } => FailureKind::ResultTooLarge,
             Failure::Retry { .. } => FailureKind::Retry,
             Failure::Fail { .. } => FailureKind::Fail,
             Failure::Instantiate { .. } => FailureKind::Instantiate,

@@ -35,7 +35,7 @@ use tracing::Instrument as _;
 
 use crate::broker::{Ack, Completion, Lease, LeaseKey, WorkerBroker, WorkerInfo};
 use crate::intake::Intake;
-use crate::invocation::{args_to_bytes, bytes_to_json};
+use crate::invocation::{InvocationError, args_to_bytes, bytes_to_json, json_len};
 use crate::job::{AttemptError, FailureKind, JobInfo, RunReport};
 use crate::sandbox::{RunOutcome, RunRequest, Sandbox};
 use crate::time::now_ms;
@@ -225,7 +225,7 @@ impl Worker {
             stop_rx.clone(),
         ));
         let maintenance = tokio::spawn(crate::scheduler::maintain(
-            Intake::new(*self.sandbox.ceilings()),
+            Intake::new(*self.sandbox.ceilings(), self.sandbox.sizes()),
             self.broker.clone(),
             config.queues.clone(),
             config.maintain_every,
@@ -378,7 +378,7 @@ impl Worker {
                 Ok((module, args)) => {
                     let sub_jobs = Arc::new(BrokerSubJobs::new(
                         broker,
-                        sandbox.ceilings(),
+                        Intake::new(*sandbox.ceilings(), sandbox.sizes()),
                         config.fan_out,
                         inv.depth,
                     ));
@@ -399,12 +399,13 @@ impl Worker {
                     match outcome.result {
                         Ok(_) => Completion::Succeeded(report),
                         Err(failure) => {
-                            let error = AttemptError {
-                                attempt: lease.attempt,
-                                kind: failure.kind(),
-                                message: failure.to_string(),
-                                at_ms: now_ms(),
-                            };
+                            let error = AttemptError::new(
+                                lease.attempt,
+                                failure.kind(),
+                                failure.to_string(),
+                                now_ms(),
+                            )
+                            .cut_to(sandbox.sizes().error_bytes);
                             tracing::info!(kind = %error.kind, error = %error.message, "attempt failed");
                             decide(&config.backoff, &lease, error, Some(report))
                         }
@@ -456,16 +457,25 @@ async fn prepare(
     lease: &Lease,
 ) -> Result<(crate::sandbox::JobModule, Vec<u8>), AttemptError> {
     let inv = &lease.invocation;
-    let error = |kind: FailureKind, message: String| AttemptError {
-        attempt: lease.attempt,
-        kind,
-        message,
-        at_ms: now_ms(),
+    let error = |kind: FailureKind, message: String| {
+        AttemptError::new(lease.attempt, kind, message, now_ms())
+            .cut_to(sandbox.sizes().error_bytes)
     };
     // The enqueuer checked its own ceilings; this worker's operator may allow less.
     inv.limits()
         .check(sandbox.ceilings())
         .map_err(|e| error(FailureKind::Limits, format!("refused by this worker: {e}")))?;
+    // The enqueuer checked its own args limit, and a producer writing straight into Redis only
+    // the script's hard ceiling; this worker's operator may allow less.
+    let max_args = sandbox.sizes().args_bytes;
+    let len = json_len(&inv.args);
+    if len > max_args {
+        let refusal = InvocationError::args_too_large(len, max_args);
+        return Err(error(
+            FailureKind::Args,
+            format!("refused by this worker: {refusal}"),
+        ));
+    }
     let args = args_to_bytes(&inv.args).map_err(|e| error(FailureKind::Args, e.to_string()))?;
     let module = modules.get(inv.module).await.map_err(|e| {
         error(

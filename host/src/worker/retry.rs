@@ -62,12 +62,12 @@ pub(super) fn decide(
 /// How an attempt stopped because its cancellation was requested ends: cancelled, never retried.
 pub(super) fn cancelled(attempt: u32) -> Completion {
     Completion::Cancelled {
-        error: AttemptError {
+        error: AttemptError::new(
             attempt,
-            kind: FailureKind::Cancelled,
-            message: "cancelled while running; the attempt was stopped".to_owned(),
-            at_ms: now_ms(),
-        },
+            FailureKind::Cancelled,
+            "cancelled while running; the attempt was stopped".to_owned(),
+            now_ms(),
+        ),
     }
 }
 

@@ -5,15 +5,16 @@
 //! out enqueues the same ids again and creates no duplicates. Fan-out is bounded by the operator
 //! ([`FanOut`]): sub-jobs per run, and the depth of a tree of sub-jobs (each sub-job's
 //! invocation carries its `depth`); past either the guest's `enqueue` returns an error naming
-//! the limit, and the run goes on.
+//! the limit, and the run goes on. Its args are held to the operator's args limit like a
+//! client's (`--max-args-kb`), measured as the bytes the guest handed over.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::broker::WorkerBroker;
 use crate::intake::Intake;
-use crate::invocation::{Invocation, bytes_to_json};
-use crate::job::{JobInfo, Limits};
+use crate::invocation::{Invocation, InvocationError, bytes_to_json};
+use crate::job::JobInfo;
 use crate::modules::ModuleHash;
 use crate::sandbox::{EnqueueFuture, SubJobSink};
 
@@ -51,16 +52,11 @@ pub struct BrokerSubJobs {
 }
 
 impl BrokerSubJobs {
-    /// A sink for one run of a job at `depth`.
-    pub fn new(
-        broker: Arc<dyn WorkerBroker>,
-        ceilings: &Limits,
-        fan_out: FanOut,
-        depth: u32,
-    ) -> Self {
+    /// A sink for one run of a job at `depth`, checking sub-jobs with `intake`.
+    pub fn new(broker: Arc<dyn WorkerBroker>, intake: Intake, fan_out: FanOut, depth: u32) -> Self {
         BrokerSubJobs {
             broker,
-            intake: Intake::new(*ceilings),
+            intake,
             fan_out,
             depth,
             calls: AtomicU32::new(0),
@@ -93,6 +89,11 @@ impl SubJobSink for BrokerSubJobs {
                 return Err(format!(
                     "sub-job refused: it would be {child_depth} generations below the job a client enqueued, past the limit of {depth} (--max-depth)"
                 ));
+            }
+            // Before turning the bytes into JSON: a guest may hand over as much as its memory.
+            if args.len() > intake.args_bytes() {
+                let error = InvocationError::args_too_large(args.len(), intake.args_bytes());
+                return Err(format!("sub-job refused: {error}"));
             }
             let hash: ModuleHash = module.parse().map_err(|e| format!("{e}"))?;
             let mut inv = Invocation::new(hash);

@@ -13,10 +13,11 @@
 //! | `print`   | `bytes`, `stream`?| writes `bytes` bytes to stdout (or `"stderr"`) |
 //! | `log`     | `count`?          | writes `count` log records and reports progress |
 //! | `steps`   | `steps`, `ms`     | sleeps `ms` then reports progress, `steps` times ("step i of n") |
-//! | `retry`   | `message`?        | returns `job-error::retry` |
-//! | `fail`    | `message`?        | returns `job-error::fail` |
+//! | `big`     | `bytes`           | returns a result of `bytes` bytes (a JSON string) |
+//! | `retry`   | `message`?, `repeat`? | returns `job-error::retry` (the message `repeat` times) |
+//! | `fail`    | `message`?, `repeat`? | returns `job-error::fail` (the message `repeat` times) |
 //! | `flaky`   | `failures`        | returns `retry` on the first `failures` attempts, then succeeds |
-//! | `enqueue` | `module`, `args`?, `retry_attempts`? | enqueues one sub-job and returns its id; on the first `retry_attempts` attempts returns `retry` after enqueueing |
+//! | `enqueue` | `module`, `args`?, `retry_attempts`?, `pad`? | enqueues one sub-job (with `pad` bytes of args when given) and returns its id; on the first `retry_attempts` attempts returns `retry` after enqueueing |
 //! | `probe`   | `addr`?           | reports what ambient authority it has: env, args, files, sockets |
 
 use std::hint::black_box;
@@ -57,11 +58,16 @@ enum Mode {
     Log {
         count: Option<u32>,
     },
+    Big {
+        bytes: usize,
+    },
     Retry {
         message: Option<String>,
+        repeat: Option<usize>,
     },
     Fail {
         message: Option<String>,
+        repeat: Option<usize>,
     },
     Flaky {
         failures: u32,
@@ -70,6 +76,7 @@ enum Mode {
         module: String,
         args: Option<Value>,
         retry_attempts: Option<u32>,
+        pad: Option<usize>,
     },
     Probe {
         addr: Option<String>,
@@ -164,11 +171,16 @@ fn chaos(info: &JobInfo, mode: Mode) -> Result<Value, JobError> {
             }
             Ok(json!({"steps": steps}))
         }
-        Mode::Retry { message } => Err(JobError::retry(
-            message.unwrap_or_else(|| "chaos retry".into()),
+        Mode::Big { bytes } => Ok(Value::String("x".repeat(bytes.saturating_sub(2)))),
+        Mode::Retry { message, repeat } => Err(JobError::retry(
+            message
+                .unwrap_or_else(|| "chaos retry".into())
+                .repeat(repeat.unwrap_or(1)),
         )),
-        Mode::Fail { message } => Err(JobError::fail(
-            message.unwrap_or_else(|| "chaos fail".into()),
+        Mode::Fail { message, repeat } => Err(JobError::fail(
+            message
+                .unwrap_or_else(|| "chaos fail".into())
+                .repeat(repeat.unwrap_or(1)),
         )),
         Mode::Flaky { failures } => {
             if info.attempt <= failures {
@@ -206,9 +218,13 @@ fn chaos(info: &JobInfo, mode: Mode) -> Result<Value, JobError> {
             module,
             args,
             retry_attempts,
+            pad,
         } => {
-            let id = wasmq_guest::enqueue(&module, &args.unwrap_or(Value::Null))
-                .map_err(JobError::fail)?;
+            let args = match pad {
+                Some(n) => Value::String("x".repeat(n.saturating_sub(2))),
+                None => args.unwrap_or(Value::Null),
+            };
+            let id = wasmq_guest::enqueue(&module, &args).map_err(JobError::fail)?;
             if info.attempt <= retry_attempts.unwrap_or(0) {
                 return Err(JobError::retry(format!("enqueued {id}, then failed")));
             }

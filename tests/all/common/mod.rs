@@ -112,7 +112,5 @@ pub async fn enqueue(
     broker: &dyn wasmq::broker::Broker,
     jobs: &[wasmq::invocation::NewJob],
 ) -> Result<Vec<wasmq::broker::Enqueued>, wasmq::intake::IntakeError> {
-    wasmq::intake::Intake::new(Limits::default_ceilings())
-        .enqueue(broker, jobs)
-        .await
+    wasmq::intake::Intake::default().enqueue(broker, jobs).await
 }

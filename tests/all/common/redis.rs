@@ -71,6 +71,28 @@ impl RedisServer {
         }
         cmd.query(&mut conn).expect("the command succeeds")
     }
+
+    /// Bytes Redis holds in keys: `MEMORY USAGE` summed over every key. Unlike `used_memory`
+    /// it leaves out client buffers and the Lua heap, which hold the last request's arguments
+    /// until a garbage collection whether or not anything was stored, so it measures exactly
+    /// what a request left behind.
+    pub fn stored_bytes(&self) -> u64 {
+        let client = redis::Client::open(self.url()).expect("a valid url");
+        let mut conn = client.get_connection().expect("a connection");
+        let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut conn).unwrap();
+        keys.iter()
+            .map(|k| {
+                redis::cmd("MEMORY")
+                    .arg("USAGE")
+                    .arg(k)
+                    .arg("SAMPLES")
+                    .arg(0)
+                    .query::<Option<u64>>(&mut conn)
+                    .unwrap()
+                    .unwrap_or(0)
+            })
+            .sum()
+    }
 }
 
 impl Drop for RedisServer {

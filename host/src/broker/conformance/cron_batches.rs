@@ -96,12 +96,7 @@ pub async fn a_batch_calls_back_once_when_every_job_ended(store: &dyn Store) {
             token: 1,
         },
         completion: Completion::Cancelled {
-            error: AttemptError {
-                attempt: c.attempts,
-                kind: FailureKind::Cancelled,
-                message: "x".into(),
-                at_ms: 1,
-            },
+            error: AttemptError::new(c.attempts, FailureKind::Cancelled, "x".into(), 1),
         },
     };
     b.ack(&[ack]).await.unwrap();

@@ -90,12 +90,12 @@ pub fn ok(lease: &Lease) -> Ack {
 }
 
 pub fn error(lease: &Lease, kind: FailureKind) -> AttemptError {
-    AttemptError {
-        attempt: lease.attempt,
+    AttemptError::new(
+        lease.attempt,
         kind,
-        message: format!("{kind} on attempt {}", lease.attempt),
-        at_ms: 1,
-    }
+        format!("{kind} on attempt {}", lease.attempt),
+        1,
+    )
 }
 
 pub fn at(ms: u64) -> String {

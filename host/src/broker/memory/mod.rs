@@ -456,13 +456,13 @@ fn end_cancelled(job: &mut Job, now: u64, result_ttl: Duration) {
 
 /// The error recorded when a worker stopped heartbeating. Mirrored in `lua/maintain.lua`.
 fn lease_expired(attempt: u32, worker: Option<&str>, now: u64) -> AttemptError {
-    AttemptError {
+    AttemptError::new(
         attempt,
-        kind: FailureKind::LeaseExpired,
-        message: format!(
+        FailureKind::LeaseExpired,
+        format!(
             "the lease expired: worker `{}` stopped heartbeating (killed, hung or cut off from the broker)",
             worker.unwrap_or("?")
         ),
-        at_ms: now,
-    }
+        now,
+    )
 }

@@ -118,12 +118,12 @@ impl Broker for RedisBroker {
                     Err(e) => refused.push(Ack {
                         lease: key,
                         completion: Completion::Dead {
-                            error: AttemptError {
+                            error: AttemptError::new(
                                 attempt,
-                                kind: FailureKind::Invocation,
-                                message: e.to_string(),
-                                at_ms: now_ms(),
-                            },
+                                FailureKind::Invocation,
+                                e.to_string(),
+                                now_ms(),
+                            ),
                             report: None,
                         },
                     }),

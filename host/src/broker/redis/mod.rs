@@ -393,4 +393,15 @@ mod tests {
             )
         );
     }
+
+    /// The scripts' invocation limit is the Rust side's hard ceiling on args plus the overhead.
+    #[test]
+    fn the_scripts_invocation_limit_matches_the_args_ceiling() {
+        let want = crate::job::MAX_ARGS_BYTES + crate::job::INVOCATION_OVERHEAD_BYTES;
+        assert!(
+            include_str!("lua/common.lua")
+                .contains(&format!("local MAX_INVOCATION_BYTES = {want}\n")),
+            "common.lua's MAX_INVOCATION_BYTES must be {want}"
+        );
+    }
 }

@@ -12,6 +12,10 @@
 local MAX_ERRORS = 25
 local MAX_FINISHED = 10000
 
+-- The longest invocation JSON accepted: the hard ceiling on args (MAX_ARGS_BYTES, 1 MiB) plus
+-- room for the other fields (INVOCATION_OVERHEAD_BYTES, 4 KiB), both in job/limits.rs.
+local MAX_INVOCATION_BYTES = 1052672
+
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)

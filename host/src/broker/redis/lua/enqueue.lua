@@ -18,6 +18,9 @@ for i = 4, #ARGV, 5 do
   if id == '' or string.len(id) > 200 or string.find(id, '[%s%c]') then return refuse(id, 'id must be 1 to 200 visible characters') end
   -- A cheap look rather than a full parse: a worker parses the invocation anyway, and one that
   -- does not parse ends dead with the reason.
+  if string.len(inv) > MAX_INVOCATION_BYTES then
+    return refuse(id, 'invocation is ' .. string.len(inv) .. ' bytes, above the limit of ' .. MAX_INVOCATION_BYTES .. ' (1 MiB of `args` and 4 KiB for the other fields)')
+  end
   if string.sub(inv, 1, 1) ~= '{' then return refuse(id, 'invocation is not a JSON object') end
   if not string.find(inv, MODULE_FIELD) then
     return refuse(id, '`module` must be `sha256:` and 64 lowercase hex digits')
