@@ -83,6 +83,18 @@ local function list_final(id, state, now, ttl)
   trim_final(key, now, ttl)
 end
 
+-- Refuse an enqueue of `new` jobs that would take the queue past its size limit (`limit_size`
+-- in stats: jobs ready, scheduled or leased). Returns an error reply, or nil when there is room.
+local function check_room(new)
+  local max = tonumber(redis.call('HGET', KEYS[7], 'limit_size'))
+  if not max or new == 0 then return nil end
+  local size = redis.call('ZCARD', KEYS[1]) + redis.call('ZCARD', KEYS[2]) + redis.call('ZCARD', KEYS[3])
+  if size + new > max then
+    return redis.error_reply('wasmq: queue full (holds ' .. size .. ', limit ' .. max .. '): nothing was enqueued')
+  end
+  return nil
+end
+
 -- Add to the queue's running totals (enqueued, succeeded, failed, retried, dead, cancelled,
 -- recovered).
 local function count(field, n)
@@ -178,6 +190,14 @@ for i = 4, #ARGV, 5 do
   if not max or max ~= math.floor(max) or max < 1 or max > 100 then return refuse(id, 'max attempts must be an integer from 1 to 100') end
   if not run_at then return refuse(id, 'run_at must be Unix milliseconds (0 for now)') end
 end
+local new = 0
+local seen = {}
+for i = 4, #ARGV, 5 do
+  if not seen[ARGV[i]] and redis.call('EXISTS', ARGV[1] .. ARGV[i]) == 0 then new = new + 1 end
+  seen[ARGV[i]] = true
+end
+local full = check_room(new)
+if full then return full end
 local now = now_ms()
 local out = {}
 local woke = false

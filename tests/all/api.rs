@@ -992,6 +992,60 @@ async fn queue_limits_over_http() {
     assert_eq!(s, StatusCode::OK);
     let (_, b) = api.get("/v1/queues").await;
     assert_eq!(b["queues"][0]["limits"], json!({}));
+    let (s, b) = put(r#"{"max_size": 0}"#).await;
+    assert_error(
+        s,
+        &b,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_limits",
+        Some("max_size"),
+    );
+}
+
+/// A queue capped at 100 jobs: a flood of bulk enqueues past it gets 429 and leaves nothing in
+/// Redis; the jobs that fit go in, and room comes back as jobs end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_answers_429_and_stores_nothing() {
+    let api = Api::new().await;
+    let hello = api.upload("hello").await;
+    let (s, b) = api
+        .call(
+            Method::PUT,
+            "/v1/queues/default/limits",
+            Some(ADMIN),
+            Body::from(r#"{"max_size": 100}"#),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let bulk = |n: usize| json!({"jobs": vec![json!({"module": hello}); n]});
+    let (s, b) = api.post_json("/v1/jobs", ENQUEUER, &bulk(100)).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{b}");
+    let before = api.redis.stored_bytes();
+    for _ in 0..20 {
+        let (s, b) = api.post_json("/v1/jobs", ENQUEUER, &bulk(1000)).await;
+        assert_error(s, &b, StatusCode::TOO_MANY_REQUESTS, "queue_full", None);
+        let message = b["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("holds 100 jobs waiting or running and its limit is 100"),
+            "{message}"
+        );
+    }
+    let (s, b) = api
+        .post_json(
+            "/v1/batches",
+            ENQUEUER,
+            &json!({"jobs": [{"module": hello}], "callback": {"module": hello}}),
+        )
+        .await;
+    assert_error(s, &b, StatusCode::TOO_MANY_REQUESTS, "queue_full", None);
+    let grew = api.redis.stored_bytes().saturating_sub(before);
+    assert!(
+        grew < 1024,
+        "20,000 refused jobs left {grew} bytes in Redis"
+    );
+    let (_, b) = api.get("/v1/queues").await;
+    assert_eq!(b["queues"][0]["ready"], 100, "{b}");
+    assert_eq!(b["queues"][0]["totals"]["enqueued"], 100, "{b}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -649,4 +649,22 @@ fn limit_a_queue() {
     let out = q.cmd(&["limit", "mail", "--concurrency", "0"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("limits must be at least 1"));
+
+    // A size cap: the enqueue past it fails naming the queue and the limit.
+    let hash = q.upload("hello");
+    assert_eq!(
+        q.ok(&["limit", "mail", "--max-size", "2"]).trim(),
+        "queue `mail`: at most 2 waiting or running"
+    );
+    q.ok(&["enqueue", &hash, "--queue", "mail"]);
+    q.ok(&["enqueue", &hash, "--queue", "mail"]);
+    let out = q.cmd(&["enqueue", &hash, "--queue", "mail"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stderr).contains(
+            "queue `mail` is full: it holds 2 jobs waiting or running and its limit is 2 (`wasmq limit mail --max-size`)"
+        ),
+        "{}",
+        text(&out.stderr)
+    );
 }

@@ -716,7 +716,7 @@ async fn a_concurrency_limit_holds_across_workers(b: Backend) {
     let chaos = upload(b.broker.as_ref(), "chaos").await;
     let limits = wasmq::broker::QueueLimits {
         concurrency: Some(2),
-        rate: None,
+        ..Default::default()
     };
     b.broker.set_limits("default", &limits).await.unwrap();
     let jobs: Vec<NewJob> = (0..8)
@@ -754,8 +754,8 @@ async fn a_concurrency_limit_holds_across_workers(b: Backend) {
 async fn a_rate_limit_holds_across_workers(b: Backend) {
     let hello = upload(b.broker.as_ref(), "hello").await;
     let limits = wasmq::broker::QueueLimits {
-        concurrency: None,
         rate: Some((4, 1000)),
+        ..Default::default()
     };
     b.broker.set_limits("default", &limits).await.unwrap();
     let jobs: Vec<NewJob> = (0..10)

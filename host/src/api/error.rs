@@ -90,6 +90,9 @@ impl From<BrokerError> for ApiError {
                     format!("the broker is unavailable: {e}"),
                 )
             }
+            BrokerError::QueueFull { .. } => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", e.to_string())
+            }
             BrokerError::Corrupt { .. } => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "corrupt", e.to_string())
             }

@@ -51,20 +51,24 @@ async fn set_limits(
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_json",
-            format!("the body must be {{\"concurrency\": n, \"rate\": [n, per_ms]}}: {e}"),
+            format!(
+                "the body must be {{\"concurrency\": n, \"rate\": [n, per_ms], \"max_size\": n}}: {e}"
+            ),
         )
     })?;
-    if limits.concurrency == Some(0) || limits.rate.is_some_and(|(n, per)| n == 0 || per == 0) {
+    let zero = if limits.concurrency == Some(0) {
+        Some("concurrency")
+    } else if limits.rate.is_some_and(|(n, per)| n == 0 || per == 0) {
+        Some("rate")
+    } else if limits.max_size == Some(0) {
+        Some("max_size")
+    } else {
+        None
+    };
+    if let Some(field) = zero {
         return Err(ApiError {
             status: StatusCode::UNPROCESSABLE_ENTITY,
-            field: Some(
-                if limits.concurrency == Some(0) {
-                    "concurrency"
-                } else {
-                    "rate"
-                }
-                .into(),
-            ),
+            field: Some(field.into()),
             ..ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid_limits",

@@ -60,6 +60,19 @@ pub enum BrokerError {
     /// The invocation was refused.
     #[error(transparent)]
     Invocation(#[from] InvocationError),
+    /// The queue is at its size limit (`wasmq limit Q --max-size`): the jobs of the refused call
+    /// (up to 5,000 per queue) were not enqueued.
+    #[error(
+        "queue `{queue}` is full: it holds {size} jobs waiting or running and its limit is {max} (`wasmq limit {queue} --max-size`); the refused jobs were not enqueued — send them again once workers have caught up"
+    )]
+    QueueFull {
+        /// The queue.
+        queue: String,
+        /// Jobs it held.
+        size: u64,
+        /// Its limit.
+        max: u64,
+    },
     /// Stored data did not parse: written by something other than wasmq, or damaged.
     #[error("corrupt record for `{what}`: {reason}")]
     Corrupt {

@@ -160,6 +160,11 @@ pub struct QueueLimits {
     /// At most `rate.0` jobs start per window of `rate.1` milliseconds (fixed windows).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate: Option<(u32, u64)>,
+    /// At most this many of its jobs waiting or running (ready, scheduled and leased) at once:
+    /// an enqueue that would go past it is refused whole. Retries and a batch's callback are
+    /// jobs the queue already took on and are never refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_size: Option<u64>,
 }
 
 /// Running totals of one queue, kept by the broker for every worker together.

@@ -301,11 +301,15 @@ pub(crate) struct LimitArgs {
     /// The rate window (`1s`, `1m`).
     #[arg(long, value_parser = crate::time::parse_duration, requires = "rate")]
     per: Option<Duration>,
+    /// At most this many of its jobs waiting or running (ready, scheduled, leased); enqueues
+    /// past it are refused whole (HTTP 429).
+    #[arg(long)]
+    max_size: Option<u64>,
 }
 
 pub(crate) async fn limit(broker: &dyn ApiBroker, args: LimitArgs) -> anyhow::Result<ExitCode> {
     crate::invocation::check_queue_name(&args.queue)?;
-    if args.concurrency == Some(0) || args.rate == Some(0) {
+    if args.concurrency == Some(0) || args.rate == Some(0) || args.max_size == Some(0) {
         bail!(
             "limits must be at least 1 (run `wasmq limit {}` alone to remove them)",
             args.queue
@@ -319,6 +323,7 @@ pub(crate) async fn limit(broker: &dyn ApiBroker, args: LimitArgs) -> anyhow::Re
     let limits = crate::broker::QueueLimits {
         concurrency: args.concurrency,
         rate,
+        max_size: args.max_size,
     };
     broker.set_limits(&args.queue, &limits).await?;
     println!("queue `{}`: {}", args.queue, describe_limits(&limits));
@@ -332,6 +337,9 @@ fn describe_limits(l: &crate::broker::QueueLimits) -> String {
     }
     if let Some((n, per_ms)) = l.rate {
         parts.push(format!("at most {n} per {per_ms} ms"));
+    }
+    if let Some(n) = l.max_size {
+        parts.push(format!("at most {n} waiting or running"));
     }
     if parts.is_empty() {
         "no limits".to_owned()

@@ -151,7 +151,8 @@ macro_rules! broker_conformance {
             scheduled_jobs_can_run_now,
             the_whole_dead_set_can_be_retried_or_deleted,
             module_usage_counts_jobs_not_yet_succeeded,
-            the_succeeded_listing_keeps_the_newest_10000
+            the_succeeded_listing_keeps_the_newest_10000,
+            a_full_queue_refuses_enqueues_whole
         );
     };
     (@cases $store:expr, $test:meta, $($name:ident),* $(,)?) => {

@@ -4,7 +4,10 @@
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::broker::{Ack, CancelOutcome, Completion, ModuleDeletion, WorkerInfo};
+use crate::broker::{
+    Ack, BrokerError, CancelOutcome, Completion, Enqueued, ModuleDeletion, NewBatch, QueueLimits,
+    WorkerInfo,
+};
 use crate::job::{FailureKind, JobState};
 
 /// Conformance case `queues_are_separate_and_counted`.
@@ -477,4 +480,79 @@ pub async fn workers_report_and_expire(store: &dyn Store) {
     b.worker_seen(&worker("leaving", now)).await.unwrap();
     b.worker_gone("leaving").await.unwrap();
     assert_eq!(b.workers().await.unwrap(), vec![worker("alive", now)]);
+}
+
+/// Conformance case `a_full_queue_refuses_enqueues_whole`: a queue capped at `max_size` counts
+/// its jobs waiting or running; an enqueue whose new jobs would pass the cap is refused whole
+/// (ids already there do not count), a batch too; finishing jobs makes room; retries are never
+/// refused; without the cap anything goes in.
+pub async fn a_full_queue_refuses_enqueues_whole(store: &dyn Store) {
+    let b = Subject::new(store, TTL).await;
+    let b = b.broker.as_ref();
+    b.put_module(module(), b"x").await.unwrap();
+    let capped = QueueLimits {
+        max_size: Some(3),
+        ..QueueLimits::default()
+    };
+    b.set_limits("default", &capped).await.unwrap();
+    let limits = b.queues().await.unwrap()[0].limits;
+    assert_eq!(limits.max_size, Some(3));
+    b.enqueue(&[job("a", |_| {}), job("b", |_| {})])
+        .await
+        .unwrap();
+    let full = |e: BrokerError| match e {
+        BrokerError::QueueFull { queue, size, max } => (queue, size, max),
+        other => panic!("queue full, not {other}"),
+    };
+    // Two new ids (and one already there): 4 > 3, so neither new one goes in.
+    let err = b
+        .enqueue(&[job("a", |_| {}), job("c", |_| {}), job("d", |_| {})])
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("`wasmq limit default --max-size`"),
+        "{err}"
+    );
+    assert_eq!(full(err), ("default".to_owned(), 2, 3));
+    assert!(b.job(None, "c").await.unwrap().is_none());
+    assert!(b.job(None, "d").await.unwrap().is_none());
+    // Repeating an id already there costs no room.
+    assert_eq!(
+        b.enqueue(&[job("a", |_| {}), job("c", |_| {})])
+            .await
+            .unwrap(),
+        [Enqueued::Existed, Enqueued::Created]
+    );
+    // Leased jobs count; scheduled ones (a retry) too, and a retry is never refused.
+    let leases = fetch(b, 1).await;
+    let batch = NewBatch {
+        id: "B".into(),
+        jobs: vec![job("x", |_| {})],
+        callback: job("batch:B:callback", |_| {}),
+    };
+    assert_eq!(full(b.enqueue_batch(&batch).await.unwrap_err()).1, 3);
+    assert!(b.batch("default", "B").await.unwrap().is_none());
+    let retry = Ack {
+        lease: leases[0].key.clone(),
+        completion: Completion::Retry {
+            delay: Duration::from_secs(60),
+            error: error(&leases[0], FailureKind::Retry),
+            report: None,
+        },
+    };
+    b.ack(&[retry]).await.unwrap();
+    let retried = b.job(None, &leases[0].key.id).await.unwrap().unwrap();
+    assert_eq!(retried.state, JobState::Scheduled);
+    assert_eq!(full(b.enqueue(&[job("e", |_| {})]).await.unwrap_err()).1, 3);
+    // A job that ends makes room.
+    let leases = fetch(b, 1).await;
+    b.ack(&[ok(&leases[0])]).await.unwrap();
+    b.enqueue(&[job("e", |_| {})]).await.unwrap();
+    assert_eq!(full(b.enqueue(&[job("f", |_| {})]).await.unwrap_err()).1, 3);
+    // No cap, no refusal.
+    b.set_limits("default", &QueueLimits::default())
+        .await
+        .unwrap();
+    b.enqueue(&[job("f", |_| {})]).await.unwrap();
+    assert_eq!(b.enqueue_batch(&batch).await.unwrap(), Enqueued::Created);
 }

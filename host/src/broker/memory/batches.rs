@@ -34,6 +34,7 @@ impl Batches for MemoryBroker {
                 }
                 .into());
             }
+            state.check_room(&batch.jobs)?;
             state.batches.insert(
                 (queue.clone(), batch.id.clone()),
                 Batch {

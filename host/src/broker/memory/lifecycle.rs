@@ -50,6 +50,7 @@ impl Broker for MemoryBroker {
         {
             let mut state = self.lock();
             let now = state.now;
+            state.check_room(jobs)?;
             for job in jobs {
                 if state.get(job.queue(), job.id()).is_some() {
                     out.push(Enqueued::Existed);

@@ -11,15 +11,15 @@ mod inspect;
 mod lifecycle;
 mod registry;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Notify;
 
 use crate::broker::{
-    Completion, CronEntry, DEFAULT_RESULT_TTL, JobRecord, LeaseKey, MAX_ERRORS, ModuleInfo,
-    QueueLimits, QueueTotals, WorkerInfo,
+    BrokerError, Completion, CronEntry, DEFAULT_RESULT_TTL, JobRecord, LeaseKey, MAX_ERRORS,
+    ModuleInfo, QueueLimits, QueueTotals, WorkerInfo,
 };
 use crate::invocation::{Invocation, NewJob};
 use crate::job::{AttemptError, FailureKind, JobState, Progress, RunReport};
@@ -81,6 +81,11 @@ struct Queue {
 }
 
 impl Queue {
+    /// Jobs waiting or running: what `max_size` bounds.
+    fn size(&self) -> u64 {
+        (self.ready.len() + self.scheduled.len() + self.leased.len()) as u64
+    }
+
     /// Whether a fetch now would get a job (ready ones, and room under the limits).
     fn fetchable(&self, now: u64) -> bool {
         let under_concurrency = self
@@ -163,6 +168,31 @@ impl State {
         job.ready_key = Some(key);
         job.due_at = None;
         job.state = JobState::Ready;
+    }
+
+    /// Refuses `jobs` whole if, on any queue, their new ids would take it past its `max_size`.
+    fn check_room(&mut self, jobs: &[NewJob]) -> Result<(), BrokerError> {
+        let mut new: HashMap<&str, HashSet<&str>> = HashMap::new();
+        for job in jobs {
+            if self.get(job.queue(), job.id()).is_none() {
+                new.entry(job.queue()).or_default().insert(job.id());
+            }
+        }
+        for (queue, ids) in new {
+            let Some(q) = self.queues.get(queue) else {
+                continue;
+            };
+            if let Some(max) = q.limits.max_size
+                && q.size() + ids.len() as u64 > max
+            {
+                return Err(BrokerError::QueueFull {
+                    queue: queue.to_owned(),
+                    size: q.size(),
+                    max,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Adds a new job (the caller checked its id is free); true if it became ready.

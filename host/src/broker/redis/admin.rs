@@ -42,7 +42,8 @@ impl Admin for RedisBroker {
         let mut inv = self.queue_script(&SCRIPTS.limits, queue);
         inv.arg(limits.concurrency.unwrap_or(0))
             .arg(rate)
-            .arg(per_ms);
+            .arg(per_ms)
+            .arg(limits.max_size.unwrap_or(0));
         let _: u32 = self.script(&inv).await?;
         Ok(())
     }

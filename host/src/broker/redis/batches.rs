@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 
-use super::{RedisBroker, SCRIPTS};
+use super::{RedisBroker, SCRIPTS, queue_full};
 use crate::broker::{BatchInfo, Batches, BrokerError, Enqueued, NewBatch};
 use crate::invocation::InvocationError;
 
@@ -43,7 +43,7 @@ impl Batches for RedisBroker {
                     reason,
                 }));
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(queue_full(batch.callback.queue(), e)),
         };
         Ok(if created == 1 {
             Enqueued::Created

@@ -91,6 +91,7 @@ impl Inspect for RedisBroker {
                         rate: t
                             .get("limit_rate")
                             .map(|&r| (r as u32, get("limit_per_ms"))),
+                        max_size: t.get("limit_size").copied(),
                     },
                     totals: QueueTotals {
                         enqueued: get("enqueued"),

@@ -7,7 +7,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::records::{json_or_empty, parse_module_info};
-use super::{ENQUEUE_CHUNK, MAINTAIN_LIMIT, MAX_BLOCK, RedisBroker, SCRIPTS, group_by_queue};
+use super::{
+    ENQUEUE_CHUNK, MAINTAIN_LIMIT, MAX_BLOCK, RedisBroker, SCRIPTS, group_by_queue, queue_full,
+};
 use crate::broker::{
     Ack, Broker, BrokerError, Completion, Enqueued, Heartbeat, JobRecord, Lease, LeaseKey,
     Maintenance, ModuleInfo,
@@ -62,17 +64,18 @@ impl Broker for RedisBroker {
                         .arg(job.invocation.max_attempts)
                         .arg(job.run_at_ms.unwrap_or(0));
                 }
-                calls.push((chunk, inv));
+                calls.push((*queue, chunk, inv));
             }
         }
         // Chunks go out together: the connection pipelines them.
         let replies = futures_util::future::join_all(
-            calls.iter().map(|(_, inv)| self.script::<Vec<u8>>(inv)),
+            calls.iter().map(|(_, _, inv)| self.script::<Vec<u8>>(inv)),
         )
         .await;
         let mut out = vec![Enqueued::Existed; jobs.len()];
-        for ((chunk, _), reply) in calls.iter().zip(replies) {
-            for (&i, created) in chunk.iter().zip(reply?) {
+        for ((queue, chunk, _), reply) in calls.iter().zip(replies) {
+            let reply = reply.map_err(|e| queue_full(queue, e))?;
+            for (&i, created) in chunk.iter().zip(reply) {
                 out[i] = if created == 1 {
                     Enqueued::Created
                 } else {

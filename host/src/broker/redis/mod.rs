@@ -368,6 +368,28 @@ impl RedisBroker {
     }
 }
 
+/// The enqueue scripts' refusal of a full queue (`queue full (holds N, limit M)`) as
+/// [`BrokerError::QueueFull`]; any other error as it is.
+fn queue_full(queue: &str, error: BrokerError) -> BrokerError {
+    let parsed = match &error {
+        BrokerError::Unavailable { reason, .. } => reason
+            .split_once("queue full (holds ")
+            .and_then(|(_, rest)| rest.split_once(", limit "))
+            .and_then(|(size, rest)| {
+                Some((size.parse().ok()?, rest.split_once(')')?.0.parse().ok()?))
+            }),
+        _ => None,
+    };
+    match parsed {
+        Some((size, max)) => BrokerError::QueueFull {
+            queue: queue.to_owned(),
+            size,
+            max,
+        },
+        None => error,
+    }
+}
+
 fn group_by_queue(leases: &[LeaseKey]) -> Vec<(&str, Vec<&LeaseKey>)> {
     let mut groups: Vec<(&str, Vec<&LeaseKey>)> = Vec::new();
     for key in leases {

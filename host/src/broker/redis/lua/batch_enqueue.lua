@@ -10,6 +10,8 @@ for i = 9, #ARGV, 5 do
     return redis.error_reply('wasmq: job `' .. ARGV[i] .. '` already exists and cannot join batch `' .. bid .. '`')
   end
 end
+local full = check_room(tonumber(ARGV[8]))
+if full then return full end
 local now = now_ms()
 local n = tonumber(ARGV[8])
 redis.call('HSET', bk, 'pending', n, 'total', n, 'callback', ARGV[5], 'callback_id', ARGV[4], 'prio', ARGV[6], 'max', ARGV[7], 'created', now)

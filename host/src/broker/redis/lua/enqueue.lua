@@ -29,6 +29,14 @@ for i = 4, #ARGV, 5 do
   if not max or max ~= math.floor(max) or max < 1 or max > 100 then return refuse(id, 'max attempts must be an integer from 1 to 100') end
   if not run_at then return refuse(id, 'run_at must be Unix milliseconds (0 for now)') end
 end
+local new = 0
+local seen = {}
+for i = 4, #ARGV, 5 do
+  if not seen[ARGV[i]] and redis.call('EXISTS', ARGV[1] .. ARGV[i]) == 0 then new = new + 1 end
+  seen[ARGV[i]] = true
+end
+local full = check_room(new)
+if full then return full end
 local now = now_ms()
 local out = {}
 local woke = false
