@@ -190,3 +190,45 @@ async fn sigterm_lets_running_jobs_finish() {
     }
     assert!(rig.log("term").contains("draining"), "{}", rig.log("term"));
 }
+
+/// Every slot of a worker running a CPU-bound guest: 200 at once on a 5 s lease, each spinning
+/// for about 80 ms of CPU (735 M fuel, under the default budget), so all of them are leased for several lease periods
+/// while two cores share them. Heartbeats run apart from the guests, so no lease expires: every
+/// job ran once, and no failure is `lease_expired`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_hold_while_every_slot_spins() {
+    let rig = Rig::new();
+    let chaos = rig.upload("chaos");
+    let ids = rig.enqueue_many(
+        200,
+        "spin",
+        &chaos,
+        json!({"mode": "spin", "iterations": 60_000_000u64}),
+    );
+    let b = rig.broker().await;
+    let started = Instant::now();
+    let _worker = rig.worker(
+        "spin",
+        &[
+            "--concurrency",
+            "200",
+            "--lease",
+            "5s",
+            "--max-timeout",
+            "15m",
+        ],
+    );
+    all_succeed(&b, &ids, Duration::from_secs(600), || rig.log("spin")).await;
+    let mut expired = Vec::new();
+    for id in &ids {
+        let r = b.job(Some("default"), id).await.unwrap().unwrap();
+        if r.attempts != 1 || r.errors.iter().any(|e| e.kind == FailureKind::LeaseExpired) {
+            expired.push((id.clone(), r.attempts, r.errors));
+        }
+    }
+    println!(
+        "200 spinning jobs on a 5 s lease ran in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(expired.is_empty(), "leases lost: {expired:?}");
+}

@@ -11,6 +11,11 @@
 //! - stdout/stderr captured into bounded buffers;
 //! - WASI with no preopened directories, no environment, no arguments and no network.
 //!
+//! Runs happen on the sandbox's own guest threads (a tokio runtime of one thread per core), not
+//! on the caller's: CPU-bound guests share those threads with each other only, so a worker's
+//! heartbeats, acknowledgements and Redis I/O on the caller's runtime keep their share of the
+//! CPU however many guests spin.
+//!
 //! What it must not do: know about queues, retries or Redis. A run returns a [`RunOutcome`];
 //! deciding what happens next is the caller's job.
 
@@ -182,6 +187,7 @@ struct Inner {
     cache: Option<ArtifactCache>,
     ceilings: Limits,
     sizes: Sizes,
+    guests: GuestRuntime,
     modules: Mutex<HashMap<ModuleHash, JobModule>>,
 }
 
@@ -250,6 +256,7 @@ impl Sandbox {
                 cache,
                 ceilings: config.ceilings,
                 sizes: config.sizes,
+                guests: GuestRuntime::new()?,
                 modules: Mutex::default(),
             }),
         })
@@ -275,114 +282,177 @@ impl Sandbox {
         self.inner.cache.as_ref()
     }
 
-    /// Runs `module` once in a fresh store with `request.limits`.
+    /// Runs `module` once in a fresh store with `request.limits`, on the sandbox's own guest
+    /// threads: a guest that burns CPU shares them with other guests only, never with the
+    /// caller's runtime, where a worker's heartbeats and acknowledgements run. Dropping the
+    /// returned future stops the run.
     pub async fn run(&self, module: &JobModule, request: RunRequest) -> RunOutcome {
-        let limits = request.limits;
-        let stdout = output::CapturedPipe::new(limits.output_bytes);
-        let stderr = output::CapturedPipe::new(limits.output_bytes);
-        let wasi = WasiCtxBuilder::new()
-            .stdout(stdout.clone())
-            .stderr(stderr.clone())
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
-        let started = Instant::now();
-        let deadline = started + limits.timeout;
-        let state = RunState {
-            wasi,
-            table: ResourceTable::new(),
-            memory: MemoryCap {
-                limit: limits.memory_bytes,
-                used: 0,
-                refused: None,
-            },
-            logs: Vec::new(),
-            logs_dropped: 0,
-            progress: None,
-            info: request.info.clone(),
-            sub_jobs: request.sub_jobs.clone(),
-            progress_sink: request.progress.clone(),
-            started,
-        };
-        let mut store = Store::new(&self.inner.engine, state);
-        store.limiter(|s| &mut s.memory);
-        store
-            .set_fuel(limits.fuel)
-            .expect("fuel is enabled on the engine");
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |_| {
-            if Instant::now() >= deadline {
-                Ok(UpdateDeadline::Interrupt)
-            } else {
-                Ok(UpdateDeadline::Yield(1))
-            }
-        });
-
-        let info = bindings::wasmq::job::types::JobInfo {
-            id: request.info.id,
-            queue: request.info.queue,
-            attempt: request.info.attempt,
-            max_attempts: request.info.max_attempts,
-        };
-        let call = async {
-            let job = module
-                .pre
-                .instantiate_async(&mut store)
-                .await
-                .map_err(|e| (true, e))?;
-            job.call_run(&mut store, &info, &request.args)
-                .await
-                .map_err(|e| (false, e))
-        };
-        let raw = tokio::time::timeout_at(deadline.into(), call).await;
-        let wall_time = started.elapsed();
-
-        let fuel_left = store.get_fuel().unwrap_or(0);
-        let state = store.into_data();
-        let timeout = Failure::Timeout {
-            timeout_ms: limits.timeout.as_millis() as u64,
-        };
-        let result = match raw {
-            Err(_elapsed) => Err(timeout),
-            Ok(Ok(Ok(bytes))) if bytes.len() > self.inner.sizes.result_bytes => {
-                Err(Failure::ResultTooLarge {
-                    bytes: bytes.len() as u64,
-                    limit_bytes: self.inner.sizes.result_bytes as u64,
-                })
-            }
-            Ok(Ok(Ok(bytes))) => Ok(bytes),
-            // A guest whose runtime survives a refused `memory.grow` (Python's MemoryError,
-            // JavaScript's "out of memory") reports a plain error: the limiter knows the cause.
-            Ok(Ok(Err(bindings::wasmq::job::types::JobError::Retry(_))))
-                if let Some(requested) = state.memory.refused =>
-            {
-                Err(Failure::MemoryLimit {
-                    limit_bytes: limits.memory_bytes,
-                    requested_bytes: requested,
-                })
-            }
-            Ok(Ok(Err(bindings::wasmq::job::types::JobError::Retry(message)))) => {
-                Err(Failure::Retry { message })
-            }
-            Ok(Ok(Err(bindings::wasmq::job::types::JobError::Fail(message)))) => {
-                Err(Failure::Fail { message })
-            }
-            Ok(Err((instantiating, error))) => {
-                Err(classify(&error, instantiating, &state, &limits, timeout))
-            }
-        };
-        RunOutcome {
-            result,
-            fuel_used: limits.fuel.saturating_sub(fuel_left),
-            fuel_budget: limits.fuel,
-            wall_time,
-            stdout: stdout.finish(),
-            stderr: stderr.finish(),
-            logs: state.logs,
-            logs_dropped: state.logs_dropped,
-            progress: state.progress,
+        let engine = self.inner.engine.clone();
+        let sizes = self.inner.sizes;
+        let module = module.clone();
+        let task = self
+            .inner
+            .guests
+            .handle()
+            .spawn(async move { run_in_store(engine, sizes, &module, request).await });
+        let _stop_if_dropped = AbortOnDrop(task.abort_handle());
+        match task.await {
+            Ok(outcome) => outcome,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => unreachable!("a guest task is only cancelled by its caller's drop: {e}"),
         }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The runtime guests run on, shut down without waiting when the sandbox goes (a guest still
+/// running is stopped at its next epoch tick).
+struct GuestRuntime(Option<tokio::runtime::Runtime>);
+
+impl GuestRuntime {
+    /// One thread per core: guests are CPU work, and each yields every epoch tick so that
+    /// they share the threads fairly.
+    fn new() -> anyhow::Result<Self> {
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("wasmq-guest")
+            .enable_all()
+            .build()?;
+        Ok(GuestRuntime(Some(runtime)))
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0.as_ref().expect("present until dropped").handle()
+    }
+}
+
+impl Drop for GuestRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// One run in a fresh store (see [`Sandbox::run`]).
+async fn run_in_store(
+    engine: Engine,
+    sizes: Sizes,
+    module: &JobModule,
+    request: RunRequest,
+) -> RunOutcome {
+    let limits = request.limits;
+    let stdout = output::CapturedPipe::new(limits.output_bytes);
+    let stderr = output::CapturedPipe::new(limits.output_bytes);
+    let wasi = WasiCtxBuilder::new()
+        .stdout(stdout.clone())
+        .stderr(stderr.clone())
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .build();
+    let started = Instant::now();
+    let deadline = started + limits.timeout;
+    let state = RunState {
+        wasi,
+        table: ResourceTable::new(),
+        memory: MemoryCap {
+            limit: limits.memory_bytes,
+            used: 0,
+            refused: None,
+        },
+        logs: Vec::new(),
+        logs_dropped: 0,
+        progress: None,
+        info: request.info.clone(),
+        sub_jobs: request.sub_jobs.clone(),
+        progress_sink: request.progress.clone(),
+        started,
+    };
+    let mut store = Store::new(&engine, state);
+    store.limiter(|s| &mut s.memory);
+    store
+        .set_fuel(limits.fuel)
+        .expect("fuel is enabled on the engine");
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        if Instant::now() >= deadline {
+            Ok(UpdateDeadline::Interrupt)
+        } else {
+            Ok(UpdateDeadline::Yield(1))
+        }
+    });
+
+    let info = bindings::wasmq::job::types::JobInfo {
+        id: request.info.id,
+        queue: request.info.queue,
+        attempt: request.info.attempt,
+        max_attempts: request.info.max_attempts,
+    };
+    let call = async {
+        let job = module
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| (true, e))?;
+        job.call_run(&mut store, &info, &request.args)
+            .await
+            .map_err(|e| (false, e))
+    };
+    let raw = tokio::time::timeout_at(deadline.into(), call).await;
+    let wall_time = started.elapsed();
+
+    let fuel_left = store.get_fuel().unwrap_or(0);
+    let state = store.into_data();
+    let timeout = Failure::Timeout {
+        timeout_ms: limits.timeout.as_millis() as u64,
+    };
+    let result = match raw {
+        Err(_elapsed) => Err(timeout),
+        Ok(Ok(Ok(bytes))) if bytes.len() > sizes.result_bytes => Err(Failure::ResultTooLarge {
+            bytes: bytes.len() as u64,
+            limit_bytes: sizes.result_bytes as u64,
+        }),
+        Ok(Ok(Ok(bytes))) => Ok(bytes),
+        // A guest whose runtime survives a refused `memory.grow` (Python's MemoryError,
+        // JavaScript's "out of memory") reports a plain error: the limiter knows the cause.
+        Ok(Ok(Err(bindings::wasmq::job::types::JobError::Retry(_))))
+            if let Some(requested) = state.memory.refused =>
+        {
+            Err(Failure::MemoryLimit {
+                limit_bytes: limits.memory_bytes,
+                requested_bytes: requested,
+            })
+        }
+        Ok(Ok(Err(bindings::wasmq::job::types::JobError::Retry(message)))) => {
+            Err(Failure::Retry { message })
+        }
+        Ok(Ok(Err(bindings::wasmq::job::types::JobError::Fail(message)))) => {
+            Err(Failure::Fail { message })
+        }
+        Ok(Err((instantiating, error))) => {
+            Err(classify(&error, instantiating, &state, &limits, timeout))
+        }
+    };
+    RunOutcome {
+        result,
+        fuel_used: limits.fuel.saturating_sub(fuel_left),
+        fuel_budget: limits.fuel,
+        wall_time,
+        stdout: stdout.finish(),
+        stderr: stderr.finish(),
+        logs: state.logs,
+        logs_dropped: state.logs_dropped,
+        progress: state.progress,
     }
 }
 

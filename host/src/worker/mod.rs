@@ -1,7 +1,9 @@
 //! The worker: fetch → run → acknowledge, with heartbeats and a graceful drain.
 //!
-//! One [`Worker`] keeps up to `concurrency` jobs in flight on the tokio runtime. Guests waiting on
-//! I/O hold no thread; a CPU-bound guest yields at every epoch tick, so it cannot starve the others.
+//! One [`Worker`] keeps up to `concurrency` jobs in flight. Guests run on the sandbox's own
+//! threads: one waiting on I/O holds none, and a CPU-bound one yields at every epoch tick, so it
+//! cannot starve the other guests — nor the worker's heartbeats and acks, which stay on the
+//! caller's runtime (`tests/all/faults.rs` spins 200 guests on two cores under a 5 s lease).
 //!
 //! - **Fetch** asks the broker for as many jobs as there are free slots, in one atomic step that
 //!   leases them; with nothing ready it blocks on the broker (no polling).
