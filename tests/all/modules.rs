@@ -2,9 +2,11 @@
 
 use crate::common;
 
+use std::time::Duration;
+
 use serde_json::json;
 use wasmq::modules::{FormatError, ModuleHash};
-use wasmq::sandbox::{LoadError, ModuleOrigin, Sandbox, SandboxConfig};
+use wasmq::sandbox::{CompileBudget, LoadError, ModuleOrigin, Sandbox, SandboxConfig};
 
 fn load_err(bytes: &[u8]) -> String {
     match common::sandbox().load(bytes) {
@@ -106,7 +108,9 @@ fn unknown_import_is_named() {
 #[test]
 fn ungranted_wasi_import_is_named() {
     let err = load_err(&component(
-        r#"(component (import "wasi:http/outgoing-handler@0.2.0" (instance (export "handle" (func)))))"#,
+        r#"(component (import "wasi:http/outgoing-handler@0.2.0" (instance (export "handle" (func))))
+             (core module $m (func (export "f"))) (core instance $i (instantiate $m))
+             (func (export "run") (canon lift (core func $i "f"))))"#,
     ));
     assert!(err.contains("wasi:http/outgoing-handler@0.2.0"), "{err}");
 }
@@ -219,4 +223,210 @@ async fn foreign_artifacts_are_rejected_and_rebuilt() {
         cache.read(&other, &key),
         wasmq::modules::CacheLookup::Rejected(_)
     ));
+}
+
+/// A component whose `run` (of the wrong type: it never gets that far) is one function of `ops`
+/// multiply-load-store steps over 5,000 live locals: Cranelift's time and memory grow faster
+/// than its size. 20,000 steps (0.6 MB) take about 10 s to compile in a debug build; 100,000
+/// (3 MB) take more than two minutes and ask for over 128 MiB at once.
+pub fn compile_bomb(ops: usize) -> Vec<u8> {
+    use std::fmt::Write as _;
+    let locals = 5000;
+    let mut body = String::with_capacity(ops * 120);
+    let mut x: u64 = 1;
+    for _ in 0..ops {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let (a, b, c) = (
+            (x >> 33) as usize % locals,
+            (x >> 13) as usize % locals,
+            (x >> 43) as usize % locals,
+        );
+        let (load, store) = ((x >> 7) % 8192 * 8, (x >> 21) % 8192 * 8);
+        writeln!(
+            body,
+            "local.get {a} local.get {b} i64.mul local.tee {c} i32.const {load} i64.load i64.add \
+             local.set {a} i32.const {store} local.get {c} i64.store"
+        )
+        .unwrap();
+    }
+    component(&format!(
+        r#"(component
+            (core module $m (memory 1)
+                (func (export "f") (result i32) (local {}) {body} i32.const 0))
+            (core instance $i (instantiate $m))
+            (func (export "run") (result u32) (canon lift (core func $i "f"))))"#,
+        "i64 ".repeat(locals)
+    ))
+}
+
+/// A sandbox compiling in `wasmq compile-module` children under `timeout` and `memory_mb`, with
+/// its artifact cache in `dir`.
+fn budgeted(dir: &std::path::Path, timeout: Duration, memory_mb: u64) -> Sandbox {
+    Sandbox::new(SandboxConfig {
+        cache_dir: Some(dir.to_owned()),
+        max_instances: 4,
+        // Other ceilings than the compiler child's engine has: artifacts still load.
+        ceilings: wasmq::job::Limits {
+            memory_bytes: 256 << 20,
+            ..wasmq::job::Limits::default_ceilings()
+        },
+        compile: CompileBudget {
+            timeout,
+            memory_bytes: memory_mb << 20,
+            ..common::config().compile
+        },
+        ..SandboxConfig::default()
+    })
+    .unwrap()
+}
+
+fn artifacts(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |d| d.count())
+}
+
+/// Past the compile memory limit the child is stopped and the load refused naming the limit;
+/// three concurrent loads of the bomb share one compile; the refusal is remembered (no second
+/// compile) and nothing reaches the artifact cache. A real job compiles under the same limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_bomb_is_refused_once_for_all_concurrent_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let sandbox = budgeted(dir.path(), Duration::from_secs(120), 128);
+    let bomb = compile_bomb(100_000);
+    let loads = (0..3).map(|_| sandbox.load_async(bomb.clone()));
+    let refusals = futures_util::future::join_all(loads).await;
+    for refused in refusals {
+        let err = refused.unwrap_err();
+        assert!(matches!(err, LoadError::MemoryBudget { .. }), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "compiling the component needed more than the limit of 128 MiB of memory (--compile-memory-mb)"
+        );
+    }
+    assert_eq!(sandbox.compiles_started(), 1, "one compile for three loads");
+    assert!(sandbox.load_async(bomb).await.is_err());
+    assert_eq!(sandbox.compiles_started(), 1, "the refusal is remembered");
+    assert_eq!(
+        artifacts(dir.path()),
+        0,
+        "nothing cached for a refused module"
+    );
+
+    let hello = sandbox.load_async(common::job("hello")).await.unwrap();
+    assert_eq!(hello.origin(), ModuleOrigin::Compiled);
+    greets(&sandbox, &hello).await;
+    assert_eq!(artifacts(dir.path()), 1);
+}
+
+/// Past the compile time limit the child is killed and the load refused naming the limit; a
+/// component refused by the world check after compiling leaves nothing in the cache either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_time_bomb_is_killed_at_the_compile_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let sandbox = budgeted(dir.path(), Duration::from_secs(2), 2048);
+    let started = std::time::Instant::now();
+    let err = sandbox.load_async(compile_bomb(20_000)).await.unwrap_err();
+    let took = started.elapsed();
+    assert!(matches!(err, LoadError::TimeBudget { .. }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        "compiling the component took longer than the limit of 2 s (--compile-timeout)"
+    );
+    assert!(took >= Duration::from_secs(2), "{took:?}");
+    assert!(!err.is_permanent(), "a busy machine may compile it in time");
+    // Wrong `run` type: compiled (quickly), then refused; nothing cached.
+    let small = compile_bomb(10);
+    let err = sandbox.load_async(small).await.unwrap_err().to_string();
+    assert!(err.contains("expected 2-tuple, found 0-tuple"), "{err}");
+    assert_eq!(artifacts(dir.path()), 0);
+}
+
+/// The names of imports and exports are checked before anything is compiled: no compile starts.
+#[tokio::test]
+async fn imports_and_exports_are_checked_before_compiling() {
+    let dir = tempfile::tempdir().unwrap();
+    let sandbox = budgeted(dir.path(), Duration::from_secs(60), 2048);
+    let no_run = component(
+        r#"(component (core module $m (func (export "f"))) (core instance $i (instantiate $m))
+           (func (export "go") (canon lift (core func $i "f"))))"#,
+    );
+    let err = sandbox.load_async(no_run).await.unwrap_err().to_string();
+    assert!(
+        err.contains("missing export `run` (it exports: `go`)"),
+        "{err}"
+    );
+    let foreign = component(
+        r#"(component (import "acme:db/query" (func)) (core module $m (func (export "f")))
+           (core instance $i (instantiate $m)) (func (export "run") (canon lift (core func $i "f"))))"#,
+    );
+    let err = sandbox.load_async(foreign).await.unwrap_err().to_string();
+    assert!(err.contains("imports `acme:db/query`"), "{err}");
+    assert_eq!(sandbox.compiles_started(), 0);
+}
+
+/// Three clients upload the same memory bomb, and a fourth a time bomb, to a live server at
+/// once while another polls `/healthz`: each upload gets a 422 naming its limit, the server's
+/// own memory stays flat (the compiles happen in children) and `/healthz` keeps answering.
+#[test]
+fn a_server_under_compile_bombs_stays_small_and_responsive() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Instant;
+
+    use common::serve::{ADMIN, Server};
+
+    let server = Server::start_with(
+        0,
+        &["--compile-memory-mb", "128", "--compile-timeout", "3s"],
+    );
+    let baseline = server.process().peak_rss();
+    let memory_bomb = compile_bomb(100_000);
+    let time_bomb = compile_bomb(20_000);
+    let uploading = AtomicBool::new(true);
+    let mut latencies = std::thread::scope(|s| {
+        let health = s.spawn(|| {
+            let mut latencies = Vec::new();
+            while uploading.load(Ordering::Relaxed) {
+                let asked = Instant::now();
+                let (status, body) = server.http("GET", "/healthz", None, b"");
+                latencies.push(asked.elapsed());
+                assert_eq!(status, 200, "{body}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            latencies
+        });
+        let mut uploads: Vec<_> = (0..3)
+            .map(|_| s.spawn(|| server.http("POST", "/v1/modules", Some(ADMIN), &memory_bomb)))
+            .collect();
+        uploads.push(s.spawn(|| server.http("POST", "/v1/modules", Some(ADMIN), &time_bomb)));
+        let answers: Vec<_> = uploads.into_iter().map(|u| u.join().unwrap()).collect();
+        uploading.store(false, Ordering::Relaxed);
+        for (status, body) in &answers[..3] {
+            assert_eq!(*status, 422, "{body}");
+            assert!(body.contains("\"compile_limit\""), "{body}");
+            assert!(body.contains("limit of 128 MiB of memory"), "{body}");
+        }
+        let (status, body) = &answers[3];
+        assert_eq!(*status, 422, "{body}");
+        assert!(body.contains("longer than the limit of 3 s"), "{body}");
+        health.join().unwrap()
+    });
+    let grew = server.process().peak_rss().saturating_sub(baseline);
+    latencies.sort();
+    let pct = |p: usize| latencies[(latencies.len() - 1) * p / 100];
+    println!(
+        "server peak RSS grew by {} KiB; /healthz answered {} times during the uploads: median {:?}, 95th percentile {:?}, slowest {:?}",
+        grew >> 10,
+        latencies.len(),
+        pct(50),
+        pct(95),
+        pct(100)
+    );
+    // Compiled in-process, the memory bomb alone would have needed more than 128 MiB.
+    assert!(grew < 64 << 20, "the server grew by {grew} bytes");
+    assert!(latencies.len() >= 10, "{latencies:?}");
+    assert!(
+        pct(95) < Duration::from_millis(100),
+        "/healthz slowed down: {latencies:?}"
+    );
 }

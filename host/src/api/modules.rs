@@ -12,6 +12,7 @@ use super::request::{Body, parse_query};
 use super::{ApiError, ApiState, BodySize, Route, Scope};
 use crate::broker::ModuleDeletion;
 use crate::modules::ModuleHash;
+use crate::sandbox::LoadError;
 
 /// The module routes.
 pub(super) fn routes() -> Vec<Route> {
@@ -42,12 +43,22 @@ async fn upload_module(
         .sandbox
         .load_async(bytes.to_vec())
         .await
-        .map_err(|e| {
-            ApiError::new(
+        .map_err(|e| match e {
+            LoadError::Compiler(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                e.to_string(),
+            ),
+            LoadError::TimeBudget { .. } | LoadError::MemoryBudget { .. } => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "compile_limit",
+                e.to_string(),
+            ),
+            _ => ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid_module",
                 e.to_string(),
-            )
+            ),
         })?;
     let info = state.broker.put_module(module.hash(), &bytes).await?;
     Ok((

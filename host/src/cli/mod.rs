@@ -21,7 +21,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::intake::Intake;
 use crate::job::{Limits, MAX_ARGS_BYTES, Sizes};
-use crate::sandbox::{Sandbox, SandboxConfig};
+use crate::sandbox::{CompileBudget, Sandbox, SandboxConfig};
 use crate::worker::FanOut;
 
 /// wasmq — background jobs as sandboxed WebAssembly components.
@@ -107,6 +107,19 @@ struct CeilingArgs {
     #[arg(long, global = true, env = "WASMQ_MAX_RESULT_KB", default_value_t = (Sizes::default().result_bytes >> 10) as u64,
           value_parser = clap::value_parser!(u64).range(1..=64 << 10))]
     max_result_kb: u64,
+    /// Longest time compiling one uploaded component may take (in a child process); past it
+    /// the upload is refused naming the limit.
+    #[arg(long, global = true, env = "WASMQ_COMPILE_TIMEOUT", value_parser = crate::time::parse_duration, default_value = "60s")]
+    compile_timeout: std::time::Duration,
+    /// Most memory compiling one uploaded component may use, in MiB; past it the upload is
+    /// refused naming the limit.
+    #[arg(long, global = true, env = "WASMQ_COMPILE_MEMORY_MB", default_value_t = CompileBudget::default().memory_bytes >> 20,
+          value_parser = clap::value_parser!(u64).range(64..))]
+    compile_memory_mb: u64,
+    /// Compiles at once in one process; further uploads and module loads wait their turn.
+    #[arg(long, global = true, env = "WASMQ_MAX_COMPILES", default_value_t = CompileBudget::default().concurrency as u32,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_compiles: u32,
     /// Longest error message kept per attempt, in KiB; longer ones are cut and flagged
     /// `truncated`.
     #[arg(long, global = true, env = "WASMQ_MAX_ERROR_KB", default_value_t = (Sizes::default().error_bytes >> 10) as u64,
@@ -147,6 +160,22 @@ impl CeilingArgs {
             result_bytes: (self.max_result_kb << 10) as usize,
             error_bytes: (self.max_error_kb << 10) as usize,
         }
+    }
+
+    /// The compile budget, with this very binary as the compiler child.
+    fn compile(&self) -> anyhow::Result<CompileBudget> {
+        anyhow::ensure!(
+            !self.compile_timeout.is_zero(),
+            "`--compile-timeout` must be greater than zero"
+        );
+        let program = std::env::current_exe()
+            .map_err(|e| anyhow::anyhow!("cannot find the wasmq binary to compile with: {e}"))?;
+        Ok(CompileBudget {
+            program: Some(program),
+            timeout: self.compile_timeout,
+            memory_bytes: self.compile_memory_mb << 20,
+            concurrency: self.max_compiles as usize,
+        })
     }
 
     fn operator(&self) -> anyhow::Result<OperatorLimits> {
@@ -217,6 +246,17 @@ enum Command {
     /// Add, list or remove recurring (cron) jobs.
     #[command(subcommand)]
     Cron(cron::CronCommand),
+    /// The compiler child: reads a component on stdin, writes its compiled artifact to stdout
+    /// (run by wasmq itself, under the `--compile-*` limits).
+    #[command(hide = true)]
+    CompileModule {
+        /// The data segment limit to set on itself.
+        #[arg(long)]
+        memory_bytes: u64,
+        /// The CPU time limit to set on itself.
+        #[arg(long)]
+        cpu_seconds: u64,
+    },
 }
 
 /// Flags shared by commands that look for the sample jobs.
@@ -289,6 +329,16 @@ impl Cli {
 
     /// Runs the parsed command; `Ok` carries the process exit code.
     pub async fn run(self) -> anyhow::Result<ExitCode> {
+        if let Command::CompileModule {
+            memory_bytes,
+            cpu_seconds,
+        } = self.command
+        {
+            return Ok(crate::sandbox::compile_module_main(
+                memory_bytes,
+                cpu_seconds,
+            ));
+        }
         let base = SandboxConfig {
             cache_dir: if self.no_cache {
                 None
@@ -299,6 +349,7 @@ impl Cli {
             keep_resident_bytes: self.keep_resident_mb << 20,
             ceilings: self.ceilings.limits()?,
             sizes: self.ceilings.sizes(),
+            compile: self.ceilings.compile()?,
             ..SandboxConfig::default()
         };
         let intake = Intake::new(base.ceilings, &base.sizes);
@@ -339,6 +390,7 @@ impl Cli {
             Command::Cron(command) => {
                 cron::run(&intake, redis.connect().await?.as_ref(), command).await
             }
+            Command::CompileModule { .. } => unreachable!("handled first"),
         }
     }
 }

@@ -89,7 +89,7 @@ impl<'de> Deserialize<'de> for ModuleHash {
 }
 
 /// Why bytes were refused before compilation.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FormatError {
     /// The bytes do not start with the WebAssembly magic number.
     #[error("not a WebAssembly binary: expected the `\\0asm` header, found {found}")]

@@ -31,6 +31,7 @@ mod bindings {
         exports: { default: async },
     });
 }
+mod compile;
 mod host;
 mod load;
 mod outcome;
@@ -55,6 +56,7 @@ use wasmtime_wasi::WasiCtxBuilder;
 
 use crate::job::{JobInfo, Limits, Progress, Sizes};
 use crate::modules::{ArtifactCache, ModuleHash};
+pub use compile::{CompileBudget, child_main as compile_module_main};
 use host::{MemoryCap, RunState};
 pub use load::{JobModule, LoadError, ModuleOrigin};
 use outcome::classify;
@@ -93,6 +95,9 @@ pub struct SandboxConfig {
     /// The operator's size limits: the sandbox enforces the result's; the worker and the intake
     /// read the others from here.
     pub sizes: Sizes,
+    /// How uploaded components are compiled: in a child process under a time and memory
+    /// limit, a bounded number at once.
+    pub compile: CompileBudget,
     /// How many runs may be alive at once (the pool's capacity).
     pub max_instances: u32,
     /// Where compiled artifacts are cached; `None` compiles every module at load.
@@ -113,6 +118,7 @@ impl Default for SandboxConfig {
         SandboxConfig {
             ceilings: Limits::default_ceilings(),
             sizes: Sizes::default(),
+            compile: CompileBudget::default(),
             // Matches a worker's default concurrency with room for the CLI's own runs.
             max_instances: 64,
             cache_dir: None,
@@ -188,7 +194,16 @@ struct Inner {
     ceilings: Limits,
     sizes: Sizes,
     guests: GuestRuntime,
+    budget: CompileBudget,
+    /// Turns to compile: at most `budget.concurrency` at once.
+    compiles: tokio::sync::Semaphore,
+    /// Compiles started, in this process or in children.
+    compiled: std::sync::atomic::AtomicU64,
     modules: Mutex<HashMap<ModuleHash, JobModule>>,
+    /// Loads under way, shared by everyone asking for the same bytes meanwhile.
+    loading: Mutex<HashMap<ModuleHash, load::SharedLoad>>,
+    /// Bytes refused for good, remembered so that they are not compiled again.
+    refused: Mutex<HashMap<ModuleHash, LoadError>>,
 }
 
 impl fmt::Debug for Sandbox {
@@ -224,18 +239,10 @@ impl Sandbox {
             .linear_memory_keep_resident(config.keep_resident_bytes)
             .table_keep_resident(64 << 10);
 
-        let mut wasm = Config::new();
-        wasm.consume_fuel(true)
-            .epoch_interruption(true)
-            .max_wasm_stack(WASM_STACK_BYTES)
-            .async_stack_size(ASYNC_STACK_BYTES)
-            .cranelift_opt_level(OptLevel::Speed)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let mut wasm = engine_config();
+        wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&wasm)?;
-
-        let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        bindings::Job::add_to_linker::<_, HasSelf<RunState>>(&mut linker, |s| s)?;
+        let linker = job_linker(&engine)?;
 
         let engine_key = {
             let mut h = Sha256Hasher(Sha256::new());
@@ -257,7 +264,12 @@ impl Sandbox {
                 ceilings: config.ceilings,
                 sizes: config.sizes,
                 guests: GuestRuntime::new()?,
+                compiles: tokio::sync::Semaphore::new(config.compile.concurrency.max(1)),
+                budget: config.compile,
+                compiled: Default::default(),
                 modules: Mutex::default(),
+                loading: Mutex::default(),
+                refused: Mutex::default(),
             }),
         })
     }
@@ -265,6 +277,14 @@ impl Sandbox {
     /// The operator ceilings this sandbox was built with.
     pub fn ceilings(&self) -> &Limits {
         &self.inner.ceilings
+    }
+
+    /// How many compiles this sandbox has started (a load from memory or from the artifact
+    /// cache starts none; concurrent loads of the same bytes share one).
+    pub fn compiles_started(&self) -> u64 {
+        self.inner
+            .compiled
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The operator's size limits this sandbox was built with.
@@ -454,6 +474,27 @@ async fn run_in_store(
         logs_dropped: state.logs_dropped,
         progress: state.progress,
     }
+}
+
+/// The engine settings that shape compiled code: the same in this process and in the compiler
+/// child (which adds no pooling allocator), so that an artifact compiled there loads here.
+fn engine_config() -> Config {
+    let mut wasm = Config::new();
+    wasm.consume_fuel(true)
+        .epoch_interruption(true)
+        .max_wasm_stack(WASM_STACK_BYTES)
+        .async_stack_size(ASYNC_STACK_BYTES)
+        .cranelift_opt_level(OptLevel::Speed);
+    wasm
+}
+
+/// The linker with everything a job may import: WASI (without ambient authority, see
+/// [`Sandbox::run`]) and the `wasmq:job` host interface.
+fn job_linker(engine: &Engine) -> anyhow::Result<Linker<RunState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    bindings::Job::add_to_linker::<_, HasSelf<RunState>>(&mut linker, |s| s)?;
+    Ok(linker)
 }
 
 /// Advances the engine's epoch every [`EPOCH_TICK`] until the engine is dropped.

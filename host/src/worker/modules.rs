@@ -91,7 +91,7 @@ impl ModuleCache {
             .load_async(bytes)
             .await
             .map_err(|e| ModuleError {
-                permanent: true,
+                permanent: e.is_permanent(),
                 message: format!("failed to load module `{hash}`: {e}"),
             })
     }

@@ -11,7 +11,9 @@ use std::sync::{Arc, OnceLock};
 
 use serde_json::Value;
 use wasmq::job::{JobInfo, Limits};
-use wasmq::sandbox::{NoSubJobs, RunOutcome, RunRequest, Sandbox, SandboxConfig, SubJobSink};
+use wasmq::sandbox::{
+    CompileBudget, NoSubJobs, RunOutcome, RunRequest, Sandbox, SandboxConfig, SubJobSink,
+};
 
 /// The repository root.
 pub fn repo_root() -> &'static Path {
@@ -42,10 +44,28 @@ pub fn job(name: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("failed to read {}: {e}", path.display()))
 }
 
-/// One sandbox for the whole test process (no artifact cache: tests of the cache make their own).
+/// How long a compile may take in tests that do not test the limit (see [`config`]).
+pub const COMPILE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// One sandbox for the whole test process (no artifact cache: tests of the cache make their own),
+/// compiling in `wasmq compile-module` children as the binary does.
 pub fn sandbox() -> &'static Sandbox {
     static SANDBOX: OnceLock<Sandbox> = OnceLock::new();
-    SANDBOX.get_or_init(|| Sandbox::new(SandboxConfig::default()).expect("sandbox"))
+    SANDBOX.get_or_init(|| Sandbox::new(config()).expect("sandbox"))
+}
+
+/// The default sandbox configuration, with the built `wasmq` binary as the compiler child and
+/// ten minutes per compile: tests of the budget set their own, and the Python and JavaScript
+/// jobs (12 s each in a debug build) must not fail on a loaded machine.
+pub fn config() -> SandboxConfig {
+    SandboxConfig {
+        compile: CompileBudget {
+            program: Some(env!("CARGO_BIN_EXE_wasmq").into()),
+            timeout: COMPILE_TIMEOUT,
+            ..CompileBudget::default()
+        },
+        ..SandboxConfig::default()
+    }
 }
 
 /// A request for attempt 1 of 1 with `args` as JSON.
@@ -94,6 +114,10 @@ pub fn wasmq_cmd(redis_url: &str, cache: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_wasmq"));
     cmd.env("WASMQ_REDIS", redis_url)
         .env("WASMQ_CACHE_DIR", cache)
+        .env(
+            "WASMQ_COMPILE_TIMEOUT",
+            format!("{}s", COMPILE_TIMEOUT.as_secs()),
+        )
         .current_dir(repo_root());
     cmd
 }

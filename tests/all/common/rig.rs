@@ -29,6 +29,22 @@ impl Process {
         self.0.as_mut().expect("running")
     }
 
+    /// Its process id.
+    pub fn id(&self) -> u32 {
+        self.0.as_ref().expect("running").id()
+    }
+
+    /// The most memory it has had resident (`VmHWM`), in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.id())).unwrap();
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc/<pid>/status");
+        kb << 10
+    }
+
     /// Kills it now (SIGKILL) and reaps it.
     pub fn kill(mut self) {
         self.stop();
