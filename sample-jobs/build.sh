@@ -31,9 +31,7 @@ say() { [ -n "$quiet" ] || echo "$@"; }
 source "$root/scripts/apt.sh"
 
 # ---- Rust -------------------------------------------------------------------------------------
-if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
-  rustup target add wasm32-wasip2
-fi
+source "$root/scripts/toolchain.sh"
 # Always into sample-jobs/target, whatever CARGO_TARGET_DIR says: the demo and the tests look there.
 CARGO_TARGET_DIR="$here/target" cargo build --manifest-path "$here/Cargo.toml" --release \
   --target wasm32-wasip2 --workspace $quiet

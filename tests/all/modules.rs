@@ -430,3 +430,32 @@ fn a_server_under_compile_bombs_stays_small_and_responsive() {
         "/healthz slowed down: {latencies:?}"
     );
 }
+
+/// An operator may refuse interfaces outright: `chaos` (Rust's std imports `wasi:sockets` and
+/// `wasi:filesystem`) is refused before compiling, naming the import; `hello`, which imports
+/// neither, loads; without the setting both load.
+#[tokio::test]
+async fn refused_interfaces_are_named_at_load() {
+    let strict = Sandbox::new(SandboxConfig {
+        refused_imports: vec!["wasi:sockets".into(), "wasi:filesystem/preopens".into()],
+        max_instances: 2,
+        ..common::config()
+    })
+    .unwrap();
+    let err = strict
+        .load_async(common::job("chaos"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("which this host's operator refuses (--refuse-imports wasi:"),
+        "{err}"
+    );
+    assert!(err.contains("imports `wasi:"), "{err}");
+    assert_eq!(strict.compiles_started(), 0, "refused before compiling");
+    strict.load_async(common::job("hello")).await.unwrap();
+    common::sandbox()
+        .load_async(common::job("chaos"))
+        .await
+        .unwrap();
+}

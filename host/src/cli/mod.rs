@@ -120,6 +120,16 @@ struct CeilingArgs {
     #[arg(long, global = true, env = "WASMQ_MAX_COMPILES", default_value_t = CompileBudget::default().concurrency as u32,
           value_parser = clap::value_parser!(u32).range(1..))]
     max_compiles: u32,
+    /// Interfaces a job component may not import at all, used or not (e.g.
+    /// `wasi:sockets,wasi:filesystem`): refused at upload naming the import. Python and
+    /// JavaScript jobs import both whether they use them or not.
+    #[arg(
+        long,
+        global = true,
+        env = "WASMQ_REFUSE_IMPORTS",
+        value_delimiter = ','
+    )]
+    refuse_imports: Vec<String>,
     /// Longest error message kept per attempt, in KiB; longer ones are cut and flagged
     /// `truncated`.
     #[arg(long, global = true, env = "WASMQ_MAX_ERROR_KB", default_value_t = (Sizes::default().error_bytes >> 10) as u64,
@@ -350,6 +360,7 @@ impl Cli {
             ceilings: self.ceilings.limits()?,
             sizes: self.ceilings.sizes(),
             compile: self.ceilings.compile()?,
+            refused_imports: self.ceilings.refuse_imports.clone(),
             ..SandboxConfig::default()
         };
         let intake = Intake::new(base.ceilings, &base.sizes);

@@ -59,9 +59,21 @@ impl Default for CompileBudget {
 /// How the child reports a refusal: one JSON object on its stderr.
 #[derive(Debug, Serialize, Deserialize)]
 struct Refused {
-    /// The component does not fit the job world (as opposed to failing to compile).
-    world: bool,
+    why: Why,
     message: String,
+}
+
+/// Why the child refused a component.
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Why {
+    /// It does not fit the job world.
+    World,
+    /// It does not validate or compile.
+    Invalid,
+    /// Compiling it ran into the memory limit where wasmtime reports a failed allocation as an
+    /// error (a failed `mmap`) rather than aborting.
+    Memory,
 }
 
 /// The exit code of a child that refused the component (the refusal is on its stderr).
@@ -135,10 +147,12 @@ pub(super) async fn in_child(
     if status.code() == Some(i32::from(REFUSED))
         && let Ok(refused) = serde_json::from_slice::<Refused>(&errors)
     {
-        return Err(if refused.world {
-            LoadError::World(refused.message)
-        } else {
-            LoadError::Invalid(refused.message)
+        return Err(match refused.why {
+            Why::World => LoadError::World(refused.message),
+            Why::Invalid => LoadError::Invalid(refused.message),
+            Why::Memory => LoadError::MemoryBudget {
+                limit_bytes: budget.memory_bytes,
+            },
         });
     }
     let said = String::from_utf8_lossy(&errors);
@@ -168,8 +182,8 @@ pub fn child_main(memory_bytes: u64, cpu_seconds: u64) -> ExitCode {
         eprintln!("wasmq compile-module: reading the component: {e}");
         return ExitCode::FAILURE;
     }
-    let refuse = |world: bool, message: String| {
-        let refused = serde_json::to_string(&Refused { world, message }).expect("plain data");
+    let refuse = |why: Why, message: String| {
+        let refused = serde_json::to_string(&Refused { why, message }).expect("plain data");
         eprint!("{refused}");
         ExitCode::from(REFUSED)
     };
@@ -189,13 +203,26 @@ pub fn child_main(memory_bytes: u64, cpu_seconds: u64) -> ExitCode {
     };
     let component = match wasmtime::component::Component::new(&engine, &bytes) {
         Ok(c) => c,
-        Err(e) => return refuse(false, format!("{e:#}")),
+        Err(e) => {
+            let message = format!("{e:#}");
+            // ENOMEM from an `mmap` under RLIMIT_DATA.
+            let why = if message.contains("mmap failed")
+                || message.contains("Cannot allocate memory")
+                || message.contains("os error 12")
+                || message.contains("out of memory")
+            {
+                Why::Memory
+            } else {
+                Why::Invalid
+            };
+            return refuse(why, message);
+        }
     };
     let checked: Result<bindings::JobPre<_>, _> = check_world(&engine, &linker, &component);
     if let Err(e) = checked {
         return match e {
-            LoadError::World(message) => refuse(true, message),
-            other => refuse(false, other.to_string()),
+            LoadError::World(message) => refuse(Why::World, message),
+            other => refuse(Why::Invalid, other.to_string()),
         };
     }
     let artifact = match component.serialize() {

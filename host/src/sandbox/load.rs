@@ -117,7 +117,7 @@ impl Sandbox {
         if let Some(module) = self.loaded(hash, started) {
             return Ok(module);
         }
-        check_before_compiling(bytes)?;
+        check_before_compiling(bytes, &self.inner.refused_imports)?;
         let (component, origin) = match self.cached(&hash) {
             Some(component) => (component, ModuleOrigin::DiskCache),
             None => {
@@ -183,7 +183,7 @@ impl Sandbox {
         bytes: Vec<u8>,
         started: Instant,
     ) -> Result<JobModule, LoadError> {
-        check_before_compiling(&bytes)?;
+        check_before_compiling(&bytes, &self.inner.refused_imports)?;
         let sandbox = self.clone();
         let cached = blocking(move || sandbox.cached(&hash)).await;
         let (component, origin) = match cached {
@@ -319,8 +319,9 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) 
 }
 
 /// What can be checked without compiling: the header, then the names of the component's own
-/// imports and exports, read with `wasmparser` (nested modules and components are skipped).
-fn check_before_compiling(bytes: &[u8]) -> Result<(), LoadError> {
+/// imports and exports, read with `wasmparser` (nested modules and components are skipped), and
+/// the operator's refused interfaces.
+fn check_before_compiling(bytes: &[u8], refused: &[String]) -> Result<(), LoadError> {
     check_component_header(bytes)?;
     let mut imports = Vec::new();
     let mut exports = Vec::new();
@@ -348,7 +349,21 @@ fn check_before_compiling(bytes: &[u8]) -> Result<(), LoadError> {
         }
     }
     check_import_names(&imports)?;
+    for name in &imports {
+        if let Some(interface) = refused.iter().find(|r| is_within(name, r)) {
+            return Err(LoadError::World(format!(
+                "imports `{name}`, which this host's operator refuses (--refuse-imports {interface})"
+            )));
+        }
+    }
     check_export_names(&exports)
+}
+
+/// Whether import `name` (`wasi:sockets/tcp@0.2.6`) is within `prefix` (`wasi:sockets`,
+/// `wasi:sockets/tcp`).
+fn is_within(name: &str, prefix: &str) -> bool {
+    name.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(['/', '@']))
 }
 
 /// Checks a compiled component's imports, exports and `run`'s type against the job world (the

@@ -98,6 +98,11 @@ pub struct SandboxConfig {
     /// How uploaded components are compiled: in a child process under a time and memory
     /// limit, a bounded number at once.
     pub compile: CompileBudget,
+    /// Interfaces (`wasi:sockets`, `wasi:filesystem/preopens`, …) a component may not import,
+    /// used or not: refused at load, before compiling, naming the import. Empty by default: the
+    /// Python and JavaScript toolchains import `wasi:filesystem` and `wasi:sockets` whether a
+    /// job uses them or not, and the host links them with no directories and no network.
+    pub refused_imports: Vec<String>,
     /// How many runs may be alive at once (the pool's capacity).
     pub max_instances: u32,
     /// Where compiled artifacts are cached; `None` compiles every module at load.
@@ -119,6 +124,7 @@ impl Default for SandboxConfig {
             ceilings: Limits::default_ceilings(),
             sizes: Sizes::default(),
             compile: CompileBudget::default(),
+            refused_imports: Vec::new(),
             // Matches a worker's default concurrency with room for the CLI's own runs.
             max_instances: 64,
             cache_dir: None,
@@ -200,6 +206,8 @@ struct Inner {
     /// Compiles started, in this process or in children.
     compiled: std::sync::atomic::AtomicU64,
     modules: Mutex<HashMap<ModuleHash, JobModule>>,
+    /// Interfaces refused at load (see [`SandboxConfig::refused_imports`]).
+    refused_imports: Vec<String>,
     /// Loads under way, shared by everyone asking for the same bytes meanwhile.
     loading: Mutex<HashMap<ModuleHash, load::SharedLoad>>,
     /// Bytes refused for good, remembered so that they are not compiled again.
@@ -269,6 +277,7 @@ impl Sandbox {
                 compiled: Default::default(),
                 modules: Mutex::default(),
                 loading: Mutex::default(),
+                refused_imports: config.refused_imports,
                 refused: Mutex::default(),
             }),
         })

@@ -55,7 +55,7 @@ impl Batches for RedisBroker {
     async fn batch(&self, queue: &str, id: &str) -> Result<Option<BatchInfo>, BrokerError> {
         let key = format!(
             "{}batch:{id}",
-            &self.keys.queue(queue).job_prefix.trim_end_matches("job:")
+            self.keys.queue(queue).job_prefix.trim_end_matches("job:")
         );
         let map: HashMap<String, String> =
             self.query(redis::cmd("HGETALL").arg(&key).clone()).await?;
