@@ -23,7 +23,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use super::load::{LoadError, check_world};
+use super::world::{LoadError, check_world};
 use super::{bindings, engine_config, job_linker};
 
 /// How uploaded components are compiled.

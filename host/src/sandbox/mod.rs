@@ -36,6 +36,7 @@ mod host;
 mod load;
 mod outcome;
 mod output;
+mod world;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -58,9 +59,10 @@ use crate::job::{JobInfo, Limits, Progress, Sizes};
 use crate::modules::{ArtifactCache, ModuleHash};
 pub use compile::{CompileBudget, child_main as compile_module_main};
 use host::{MemoryCap, RunState};
-pub use load::{JobModule, LoadError, ModuleOrigin};
+pub use load::{JobModule, ModuleOrigin};
 use outcome::classify;
 pub use outcome::{Failure, RunOutcome};
+pub use world::LoadError;
 
 /// Every job runs on a wasm stack of this size. 1 MiB is twice wasmtime's default: deep but sane
 /// recursion (parsers, tree walks) fits, a runaway recursion still stops in well under a second.
