@@ -64,6 +64,13 @@ use outcome::classify;
 pub use outcome::{Failure, RunOutcome};
 pub use world::LoadError;
 
+/// What is checked of uploaded bytes before anything is compiled — the header and the names of
+/// the component's imports and exports — as a load does it (without an operator's refused
+/// interfaces). For fuzzing and for tools that vet a component without a sandbox.
+pub fn precheck(bytes: &[u8]) -> Result<(), LoadError> {
+    world::check_before_compiling(bytes, &[])
+}
+
 /// Every job runs on a wasm stack of this size. 1 MiB is twice wasmtime's default: deep but sane
 /// recursion (parsers, tree walks) fits, a runaway recursion still stops in well under a second.
 const WASM_STACK_BYTES: usize = 1 << 20;
