@@ -432,6 +432,22 @@ mod tests {
         assert_eq!(a.run_at_ms, b.run_at_ms);
     }
 
+    /// Found by the `invocation` fuzz target: without exact float parsing, a number a client
+    /// wrote as an integer literal came back one bit off after the trip through Redis's JSON.
+    #[test]
+    fn numbers_in_args_survive_the_trip_through_json() {
+        let sent =
+            json!({"module": HASH, "args": {"x": [1e49, 0.1, 123456789.12345678, -2.5e-300]}});
+        let text = format!(
+            r#"{{"module":"{HASH}","args":{{"x":[10000000000000000000000000000000000000000000000000,0.1,123456789.12345678,-2.5e-300]}}}}"#
+        );
+        let first = Invocation::from_json(text.as_bytes()).unwrap();
+        assert_eq!(first.args, sent["args"]);
+        let stored = serde_json::to_vec(&first).unwrap();
+        let again = Invocation::from_json(&stored).unwrap();
+        assert_eq!(again, first);
+    }
+
     #[test]
     fn round_trips_through_json() {
         let job = parse(json!({"module": HASH, "args": [1], "id": "a", "priority": -3})).unwrap();
