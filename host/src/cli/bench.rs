@@ -77,6 +77,11 @@ pub(crate) async fn run(
     let cache_dir = tempfile::tempdir()?;
     let sandbox = Sandbox::new(SandboxConfig {
         cache_dir: Some(cache_dir.path().to_owned()),
+        // `markdown` turns the 1 MiB document into 1.9 MB of HTML, above the default result limit.
+        sizes: crate::job::Sizes {
+            result_bytes: base.sizes.result_bytes.max(4 << 20),
+            ..base.sizes
+        },
         ..base.clone()
     })?;
     for (name, runs, compile_reps) in [
