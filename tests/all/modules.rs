@@ -292,7 +292,7 @@ fn artifacts(dir: &std::path::Path) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_memory_bomb_is_refused_once_for_all_concurrent_loads() {
     let dir = tempfile::tempdir().unwrap();
-    let sandbox = budgeted(dir.path(), Duration::from_secs(120), 128);
+    let sandbox = budgeted(dir.path(), common::COMPILE_TIMEOUT, 128);
     let bomb = compile_bomb(100_000);
     let loads = (0..3).map(|_| sandbox.load_async(bomb.clone()));
     let refusals = futures_util::future::join_all(loads).await;
@@ -365,9 +365,10 @@ async fn imports_and_exports_are_checked_before_compiling() {
     assert_eq!(sandbox.compiles_started(), 0);
 }
 
-/// Three clients upload the same memory bomb, and a fourth a time bomb, to a live server at
-/// once while another polls `/healthz`: each upload gets a 422 naming its limit, the server's
-/// own memory stays flat (the compiles happen in children) and `/healthz` keeps answering.
+/// Three clients upload the same memory bomb to a live server at once while another polls
+/// `/healthz`: each upload gets a 422 naming the limit, the server's own memory stays flat (the
+/// compile happens in a child) and `/healthz` keeps answering. (The time limit is tested in
+/// process: a bomb that outlasts a short limit here could not tell it from a slow machine.)
 #[test]
 fn a_server_under_compile_bombs_stays_small_and_responsive() {
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -375,18 +376,15 @@ fn a_server_under_compile_bombs_stays_small_and_responsive() {
 
     use common::serve::{ADMIN, Server};
 
-    let server = Server::start_with(
-        0,
-        &["--compile-memory-mb", "128", "--compile-timeout", "3s"],
-    );
+    let server = Server::start_with(0, &["--compile-memory-mb", "128"]);
     let baseline = server.process().peak_rss();
     let memory_bomb = compile_bomb(100_000);
-    let time_bomb = compile_bomb(20_000);
     let uploading = AtomicBool::new(true);
     let mut latencies = std::thread::scope(|s| {
         let health = s.spawn(|| {
             let mut latencies = Vec::new();
-            while uploading.load(Ordering::Relaxed) {
+            // At least 20 answers, and for as long as the uploads last.
+            while uploading.load(Ordering::Relaxed) || latencies.len() < 20 {
                 let asked = Instant::now();
                 let (status, body) = server.http("GET", "/healthz", None, b"");
                 latencies.push(asked.elapsed());
@@ -395,20 +393,16 @@ fn a_server_under_compile_bombs_stays_small_and_responsive() {
             }
             latencies
         });
-        let mut uploads: Vec<_> = (0..3)
+        let uploads: Vec<_> = (0..3)
             .map(|_| s.spawn(|| server.http("POST", "/v1/modules", Some(ADMIN), &memory_bomb)))
             .collect();
-        uploads.push(s.spawn(|| server.http("POST", "/v1/modules", Some(ADMIN), &time_bomb)));
         let answers: Vec<_> = uploads.into_iter().map(|u| u.join().unwrap()).collect();
         uploading.store(false, Ordering::Relaxed);
-        for (status, body) in &answers[..3] {
+        for (status, body) in &answers {
             assert_eq!(*status, 422, "{body}");
             assert!(body.contains("\"compile_limit\""), "{body}");
             assert!(body.contains("limit of 128 MiB of memory"), "{body}");
         }
-        let (status, body) = &answers[3];
-        assert_eq!(*status, 422, "{body}");
-        assert!(body.contains("longer than the limit of 3 s"), "{body}");
         health.join().unwrap()
     });
     let grew = server.process().peak_rss().saturating_sub(baseline);
@@ -424,7 +418,6 @@ fn a_server_under_compile_bombs_stays_small_and_responsive() {
     );
     // Compiled in-process, the memory bomb alone would have needed more than 128 MiB.
     assert!(grew < 64 << 20, "the server grew by {grew} bytes");
-    assert!(latencies.len() >= 10, "{latencies:?}");
     assert!(
         pct(95) < Duration::from_millis(100),
         "/healthz slowed down: {latencies:?}"
