@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use serde_json::Value;
 
 use crate::broker::{Batches, Broker, BrokerError, Enqueued, NewBatch};
-use crate::invocation::{Invocation, InvocationError, NewJob, json_len};
+use crate::invocation::{Invocation, InvocationError, NewJob, check_args_size};
 use crate::job::{Limits, Sizes};
 
 /// Jobs handed to the broker per call: bounds one call's size, while every job of the request is
@@ -100,10 +100,7 @@ impl Intake {
 
     /// Checks one invocation's fields and the size of its args.
     fn prepare(&self, invocation: Invocation) -> Result<NewJob, InvocationError> {
-        let len = json_len(&invocation.args);
-        if len > self.args_bytes {
-            return Err(InvocationError::args_too_large(len, self.args_bytes));
-        }
+        check_args_size(&invocation.args, self.args_bytes)?;
         invocation.prepare(&self.ceilings)
     }
 

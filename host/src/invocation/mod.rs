@@ -180,6 +180,16 @@ impl NewJob {
     }
 }
 
+/// Refuses `args` longer than `max` bytes of compact JSON (as stored), naming the field and the
+/// limit: the intake's check, and a worker's for jobs that reached it some other way.
+pub fn check_args_size(args: &Value, max: usize) -> Result<(), InvocationError> {
+    let len = json_len(args);
+    if len > max {
+        return Err(InvocationError::args_too_large(len, max));
+    }
+    Ok(())
+}
+
 impl Invocation {
     /// An invocation of `module` with every other field at its default.
     pub fn new(module: ModuleHash) -> Self {

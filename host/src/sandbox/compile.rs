@@ -244,11 +244,8 @@ pub fn child_main(memory_bytes: u64, cpu_seconds: u64) -> ExitCode {
 /// cannot take the machine from the server that started it.
 #[allow(unsafe_code)]
 fn limit_self(memory_bytes: u64, cpu_seconds: u64) -> std::io::Result<()> {
-    let set = |resource, limit: u64| {
-        let rlimit = libc::rlimit {
-            rlim_cur: limit,
-            rlim_max: limit,
-        };
+    let set = |resource, rlim_cur: u64, rlim_max: u64| {
+        let rlimit = libc::rlimit { rlim_cur, rlim_max };
         // SAFETY: `setrlimit` reads the struct we pass and changes only this process's limits.
         if unsafe { libc::setrlimit(resource, &rlimit) } == 0 {
             Ok(())
@@ -256,16 +253,9 @@ fn limit_self(memory_bytes: u64, cpu_seconds: u64) -> std::io::Result<()> {
             Err(std::io::Error::last_os_error())
         }
     };
-    set(libc::RLIMIT_DATA, memory_bytes)?;
+    set(libc::RLIMIT_DATA, memory_bytes, memory_bytes)?;
     // The soft limit sends SIGXCPU; one second later the hard limit kills.
-    let rlimit = libc::rlimit {
-        rlim_cur: cpu_seconds,
-        rlim_max: cpu_seconds + 1,
-    };
-    // SAFETY: as above.
-    if unsafe { libc::setrlimit(libc::RLIMIT_CPU, &rlimit) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    set(libc::RLIMIT_CPU, cpu_seconds, cpu_seconds + 1)?;
     // SAFETY: `setpriority` changes only this process's scheduling priority.
     if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) } != 0 {
         return Err(std::io::Error::last_os_error());

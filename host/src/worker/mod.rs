@@ -37,7 +37,7 @@ use tracing::Instrument as _;
 
 use crate::broker::{Ack, Completion, Lease, LeaseKey, WorkerBroker, WorkerInfo};
 use crate::intake::Intake;
-use crate::invocation::{InvocationError, args_to_bytes, bytes_to_json, json_len};
+use crate::invocation::{args_to_bytes, bytes_to_json, check_args_size};
 use crate::job::{AttemptError, FailureKind, JobInfo, RunReport};
 use crate::sandbox::{RunOutcome, RunRequest, Sandbox};
 use crate::time::now_ms;
@@ -469,15 +469,8 @@ async fn prepare(
         .map_err(|e| error(FailureKind::Limits, format!("refused by this worker: {e}")))?;
     // The enqueuer checked its own args limit, and a producer writing straight into Redis only
     // the script's hard ceiling; this worker's operator may allow less.
-    let max_args = sandbox.sizes().args_bytes;
-    let len = json_len(&inv.args);
-    if len > max_args {
-        let refusal = InvocationError::args_too_large(len, max_args);
-        return Err(error(
-            FailureKind::Args,
-            format!("refused by this worker: {refusal}"),
-        ));
-    }
+    check_args_size(&inv.args, sandbox.sizes().args_bytes)
+        .map_err(|e| error(FailureKind::Args, format!("refused by this worker: {e}")))?;
     let args = args_to_bytes(&inv.args).map_err(|e| error(FailureKind::Args, e.to_string()))?;
     let module = modules.get(inv.module).await.map_err(|e| {
         error(
