@@ -44,6 +44,7 @@
 //!
 //! - [`job`]: the attribute that turns a function into the component's `run` export.
 //! - [`log`], [`progress`], [`enqueue`]: what the host offers a running job.
+//! - [`http`]: outbound HTTP to the destinations the operator granted the module.
 //! - [`JobInfo`], [`JobError`], [`Bytes`]: the types a job function sees.
 #![deny(missing_docs)]
 
@@ -53,6 +54,8 @@ use std::fmt;
 extern crate self as wasmq_guest;
 
 pub use wasmq_guest_macros::job;
+
+pub mod http;
 
 #[doc(hidden)]
 #[allow(

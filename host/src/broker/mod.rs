@@ -2,7 +2,7 @@
 //!
 //! [`Broker`] is what every backend must do for a worker loop (modules, enqueue, fetch, heartbeat,
 //! ack, progress, release, maintain, the job record); rarer abilities are traits beside it —
-//! [`Inspect`], [`Admin`], [`Cron`], [`Batches`], [`Registry`] — and [`WorkerBroker`] and
+//! [`Inspect`], [`Admin`], [`Cron`], [`Batches`], [`Registry`], [`Grants`] — and [`WorkerBroker`] and
 //! [`ApiBroker`] name what a worker and the API/CLI need. [`redis::RedisBroker`] is the shared
 //! backend (many workers on many machines) and [`memory::MemoryBroker`] the embedded one (the demo,
 //! tests, single-process use); each is a folder with one file per trait. Both keep the same state
@@ -35,6 +35,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::grant::Grant;
 use crate::invocation::{InvocationError, NewJob};
 use crate::job::{JobState, Progress};
 use crate::modules::ModuleHash;
@@ -272,11 +273,30 @@ pub trait Registry: Broker {
     async fn worker_gone(&self, name: &str) -> Result<(), BrokerError>;
 }
 
-/// What a worker uses: the core, cron ticks and module listing (its maintenance pass and
-/// precompiling), and reporting itself.
-pub trait WorkerBroker: Broker + Inspect + Cron + Registry {}
+/// What operators grant modules ([`crate::grant`]), stored beside them. Adding and removing
+/// are atomic per item, so two operators granting at once both take effect.
+#[async_trait]
+pub trait Grants: Broker {
+    /// The grant of `module` (empty when it has none).
+    async fn grant(&self, module: ModuleHash) -> Result<Grant, BrokerError>;
 
-impl<T: Broker + Inspect + Cron + Registry + ?Sized> WorkerBroker for T {}
+    /// Adds `grant`'s destinations and secrets to `module`'s grant; returns the whole grant.
+    async fn add_grant(&self, module: ModuleHash, grant: &Grant) -> Result<Grant, BrokerError>;
+
+    /// Removes `grant`'s destinations and secrets from `module`'s grant, or all of it when
+    /// `grant` is empty; returns what is left.
+    async fn remove_grant(&self, module: ModuleHash, grant: &Grant)
+    -> Result<Grant, BrokerError>;
+
+    /// Every module that has a grant, with it, by hash.
+    async fn grants(&self) -> Result<Vec<(ModuleHash, Grant)>, BrokerError>;
+}
+
+/// What a worker uses: the core, cron ticks and module listing (its maintenance pass and
+/// precompiling), reporting itself, and the grants of the modules it runs.
+pub trait WorkerBroker: Broker + Inspect + Cron + Registry + Grants {}
+
+impl<T: Broker + Inspect + Cron + Registry + Grants + ?Sized> WorkerBroker for T {}
 
 /// What the HTTP API and the operator's CLI use: every ability (a server also runs workers).
 pub trait ApiBroker: WorkerBroker + Admin + Batches {}

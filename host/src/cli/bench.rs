@@ -228,6 +228,7 @@ fn request(args: Vec<u8>, limits: Limits) -> RunRequest {
         limits,
         sub_jobs: Arc::new(NoSubJobs),
         progress: None,
+        grant: Default::default(),
     }
 }
 

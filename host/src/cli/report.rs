@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use crate::broker::JobRecord;
 use crate::invocation::bytes_to_json;
-use crate::job::{Captured, LogRecord, Progress};
+use crate::job::{Captured, HttpUse, LogRecord, Progress};
 use crate::sandbox::{JobModule, RunOutcome};
 use crate::time::format_time;
 
@@ -34,6 +34,7 @@ pub(crate) fn outcome_json(module: &JobModule, outcome: &RunOutcome) -> Value {
         "logs": outcome.logs,
         "logs_dropped": outcome.logs_dropped,
         "progress": outcome.progress,
+        "http": outcome.http,
         "load": { "origin": module.origin(), "ms": module.load_time().as_secs_f64() * 1e3 },
     })
 }
@@ -81,6 +82,7 @@ pub(crate) fn outcome_text(module: &JobModule, outcome: &RunOutcome) -> String {
         outcome.logs_dropped,
         outcome.progress.as_ref(),
     );
+    http_uses(&mut out, &outcome.http);
     out
 }
 
@@ -141,8 +143,31 @@ pub(crate) fn record_text(r: &JobRecord) -> String {
         stream(&mut out, "stdout", &rep.stdout);
         stream(&mut out, "stderr", &rep.stderr);
         logs_and_progress(&mut out, &rep.logs, rep.logs_dropped, rep.progress.as_ref());
+        http_uses(&mut out, &rep.http);
     }
     out
+}
+
+fn http_uses(out: &mut String, uses: &[HttpUse]) {
+    if !uses.is_empty() {
+        let _ = writeln!(out, "outbound HTTP:");
+        for u in uses {
+            let failed = if u.failed > 0 {
+                format!(" ({} failed)", u.failed)
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                out,
+                "  {}: {} calls{failed} · {} B sent · {} B received · waited {} ms",
+                u.destination,
+                u.calls,
+                group(u.bytes_sent),
+                group(u.bytes_received),
+                group(u.wait_ms)
+            );
+        }
+    }
 }
 
 fn logs_and_progress(

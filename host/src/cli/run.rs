@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use super::AttemptLimits;
 use super::report;
+use crate::grant::{Grant, HttpRule};
 use crate::invocation::{args_to_bytes, bytes_to_json};
 use crate::job::{JobInfo, Limits};
 use crate::modules::ModuleHash;
@@ -38,6 +39,10 @@ pub(crate) struct RunArgs {
     /// Print one JSON object instead of a summary.
     #[arg(long)]
     json: bool,
+    /// Let the job call this HTTP destination (`https://api.example`, `https://*.cdn.example:8443`,
+    /// `http://127.0.0.1:8080`), as `wasmq grant --http` does for queued runs; repeatable.
+    #[arg(long = "http", value_name = "DESTINATION")]
+    http: Vec<HttpRule>,
 }
 
 /// The per-run limit flags, defaulting to the invocation format's defaults.
@@ -133,6 +138,10 @@ pub(crate) async fn run(sandbox: Sandbox, args: RunArgs) -> anyhow::Result<ExitC
         limits,
         sub_jobs: sub_jobs.clone(),
         progress: None,
+        grant: Arc::new(Grant {
+            http: args.http.clone(),
+            secrets: Vec::new(),
+        }),
     };
     let outcome = sandbox.run(&module, request).await;
     let recorded = sub_jobs.take();

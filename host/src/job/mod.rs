@@ -137,6 +137,26 @@ pub struct RunReport {
     /// Ids of the sub-jobs it enqueued.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sub_jobs: Vec<String>,
+    /// Outbound HTTP, per destination called.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http: Vec<HttpUse>,
+}
+
+/// One destination's outbound HTTP during a run.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpUse {
+    /// `scheme://host:port` (`other` for calls past the first 32 destinations of a run).
+    pub destination: String,
+    /// Requests sent (allowed by the grant).
+    pub calls: u64,
+    /// Of those, how many ended in an error (connect, timeout, body over the cap, …).
+    pub failed: u64,
+    /// Request body bytes sent.
+    pub bytes_sent: u64,
+    /// Response body bytes received.
+    pub bytes_received: u64,
+    /// Time spent waiting on these calls, from sending to the end of the response body.
+    pub wait_ms: u64,
 }
 
 /// The identity of a job run, as the guest sees it in `job-info`.

@@ -1,5 +1,6 @@
 //! What a guest can reach while it runs: the per-run state behind the `wasmq:job/host` imports
-//! (log, progress, enqueue), WASI with nothing granted, and the memory cap that refuses growth.
+//! (log, progress, enqueue), WASI with nothing granted, `wasi:http` behind the module's grant
+//! (`http.rs`), and the memory cap that refuses growth.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -7,8 +8,10 @@ use std::time::Instant;
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::bindings;
+use super::http::Egress;
 use super::{MAX_LOG_MESSAGE_BYTES, MAX_LOG_RECORDS, ProgressSink, SubJobSink};
 use crate::job::{JobInfo, LogLevel, LogRecord, Progress};
 
@@ -50,6 +53,8 @@ impl ResourceLimiter for MemoryCap {
 /// Everything one run's store holds.
 pub(super) struct RunState {
     pub(super) wasi: WasiCtx,
+    pub(super) http: WasiHttpCtx,
+    pub(super) egress: Egress,
     pub(super) table: ResourceTable,
     pub(super) memory: MemoryCap,
     pub(super) logs: Vec<LogRecord>,
@@ -70,6 +75,27 @@ impl WasiView for RunState {
     }
 }
 
+impl RunState {
+    /// Keeps a log record, or counts it past the cap.
+    pub(super) fn log_record(&mut self, record: LogRecord) {
+        if self.logs.len() >= MAX_LOG_RECORDS {
+            self.logs_dropped += 1;
+        } else {
+            self.logs.push(record);
+        }
+    }
+}
+
+impl WasiHttpView for RunState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.egress,
+        }
+    }
+}
+
 fn cut(mut s: String) -> String {
     if s.len() > MAX_LOG_MESSAGE_BYTES {
         let mut end = MAX_LOG_MESSAGE_BYTES;
@@ -86,10 +112,6 @@ impl bindings::wasmq::job::types::Host for RunState {}
 impl bindings::wasmq::job::host::Host for RunState {
     fn log(&mut self, level: bindings::wasmq::job::host::Level, message: String) {
         use bindings::wasmq::job::host::Level as L;
-        if self.logs.len() >= MAX_LOG_RECORDS {
-            self.logs_dropped += 1;
-            return;
-        }
         let level = match level {
             L::Trace => LogLevel::Trace,
             L::Debug => LogLevel::Debug,
@@ -98,7 +120,7 @@ impl bindings::wasmq::job::host::Host for RunState {
             L::Error => LogLevel::Error,
         };
         let at_ms = self.started.elapsed().as_millis() as u64;
-        self.logs.push(LogRecord {
+        self.log_record(LogRecord {
             level,
             message: cut(message),
             at_ms,

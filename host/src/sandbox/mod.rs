@@ -9,7 +9,9 @@
 //! - a wall-clock deadline covering instantiation, guest code (epoch ticks) and time blocked in host
 //!   calls (a tokio timeout around the whole run);
 //! - stdout/stderr captured into bounded buffers;
-//! - WASI with no preopened directories, no environment, no arguments and no network.
+//! - WASI with no preopened directories, no environment, no arguments and no sockets;
+//! - `wasi:http` outbound requests to the destinations the module's grant names, and nowhere
+//!   else (`http.rs`).
 //!
 //! Runs happen on the sandbox's own guest threads (a tokio runtime of one thread per core), not
 //! on the caller's: CPU-bound guests share those threads with each other only, so a worker's
@@ -33,6 +35,7 @@ mod bindings {
 }
 mod compile;
 mod host;
+mod http;
 mod load;
 mod outcome;
 mod output;
@@ -55,10 +58,12 @@ use wasmtime::{
 };
 use wasmtime_wasi::WasiCtxBuilder;
 
+use crate::grant::Grant;
 use crate::job::{JobInfo, Limits, Progress, Sizes};
 use crate::modules::{ArtifactCache, ModuleHash};
 pub use compile::{CompileBudget, child_main as compile_module_main};
 use host::{MemoryCap, RunState};
+pub use http::HttpLimits;
 pub use load::{JobModule, ModuleOrigin};
 use outcome::classify;
 pub use outcome::{Failure, RunOutcome};
@@ -112,6 +117,8 @@ pub struct SandboxConfig {
     /// Python and JavaScript toolchains import `wasi:filesystem` and `wasi:sockets` whether a
     /// job uses them or not, and the host links them with no directories and no network.
     pub refused_imports: Vec<String>,
+    /// Limits on each outbound HTTP call a granted module makes.
+    pub http: HttpLimits,
     /// How many runs may be alive at once (the pool's capacity).
     pub max_instances: u32,
     /// Where compiled artifacts are cached; `None` compiles every module at load.
@@ -134,6 +141,7 @@ impl Default for SandboxConfig {
             sizes: Sizes::default(),
             compile: CompileBudget::default(),
             refused_imports: Vec::new(),
+            http: HttpLimits::default(),
             // Matches a worker's default concurrency with room for the CLI's own runs.
             max_instances: 64,
             cache_dir: None,
@@ -183,6 +191,8 @@ pub struct RunRequest {
     pub sub_jobs: Arc<dyn SubJobSink>,
     /// Where progress reports go as they happen, if anywhere.
     pub progress: Option<Arc<dyn ProgressSink>>,
+    /// What the operator granted the module (nothing, by default).
+    pub grant: Arc<Grant>,
 }
 
 impl fmt::Debug for RunRequest {
@@ -208,6 +218,7 @@ struct Inner {
     cache: Option<ArtifactCache>,
     ceilings: Limits,
     sizes: Sizes,
+    http: HttpLimits,
     guests: GuestRuntime,
     budget: CompileBudget,
     /// Turns to compile: at most `budget.concurrency` at once.
@@ -280,6 +291,7 @@ impl Sandbox {
                 cache,
                 ceilings: config.ceilings,
                 sizes: config.sizes,
+                http: config.http,
                 guests: GuestRuntime::new()?,
                 compiles: tokio::sync::Semaphore::new(config.compile.concurrency.max(1)),
                 budget: config.compile,
@@ -326,13 +338,13 @@ impl Sandbox {
     /// returned future stops the run.
     pub async fn run(&self, module: &JobModule, request: RunRequest) -> RunOutcome {
         let engine = self.inner.engine.clone();
-        let sizes = self.inner.sizes;
+        let (sizes, http) = (self.inner.sizes, self.inner.http);
         let module = module.clone();
         let task = self
             .inner
             .guests
             .handle()
-            .spawn(async move { run_in_store(engine, sizes, &module, request).await });
+            .spawn(async move { run_in_store(engine, sizes, http, &module, request).await });
         let _stop_if_dropped = AbortOnDrop(task.abort_handle());
         match task.await {
             Ok(outcome) => outcome,
@@ -385,6 +397,7 @@ impl Drop for GuestRuntime {
 async fn run_in_store(
     engine: Engine,
     sizes: Sizes,
+    http: HttpLimits,
     module: &JobModule,
     request: RunRequest,
 ) -> RunOutcome {
@@ -402,6 +415,8 @@ async fn run_in_store(
     let deadline = started + limits.timeout;
     let state = RunState {
         wasi,
+        http: wasmtime_wasi_http::WasiHttpCtx::new(),
+        egress: http::Egress::new(request.grant.clone(), http, started),
         table: ResourceTable::new(),
         memory: MemoryCap {
             limit: limits.memory_bytes,
@@ -450,7 +465,11 @@ async fn run_in_store(
     let wall_time = started.elapsed();
 
     let fuel_left = store.get_fuel().unwrap_or(0);
-    let state = store.into_data();
+    let mut state = store.into_data();
+    let (http_uses, denials) = state.egress.finish();
+    for denial in denials {
+        state.log_record(denial);
+    }
     let timeout = Failure::Timeout {
         timeout_ms: limits.timeout.as_millis() as u64,
     };
@@ -491,6 +510,7 @@ async fn run_in_store(
         logs: state.logs,
         logs_dropped: state.logs_dropped,
         progress: state.progress,
+        http: http_uses,
     }
 }
 
@@ -511,6 +531,7 @@ fn engine_config() -> Config {
 fn job_linker(engine: &Engine) -> anyhow::Result<Linker<RunState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     bindings::Job::add_to_linker::<_, HasSelf<RunState>>(&mut linker, |s| s)?;
     Ok(linker)
 }

@@ -8,7 +8,7 @@ use wasmtime::Trap;
 
 use super::WASM_STACK_BYTES;
 use super::host::RunState;
-use crate::job::{Captured, FailureKind, Limits, LogRecord, Progress};
+use crate::job::{Captured, FailureKind, HttpUse, Limits, LogRecord, Progress};
 
 /// Why a run did not succeed. Each sandbox limit is its own variant.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -121,6 +121,8 @@ pub struct RunOutcome {
     pub logs_dropped: u64,
     /// The last progress reported.
     pub progress: Option<Progress>,
+    /// Outbound HTTP, per destination called.
+    pub http: Vec<HttpUse>,
 }
 
 /// Turns a wasmtime error into the precise failure. The memory cap is checked before the trap

@@ -35,6 +35,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::{AbortHandle, JoinSet};
 use tracing::Instrument as _;
 
+use crate::grant::Grant;
 use crate::broker::{Ack, Completion, Lease, LeaseKey, WorkerBroker, WorkerInfo};
 use crate::intake::Intake;
 use crate::invocation::{args_to_bytes, bytes_to_json, check_args_size};
@@ -81,6 +82,9 @@ pub struct WorkerConfig {
     pub precompile: bool,
     /// How far jobs may fan out into sub-jobs.
     pub fan_out: FanOut,
+    /// How long a module's grant is used before it is read again: a grant or revoke reaches
+    /// runs that start later than this (1 s).
+    pub grant_ttl: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -99,6 +103,7 @@ impl Default for WorkerConfig {
             name: default_name(),
             precompile: false,
             fan_out: FanOut::default(),
+            grant_ttl: modules::DEFAULT_GRANT_TTL,
         }
     }
 }
@@ -168,7 +173,8 @@ impl Worker {
     /// A worker taking jobs from `broker` and running them in `sandbox`.
     pub fn new(broker: Arc<dyn WorkerBroker>, sandbox: Sandbox, config: WorkerConfig) -> Self {
         Worker {
-            modules: ModuleCache::new(broker.clone(), sandbox.clone()),
+            modules: ModuleCache::new(broker.clone(), sandbox.clone())
+                .with_grant_ttl(config.grant_ttl),
             broker,
             sandbox,
             config,
@@ -377,7 +383,7 @@ impl Worker {
                     tracing::warn!(kind = %error.kind, error = %error.message, "job could not start");
                     decide(&config.backoff, &lease, error, None)
                 }
-                Ok((module, args)) => {
+                Ok((module, args, grant)) => {
                     let sub_jobs = Arc::new(BrokerSubJobs::new(
                         broker,
                         Intake::new(*sandbox.ceilings(), sandbox.sizes()),
@@ -390,6 +396,7 @@ impl Worker {
                         limits: inv.limits(),
                         sub_jobs: sub_jobs.clone(),
                         progress: Some(board.clone()),
+                        grant,
                     };
                     let outcome = sandbox.run(&module, request).await;
                     counters
@@ -457,7 +464,7 @@ async fn prepare(
     modules: &ModuleCache,
     sandbox: &Sandbox,
     lease: &Lease,
-) -> Result<(crate::sandbox::JobModule, Vec<u8>), AttemptError> {
+) -> Result<(crate::sandbox::JobModule, Vec<u8>, Arc<Grant>), AttemptError> {
     let inv = &lease.invocation;
     let error = |kind: FailureKind, message: String| {
         AttemptError::new(lease.attempt, kind, message, now_ms())
@@ -472,7 +479,7 @@ async fn prepare(
     check_args_size(&inv.args, sandbox.sizes().args_bytes)
         .map_err(|e| error(FailureKind::Args, format!("refused by this worker: {e}")))?;
     let args = args_to_bytes(&inv.args).map_err(|e| error(FailureKind::Args, e.to_string()))?;
-    let module = modules.get(inv.module).await.map_err(|e| {
+    let unavailable = |e: modules::ModuleError| {
         error(
             if e.permanent {
                 FailureKind::Module
@@ -481,8 +488,10 @@ async fn prepare(
             },
             e.message,
         )
-    })?;
-    Ok((module, args))
+    };
+    let module = modules.get(inv.module).await.map_err(unavailable)?;
+    let grant = modules.grant(inv.module).await.map_err(unavailable)?;
+    Ok((module, args, grant))
 }
 
 fn report(worker: &str, attempt: u32, outcome: &RunOutcome, sub_jobs: Vec<String>) -> RunReport {
@@ -498,6 +507,7 @@ fn report(worker: &str, attempt: u32, outcome: &RunOutcome, sub_jobs: Vec<String
         fuel_used: outcome.fuel_used,
         wall_ms: outcome.wall_time.as_secs_f64() * 1e3,
         sub_jobs,
+        http: outcome.http.clone(),
     }
 }
 

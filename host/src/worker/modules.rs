@@ -1,12 +1,16 @@
 //! The worker's modules: fetched from the broker once per process, checked against their hash,
-//! compiled (or loaded from the artifact cache) once, shared by every job that uses them.
+//! compiled (or loaded from the artifact cache) once, shared by every job that uses them; and
+//! their grants, read again once they are older than the grant TTL (so that a revoke reaches
+//! every worker within it).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::OnceCell;
 
 use crate::broker::WorkerBroker;
+use crate::grant::Grant;
 use crate::modules::ModuleHash;
 use crate::sandbox::{JobModule, Sandbox};
 
@@ -26,7 +30,13 @@ pub struct ModuleCache {
     broker: Arc<dyn WorkerBroker>,
     sandbox: Sandbox,
     cells: Arc<Mutex<HashMap<ModuleHash, Arc<Slot>>>>,
+    grants: Arc<Mutex<HashMap<ModuleHash, (Arc<Grant>, Instant)>>>,
+    grant_ttl: Duration,
 }
+
+/// How long a worker uses a grant it read before reading it again: a revoke or a new grant
+/// reaches runs that start later than this.
+pub const DEFAULT_GRANT_TTL: Duration = Duration::from_secs(1);
 
 /// One module's load, done once: the module or a permanent failure.
 type Slot = OnceCell<Result<JobModule, ModuleError>>;
@@ -38,7 +48,33 @@ impl ModuleCache {
             broker,
             sandbox,
             cells: Arc::default(),
+            grants: Arc::default(),
+            grant_ttl: DEFAULT_GRANT_TTL,
         }
+    }
+
+    /// Reads grants again once they are older than `ttl` (zero: for every run).
+    pub fn with_grant_ttl(mut self, ttl: Duration) -> Self {
+        self.grant_ttl = ttl;
+        self
+    }
+
+    /// What the operator granted `hash`, at most the grant TTL old.
+    pub async fn grant(&self, hash: ModuleHash) -> Result<Arc<Grant>, ModuleError> {
+        if let Some((grant, at)) = self.grants.lock().expect("not poisoned").get(&hash)
+            && at.elapsed() < self.grant_ttl
+        {
+            return Ok(grant.clone());
+        }
+        let grant = Arc::new(self.broker.grant(hash).await.map_err(|e| ModuleError {
+            permanent: false,
+            message: format!("failed to read the grant of module `{hash}`: {e}"),
+        })?);
+        self.grants
+            .lock()
+            .expect("not poisoned")
+            .insert(hash, (grant.clone(), Instant::now()));
+        Ok(grant)
     }
 
     /// The loaded module. Permanent failures are remembered; a broker error is retried next time.

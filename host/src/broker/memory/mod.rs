@@ -7,6 +7,7 @@
 mod admin;
 mod batches;
 mod cron;
+mod grants;
 mod inspect;
 mod lifecycle;
 mod registry;
@@ -48,6 +49,7 @@ struct State {
     /// (queue, name) → entry, its `next_ms` the next tick.
     crons: BTreeMap<(String, String), CronEntry>,
     workers: BTreeMap<String, WorkerInfo>,
+    grants: BTreeMap<ModuleHash, crate::grant::Grant>,
     batches: HashMap<(String, String), Batch>,
 }
 

@@ -94,6 +94,18 @@ impl Keys {
         format!("{}:{{modules}}:index", self.prefix)
     }
 
+    /// The modules that have a grant (a set of hashes).
+    pub fn grant_index(&self) -> String {
+        format!("{}:grants", self.prefix)
+    }
+
+    /// A module's grant: the set of its HTTP destinations and the set of its secret names
+    /// (one hash tag, so one slot).
+    pub fn grant(&self, hash: ModuleHash) -> [String; 2] {
+        let base = format!("{}:{{grant:{}}}:", self.prefix, hash.hex());
+        [format!("{base}http"), format!("{base}secrets")]
+    }
+
     /// The bytes of a module.
     pub fn module_bytes(&self, hash: ModuleHash) -> String {
         format!("{}:{{modules}}:bytes:{}", self.prefix, hash.hex())

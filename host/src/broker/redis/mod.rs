@@ -32,6 +32,7 @@
 mod admin;
 mod batches;
 mod cron;
+mod grants;
 mod inspect;
 mod keys;
 mod lifecycle;
