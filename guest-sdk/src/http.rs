@@ -221,7 +221,11 @@ fn send_once(request: &Request) -> Result<Response, Error> {
         .set_method(&method)
         .map_err(|()| invalid("method"))?;
     outgoing
-        .set_scheme(Some(if url.https { &Scheme::Https } else { &Scheme::Http }))
+        .set_scheme(Some(if url.https {
+            &Scheme::Https
+        } else {
+            &Scheme::Http
+        }))
         .map_err(|()| invalid("scheme"))?;
     outgoing
         .set_authority(Some(url.authority))
@@ -314,6 +318,9 @@ mod tests {
         let base = "http://a.example:8080/v1/items?page=2";
         assert_eq!(resolve(base, "/x").unwrap(), "http://a.example:8080/x");
         assert_eq!(resolve(base, "y").unwrap(), "http://a.example:8080/v1/y");
-        assert_eq!(resolve(base, "https://b.example/").unwrap(), "https://b.example/");
+        assert_eq!(
+            resolve(base, "https://b.example/").unwrap(),
+            "https://b.example/"
+        );
     }
 }

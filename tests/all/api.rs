@@ -1142,3 +1142,106 @@ async fn a_batch_calls_back_over_http() {
     let (s, b) = api.get("/v1/batches/nope").await;
     assert_error(s, &b, StatusCode::NOT_FOUND, "not_found", None);
 }
+
+#[tokio::test]
+async fn grants_are_given_listed_and_revoked_by_an_admin_only() {
+    let api = Api::new().await;
+    let fetch = api.upload("fetch").await;
+    let path = format!("/v1/modules/{fetch}/grant");
+    let body = json!({"http": ["https://api.partner.example", "http://127.0.0.1:8080"], "secrets": ["SINK_TOKEN"]});
+
+    // An enqueuer may not grant, nor read grants.
+    let (s, b) = api.post_json(&path, ENQUEUER, &body).await;
+    assert_error(s, &b, StatusCode::FORBIDDEN, "forbidden", None);
+    let (s, b) = api
+        .call(Method::GET, "/v1/grants", Some(ENQUEUER), Body::empty())
+        .await;
+    assert_error(s, &b, StatusCode::FORBIDDEN, "forbidden", None);
+
+    let (s, b) = api.post_json(&path, ADMIN, &body).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let whole = json!({
+        "module": fetch,
+        "http": ["http://127.0.0.1:8080", "https://api.partner.example"],
+        "secrets": ["SINK_TOKEN"],
+    });
+    assert_eq!(b, whole);
+    let (s, b) = api
+        .call(Method::GET, &path, Some(ADMIN), Body::empty())
+        .await;
+    assert_eq!((s, &b), (StatusCode::OK, &whole));
+    let (s, b) = api
+        .call(Method::GET, "/v1/grants", Some(ADMIN), Body::empty())
+        .await;
+    assert_eq!((s, &b), (StatusCode::OK, &json!({"grants": [whole]})));
+
+    // Bad grants name the field; a module never uploaded is not found.
+    let (s, b) = api
+        .post_json(
+            &path,
+            ADMIN,
+            &json!({"http": ["https://ok.example", "ftp://x"]}),
+        )
+        .await;
+    assert_error(
+        s,
+        &b,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_grant",
+        Some("http[1]"),
+    );
+    let (s, b) = api.post_json(&path, ADMIN, &json!({"env": ["X"]})).await;
+    assert_error(
+        s,
+        &b,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_grant",
+        Some("env"),
+    );
+    let (s, b) = api.post_json(&path, ADMIN, &json!({})).await;
+    assert_error(
+        s,
+        &b,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_grant",
+        None,
+    );
+    let many: Vec<String> = (0..65).map(|i| format!("https://h{i}.example")).collect();
+    let (s, b) = api.post_json(&path, ADMIN, &json!({"http": many})).await;
+    assert_error(
+        s,
+        &b,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_grant",
+        None,
+    );
+    let unknown = format!("/v1/modules/sha256:{}/grant", "0".repeat(64));
+    let (s, b) = api.post_json(&unknown, ADMIN, &body).await;
+    assert_error(s, &b, StatusCode::NOT_FOUND, "not_found", None);
+
+    // Revoking part, then all.
+    let (s, b) = api
+        .post_json(
+            &format!("{path}/revoke"),
+            ADMIN,
+            &json!({"secrets": ["SINK_TOKEN"]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["secrets"], json!([]));
+    assert_eq!(b["http"].as_array().unwrap().len(), 2);
+    let (s, b) = api
+        .call(
+            Method::POST,
+            &format!("{path}/revoke"),
+            Some(ADMIN),
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b, json!({"module": fetch, "http": [], "secrets": []}));
+    let (_, b) = api
+        .call(Method::GET, "/v1/grants", Some(ADMIN), Body::empty())
+        .await;
+    assert_eq!(b, json!({"grants": []}));
+}

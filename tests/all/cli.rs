@@ -668,3 +668,133 @@ fn limit_a_queue() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn grant_list_and_revoke_a_modules_destinations() {
+    let q = Rig::new();
+    let hash = q.upload("fetch");
+    let out = q.ok(&[
+        "grant",
+        &hash,
+        "--http",
+        "https://api.partner.example",
+        "--http",
+        "https://*.cdn.example:8443",
+        "--secret",
+        "PARTNER_TOKEN",
+    ]);
+    assert_eq!(
+        out,
+        format!(
+            "{hash}:\n  http    https://*.cdn.example:8443\n  http    https://api.partner.example\n  secret  PARTNER_TOKEN\n"
+        )
+    );
+    // Granting again adds; each destination is kept once.
+    q.ok(&[
+        "grant",
+        &hash,
+        "--http",
+        "http://10.0.0.0/8:8080",
+        "--http",
+        "https://api.partner.example",
+    ]);
+    let listed: Value = serde_json::from_str(&q.ok(&["grants", "--json"])).unwrap();
+    assert_eq!(
+        listed,
+        serde_json::json!([{
+            "module": hash,
+            "http": ["http://10.0.0.0/8:8080", "https://*.cdn.example:8443", "https://api.partner.example"],
+            "secrets": ["PARTNER_TOKEN"],
+        }])
+    );
+
+    // Bad input is refused naming what was wrong, before anything is stored.
+    for (args, says) in [
+        (vec!["--http", "api.partner.example"], "has no scheme"),
+        (vec!["--http", "https://api.example/v1"], "names a path"),
+        (
+            vec!["--secret", "partner-token"],
+            "secret name `partner-token`",
+        ),
+    ] {
+        let mut all = vec!["grant", hash.as_str()];
+        all.extend(args);
+        let out = q.cmd(&all);
+        assert_eq!(out.status.code(), Some(2), "{all:?}");
+        assert!(
+            text(&out.stderr).contains(says),
+            "{all:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    let unknown = format!("sha256:{}", "0".repeat(64));
+    let out = q.cmd(&["grant", &unknown, "--http", "https://api.example"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stderr).contains("was never uploaded"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = q.cmd(&["revoke", &hash]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("--all"), "{}", text(&out.stderr));
+
+    // Revoking takes away what is named, then everything.
+    let out = q.ok(&[
+        "revoke",
+        &hash,
+        "--http",
+        "https://*.cdn.example:8443",
+        "--secret",
+        "PARTNER_TOKEN",
+    ]);
+    assert_eq!(
+        out,
+        format!(
+            "{hash}:\n  http    http://10.0.0.0/8:8080\n  http    https://api.partner.example\n"
+        )
+    );
+    assert_eq!(
+        q.ok(&["revoke", &hash, "--all"]),
+        format!("{hash}: nothing granted\n")
+    );
+    assert_eq!(q.ok(&["grants"]), "no module has a grant\n");
+}
+
+#[test]
+fn run_reaches_only_the_destinations_its_flags_grant() {
+    let cache = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let partner = rt.block_on(common::partner::Partner::start());
+    let args = format!(r#"{{"url":"{}"}}"#, partner.url("/records?page=1"));
+    let fetch = job_path("fetch");
+
+    let denied = wasmq(cache.path(), &["run", &fetch, "--args", &args]);
+    assert_eq!(denied.status.code(), Some(1));
+    let out = text(&denied.stdout);
+    assert!(out.contains("HTTP request denied"), "{out}");
+    assert!(
+        out.contains(&format!("`{}` is not granted", partner.origin())),
+        "{out}"
+    );
+    assert_eq!(partner.requests(), 0);
+
+    let granted = wasmq(
+        cache.path(),
+        &[
+            "run",
+            &fetch,
+            "--args",
+            &args,
+            "--http",
+            &partner.origin(),
+            "--json",
+        ],
+    );
+    assert_eq!(granted.status.code(), Some(0), "{}", text(&granted.stderr));
+    let v: Value = serde_json::from_slice(&granted.stdout).unwrap();
+    assert_eq!(v["result"]["status"], 200);
+    assert_eq!(v["http"][0]["destination"], partner.origin());
+    assert_eq!(v["http"][0]["calls"], 1);
+    assert_eq!(partner.requests(), 1);
+}

@@ -7,6 +7,7 @@
 //! - [`broker`]: the broker's behaviour on both backends; [`differential`]: both backends driven
 //!   with the same random operations, every observable result compared.
 //! - [`worker`], [`faults`]: the worker end to end, and with faults injected.
+//! - [`egress`]: outbound HTTP from jobs, behind the operator's grants.
 //! - [`api`], [`cli`], [`clients`], [`dashboard`]: the ways in: HTTP, the binary, the clients, the
 //!   browser.
 
@@ -18,6 +19,7 @@ mod cli;
 mod clients;
 mod dashboard;
 mod differential;
+mod egress;
 mod faults;
 mod guest_sdk;
 mod guests;

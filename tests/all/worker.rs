@@ -541,16 +541,26 @@ async fn missed_cron_ticks_are_coalesced(b: Backend) {
     let next = b.broker.crons(None).await.unwrap()[0].next_ms;
     assert!(next > back, "the schedule continues from the present");
     assert_eq!(b.broker.queues().await.unwrap()[0].totals.enqueued, 1);
-    assert_eq!(
-        wasmq::scheduler::fire_due_crons(
-            &wasmq::intake::Intake::default(),
-            b.broker.as_ref(),
-            "default"
-        )
-        .await
-        .unwrap(),
-        0
-    );
+    // Firing again finds no missed tick. On a loaded machine a second may pass before it runs,
+    // so the present tick may have come due: then that one fires, and only that one.
+    let again = wasmq::scheduler::fire_due_crons(
+        &wasmq::intake::Intake::default(),
+        b.broker.as_ref(),
+        "default",
+    )
+    .await
+    .unwrap();
+    assert!(again <= 1, "{again} jobs fired for one present tick");
+    if again == 1 {
+        assert!(
+            b.broker
+                .job(None, &format!("cron:m:{next}"))
+                .await
+                .unwrap()
+                .is_some(),
+            "the job fired is not the present tick's"
+        );
+    }
 }
 
 /// A guest's progress reports are visible in its record while it runs.

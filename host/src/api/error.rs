@@ -93,6 +93,12 @@ impl From<BrokerError> for ApiError {
             BrokerError::QueueFull { .. } => {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", e.to_string())
             }
+            BrokerError::Grant(_) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_grant",
+                e.to_string(),
+            ),
+            BrokerError::UnknownModule(_) => ApiError::not_found(e.to_string()),
             BrokerError::Corrupt { .. } => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "corrupt", e.to_string())
             }

@@ -1,7 +1,7 @@
 //! The HTTP API (`wasmq serve`): modules, jobs, queues and the dead set as JSON, `/healthz`,
 //! `/metrics`, and the OpenAPI document it is described by (`docs/openapi.json`).
 //!
-//! One file per resource (`modules`, `jobs`, `batches`, `queues`, `dead`, `cron`, `operations`),
+//! One file per resource (`modules`, `grants`, `jobs`, `batches`, `queues`, `dead`, `cron`, `operations`),
 //! each with a `routes()` table: method, path, the scope a token needs, the body size it reads and
 //! its handler, side by side. The router is built from [`routes`] and nothing else, and a test
 //! checks that table against the OpenAPI document both ways, so the spec cannot drift from what is
@@ -20,6 +20,7 @@ mod cron;
 mod dashboard;
 mod dead;
 mod error;
+mod grants;
 mod jobs;
 mod metrics;
 mod modules;
@@ -168,6 +169,7 @@ impl Route {
 pub fn routes() -> Vec<Route> {
     [
         modules::routes(),
+        grants::routes(),
         jobs::routes(),
         batches::routes(),
         queues::routes(),

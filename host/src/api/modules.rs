@@ -97,7 +97,7 @@ async fn list_modules(
     Ok(Json(json!({ "modules": modules })))
 }
 
-fn hash_param(hash: &str) -> Result<ModuleHash, ApiError> {
+pub(super) fn hash_param(hash: &str) -> Result<ModuleHash, ApiError> {
     hash.parse()
         .map_err(|e: crate::modules::HashParseError| ApiError {
             field: Some("hash".into()),

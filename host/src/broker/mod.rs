@@ -74,6 +74,12 @@ pub enum BrokerError {
         /// Its limit.
         max: u64,
     },
+    /// A grant was refused (a bad destination or secret name, too many of them, or nothing).
+    #[error(transparent)]
+    Grant(#[from] crate::grant::GrantError),
+    /// The module was never uploaded.
+    #[error("module `{0}` was never uploaded: upload it before granting it anything")]
+    UnknownModule(ModuleHash),
     /// Stored data did not parse: written by something other than wasmq, or damaged.
     #[error("corrupt record for `{what}`: {reason}")]
     Corrupt {
@@ -285,11 +291,30 @@ pub trait Grants: Broker {
 
     /// Removes `grant`'s destinations and secrets from `module`'s grant, or all of it when
     /// `grant` is empty; returns what is left.
-    async fn remove_grant(&self, module: ModuleHash, grant: &Grant)
-    -> Result<Grant, BrokerError>;
+    async fn remove_grant(&self, module: ModuleHash, grant: &Grant) -> Result<Grant, BrokerError>;
 
     /// Every module that has a grant, with it, by hash.
     async fn grants(&self) -> Result<Vec<(ModuleHash, Grant)>, BrokerError>;
+
+    /// [`Grants::add_grant`] for an operator: the grant must name something, the module must
+    /// have been uploaded, and the whole grant must stay within its bounds
+    /// ([`Grant::check`]).
+    async fn extend_grant(&self, module: ModuleHash, grant: &Grant) -> Result<Grant, BrokerError> {
+        grant.check()?;
+        if grant.is_empty() {
+            return Err(crate::grant::GrantError::new(
+                "the grant names no HTTP destination and no secret",
+            )
+            .into());
+        }
+        if !self.has_module(module).await? {
+            return Err(BrokerError::UnknownModule(module));
+        }
+        let mut whole = self.grant(module).await?;
+        whole.merge(grant);
+        whole.check()?;
+        self.add_grant(module, grant).await
+    }
 }
 
 /// What a worker uses: the core, cron ticks and module listing (its maintenance pass and

@@ -8,6 +8,7 @@ mod bench_queue;
 mod cron;
 mod demo;
 mod enqueue;
+mod grant;
 mod queue;
 mod report;
 mod run;
@@ -21,7 +22,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::intake::Intake;
 use crate::job::{Limits, MAX_ARGS_BYTES, Sizes};
-use crate::sandbox::{CompileBudget, Sandbox, SandboxConfig};
+use crate::sandbox::{CompileBudget, HttpLimits, Sandbox, SandboxConfig};
 use crate::worker::FanOut;
 
 /// wasmq — background jobs as sandboxed WebAssembly components.
@@ -135,6 +136,17 @@ struct CeilingArgs {
     #[arg(long, global = true, env = "WASMQ_MAX_ERROR_KB", default_value_t = (Sizes::default().error_bytes >> 10) as u64,
           value_parser = clap::value_parser!(u64).range(1..=1024))]
     max_error_kb: u64,
+    /// Longest a granted HTTP call may take to resolve its host and connect (TLS included).
+    #[arg(long, global = true, env = "WASMQ_HTTP_CONNECT_TIMEOUT", value_parser = crate::time::parse_duration, default_value = "10s")]
+    http_connect_timeout: std::time::Duration,
+    /// Longest a granted HTTP call may wait, once sent, for its response to begin.
+    #[arg(long, global = true, env = "WASMQ_HTTP_FIRST_BYTE_TIMEOUT", value_parser = crate::time::parse_duration, default_value = "60s")]
+    http_first_byte_timeout: std::time::Duration,
+    /// Largest request body and largest response body of one granted HTTP call, in MiB (each);
+    /// past it the call ends with an error the guest sees.
+    #[arg(long, global = true, env = "WASMQ_HTTP_MAX_BODY_MB", default_value_t = HttpLimits::default().max_response_body >> 20,
+          value_parser = clap::value_parser!(u64).range(1..=1024))]
+    http_max_body_mb: u64,
 }
 
 /// The operator's limits beyond the per-attempt ceilings, as the flags set them.
@@ -162,6 +174,19 @@ impl CeilingArgs {
             anyhow::ensure!(!zero, "`{flag}` must be greater than zero");
         }
         Ok(ceilings)
+    }
+
+    fn http(&self) -> anyhow::Result<HttpLimits> {
+        anyhow::ensure!(
+            !self.http_connect_timeout.is_zero() && !self.http_first_byte_timeout.is_zero(),
+            "`--http-connect-timeout` and `--http-first-byte-timeout` must be greater than zero"
+        );
+        Ok(HttpLimits {
+            connect_timeout: self.http_connect_timeout,
+            first_byte_timeout: self.http_first_byte_timeout,
+            max_request_body: self.http_max_body_mb << 20,
+            max_response_body: self.http_max_body_mb << 20,
+        })
     }
 
     fn sizes(&self) -> Sizes {
@@ -238,6 +263,12 @@ enum Command {
     Queues(queue::JsonArgs),
     /// Workers heard from in the last minute.
     Workers(queue::JsonArgs),
+    /// Let a module call HTTP destinations and read secrets (adds to what it has).
+    Grant(grant::GrantArgs),
+    /// Show what modules are granted.
+    Grants(grant::GrantsArgs),
+    /// Take HTTP destinations or secrets (or, with `--all`, everything) away from a module.
+    Revoke(grant::RevokeArgs),
     /// Limit a queue for all workers together; with no flags, remove its limits.
     Limit(queue::LimitArgs),
     /// Pause a queue: it accepts jobs but workers take none until it is resumed.
@@ -361,6 +392,7 @@ impl Cli {
             sizes: self.ceilings.sizes(),
             compile: self.ceilings.compile()?,
             refused_imports: self.ceilings.refuse_imports.clone(),
+            http: self.ceilings.http()?,
             ..SandboxConfig::default()
         };
         let intake = Intake::new(base.ceilings, &base.sizes);
@@ -392,6 +424,9 @@ impl Cli {
             Command::Dead(command) => queue::dead(redis.connect().await?.as_ref(), command).await,
             Command::Workers(args) => queue::workers(redis.connect().await?.as_ref(), args).await,
             Command::Limit(args) => queue::limit(redis.connect().await?.as_ref(), args).await,
+            Command::Grant(args) => grant::grant(redis.connect().await?.as_ref(), args).await,
+            Command::Grants(args) => grant::grants(redis.connect().await?.as_ref(), args).await,
+            Command::Revoke(args) => grant::revoke(redis.connect().await?.as_ref(), args).await,
             Command::Pause { queue } => {
                 queue::set_paused(redis.connect().await?.as_ref(), &queue, true).await
             }

@@ -44,6 +44,10 @@ pub(crate) struct WorkerArgs {
     /// jobs, whose components take seconds to compile.
     #[arg(long)]
     precompile: bool,
+    /// How long a module's grant is used before it is read again: a grant or revoke reaches
+    /// runs that start later than this (`0s`: read it for every run).
+    #[arg(long, value_parser = crate::time::parse_duration, default_value = "1s")]
+    grant_ttl: Duration,
 }
 
 impl WorkerArgs {
@@ -77,6 +81,7 @@ impl WorkerArgs {
             },
             maintain_every: self.maintain_every,
             precompile: self.precompile,
+            grant_ttl: self.grant_ttl,
             ..WorkerConfig::default()
         })
     }

@@ -45,6 +45,13 @@ pub struct Grant {
 #[error("{0}")]
 pub struct GrantError(String);
 
+impl GrantError {
+    /// A refusal saying `why`.
+    pub fn new(why: impl Into<String>) -> Self {
+        GrantError(why.into())
+    }
+}
+
 impl Grant {
     /// Whether the grant gives nothing at all.
     pub fn is_empty(&self) -> bool {
@@ -103,7 +110,9 @@ impl Grant {
     /// or without brackets).
     pub fn allows(&self, scheme: Scheme, host: &str, port: u16) -> bool {
         let host = Host::of_request(host);
-        self.http.iter().any(|rule| rule.covers(scheme, &host, port))
+        self.http
+            .iter()
+            .any(|rule| rule.covers(scheme, &host, port))
     }
 
     /// Whether the request may connect to `address`: a public address always may (once the
@@ -241,9 +250,7 @@ impl FromStr for HttpRule {
                 s.escape_debug()
             ))
         };
-        let (scheme, rest) = s
-            .split_once("://")
-            .ok_or_else(|| bad("has no scheme"))?;
+        let (scheme, rest) = s.split_once("://").ok_or_else(|| bad("has no scheme"))?;
         let scheme = match scheme.to_ascii_lowercase().as_str() {
             "http" => Scheme::Http,
             "https" => Scheme::Https,
@@ -391,9 +398,7 @@ impl fmt::Display for IpNet {
 /// IPv4 written as IPv6 (`::ffff:127.0.0.1`) is IPv4.
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map_or(IpAddr::V6(v6), IpAddr::V4),
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
         v4 => v4,
     }
 }
@@ -433,12 +438,7 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
         }
     }
     if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0; 4] {
-        let v4 = Ipv4Addr::new(
-            (s[6] >> 8) as u8,
-            s[6] as u8,
-            (s[7] >> 8) as u8,
-            s[7] as u8,
-        );
+        let v4 = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
         return is_public_v4(v4);
     }
     !(ip.is_unspecified()
@@ -479,7 +479,10 @@ mod tests {
         ] {
             assert_eq!(rule(s).to_string(), s);
         }
-        assert_eq!(rule("HTTPS://API.Example./").to_string(), "https://api.example");
+        assert_eq!(
+            rule("HTTPS://API.Example./").to_string(),
+            "https://api.example"
+        );
     }
 
     #[test]
@@ -571,8 +574,10 @@ mod tests {
 
     #[test]
     fn grants_check_their_counts_and_secret_names() {
-        let mut g = Grant::default();
-        g.secrets = vec!["PARTNER_TOKEN".into()];
+        let mut g = Grant {
+            secrets: vec!["PARTNER_TOKEN".into()],
+            ..Grant::default()
+        };
         assert!(g.check().is_ok());
         for bad in ["", "1ABC", "A-B", "A B", &"X".repeat(129)] {
             g.secrets = vec![bad.to_owned()];

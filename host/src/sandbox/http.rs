@@ -155,7 +155,12 @@ impl Egress {
         let scheme = match uri.scheme_str() {
             Some("http") => Scheme::Http,
             Some("https") => Scheme::Https,
-            other => return Err(format!("scheme `{}` is not http or https", other.unwrap_or(""))),
+            other => {
+                return Err(format!(
+                    "scheme `{}` is not http or https",
+                    other.unwrap_or("")
+                ));
+            }
         };
         let authority = uri
             .authority()
@@ -252,7 +257,16 @@ impl WasiHttpHooks for Egress {
         }
         Box::new(async move {
             let call_started = Instant::now();
-            let result = send(&target, &grant, &limits, request, counters.clone(), &record, started).await;
+            let result = send(
+                &target,
+                &grant,
+                &limits,
+                request,
+                counters.clone(),
+                &record,
+                started,
+            )
+            .await;
             if result.is_err() {
                 counters.failed.fetch_add(1, Ordering::Relaxed);
                 counters
@@ -321,7 +335,9 @@ async fn send(
                 Err(e) => last = Some(e),
             }
         }
-        Err(Error::Connect(last.expect("at least one address was tried")))
+        Err(Error::Connect(
+            last.expect("at least one address was tried"),
+        ))
     };
     let stream = tokio::time::timeout(limits.connect_timeout, connect)
         .await
@@ -456,7 +472,8 @@ fn tls_name(host: &str) -> Result<rustls::pki_types::ServerName<'static>, Error>
     if let Ok(ip) = bare.parse::<IpAddr>() {
         return Ok(rustls::pki_types::ServerName::from(ip));
     }
-    rustls::pki_types::ServerName::try_from(bare.to_owned()).map_err(|_| Error::HttpRequestUriInvalid)
+    rustls::pki_types::ServerName::try_from(bare.to_owned())
+        .map_err(|_| Error::HttpRequestUriInvalid)
 }
 
 /// The TLS client settings, built once: the webpki roots, no client certificate.
@@ -562,11 +579,41 @@ mod tests {
 
     #[test]
     fn a_host_header_must_name_the_authority_requested() {
-        assert!(same_authority("api.example", "api.example", 443, Scheme::Https));
-        assert!(same_authority("API.example:443", "api.example", 443, Scheme::Https));
-        assert!(same_authority("api.example:8080", "api.example", 8080, Scheme::Http));
-        assert!(!same_authority("evil.example", "api.example", 443, Scheme::Https));
-        assert!(!same_authority("api.example:444", "api.example", 443, Scheme::Https));
-        assert!(!same_authority("api.example/x", "api.example", 443, Scheme::Https));
+        assert!(same_authority(
+            "api.example",
+            "api.example",
+            443,
+            Scheme::Https
+        ));
+        assert!(same_authority(
+            "API.example:443",
+            "api.example",
+            443,
+            Scheme::Https
+        ));
+        assert!(same_authority(
+            "api.example:8080",
+            "api.example",
+            8080,
+            Scheme::Http
+        ));
+        assert!(!same_authority(
+            "evil.example",
+            "api.example",
+            443,
+            Scheme::Https
+        ));
+        assert!(!same_authority(
+            "api.example:444",
+            "api.example",
+            443,
+            Scheme::Https
+        ));
+        assert!(!same_authority(
+            "api.example/x",
+            "api.example",
+            443,
+            Scheme::Https
+        ));
     }
 }

@@ -35,8 +35,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::{AbortHandle, JoinSet};
 use tracing::Instrument as _;
 
-use crate::grant::Grant;
 use crate::broker::{Ack, Completion, Lease, LeaseKey, WorkerBroker, WorkerInfo};
+use crate::grant::Grant;
 use crate::intake::Intake;
 use crate::invocation::{args_to_bytes, bytes_to_json, check_args_size};
 use crate::job::{AttemptError, FailureKind, JobInfo, RunReport};

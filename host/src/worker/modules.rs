@@ -30,13 +30,16 @@ pub struct ModuleCache {
     broker: Arc<dyn WorkerBroker>,
     sandbox: Sandbox,
     cells: Arc<Mutex<HashMap<ModuleHash, Arc<Slot>>>>,
-    grants: Arc<Mutex<HashMap<ModuleHash, (Arc<Grant>, Instant)>>>,
+    grants: Arc<Mutex<HashMap<ModuleHash, ReadGrant>>>,
     grant_ttl: Duration,
 }
 
 /// How long a worker uses a grant it read before reading it again: a revoke or a new grant
 /// reaches runs that start later than this.
 pub const DEFAULT_GRANT_TTL: Duration = Duration::from_secs(1);
+
+/// A grant and when it was read.
+type ReadGrant = (Arc<Grant>, Instant);
 
 /// One module's load, done once: the module or a permanent failure.
 type Slot = OnceCell<Result<JobModule, ModuleError>>;

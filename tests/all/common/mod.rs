@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: the sample job components (built on first use), one
 //! sandbox per test process, and a shorthand for one run.
 
+pub mod partner;
 pub mod redis;
 pub mod rig;
 pub mod serve;
@@ -91,6 +92,7 @@ pub fn request_with(
         limits,
         sub_jobs,
         progress: None,
+        grant: Default::default(),
     }
 }
 

@@ -24,11 +24,7 @@ impl Grants for MemoryBroker {
         Ok(whole)
     }
 
-    async fn remove_grant(
-        &self,
-        module: ModuleHash,
-        grant: &Grant,
-    ) -> Result<Grant, BrokerError> {
+    async fn remove_grant(&self, module: ModuleHash, grant: &Grant) -> Result<Grant, BrokerError> {
         let mut state = self.lock();
         let Some(entry) = state.grants.get_mut(&module) else {
             return Ok(Grant::default());

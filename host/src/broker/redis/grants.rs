@@ -78,11 +78,7 @@ impl Grants for RedisBroker {
         self.read_grant(module).await
     }
 
-    async fn remove_grant(
-        &self,
-        module: ModuleHash,
-        grant: &Grant,
-    ) -> Result<Grant, BrokerError> {
+    async fn remove_grant(&self, module: ModuleHash, grant: &Grant) -> Result<Grant, BrokerError> {
         let [http, secrets] = self.keys.grant(module);
         let mut pipe = redis::pipe();
         if grant.is_empty() {

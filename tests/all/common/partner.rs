@@ -1,0 +1,176 @@
+//! A partner API and sink on loopback, for the outbound-HTTP tests: it serves pages of records,
+//! redirects, large and slow bodies, takes POSTed records, and counts what it saw — every
+//! request and its Host header, and the most in flight at once.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// What the server saw.
+#[derive(Default)]
+pub struct Seen {
+    requests: AtomicU64,
+    in_flight: AtomicU64,
+    peak: AtomicU64,
+    /// (path and query, Host header).
+    log: Mutex<Vec<(String, String)>>,
+}
+
+/// The running server; stops with the test's runtime.
+pub struct Partner {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    seen: Arc<Seen>,
+}
+
+impl Partner {
+    /// Starts it on a free loopback port.
+    pub async fn start() -> Partner {
+        let seen = Arc::new(Seen::default());
+        let app = Router::new()
+            .route("/records", get(records))
+            .route("/redirect", get(redirect))
+            .route("/big", get(big))
+            .route("/slow", get(slow))
+            .route("/sink", post(sink))
+            .fallback(any(|| async { "ok" }))
+            .layer(axum::middleware::from_fn_with_state(seen.clone(), count))
+            .with_state(seen.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Partner { addr, seen }
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn origin(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `http://127.0.0.1:<port><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.origin())
+    }
+
+    /// Requests seen so far.
+    pub fn requests(&self) -> u64 {
+        self.seen.requests.load(Ordering::SeqCst)
+    }
+
+    /// The most requests in flight at once.
+    pub fn peak(&self) -> u64 {
+        self.seen.peak.load(Ordering::SeqCst)
+    }
+
+    /// (path and query, Host header) of every request, in order.
+    pub fn log(&self) -> Vec<(String, String)> {
+        self.seen.log.lock().unwrap().clone()
+    }
+}
+
+async fn count(
+    State(seen): State<Arc<Seen>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    seen.requests.fetch_add(1, Ordering::SeqCst);
+    let now = seen.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    seen.peak.fetch_max(now, Ordering::SeqCst);
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    seen.log.lock().unwrap().push((path, host));
+    let response = next.run(req).await;
+    seen.in_flight.fetch_sub(1, Ordering::SeqCst);
+    response
+}
+
+#[derive(Deserialize)]
+struct Page {
+    page: u32,
+    #[serde(default)]
+    delay_ms: u64,
+}
+
+/// Five records per page, in a partner's untidy shape: names with stray spaces and mixed
+/// case, emails in capitals, amounts as strings; one record per page has no email.
+async fn records(Query(p): Query<Page>) -> Response {
+    tokio::time::sleep(Duration::from_millis(p.delay_ms)).await;
+    let records: Vec<Value> = (0..5)
+        .map(|i| {
+            let n = p.page * 5 + i;
+            if i == 4 {
+                json!({ "id": n, "name": format!("  no MAIL {n} "), "amount": "1.50" })
+            } else {
+                json!({
+                    "id": n,
+                    "name": format!("  ada LOVELACE {n} "),
+                    "email": format!("Ada{n}@Example.COM"),
+                    "amount": format!("{}.25", n),
+                })
+            }
+        })
+        .collect();
+    axum::Json(records).into_response()
+}
+
+#[derive(Deserialize)]
+struct To {
+    to: String,
+}
+
+async fn redirect(Query(t): Query<To>) -> Response {
+    (StatusCode::FOUND, [(header::LOCATION, t.to)]).into_response()
+}
+
+#[derive(Deserialize)]
+struct Size {
+    bytes: usize,
+}
+
+async fn big(Query(s): Query<Size>) -> Response {
+    Body::from(vec![b'x'; s.bytes]).into_response()
+}
+
+#[derive(Deserialize)]
+struct Delay {
+    ms: u64,
+}
+
+async fn slow(Query(d): Query<Delay>) -> &'static str {
+    tokio::time::sleep(Duration::from_millis(d.ms)).await;
+    "slow"
+}
+
+async fn sink(headers: HeaderMap, body: Bytes) -> Response {
+    let Ok(value) = serde_json::from_slice::<Value>(&body) else {
+        return (StatusCode::BAD_REQUEST, "not JSON").into_response();
+    };
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned);
+    let stored = value.as_array().map_or(0, Vec::len);
+    if auth.is_none() {
+        return (StatusCode::UNAUTHORIZED, "no bearer token").into_response();
+    }
+    (StatusCode::CREATED, axum::Json(json!({ "stored": stored }))).into_response()
+}

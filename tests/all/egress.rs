@@ -1,0 +1,322 @@
+//! Outbound HTTP from jobs: reachable only where the operator granted it, checked on the
+//! request actually sent (host, port, every redirect hop, the addresses a name resolves to), with
+//! each call's body bounded; the grant given and taken back through the broker, the CLI and the
+//! API. The partner API is a local server that counts what reached it.
+
+use crate::common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::partner::Partner;
+use serde_json::{Value, json};
+use wasmq::broker::ApiBroker;
+use wasmq::broker::memory::MemoryBroker;
+use wasmq::grant::{Grant, HttpRule};
+use wasmq::job::{FailureKind, JobState, Limits, LogLevel};
+use wasmq::modules::ModuleHash;
+use wasmq::sandbox::{Failure, HttpLimits, RunOutcome, Sandbox, SandboxConfig};
+use wasmq::worker::{Worker, WorkerConfig};
+
+fn grant(rules: &[String]) -> Arc<Grant> {
+    Arc::new(Grant {
+        http: rules
+            .iter()
+            .map(|r| r.parse::<HttpRule>().unwrap())
+            .collect(),
+        secrets: Vec::new(),
+    })
+}
+
+async fn fetch_with(sandbox: &Sandbox, args: Value, grant: Arc<Grant>) -> RunOutcome {
+    let module = sandbox
+        .load_async(common::job("fetch"))
+        .await
+        .expect("fetch loads");
+    let mut request = common::request(&args, Limits::default());
+    request.grant = grant;
+    sandbox.run(&module, request).await
+}
+
+async fn fetch(args: Value, grant: Arc<Grant>) -> RunOutcome {
+    fetch_with(common::sandbox(), args, grant).await
+}
+
+/// The run failed for good with a denial, and the job's log names the refused authority.
+fn assert_denied(outcome: &RunOutcome, authority: &str) {
+    match &outcome.result {
+        Err(Failure::Fail { message }) => assert!(message.contains("denied"), "{message}"),
+        other => panic!("expected a denial, got {other:?}"),
+    }
+    let warning = outcome
+        .logs
+        .iter()
+        .find(|l| l.level == LogLevel::Warn && l.message.contains("denied"))
+        .unwrap_or_else(|| panic!("no denial in the log: {:?}", outcome.logs));
+    assert!(
+        warning.message.contains(authority),
+        "{} does not name {authority}",
+        warning.message
+    );
+}
+
+#[tokio::test]
+async fn a_granted_call_reaches_the_partner_and_is_reported() {
+    let partner = Partner::start().await;
+    let outcome = fetch(
+        json!({ "url": partner.url("/records?page=2") }),
+        grant(&[partner.origin()]),
+    )
+    .await;
+    let result = common::ok_json(&outcome);
+    assert_eq!(result["status"], 200);
+    let records: Value = serde_json::from_str(result["body"].as_str().unwrap()).unwrap();
+    assert_eq!(records[0]["id"], 10);
+    assert_eq!((partner.requests(), partner.peak()), (1, 1));
+    // The Host header the partner saw is the authority requested, set by the host.
+    assert_eq!(partner.log()[0].1, partner.addr.to_string());
+    let uses = &outcome.http;
+    assert_eq!(uses.len(), 1, "{uses:?}");
+    assert_eq!(uses[0].destination, partner.origin());
+    assert_eq!((uses[0].calls, uses[0].failed), (1, 0));
+    assert_eq!(uses[0].bytes_received, result["bytes"].as_u64().unwrap());
+}
+
+#[tokio::test]
+async fn requests_outside_the_grant_are_denied_and_never_reach_the_partner() {
+    let partner = Partner::start().await;
+    let port = partner.addr.port();
+    let origin = partner.origin();
+    let records = partner.url("/records?page=1");
+
+    // No grant at all.
+    assert_denied(&fetch(json!({ "url": records }), grant(&[])).await, &origin);
+    // Another host granted, not this one.
+    assert_denied(
+        &fetch(
+            json!({ "url": records }),
+            grant(&[format!("http://127.0.0.2:{port}")]),
+        )
+        .await,
+        &origin,
+    );
+    // The right host on another port.
+    assert_denied(
+        &fetch(
+            json!({ "url": records }),
+            grant(&[format!("http://127.0.0.1:{}", port.wrapping_add(1))]),
+        )
+        .await,
+        &origin,
+    );
+    // HTTPS granted, plain HTTP asked for.
+    assert_denied(
+        &fetch(
+            json!({ "url": records }),
+            grant(&[format!("https://127.0.0.1:{port}")]),
+        )
+        .await,
+        &origin,
+    );
+    // A granted name that resolves to loopback, which the grant does not name.
+    let by_name = format!("http://localhost:{port}");
+    assert_denied(
+        &fetch(
+            json!({ "url": format!("{by_name}/records?page=1") }),
+            grant(std::slice::from_ref(&by_name)),
+        )
+        .await,
+        "resolves to 127.0.0.1",
+    );
+    // A Host header naming another host: the guest cannot even set it.
+    let steered = fetch(
+        json!({ "url": records, "headers": { "host": "evil.example" } }),
+        grant(std::slice::from_ref(&origin)),
+    )
+    .await;
+    assert!(steered.result.is_err(), "{:?}", steered.result);
+    assert_eq!(partner.requests(), 0, "{:?}", partner.log());
+
+    // A redirect to a host the grant does not cover: the first hop reaches the partner, the
+    // second is refused.
+    let redirected = fetch(
+        json!({ "url": partner.url(&format!("/redirect?to=http://localhost:{port}/records?page=1")) }),
+        grant(std::slice::from_ref(&origin)),
+    )
+    .await;
+    assert_denied(&redirected, &format!("http://localhost:{port}"));
+    assert_eq!(partner.requests(), 1, "{:?}", partner.log());
+    assert!(partner.log()[0].0.starts_with("/redirect"));
+
+    // The same redirect with both names granted (and loopback named) is followed.
+    let followed = fetch(
+        json!({ "url": partner.url(&format!("/redirect?to=http://localhost:{port}/records?page=1")) }),
+        grant(&[origin.clone(), by_name.clone()]),
+    )
+    .await;
+    assert_eq!(common::ok_json(&followed)["status"], 200);
+    assert_eq!(partner.requests(), 3, "{:?}", partner.log());
+}
+
+#[tokio::test]
+async fn a_response_over_the_cap_ends_the_call_not_the_host() {
+    let partner = Partner::start().await;
+    let sandbox = Sandbox::new(SandboxConfig {
+        http: HttpLimits {
+            max_response_body: 64 << 10,
+            ..HttpLimits::default()
+        },
+        ..common::config()
+    })
+    .unwrap();
+    let g = grant(&[partner.origin()]);
+
+    // Within the cap: the whole body.
+    let small = fetch_with(
+        &sandbox,
+        json!({ "url": partner.url("/big?bytes=65536") }),
+        g.clone(),
+    )
+    .await;
+    assert_eq!(common::ok_json(&small)["bytes"], 65536);
+
+    // Over it: the call fails, the run reports it, nothing past the cap was delivered.
+    let big = fetch_with(
+        &sandbox,
+        json!({ "url": partner.url("/big?bytes=8388608") }),
+        g.clone(),
+    )
+    .await;
+    match &big.result {
+        Err(Failure::Retry { message }) => {
+            assert!(message.contains("body size exceeds limit"), "{message}")
+        }
+        other => panic!("expected the body cap, got {other:?}"),
+    }
+    let used = &big.http[0];
+    assert_eq!((used.calls, used.failed), (1, 1));
+    assert!(
+        used.bytes_received <= (64 << 10) + (64 << 10),
+        "received {} bytes past a 64 KiB cap",
+        used.bytes_received
+    );
+
+    // The host is fine: the next call works.
+    let again = fetch_with(
+        &sandbox,
+        json!({ "url": partner.url("/records?page=0") }),
+        g,
+    )
+    .await;
+    assert_eq!(common::ok_json(&again)["status"], 200);
+}
+
+#[tokio::test]
+async fn a_call_that_outlives_the_first_byte_timeout_fails_within_it() {
+    let partner = Partner::start().await;
+    let sandbox = Sandbox::new(SandboxConfig {
+        http: HttpLimits {
+            first_byte_timeout: Duration::from_millis(200),
+            ..HttpLimits::default()
+        },
+        ..common::config()
+    })
+    .unwrap();
+    let slow = fetch_with(
+        &sandbox,
+        json!({ "url": partner.url("/slow?ms=30000") }),
+        grant(&[partner.origin()]),
+    )
+    .await;
+    match &slow.result {
+        Err(Failure::Retry { message }) => {
+            assert!(message.contains("HttpResponseTimeout"), "{message}")
+        }
+        other => panic!("expected the first-byte timeout, got {other:?}"),
+    }
+    // Nowhere near the partner's 30 s: the timeout, not the server, ended it.
+    assert!(
+        slow.wall_time < Duration::from_secs(20),
+        "{:?}",
+        slow.wall_time
+    );
+}
+
+/// Grants through the broker: given, used by a worker, taken back.
+#[tokio::test]
+async fn a_worker_runs_a_module_with_the_grant_the_broker_holds() {
+    let partner = Partner::start().await;
+    let broker: Arc<dyn ApiBroker> = Arc::new(MemoryBroker::new());
+    let bytes = common::job("fetch");
+    let module = ModuleHash::of(&bytes);
+
+    // Nothing uploaded yet: nothing can be granted.
+    let refused = broker
+        .extend_grant(module, &grant(&[partner.origin()]))
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("never uploaded"), "{refused}");
+    broker.put_module(module, &bytes).await.unwrap();
+    let whole = broker
+        .extend_grant(module, &grant(&[partner.origin()]))
+        .await
+        .unwrap();
+    assert_eq!(whole.http.len(), 1);
+
+    let worker = Worker::new(
+        broker.clone(),
+        common::sandbox().clone(),
+        WorkerConfig {
+            grant_ttl: Duration::ZERO,
+            maintain_every: Duration::from_millis(20),
+            ..WorkerConfig::default()
+        },
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(worker.run(async {
+        let _ = stopped.await;
+    }));
+    let run = |id: &'static str| {
+        let broker = broker.clone();
+        let url = partner.url("/records?page=3");
+        async move {
+            let mut inv = wasmq::invocation::Invocation::new(module);
+            inv.id = Some(id.into());
+            inv.args = json!({ "url": url });
+            let job = inv.prepare(&Limits::default_ceilings()).unwrap();
+            common::enqueue(broker.as_ref(), &[job]).await.unwrap();
+            broker
+                .wait_job("default", id, Duration::from_secs(60))
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+
+    let granted = run("granted").await;
+    assert_eq!(
+        granted.state,
+        JobState::Succeeded,
+        "{:?}",
+        granted.last_error
+    );
+    let report = granted.report.unwrap();
+    assert_eq!(report.http[0].destination, partner.origin());
+    assert_eq!(report.http[0].calls, 1);
+
+    // Revoked: the next run (the worker reads grants for every run here) is denied.
+    let left = broker
+        .remove_grant(module, &Grant::default())
+        .await
+        .unwrap();
+    assert!(left.is_empty());
+    let revoked = run("revoked").await;
+    assert_eq!(revoked.state, JobState::Dead);
+    let error = revoked.last_error.unwrap();
+    assert_eq!(error.kind, FailureKind::Fail);
+    assert!(error.message.contains("denied"), "{}", error.message);
+    assert_eq!(partner.requests(), 1);
+
+    let _ = stop.send(());
+    running.await.unwrap();
+}
