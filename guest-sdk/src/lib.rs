@@ -43,7 +43,7 @@
 //! ## Layout
 //!
 //! - [`job`]: the attribute that turns a function into the component's `run` export.
-//! - [`log`], [`progress`], [`enqueue`]: what the host offers a running job.
+//! - [`log`], [`progress`], [`enqueue`], [`secret`]: what the host offers a running job.
 //! - [`http`]: outbound HTTP to the destinations the operator granted the module.
 //! - [`JobInfo`], [`JobError`], [`Bytes`]: the types a job function sees.
 #![deny(missing_docs)]
@@ -145,6 +145,15 @@ pub mod log {
     pub fn error(message: &str) {
         wit_host::log(Level::Error, message);
     }
+}
+
+/// Reads secret `name`, which the operator granted this module (`wasmq grant <module> --secret
+/// NAME`, or `wasmq run --secret-file NAME=PATH` locally). Returns why when it cannot be read
+/// (not granted, not set). The host redacts the value (`[redacted:NAME]`) from everything the run
+/// leaves behind — stdout, stderr, logs, progress, the result and error messages — so a value
+/// meant for a request header cannot end up in a job record.
+pub fn secret(name: &str) -> Result<String, String> {
+    wit_host::secret(name)
 }
 
 /// Reports progress, 0–100 (larger values are clamped by the host), with an optional note.

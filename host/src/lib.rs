@@ -9,6 +9,7 @@
 //!
 //! - [`job`]: the job's own vocabulary — state, failure kinds, run report, limits (ground floor).
 //! - [`grant`]: what an operator grants a module — HTTP destinations, secrets (ground floor).
+//! - [`secret`]: sealing secrets under the operator's key, redacting them from output (ground floor).
 //! - [`time`]: Unix milliseconds, RFC 3339 times, durations and the [`time::Clock`] (ground floor).
 //! - [`modules`]: content addresses, first validation of uploaded bytes, the artifact cache.
 //! - [`invocation`]: the wire format of a job (JSON, `docs/invocation.schema.json`) and its checks.
@@ -21,8 +22,8 @@
 //! - [`api`]: the HTTP API, one file per resource, and the dashboard.
 //! - [`cli`]: the `wasmq` command line.
 //!
-//! Data flows one way: api/cli → intake → broker → worker → sandbox → broker. `job`, `grant` and
-//! `time` are the ground floor every layer stands on; nothing imports upwards.
+//! Data flows one way: api/cli → intake → broker → worker → sandbox → broker. `job`, `grant`,
+//! `secret` and `time` are the ground floor every layer stands on; nothing imports upwards.
 
 pub mod api;
 pub mod broker;
@@ -34,5 +35,6 @@ pub mod job;
 pub mod modules;
 pub mod sandbox;
 pub mod scheduler;
+pub mod secret;
 pub mod time;
 pub mod worker;

@@ -7,7 +7,7 @@
 //! - [`broker`]: the broker's behaviour on both backends; [`differential`]: both backends driven
 //!   with the same random operations, every observable result compared.
 //! - [`worker`], [`faults`]: the worker end to end, and with faults injected.
-//! - [`egress`]: outbound HTTP from jobs, behind the operator's grants.
+//! - [`egress`], [`secrets`]: outbound HTTP and secrets, behind the operator's grants.
 //! - [`api`], [`cli`], [`clients`], [`dashboard`]: the ways in: HTTP, the binary, the clients, the
 //!   browser.
 
@@ -25,4 +25,5 @@ mod guest_sdk;
 mod guests;
 mod modules;
 mod sandbox;
+mod secrets;
 mod worker;

@@ -99,6 +99,11 @@ impl From<BrokerError> for ApiError {
                 e.to_string(),
             ),
             BrokerError::UnknownModule(_) => ApiError::not_found(e.to_string()),
+            BrokerError::TooManySecrets(_) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "too_many_secrets",
+                e.to_string(),
+            ),
             BrokerError::Corrupt { .. } => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "corrupt", e.to_string())
             }

@@ -2,7 +2,7 @@
 //!
 //! [`Broker`] is what every backend must do for a worker loop (modules, enqueue, fetch, heartbeat,
 //! ack, progress, release, maintain, the job record); rarer abilities are traits beside it —
-//! [`Inspect`], [`Admin`], [`Cron`], [`Batches`], [`Registry`], [`Grants`] — and [`WorkerBroker`] and
+//! [`Inspect`], [`Admin`], [`Cron`], [`Batches`], [`Registry`], [`Grants`], [`Secrets`] — and [`WorkerBroker`] and
 //! [`ApiBroker`] name what a worker and the API/CLI need. [`redis::RedisBroker`] is the shared
 //! backend (many workers on many machines) and [`memory::MemoryBroker`] the embedded one (the demo,
 //! tests, single-process use); each is a folder with one file per trait. Both keep the same state
@@ -77,6 +77,9 @@ pub enum BrokerError {
     /// A grant was refused (a bad destination or secret name, too many of them, or nothing).
     #[error(transparent)]
     Grant(#[from] crate::grant::GrantError),
+    /// The broker holds as many secrets as it may.
+    #[error("the broker holds {0} secrets, the most it may; delete some first")]
+    TooManySecrets(usize),
     /// The module was never uploaded.
     #[error("module `{0}` was never uploaded: upload it before granting it anything")]
     UnknownModule(ModuleHash),
@@ -317,11 +320,29 @@ pub trait Grants: Broker {
     }
 }
 
-/// What a worker uses: the core, cron ticks and module listing (its maintenance pass and
-/// precompiling), reporting itself, and the grants of the modules it runs.
-pub trait WorkerBroker: Broker + Inspect + Cron + Registry + Grants {}
+/// Secrets, sealed by the caller ([`crate::secret`]): the broker stores and returns opaque bytes
+/// and never sees a value.
+#[async_trait]
+pub trait Secrets: Broker {
+    /// Stores `sealed` under `name`, replacing what was there. Refused past
+    /// [`crate::secret::MAX_SECRETS`] names.
+    async fn put_secret(&self, name: &str, sealed: &[u8]) -> Result<(), BrokerError>;
 
-impl<T: Broker + Inspect + Cron + Registry + Grants + ?Sized> WorkerBroker for T {}
+    /// The sealed value of `name`.
+    async fn secret(&self, name: &str) -> Result<Option<Vec<u8>>, BrokerError>;
+
+    /// Every secret's name, sorted.
+    async fn secret_names(&self) -> Result<Vec<String>, BrokerError>;
+
+    /// Deletes `name`; whether it existed.
+    async fn delete_secret(&self, name: &str) -> Result<bool, BrokerError>;
+}
+
+/// What a worker uses: the core, cron ticks and module listing (its maintenance pass and
+/// precompiling), reporting itself, and the grants and secrets of the modules it runs.
+pub trait WorkerBroker: Broker + Inspect + Cron + Registry + Grants + Secrets {}
+
+impl<T: Broker + Inspect + Cron + Registry + Grants + Secrets + ?Sized> WorkerBroker for T {}
 
 /// What the HTTP API and the operator's CLI use: every ability (a server also runs workers).
 pub trait ApiBroker: WorkerBroker + Admin + Batches {}

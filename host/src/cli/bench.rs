@@ -229,6 +229,7 @@ fn request(args: Vec<u8>, limits: Limits) -> RunRequest {
         sub_jobs: Arc::new(NoSubJobs),
         progress: None,
         grant: Default::default(),
+        secrets: Arc::new(crate::sandbox::NoSecrets),
     }
 }
 

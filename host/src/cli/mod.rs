@@ -12,6 +12,7 @@ mod grant;
 mod queue;
 mod report;
 mod run;
+mod secret;
 mod serve;
 mod worker;
 
@@ -269,6 +270,9 @@ enum Command {
     Grants(grant::GrantsArgs),
     /// Take HTTP destinations or secrets (or, with `--all`, everything) away from a module.
     Revoke(grant::RevokeArgs),
+    /// Set, list or delete secrets (sealed with WASMQ_SECRET_KEY), or make a key.
+    #[command(subcommand)]
+    Secret(secret::SecretCommand),
     /// Limit a queue for all workers together; with no flags, remove its limits.
     Limit(queue::LimitArgs),
     /// Pause a queue: it accepts jobs but workers take none until it is resumed.
@@ -424,6 +428,8 @@ impl Cli {
             Command::Dead(command) => queue::dead(redis.connect().await?.as_ref(), command).await,
             Command::Workers(args) => queue::workers(redis.connect().await?.as_ref(), args).await,
             Command::Limit(args) => queue::limit(redis.connect().await?.as_ref(), args).await,
+            Command::Secret(secret::SecretCommand::NewKey) => secret::new_key(),
+            Command::Secret(command) => secret::run(redis.connect().await?.as_ref(), command).await,
             Command::Grant(args) => grant::grant(redis.connect().await?.as_ref(), args).await,
             Command::Grants(args) => grant::grants(redis.connect().await?.as_ref(), args).await,
             Command::Revoke(args) => grant::revoke(redis.connect().await?.as_ref(), args).await,

@@ -1,5 +1,6 @@
 //! `wasmq run`: one invocation of a component file, locally, with the sandbox's limits.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -15,7 +16,7 @@ use crate::grant::{Grant, HttpRule};
 use crate::invocation::{args_to_bytes, bytes_to_json};
 use crate::job::{JobInfo, Limits};
 use crate::modules::ModuleHash;
-use crate::sandbox::{EnqueueFuture, RunRequest, Sandbox, SubJobSink};
+use crate::sandbox::{EnqueueFuture, RunRequest, Sandbox, SecretFuture, SecretSource, SubJobSink};
 
 /// Flags of `wasmq run`.
 #[derive(Debug, Args)]
@@ -43,6 +44,44 @@ pub(crate) struct RunArgs {
     /// `http://127.0.0.1:8080`), as `wasmq grant --http` does for queued runs; repeatable.
     #[arg(long = "http", value_name = "DESTINATION")]
     http: Vec<HttpRule>,
+    /// Grant the job secret NAME with the contents of PATH (trailing newline removed), as
+    /// `wasmq grant --secret` and `wasmq secret set` do for queued runs; repeatable.
+    #[arg(long = "secret-file", value_name = "NAME=PATH", value_parser = parse_secret_file)]
+    secret_files: Vec<(String, PathBuf)>,
+}
+
+fn parse_secret_file(text: &str) -> Result<(String, PathBuf), String> {
+    let (name, path) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}` is not NAME=PATH"))?;
+    crate::grant::check_secret_name(name).map_err(|e| e.to_string())?;
+    Ok((name.to_owned(), PathBuf::from(path)))
+}
+
+/// Secrets read from files for one local run.
+struct FileSecrets(HashMap<String, String>);
+
+impl SecretSource for FileSecrets {
+    fn secret(&self, name: &str) -> SecretFuture {
+        let found =
+            self.0.get(name).cloned().ok_or_else(|| {
+                format!("secret `{name}` was not given (`--secret-file {name}=PATH`)")
+            });
+        Box::pin(async move { found })
+    }
+}
+
+/// Reads each `--secret-file`, checking its value as `wasmq secret set` would.
+fn read_secret_files(files: &[(String, PathBuf)]) -> anyhow::Result<FileSecrets> {
+    let mut secrets = HashMap::new();
+    for (name, path) in files {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("failed to read secret `{name}` from `{}`", path.display()))?;
+        let value = text.strip_suffix('\n').unwrap_or(&text).to_owned();
+        crate::secret::check_value(&value).with_context(|| format!("secret `{name}`"))?;
+        secrets.insert(name.clone(), value);
+    }
+    Ok(FileSecrets(secrets))
 }
 
 /// The per-run limit flags, defaulting to the invocation format's defaults.
@@ -116,6 +155,7 @@ pub(crate) async fn run(sandbox: Sandbox, args: RunArgs) -> anyhow::Result<ExitC
     };
     let value: Value = serde_json::from_str(&json_text).context("`--args` is not valid JSON")?;
     let arg_bytes = args_to_bytes(&value)?;
+    let secrets = read_secret_files(&args.secret_files)?;
     let limits = args.limits.limits(&sandbox)?;
 
     let bytes = std::fs::read(&args.module)
@@ -140,8 +180,9 @@ pub(crate) async fn run(sandbox: Sandbox, args: RunArgs) -> anyhow::Result<ExitC
         progress: None,
         grant: Arc::new(Grant {
             http: args.http.clone(),
-            secrets: Vec::new(),
+            secrets: args.secret_files.iter().map(|(n, _)| n.clone()).collect(),
         }),
+        secrets: Arc::new(secrets),
     };
     let outcome = sandbox.run(&module, request).await;
     let recorded = sub_jobs.take();

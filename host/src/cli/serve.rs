@@ -94,6 +94,7 @@ pub(crate) async fn run(
                 queues: args.queues.clone(),
                 concurrency: args.workers,
                 fan_out: operator.fan_out,
+                secret_key: super::secret::key_from_env()?,
                 ..WorkerConfig::default()
             },
         );

@@ -82,6 +82,7 @@ impl WorkerArgs {
             maintain_every: self.maintain_every,
             precompile: self.precompile,
             grant_ttl: self.grant_ttl,
+            secret_key: super::secret::key_from_env()?,
             ..WorkerConfig::default()
         })
     }

@@ -12,7 +12,8 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::bindings;
 use super::http::Egress;
-use super::{MAX_LOG_MESSAGE_BYTES, MAX_LOG_RECORDS, ProgressSink, SubJobSink};
+use super::{MAX_LOG_MESSAGE_BYTES, MAX_LOG_RECORDS, ProgressSink, SecretSource, SubJobSink};
+use crate::grant::Grant;
 use crate::job::{JobInfo, LogLevel, LogRecord, Progress};
 
 /// The memory cap: total linear memory across the instance's memories.
@@ -63,6 +64,10 @@ pub(super) struct RunState {
     pub(super) info: JobInfo,
     pub(super) sub_jobs: Arc<dyn SubJobSink>,
     pub(super) progress_sink: Option<Arc<dyn ProgressSink>>,
+    pub(super) grant: Arc<Grant>,
+    pub(super) secrets: Arc<dyn SecretSource>,
+    /// (name, value) of every secret this run read: redacted from what it leaves behind.
+    pub(super) secrets_read: Vec<(String, String)>,
     pub(super) started: Instant,
 }
 
@@ -132,6 +137,12 @@ impl bindings::wasmq::job::host::Host for RunState {
             percent: percent.min(100),
             note: note.map(cut),
         };
+        let progress = Progress {
+            note: progress
+                .note
+                .map(|n| crate::secret::redact(&n, &self.secrets_read)),
+            ..progress
+        };
         if let Some(sink) = &self.progress_sink {
             sink.progress(&self.info, &progress);
         }
@@ -140,5 +151,20 @@ impl bindings::wasmq::job::host::Host for RunState {
 
     async fn enqueue(&mut self, module: String, args: Vec<u8>) -> Result<String, String> {
         self.sub_jobs.enqueue(&self.info, module, args).await
+    }
+
+    async fn secret(&mut self, name: String) -> Result<String, String> {
+        if !self.grant.secrets.contains(&name) {
+            return Err(format!(
+                "secret `{}` is not granted to this module (`wasmq grant <module> --secret NAME`)",
+                name.escape_debug()
+            ));
+        }
+        if let Some((_, value)) = self.secrets_read.iter().find(|(n, _)| *n == name) {
+            return Ok(value.clone());
+        }
+        let value = self.secrets.secret(&name).await?;
+        self.secrets_read.push((name, value.clone()));
+        Ok(value)
     }
 }

@@ -28,6 +28,7 @@ mod bindings {
         world: "wasmq:job/job",
         imports: {
             "wasmq:job/host.enqueue": async,
+            "wasmq:job/host.secret": async,
             default: tracing,
         },
         exports: { default: async },
@@ -171,6 +172,28 @@ impl SubJobSink for NoSubJobs {
     }
 }
 
+/// A boxed future returned by [`SecretSource::secret`].
+pub type SecretFuture = Pin<Box<dyn Future<Output = Result<String, String>> + Send>>;
+
+/// Where a guest's `secret` calls are answered, once the sandbox has checked the name against
+/// the module's grant: the broker (opened with the operator's key) in a worker, files in
+/// `wasmq run`.
+pub trait SecretSource: Send + Sync {
+    /// The value of `name`, or a reason the guest sees (never the value of anything else).
+    fn secret(&self, name: &str) -> SecretFuture;
+}
+
+/// Has no secrets: for runs without a store behind them.
+#[derive(Debug, Default)]
+pub struct NoSecrets;
+
+impl SecretSource for NoSecrets {
+    fn secret(&self, name: &str) -> SecretFuture {
+        let message = format!("secret `{name}` is not set on this host");
+        Box::pin(async move { Err(message) })
+    }
+}
+
 /// Where a guest's `progress` calls go while it runs (the final progress is also in the outcome).
 /// Called on the guest's thread: it must be cheap and must not block.
 pub trait ProgressSink: Send + Sync {
@@ -193,6 +216,8 @@ pub struct RunRequest {
     pub progress: Option<Arc<dyn ProgressSink>>,
     /// What the operator granted the module (nothing, by default).
     pub grant: Arc<Grant>,
+    /// Where granted secrets are read from.
+    pub secrets: Arc<dyn SecretSource>,
 }
 
 impl fmt::Debug for RunRequest {
@@ -429,6 +454,9 @@ async fn run_in_store(
         info: request.info.clone(),
         sub_jobs: request.sub_jobs.clone(),
         progress_sink: request.progress.clone(),
+        grant: request.grant.clone(),
+        secrets: request.secrets.clone(),
+        secrets_read: Vec::new(),
         started,
     };
     let mut store = Store::new(&engine, state);
@@ -500,7 +528,7 @@ async fn run_in_store(
             Err(classify(&error, instantiating, &state, &limits, timeout))
         }
     };
-    RunOutcome {
+    let outcome = RunOutcome {
         result,
         fuel_used: limits.fuel.saturating_sub(fuel_left),
         fuel_budget: limits.fuel,
@@ -511,7 +539,8 @@ async fn run_in_store(
         logs_dropped: state.logs_dropped,
         progress: state.progress,
         http: http_uses,
-    }
+    };
+    outcome.redacted(&state.secrets_read)
 }
 
 /// The engine settings that shape compiled code: the same in this process and in the compiler

@@ -125,6 +125,44 @@ pub struct RunOutcome {
     pub http: Vec<HttpUse>,
 }
 
+impl RunOutcome {
+    /// The outcome with every value in `secrets` (name, value) replaced by `[redacted:NAME]`
+    /// wherever the run could have written it: stdout, stderr, logs, progress, the result and
+    /// the failure's message.
+    pub(super) fn redacted(mut self, secrets: &[(String, String)]) -> RunOutcome {
+        if secrets.is_empty() {
+            return self;
+        }
+        let r = |text: &mut String| *text = crate::secret::redact(text, secrets);
+        r(&mut self.stdout.text);
+        r(&mut self.stderr.text);
+        for record in &mut self.logs {
+            r(&mut record.message);
+        }
+        if let Some(note) = self.progress.as_mut().and_then(|p| p.note.as_mut()) {
+            r(note);
+        }
+        match &mut self.result {
+            Ok(bytes) => {
+                // Redacted as text: a result that is not UTF-8 has its invalid bytes replaced.
+                let text = String::from_utf8_lossy(bytes);
+                let clean = crate::secret::redact(&text, secrets);
+                if clean != text {
+                    *bytes = clean.into_bytes();
+                }
+            }
+            Err(
+                Failure::Trap { message }
+                | Failure::Retry { message }
+                | Failure::Fail { message }
+                | Failure::Instantiate { message },
+            ) => r(message),
+            Err(_) => {}
+        }
+        self
+    }
+}
+
 /// Turns a wasmtime error into the precise failure. The memory cap is checked before the trap
 /// code: a refused `memory.grow` surfaces as whatever the guest does next (Rust aborts through
 /// `unreachable`), so the limiter's record is the real cause.

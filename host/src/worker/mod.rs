@@ -23,6 +23,7 @@ mod metrics;
 mod modules;
 mod report;
 mod retry;
+mod secrets;
 mod sub_jobs;
 
 use std::collections::HashMap;
@@ -47,6 +48,7 @@ pub use modules::ModuleCache;
 use report::{ProgressBoard, ack_loop, heartbeat_loop, progress_loop};
 pub use retry::Backoff;
 use retry::decide;
+pub use secrets::BrokerSecrets;
 pub use sub_jobs::{BrokerSubJobs, FanOut};
 
 /// How a worker runs.
@@ -85,6 +87,9 @@ pub struct WorkerConfig {
     /// How long a module's grant is used before it is read again: a grant or revoke reaches
     /// runs that start later than this (1 s).
     pub grant_ttl: Duration,
+    /// The operator's key, to open the secrets granted to modules (none: a job that asks for
+    /// one is told this worker cannot open it).
+    pub secret_key: Option<crate::secret::SecretKey>,
 }
 
 impl Default for WorkerConfig {
@@ -104,6 +109,7 @@ impl Default for WorkerConfig {
             precompile: false,
             fan_out: FanOut::default(),
             grant_ttl: modules::DEFAULT_GRANT_TTL,
+            secret_key: None,
         }
     }
 }
@@ -158,6 +164,7 @@ pub struct Worker {
     config: WorkerConfig,
     counters: Arc<Counters>,
     progress: Arc<ProgressBoard>,
+    secrets: Arc<BrokerSecrets>,
 }
 
 /// A job in flight: how to stop it, and whether its ack is already on its way.
@@ -175,6 +182,10 @@ impl Worker {
         Worker {
             modules: ModuleCache::new(broker.clone(), sandbox.clone())
                 .with_grant_ttl(config.grant_ttl),
+            secrets: Arc::new(BrokerSecrets::new(
+                broker.clone(),
+                config.secret_key.clone(),
+            )),
             broker,
             sandbox,
             config,
@@ -369,6 +380,7 @@ impl Worker {
         let config = self.config.clone();
         let counters = self.counters.clone();
         let board = self.progress.clone();
+        let secrets: Arc<dyn crate::sandbox::SecretSource> = self.secrets.clone();
         let span = tracing::info_span!("job", id = %lease.key.id, queue = %lease.key.queue, module = %lease.invocation.module, attempt = lease.attempt);
         async move {
             let inv = &lease.invocation;
@@ -397,6 +409,7 @@ impl Worker {
                         sub_jobs: sub_jobs.clone(),
                         progress: Some(board.clone()),
                         grant,
+                        secrets: secrets.clone(),
                     };
                     let outcome = sandbox.run(&module, request).await;
                     counters

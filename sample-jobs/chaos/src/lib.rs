@@ -19,6 +19,7 @@
 //! | `flaky`   | `failures`        | returns `retry` on the first `failures` attempts, then succeeds |
 //! | `enqueue` | `module`, `args`?, `retry_attempts`?, `pad`? | enqueues one sub-job (with `pad` bytes of args when given) and returns its id; on the first `retry_attempts` attempts returns `retry` after enqueueing |
 //! | `probe`   | `addr`?           | reports what ambient authority it has: env, args, files, sockets |
+//! | `leak`    | `secret`, `fail`? | reads secret `secret` and writes it everywhere: stdout, stderr, a log record, a progress note, and the result (or, with `fail`, the error message) |
 
 use std::hint::black_box;
 use std::io::Write;
@@ -81,6 +82,11 @@ enum Mode {
     Probe {
         addr: Option<String>,
     },
+    Leak {
+        secret: String,
+        #[serde(default)]
+        fail: bool,
+    },
 }
 
 /// Recurses `max` levels deep (or until the stack overflows). Only scalars, so every frame lives
@@ -99,6 +105,17 @@ fn recurse(max: u64, level: u64) -> u64 {
 fn chaos(info: &JobInfo, mode: Mode) -> Result<Value, JobError> {
     match mode {
         Mode::Ok => Ok(json!({"ok": true})),
+        Mode::Leak { secret, fail } => {
+            let value = wasmq_guest::secret(&secret).map_err(JobError::fail)?;
+            println!("stdout: {value}");
+            eprintln!("stderr: {value}");
+            wasmq_guest::log::info(&format!("log: {value}"));
+            wasmq_guest::progress(50, Some(&format!("note: {value}")));
+            if fail {
+                return Err(JobError::fail(format!("error: {value}")));
+            }
+            Ok(json!({ "leaked": value, "quoted": format!("\"{value}\"") }))
+        }
         Mode::Spin { iterations } => {
             let mut x: u64 = 0;
             let mut i: u64 = 0;

@@ -93,6 +93,7 @@ pub fn request_with(
         sub_jobs,
         progress: None,
         grant: Default::default(),
+        secrets: Arc::new(wasmq::sandbox::NoSecrets),
     }
 }
 

@@ -11,6 +11,7 @@ mod grants;
 mod inspect;
 mod lifecycle;
 mod registry;
+mod secrets;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -50,6 +51,8 @@ struct State {
     crons: BTreeMap<(String, String), CronEntry>,
     workers: BTreeMap<String, WorkerInfo>,
     grants: BTreeMap<ModuleHash, crate::grant::Grant>,
+    /// Secret name → sealed value.
+    secrets: BTreeMap<String, Vec<u8>>,
     batches: HashMap<(String, String), Batch>,
 }
 

@@ -94,6 +94,11 @@ impl Keys {
         format!("{}:{{modules}}:index", self.prefix)
     }
 
+    /// Sealed secrets: name → `nonce ‖ ciphertext`.
+    pub fn secrets(&self) -> String {
+        format!("{}:secrets", self.prefix)
+    }
+
     /// The modules that have a grant (a set of hashes).
     pub fn grant_index(&self) -> String {
         format!("{}:grants", self.prefix)

@@ -38,6 +38,7 @@ mod keys;
 mod lifecycle;
 mod records;
 mod registry;
+mod secrets;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{LazyLock, Mutex};
