@@ -293,3 +293,34 @@ fn secrets_set_through_the_cli_never_show_their_value() {
     );
     assert_eq!(q.ok(&["secret", "list"]), "no secrets\n");
 }
+
+/// The store holds at most `MAX_SECRETS` names: one more is refused, replacing one is not.
+async fn the_secret_store_is_bounded(broker: &dyn ApiBroker) {
+    let max = wasmq::secret::MAX_SECRETS;
+    for i in 0..max {
+        broker
+            .put_secret(&format!("S{i}"), b"sealed")
+            .await
+            .unwrap();
+    }
+    let refused = broker.put_secret("ONE_MORE", b"sealed").await.unwrap_err();
+    assert!(
+        refused.to_string().contains("holds 10000 secrets"),
+        "{refused}"
+    );
+    broker.put_secret("S0", b"resealed").await.unwrap();
+    assert_eq!(broker.secret_names().await.unwrap().len(), max);
+    assert_eq!(broker.secret("S0").await.unwrap().unwrap(), b"resealed");
+    assert!(broker.delete_secret("S1").await.unwrap());
+    broker.put_secret("ONE_MORE", b"sealed").await.unwrap();
+}
+
+#[tokio::test]
+async fn the_secret_store_is_bounded_in_memory_and_on_redis() {
+    the_secret_store_is_bounded(&MemoryBroker::new()).await;
+    let server = common::redis::RedisServer::start();
+    let redis = wasmq::broker::redis::RedisBroker::connect(&server.url())
+        .await
+        .unwrap();
+    the_secret_store_is_bounded(&redis).await;
+}

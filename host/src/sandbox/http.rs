@@ -578,6 +578,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_run_lists_at_most_32_destinations_and_16_denials() {
+        let egress = Egress::new(Arc::default(), HttpLimits::default(), Instant::now());
+        for i in 0..40 {
+            egress
+                .counters(format!("http://10.0.0.{i}:80"))
+                .calls
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        for i in 0..20 {
+            Egress::deny(&egress.record, egress.started, format!("attempt {i}"));
+        }
+        let (uses, denials) = egress.finish();
+        assert_eq!(uses.len(), MAX_DESTINATIONS + 1);
+        let other = uses.iter().find(|u| u.destination == "other").unwrap();
+        assert_eq!(other.calls, 40 - MAX_DESTINATIONS as u64);
+        assert_eq!(uses.iter().map(|u| u.calls).sum::<u64>(), 40);
+        assert_eq!(denials.len() as u64, MAX_DENIALS_LOGGED);
+        assert!(
+            denials[15]
+                .message
+                .ends_with("(4 more requests were denied in this run)"),
+            "{}",
+            denials[15].message
+        );
+    }
+
+    #[test]
     fn a_host_header_must_name_the_authority_requested() {
         assert!(same_authority(
             "api.example",
