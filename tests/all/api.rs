@@ -1245,3 +1245,85 @@ async fn grants_are_given_listed_and_revoked_by_an_admin_only() {
         .await;
     assert_eq!(b, json!({"grants": []}));
 }
+
+#[tokio::test]
+async fn egress_limits_are_set_by_an_admin_and_listed() {
+    let api = Api::new().await;
+    let limit = json!({"concurrency": 5, "rate": [20, 1000]});
+    let (s, b) = api
+        .call(
+            Method::PUT,
+            "/v1/egress/API.Partner.Example",
+            Some(ENQUEUER),
+            Body::from(limit.to_string()),
+        )
+        .await;
+    assert_error(s, &b, StatusCode::FORBIDDEN, "forbidden", None);
+    let (s, b) = api
+        .call(
+            Method::PUT,
+            "/v1/egress/API.Partner.Example",
+            Some(ADMIN),
+            Body::from(limit.to_string()),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b, json!({"host": "api.partner.example", "limit": limit}));
+    let (_, b) = api.get("/v1/egress").await;
+    assert_eq!(
+        b,
+        json!({"egress": [{"host": "api.partner.example", "limit": limit}]})
+    );
+
+    let (s, b) = api
+        .call(
+            Method::PUT,
+            "/v1/egress/api.partner.example",
+            Some(ADMIN),
+            Body::from(r#"{"concurrency": 0}"#),
+        )
+        .await;
+    assert_error(
+        s,
+        &b,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_limits",
+        None,
+    );
+    let (s, b) = api
+        .call(
+            Method::PUT,
+            "/v1/egress/api.partner.example",
+            Some(ADMIN),
+            Body::from(r#"{"burst": 3}"#),
+        )
+        .await;
+    assert_error(
+        s,
+        &b,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_limits",
+        None,
+    );
+    let (s, b) = api
+        .call(
+            Method::PUT,
+            "/v1/egress/not%20a%20host",
+            Some(ADMIN),
+            Body::from("{}"),
+        )
+        .await;
+    assert_error(s, &b, StatusCode::BAD_REQUEST, "bad_request", Some("host"));
+
+    let (s, _) = api
+        .call(
+            Method::PUT,
+            "/v1/egress/api.partner.example",
+            Some(ADMIN),
+            Body::from("{}"),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, b) = api.get("/v1/egress").await;
+    assert_eq!(b, json!({"egress": []}));
+}

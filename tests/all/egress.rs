@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::partner::Partner;
+use common::rig::Rig;
 use serde_json::{Value, json};
 use wasmq::broker::ApiBroker;
 use wasmq::broker::memory::MemoryBroker;
@@ -319,4 +320,147 @@ async fn a_worker_runs_a_module_with_the_grant_the_broker_holds() {
 
     let _ = stop.send(());
     running.await.unwrap();
+}
+
+/// Waits (up to ten minutes, for a loaded machine) for each job to end; returns their states.
+async fn final_states(broker: &dyn ApiBroker, ids: &[String]) -> Vec<JobState> {
+    let mut states = Vec::new();
+    for id in ids {
+        let r = broker
+            .wait_job("default", id, Duration::from_secs(600))
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("job {id} vanished"));
+        assert!(r.state.is_final(), "{id} still {:?}", r.state);
+        states.push(r.state);
+    }
+    states
+}
+
+/// Three worker processes, one destination limited to 5 in flight and 20 started per second:
+/// the partner never sees more, and every job succeeds.
+#[test]
+fn an_egress_limit_holds_across_worker_processes() {
+    let q = Rig::new();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let partner = rt.block_on(Partner::start());
+    let fetch = q.upload("fetch");
+    q.ok(&["grant", &fetch, "--http", &partner.origin()]);
+    assert_eq!(
+        q.ok(&[
+            "egress-limit",
+            "127.0.0.1",
+            "--concurrency",
+            "5",
+            "--rate",
+            "20",
+            "--per",
+            "1s"
+        ]),
+        "127.0.0.1: at most 5 calls at once, at most 20 started per 1000 ms\n"
+    );
+    let _workers: Vec<_> = (0..3)
+        .map(|i| q.worker(&format!("w{i}"), &["--concurrency", "20"]))
+        .collect();
+    let ids = q.enqueue_many(
+        200,
+        "call",
+        &fetch,
+        json!({ "url": partner.url("/slow?ms=150") }),
+    );
+    let broker = rt.block_on(q.broker());
+    let states = rt.block_on(final_states(&broker, &ids));
+    assert!(
+        states.iter().all(|s| *s == JobState::Succeeded),
+        "{states:?}"
+    );
+    assert_eq!(partner.requests(), 200);
+    assert!(
+        partner.peak() <= 5,
+        "{} calls in flight at once",
+        partner.peak()
+    );
+    let most = partner.most_started_within(Duration::from_secs(1));
+    eprintln!(
+        "200 calls through three workers: at most {} in flight, at most {most} started in any second",
+        partner.peak()
+    );
+    assert!(most <= 20, "{most} calls started within one second");
+    // The limits bound: 200 calls at 20 a second take at least nine seconds.
+    assert!(
+        most >= 15,
+        "the limit was never reached ({most} per second at most)"
+    );
+}
+
+/// A worker killed while its jobs hold a destination's only slots: the slots come back when
+/// their lease runs out, and the jobs waiting for them finish on another worker.
+#[test]
+fn a_killed_workers_egress_slots_come_back() {
+    let q = Rig::new();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let partner = rt.block_on(Partner::start());
+    let fetch = q.upload("fetch");
+    q.ok(&["grant", &fetch, "--http", &partner.origin()]);
+    q.ok(&["egress-limit", "127.0.0.1", "--concurrency", "2"]);
+    let fast = [
+        "--lease",
+        "2s",
+        "--egress-lease",
+        "2s",
+        "--concurrency",
+        "8",
+    ];
+    let doomed = q.worker("doomed", &fast);
+
+    // Two calls that never answer take both slots; one attempt each, so they end dead once
+    // their worker is gone.
+    let hanging =
+        r#"{"url": "URL", "method": "GET"}"#.replace("URL", &partner.url("/slow?ms=600000"));
+    let mut hang_ids = Vec::new();
+    for i in 0..2 {
+        let id = format!("hang-{i}");
+        q.ok(&[
+            "enqueue",
+            &fetch,
+            "--id",
+            &id,
+            "--args",
+            &hanging,
+            "--max-attempts",
+            "1",
+            "--timeout-ms",
+            "900000",
+        ]);
+        hang_ids.push(id);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    while partner.in_flight() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the hanging calls never arrived"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Four more wait for a slot on the same worker; then it dies with the slots held.
+    let waiting = q.enqueue_many(
+        4,
+        "waiting",
+        &fetch,
+        json!({ "url": partner.url("/records?page=1") }),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(partner.requests(), 2, "a call passed the limit");
+    doomed.kill();
+
+    let _rescuer = q.worker("rescuer", &fast);
+    let broker = rt.block_on(q.broker());
+    let states = rt.block_on(final_states(&broker, &waiting));
+    assert!(
+        states.iter().all(|s| *s == JobState::Succeeded),
+        "{states:?}"
+    );
+    let hung = rt.block_on(final_states(&broker, &hang_ids));
+    assert!(hung.iter().all(|s| *s == JobState::Dead), "{hung:?}");
+    assert_eq!(partner.requests(), 6);
 }

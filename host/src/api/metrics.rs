@@ -97,6 +97,41 @@ pub fn render(queues: &[QueueCounts], workers: usize, worker: Option<&Counters>)
             "Fuel used by attempts run by this process.",
             &w.fuel,
         );
+        let http = w.http.lock().expect("not poisoned");
+        type Field = fn(&crate::job::HttpUse) -> f64;
+        let series: [(&str, &str, Field); 5] = [
+            (
+                "calls",
+                "Outbound HTTP calls granted and sent by this process's jobs.",
+                |u| u.calls as f64,
+            ),
+            ("failed", "Of those, calls that ended in an error.", |u| {
+                u.failed as f64
+            }),
+            ("sent_bytes", "Request body bytes sent.", |u| {
+                u.bytes_sent as f64
+            }),
+            ("received_bytes", "Response body bytes received.", |u| {
+                u.bytes_received as f64
+            }),
+            (
+                "wait_seconds",
+                "Time jobs spent waiting on calls (egress limit, connect, response).",
+                |u| u.wait_ms as f64 / 1e3,
+            ),
+        ];
+        for (name, help, get) in series {
+            let _ = writeln!(out, "# HELP wasmq_http_{name}_total {help}");
+            let _ = writeln!(out, "# TYPE wasmq_http_{name}_total counter");
+            for u in http.values() {
+                let _ = writeln!(
+                    out,
+                    "wasmq_http_{name}_total{{destination=\"{}\"}} {}",
+                    label(&u.destination),
+                    get(u)
+                );
+            }
+        }
     }
     out
 }
@@ -146,5 +181,37 @@ mod tests {
         assert!(text.contains("wasmq_job_duration_seconds_bucket{le=\"5\"} 2"));
         assert!(text.contains("wasmq_job_duration_seconds_count 2"));
         assert!(text.contains("# TYPE wasmq_job_fuel histogram"));
+    }
+
+    #[test]
+    fn outbound_http_is_counted_per_destination_and_bounded() {
+        let w = Counters::default();
+        let call = |d: &str| crate::job::HttpUse {
+            destination: d.to_owned(),
+            calls: 2,
+            failed: 1,
+            bytes_sent: 10,
+            bytes_received: 300,
+            wait_ms: 1500,
+        };
+        w.count_http(&[call("http://127.0.0.1:8080")]);
+        w.count_http(&[call("http://127.0.0.1:8080")]);
+        let text = render(&[], 1, Some(&w));
+        for line in [
+            "wasmq_http_calls_total{destination=\"http://127.0.0.1:8080\"} 4",
+            "wasmq_http_failed_total{destination=\"http://127.0.0.1:8080\"} 2",
+            "wasmq_http_sent_bytes_total{destination=\"http://127.0.0.1:8080\"} 20",
+            "wasmq_http_received_bytes_total{destination=\"http://127.0.0.1:8080\"} 600",
+            "wasmq_http_wait_seconds_total{destination=\"http://127.0.0.1:8080\"} 3",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        // A guest naming endless hosts under a wildcard grant cannot grow the series forever.
+        for i in 0..1000 {
+            w.count_http(&[call(&format!("https://h{i}.cdn.example:443"))]);
+        }
+        let http = w.http.lock().unwrap();
+        assert_eq!(http.len(), crate::worker::MAX_HTTP_DESTINATIONS + 1);
+        assert!(http["other"].calls > 0);
     }
 }

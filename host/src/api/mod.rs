@@ -1,7 +1,7 @@
 //! The HTTP API (`wasmq serve`): modules, jobs, queues and the dead set as JSON, `/healthz`,
 //! `/metrics`, and the OpenAPI document it is described by (`docs/openapi.json`).
 //!
-//! One file per resource (`modules`, `grants`, `jobs`, `batches`, `queues`, `dead`, `cron`, `operations`),
+//! One file per resource (`modules`, `grants`, `egress`, `jobs`, `batches`, `queues`, `dead`, `cron`, `operations`),
 //! each with a `routes()` table: method, path, the scope a token needs, the body size it reads and
 //! its handler, side by side. The router is built from [`routes`] and nothing else, and a test
 //! checks that table against the OpenAPI document both ways, so the spec cannot drift from what is
@@ -19,6 +19,7 @@ mod batches;
 mod cron;
 mod dashboard;
 mod dead;
+mod egress;
 mod error;
 mod grants;
 mod jobs;
@@ -170,6 +171,7 @@ pub fn routes() -> Vec<Route> {
     [
         modules::routes(),
         grants::routes(),
+        egress::routes(),
         jobs::routes(),
         batches::routes(),
         queues::routes(),

@@ -2,7 +2,7 @@
 //!
 //! [`Broker`] is what every backend must do for a worker loop (modules, enqueue, fetch, heartbeat,
 //! ack, progress, release, maintain, the job record); rarer abilities are traits beside it —
-//! [`Inspect`], [`Admin`], [`Cron`], [`Batches`], [`Registry`], [`Grants`], [`Secrets`] — and [`WorkerBroker`] and
+//! [`Inspect`], [`Admin`], [`Cron`], [`Batches`], [`Registry`], [`Grants`], [`Secrets`], [`EgressLimits`] — and [`WorkerBroker`] and
 //! [`ApiBroker`] name what a worker and the API/CLI need. [`redis::RedisBroker`] is the shared
 //! backend (many workers on many machines) and [`memory::MemoryBroker`] the embedded one (the demo,
 //! tests, single-process use); each is a folder with one file per trait. Both keep the same state
@@ -40,10 +40,10 @@ use crate::invocation::{InvocationError, NewJob};
 use crate::job::{JobState, Progress};
 use crate::modules::ModuleHash;
 pub use types::{
-    Ack, BatchInfo, CancelOutcome, Completion, CronEntry, DEFAULT_RESULT_TTL, Enqueued, Heartbeat,
-    JobPage, JobRecord, Lease, LeaseKey, MAX_ERRORS, MAX_FINISHED_LISTED, Maintenance,
-    ModuleDeletion, ModuleInfo, NewBatch, QueueCounts, QueueLimits, QueueTotals, WORKER_TTL,
-    WorkerInfo,
+    Ack, BatchInfo, CancelOutcome, Completion, CronEntry, DEFAULT_RESULT_TTL, EgressLimit,
+    EgressTry, Enqueued, Heartbeat, JobPage, JobRecord, Lease, LeaseKey, MAX_ERRORS,
+    MAX_FINISHED_LISTED, Maintenance, ModuleDeletion, ModuleInfo, NewBatch, QueueCounts,
+    QueueLimits, QueueTotals, WORKER_TTL, WorkerInfo,
 };
 
 /// Why a broker call failed.
@@ -338,11 +338,57 @@ pub trait Secrets: Broker {
     async fn delete_secret(&self, name: &str) -> Result<bool, BrokerError>;
 }
 
-/// What a worker uses: the core, cron ticks and module listing (its maintenance pass and
-/// precompiling), reporting itself, and the grants and secrets of the modules it runs.
-pub trait WorkerBroker: Broker + Inspect + Cron + Registry + Grants + Secrets {}
+/// Fleet-wide limits on HTTP destinations. A call takes a concurrency slot under a lease (so a
+/// worker killed mid-call frees it when the lease runs out) and a place in the destination's
+/// sliding rate window, in one atomic step.
+#[async_trait]
+pub trait EgressLimits: Broker {
+    /// Sets `host`'s limit; an empty one removes it.
+    async fn set_egress_limit(&self, host: &str, limit: &EgressLimit) -> Result<(), BrokerError>;
 
-impl<T: Broker + Inspect + Cron + Registry + Grants + Secrets + ?Sized> WorkerBroker for T {}
+    /// Every limited destination and its limit, by host.
+    async fn egress_limits(&self) -> Result<Vec<(String, EgressLimit)>, BrokerError>;
+
+    /// `host`'s limit (empty when it has none).
+    async fn egress_limit(&self, host: &str) -> Result<EgressLimit, BrokerError>;
+
+    /// Takes room for one call to `host` under `token` (unique per call): a concurrency slot
+    /// held until [`EgressLimits::release_egress`] or until `lease` passes without a renewal,
+    /// and a start in the rate window, which counts for the window plus `guard` (so that
+    /// network jitter between this host and the destination cannot show it more than the
+    /// limit in any window).
+    async fn acquire_egress(
+        &self,
+        host: &str,
+        token: &str,
+        lease: Duration,
+        guard: Duration,
+    ) -> Result<EgressTry, BrokerError>;
+
+    /// Extends a held slot's lease; false when it had already expired.
+    async fn renew_egress(
+        &self,
+        host: &str,
+        token: &str,
+        lease: Duration,
+    ) -> Result<bool, BrokerError>;
+
+    /// Frees a held slot.
+    async fn release_egress(&self, host: &str, token: &str) -> Result<(), BrokerError>;
+}
+
+/// What a worker uses: the core, cron ticks and module listing (its maintenance pass and
+/// precompiling), reporting itself, the grants and secrets of the modules it runs, and the
+/// destinations' egress limits.
+pub trait WorkerBroker:
+    Broker + Inspect + Cron + Registry + Grants + Secrets + EgressLimits
+{
+}
+
+impl<T: Broker + Inspect + Cron + Registry + Grants + Secrets + EgressLimits + ?Sized> WorkerBroker
+    for T
+{
+}
 
 /// What the HTTP API and the operator's CLI use: every ability (a server also runs workers).
 pub trait ApiBroker: WorkerBroker + Admin + Batches {}

@@ -167,6 +167,43 @@ pub struct QueueLimits {
     pub max_size: Option<u64>,
 }
 
+/// A fleet-wide limit on one HTTP destination (a host), enforced by the host on every call that
+/// any job on any worker makes to it (`wasmq egress-limit`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressLimit {
+    /// At most this many calls in flight at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
+    /// At most `rate.0` calls started in any window of `rate.1` milliseconds (a sliding window).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<(u32, u64)>,
+}
+
+impl EgressLimit {
+    /// Refuses zero limits (leaving a limit out is how it is removed).
+    pub fn check(&self) -> Result<(), String> {
+        if self.concurrency == Some(0) || self.rate.is_some_and(|(n, per)| n == 0 || per == 0) {
+            return Err("egress limits must be at least 1 (and the window at least 1 ms); leave a limit out to remove it".into());
+        }
+        Ok(())
+    }
+
+    /// Whether it limits nothing.
+    pub fn is_empty(&self) -> bool {
+        self.concurrency.is_none() && self.rate.is_none()
+    }
+}
+
+/// What [`crate::broker::EgressLimits::acquire_egress`] answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EgressTry {
+    /// The call may start; its concurrency slot (if limited) is held under the token.
+    Acquired,
+    /// No room now; try again after this long (a hint: a freed slot may come sooner).
+    Wait(std::time::Duration),
+}
+
 /// Running totals of one queue, kept by the broker for every worker together.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueueTotals {

@@ -230,6 +230,7 @@ fn request(args: Vec<u8>, limits: Limits) -> RunRequest {
         progress: None,
         grant: Default::default(),
         secrets: Arc::new(crate::sandbox::NoSecrets),
+        egress: Arc::new(crate::sandbox::NoEgressLimits),
     }
 }
 

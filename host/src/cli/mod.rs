@@ -7,6 +7,7 @@ mod bench;
 mod bench_queue;
 mod cron;
 mod demo;
+mod egress;
 mod enqueue;
 mod grant;
 mod queue;
@@ -270,6 +271,11 @@ enum Command {
     Grants(grant::GrantsArgs),
     /// Take HTTP destinations or secrets (or, with `--all`, everything) away from a module.
     Revoke(grant::RevokeArgs),
+    /// Limit calls to an HTTP destination for every worker together; with no flags, remove
+    /// its limit.
+    EgressLimit(egress::EgressLimitArgs),
+    /// List the egress limits.
+    EgressLimits(queue::JsonArgs),
     /// Set, list or delete secrets (sealed with WASMQ_SECRET_KEY), or make a key.
     #[command(subcommand)]
     Secret(secret::SecretCommand),
@@ -428,6 +434,10 @@ impl Cli {
             Command::Dead(command) => queue::dead(redis.connect().await?.as_ref(), command).await,
             Command::Workers(args) => queue::workers(redis.connect().await?.as_ref(), args).await,
             Command::Limit(args) => queue::limit(redis.connect().await?.as_ref(), args).await,
+            Command::EgressLimit(args) => egress::set(redis.connect().await?.as_ref(), args).await,
+            Command::EgressLimits(args) => {
+                egress::list(redis.connect().await?.as_ref(), args.json).await
+            }
             Command::Secret(secret::SecretCommand::NewKey) => secret::new_key(),
             Command::Secret(command) => secret::run(redis.connect().await?.as_ref(), command).await,
             Command::Grant(args) => grant::grant(redis.connect().await?.as_ref(), args).await,

@@ -132,7 +132,7 @@ pub(crate) async fn upload_one(
 pub(crate) struct JsonArgs {
     /// Print JSON.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 pub(crate) async fn modules(broker: &dyn ApiBroker, args: JsonArgs) -> anyhow::Result<ExitCode> {

@@ -183,6 +183,7 @@ pub(crate) async fn run(sandbox: Sandbox, args: RunArgs) -> anyhow::Result<ExitC
             secrets: args.secret_files.iter().map(|(n, _)| n.clone()).collect(),
         }),
         secrets: Arc::new(secrets),
+        egress: Arc::new(crate::sandbox::NoEgressLimits),
     };
     let outcome = sandbox.run(&module, request).await;
     let recorded = sub_jobs.take();

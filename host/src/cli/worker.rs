@@ -48,6 +48,10 @@ pub(crate) struct WorkerArgs {
     /// runs that start later than this (`0s`: read it for every run).
     #[arg(long, value_parser = crate::time::parse_duration, default_value = "1s")]
     grant_ttl: Duration,
+    /// How long an egress slot this worker holds lives without a renewal (renewed every third
+    /// of it during the call): a killed worker's slots come back within this.
+    #[arg(long, value_parser = crate::time::parse_duration, default_value = "30s")]
+    egress_lease: Duration,
 }
 
 impl WorkerArgs {
@@ -62,6 +66,9 @@ impl WorkerArgs {
     pub(crate) fn config(&self) -> anyhow::Result<WorkerConfig> {
         if self.concurrency == 0 {
             anyhow::bail!("`--concurrency` must be at least 1");
+        }
+        if self.egress_lease < Duration::from_millis(300) {
+            anyhow::bail!("`--egress-lease` must be at least 300ms, so renewals can keep up");
         }
         if self.lease < Duration::from_millis(300) {
             anyhow::bail!(
@@ -83,6 +90,7 @@ impl WorkerArgs {
             precompile: self.precompile,
             grant_ttl: self.grant_ttl,
             secret_key: super::secret::key_from_env()?,
+            egress_lease: self.egress_lease,
             ..WorkerConfig::default()
         })
     }

@@ -145,6 +145,18 @@ pub fn check_secret_name(name: &str) -> Result<(), GrantError> {
     }
 }
 
+/// Checks a destination host as an egress limit names it — a DNS name or an IP address — and
+/// returns it the way requests are matched against it: lowercase, without a trailing dot or
+/// IPv6 brackets.
+pub fn normalize_host(host: &str) -> Result<String, GrantError> {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = bare.parse::<IpAddr>() {
+        return Ok(ip.to_string());
+    }
+    check_name(host).map_err(|why| GrantError(format!("`{}` {why}", host.escape_debug())))?;
+    Ok(host.trim_end_matches('.').to_ascii_lowercase())
+}
+
 /// `http` or `https`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Scheme {
@@ -570,6 +582,19 @@ mod tests {
         for s in ["93.184.216.34", "8.8.8.8", "172.32.0.1", "2606:4700::1111"] {
             assert!(is_public(s.parse().unwrap()), "{s} counted as not public");
         }
+    }
+
+    #[test]
+    fn hosts_are_normalized_as_requests_are_matched() {
+        assert_eq!(
+            normalize_host("API.Partner.Example.").unwrap(),
+            "api.partner.example"
+        );
+        assert_eq!(normalize_host("[::1]").unwrap(), "::1");
+        assert_eq!(normalize_host("10.0.0.7").unwrap(), "10.0.0.7");
+        assert!(normalize_host("https://api.example").is_err());
+        assert!(normalize_host("api.example:443").is_err());
+        assert!(normalize_host("").is_err());
     }
 
     #[test]

@@ -28,6 +28,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
+use super::{EgressGate, EgressPermit};
 use crate::grant::{Grant, Scheme};
 use crate::job::{HttpUse, LogLevel, LogRecord};
 
@@ -67,6 +68,7 @@ pub(super) struct Egress {
     limits: HttpLimits,
     record: Arc<Mutex<Record>>,
     started: Instant,
+    gate: Arc<dyn EgressGate>,
 }
 
 /// What a run's requests did, shared with the requests' own tasks.
@@ -87,12 +89,18 @@ struct Counters {
 }
 
 impl Egress {
-    pub(super) fn new(grant: Arc<Grant>, limits: HttpLimits, started: Instant) -> Self {
+    pub(super) fn new(
+        grant: Arc<Grant>,
+        limits: HttpLimits,
+        started: Instant,
+        gate: Arc<dyn EgressGate>,
+    ) -> Self {
         Egress {
             grant,
             limits,
             record: Arc::default(),
             started,
+            gate,
         }
     }
 
@@ -255,8 +263,17 @@ impl WasiHttpHooks for Egress {
                 limits.first_byte_timeout = limits.first_byte_timeout.min(t);
             }
         }
+        let gate = self.gate.clone();
         Box::new(async move {
             let call_started = Instant::now();
+            // Room under the destination's fleet-wide limit, held until the body is done.
+            let permit = gate
+                .enter(&target.host.to_ascii_lowercase())
+                .await
+                .map_err(|e| {
+                    counters.failed.fetch_add(1, Ordering::Relaxed);
+                    Error::InternalError(Some(format!("egress limit: {e}")))
+                })?;
             let result = send(
                 &target,
                 &grant,
@@ -282,6 +299,7 @@ impl WasiHttpHooks for Egress {
                     counters,
                     direction: Direction::Response,
                     call_started: Some(call_started),
+                    _permit: permit,
                 }
                 .boxed_unsync()
             });
@@ -401,6 +419,7 @@ where
             counters: counters.clone(),
             direction: Direction::Request,
             call_started: None,
+            _permit: None,
         }
         .boxed_unsync()
     });
@@ -507,6 +526,8 @@ struct Capped {
     counters: Arc<Counters>,
     direction: Direction,
     call_started: Option<Instant>,
+    /// The destination's room under its egress limit, freed with the body.
+    _permit: EgressPermit,
 }
 
 impl Body for Capped {
@@ -579,7 +600,12 @@ mod tests {
 
     #[test]
     fn a_run_lists_at_most_32_destinations_and_16_denials() {
-        let egress = Egress::new(Arc::default(), HttpLimits::default(), Instant::now());
+        let egress = Egress::new(
+            Arc::default(),
+            HttpLimits::default(),
+            Instant::now(),
+            Arc::new(super::super::NoEgressLimits),
+        );
         for i in 0..40 {
             egress
                 .counters(format!("http://10.0.0.{i}:80"))

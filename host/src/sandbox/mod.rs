@@ -194,6 +194,30 @@ impl SecretSource for NoSecrets {
     }
 }
 
+/// Room for one outbound call under the fleet's limit on its destination, held until dropped.
+pub type EgressPermit = Option<Box<dyn Send + Sync>>;
+
+/// A boxed future returned by [`EgressGate::enter`].
+pub type GateFuture = Pin<Box<dyn Future<Output = Result<EgressPermit, String>> + Send>>;
+
+/// Where an outbound call waits for room under its destination's egress limit, after the
+/// grant allowed it and before it connects: the broker's fleet-wide limits in a worker.
+pub trait EgressGate: Send + Sync {
+    /// Waits (parked: no thread, no fuel) until a call to `host` may start; the permit holds
+    /// its room until dropped. The run's deadline bounds the wait.
+    fn enter(&self, host: &str) -> GateFuture;
+}
+
+/// No egress limits: every call starts at once.
+#[derive(Debug, Default)]
+pub struct NoEgressLimits;
+
+impl EgressGate for NoEgressLimits {
+    fn enter(&self, _: &str) -> GateFuture {
+        Box::pin(async { Ok(None) })
+    }
+}
+
 /// Where a guest's `progress` calls go while it runs (the final progress is also in the outcome).
 /// Called on the guest's thread: it must be cheap and must not block.
 pub trait ProgressSink: Send + Sync {
@@ -218,6 +242,8 @@ pub struct RunRequest {
     pub grant: Arc<Grant>,
     /// Where granted secrets are read from.
     pub secrets: Arc<dyn SecretSource>,
+    /// Where outbound calls wait for room under their destination's limit.
+    pub egress: Arc<dyn EgressGate>,
 }
 
 impl fmt::Debug for RunRequest {
@@ -441,7 +467,7 @@ async fn run_in_store(
     let state = RunState {
         wasi,
         http: wasmtime_wasi_http::WasiHttpCtx::new(),
-        egress: http::Egress::new(request.grant.clone(), http, started),
+        egress: http::Egress::new(request.grant.clone(), http, started, request.egress.clone()),
         table: ResourceTable::new(),
         memory: MemoryCap {
             limit: limits.memory_bytes,

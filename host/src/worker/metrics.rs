@@ -1,8 +1,16 @@
-//! What a worker counts as it goes — jobs fetched, succeeded, retried, dead, fuel — and the
-//! histograms of attempt duration and fuel, updated lock-free from every job task and read by
-//! `/metrics` and `wasmq bench`.
+//! What a worker counts as it goes — jobs fetched, succeeded, retried, dead, fuel, outbound
+//! HTTP per destination — and the histograms of attempt duration and fuel, updated from every
+//! job task and read by `/metrics` and `wasmq bench`.
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::job::HttpUse;
+
+/// Most destinations counted apart in one process; calls to further ones are counted under
+/// `other` (a wildcard grant lets a guest name any number of hosts).
+pub const MAX_HTTP_DESTINATIONS: usize = 256;
 
 /// A histogram with fixed bucket bounds, updated lock-free from every job task.
 #[derive(Debug)]
@@ -84,6 +92,34 @@ pub struct Counters {
     pub duration: Histogram,
     /// Fuel of each attempt that ran.
     pub fuel: Histogram,
+    /// Outbound HTTP by destination, summed over every run.
+    pub http: Mutex<BTreeMap<String, HttpUse>>,
+}
+
+impl Counters {
+    /// Adds one run's outbound HTTP.
+    pub fn count_http(&self, uses: &[HttpUse]) {
+        if uses.is_empty() {
+            return;
+        }
+        let mut all = self.http.lock().expect("not poisoned");
+        for u in uses {
+            let key = if all.len() >= MAX_HTTP_DESTINATIONS && !all.contains_key(&u.destination) {
+                "other".to_owned()
+            } else {
+                u.destination.clone()
+            };
+            let total = all.entry(key.clone()).or_insert_with(|| HttpUse {
+                destination: key,
+                ..HttpUse::default()
+            });
+            total.calls += u.calls;
+            total.failed += u.failed;
+            total.bytes_sent += u.bytes_sent;
+            total.bytes_received += u.bytes_received;
+            total.wait_ms += u.wait_ms;
+        }
+    }
 }
 
 impl Default for Counters {
@@ -99,6 +135,7 @@ impl Default for Counters {
             fuel_used: AtomicU64::new(0),
             duration: Histogram::new(DURATION_BUCKETS),
             fuel: Histogram::new(FUEL_BUCKETS),
+            http: Mutex::default(),
         }
     }
 }

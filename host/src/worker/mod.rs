@@ -19,6 +19,7 @@
 //!
 //! What it must not do: touch wasmtime (that is `sandbox`) or Redis (that is `broker`).
 
+mod egress;
 mod metrics;
 mod modules;
 mod report;
@@ -43,7 +44,10 @@ use crate::invocation::{args_to_bytes, bytes_to_json, check_args_size};
 use crate::job::{AttemptError, FailureKind, JobInfo, RunReport};
 use crate::sandbox::{RunOutcome, RunRequest, Sandbox};
 use crate::time::now_ms;
-pub use metrics::{Counters, DURATION_BUCKETS, FUEL_BUCKETS, Histogram, WorkerStats};
+pub use egress::{BrokerEgress, DEFAULT_EGRESS_LEASE};
+pub use metrics::{
+    Counters, DURATION_BUCKETS, FUEL_BUCKETS, Histogram, MAX_HTTP_DESTINATIONS, WorkerStats,
+};
 pub use modules::ModuleCache;
 use report::{ProgressBoard, ack_loop, heartbeat_loop, progress_loop};
 pub use retry::Backoff;
@@ -90,6 +94,9 @@ pub struct WorkerConfig {
     /// The operator's key, to open the secrets granted to modules (none: a job that asks for
     /// one is told this worker cannot open it).
     pub secret_key: Option<crate::secret::SecretKey>,
+    /// How long a held egress slot lives without a renewal (a killed worker's slots come back
+    /// within this).
+    pub egress_lease: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -110,6 +117,7 @@ impl Default for WorkerConfig {
             fan_out: FanOut::default(),
             grant_ttl: modules::DEFAULT_GRANT_TTL,
             secret_key: None,
+            egress_lease: DEFAULT_EGRESS_LEASE,
         }
     }
 }
@@ -165,6 +173,7 @@ pub struct Worker {
     counters: Arc<Counters>,
     progress: Arc<ProgressBoard>,
     secrets: Arc<BrokerSecrets>,
+    egress: BrokerEgress,
 }
 
 /// A job in flight: how to stop it, and whether its ack is already on its way.
@@ -186,6 +195,7 @@ impl Worker {
                 broker.clone(),
                 config.secret_key.clone(),
             )),
+            egress: BrokerEgress::new(broker.clone(), config.egress_lease, config.grant_ttl),
             broker,
             sandbox,
             config,
@@ -381,6 +391,7 @@ impl Worker {
         let counters = self.counters.clone();
         let board = self.progress.clone();
         let secrets: Arc<dyn crate::sandbox::SecretSource> = self.secrets.clone();
+        let egress: Arc<dyn crate::sandbox::EgressGate> = Arc::new(self.egress.clone());
         let span = tracing::info_span!("job", id = %lease.key.id, queue = %lease.key.queue, module = %lease.invocation.module, attempt = lease.attempt);
         async move {
             let inv = &lease.invocation;
@@ -410,6 +421,7 @@ impl Worker {
                         progress: Some(board.clone()),
                         grant,
                         secrets: secrets.clone(),
+                        egress: egress.clone(),
                     };
                     let outcome = sandbox.run(&module, request).await;
                     counters
@@ -417,6 +429,7 @@ impl Worker {
                         .fetch_add(outcome.fuel_used, Ordering::Relaxed);
                     counters.duration.observe(outcome.wall_time.as_secs_f64());
                     counters.fuel.observe(outcome.fuel_used as f64);
+                    counters.count_http(&outcome.http);
                     let report = report(&config.name, lease.attempt, &outcome, sub_jobs.ids());
                     match outcome.result {
                         Ok(_) => Completion::Succeeded(report),

@@ -94,6 +94,7 @@ pub fn request_with(
         progress: None,
         grant: Default::default(),
         secrets: Arc::new(wasmq::sandbox::NoSecrets),
+        egress: Arc::new(wasmq::sandbox::NoEgressLimits),
     }
 }
 

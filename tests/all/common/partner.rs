@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -24,6 +24,8 @@ pub struct Seen {
     peak: AtomicU64,
     /// (path and query, Host header).
     log: Mutex<Vec<(String, String)>>,
+    /// When each request arrived.
+    starts: Mutex<Vec<Instant>>,
 }
 
 /// The running server; stops with the test's runtime.
@@ -72,6 +74,26 @@ impl Partner {
         self.seen.peak.load(Ordering::SeqCst)
     }
 
+    /// Requests in flight now.
+    pub fn in_flight(&self) -> u64 {
+        self.seen.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// The most requests that arrived within any `window` (sliding).
+    pub fn most_started_within(&self, window: Duration) -> usize {
+        let mut starts = self.seen.starts.lock().unwrap().clone();
+        starts.sort();
+        (0..starts.len())
+            .map(|i| {
+                starts[i..]
+                    .iter()
+                    .take_while(|t| t.duration_since(starts[i]) < window)
+                    .count()
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
     /// (path and query, Host header) of every request, in order.
     pub fn log(&self) -> Vec<(String, String)> {
         self.seen.log.lock().unwrap().clone()
@@ -83,9 +105,12 @@ async fn count(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    seen.starts.lock().unwrap().push(Instant::now());
     seen.requests.fetch_add(1, Ordering::SeqCst);
     let now = seen.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     seen.peak.fetch_max(now, Ordering::SeqCst);
+    // Counted out when the request ends, or when its client goes away mid-request.
+    let _out = InFlight(seen.clone());
     let host = req
         .headers()
         .get(header::HOST)
@@ -98,9 +123,15 @@ async fn count(
         .map_or("/", |p| p.as_str())
         .to_owned();
     seen.log.lock().unwrap().push((path, host));
-    let response = next.run(req).await;
-    seen.in_flight.fetch_sub(1, Ordering::SeqCst);
-    response
+    next.run(req).await
+}
+
+struct InFlight(Arc<Seen>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 #[derive(Deserialize)]

@@ -152,7 +152,9 @@ macro_rules! broker_conformance {
             the_whole_dead_set_can_be_retried_or_deleted,
             module_usage_counts_jobs_not_yet_succeeded,
             the_succeeded_listing_keeps_the_newest_10000,
-            a_full_queue_refuses_enqueues_whole
+            a_full_queue_refuses_enqueues_whole,
+            egress_concurrency_is_held_under_leases,
+            egress_rate_is_a_sliding_window
         );
     };
     (@cases $store:expr, $test:meta, $($name:ident),* $(,)?) => {

@@ -7,6 +7,7 @@
 mod admin;
 mod batches;
 mod cron;
+mod egress;
 mod grants;
 mod inspect;
 mod lifecycle;
@@ -53,6 +54,8 @@ struct State {
     grants: BTreeMap<ModuleHash, crate::grant::Grant>,
     /// Secret name → sealed value.
     secrets: BTreeMap<String, Vec<u8>>,
+    /// Egress limits by host, and each limited host's held slots and recent starts.
+    egress: BTreeMap<String, egress::Destination>,
     batches: HashMap<(String, String), Batch>,
 }
 

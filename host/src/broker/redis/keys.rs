@@ -94,6 +94,23 @@ impl Keys {
         format!("{}:{{modules}}:index", self.prefix)
     }
 
+    /// The hosts that have an egress limit (a set).
+    pub fn egress_index(&self) -> String {
+        format!("{}:egress", self.prefix)
+    }
+
+    /// A host's egress keys, in the order the acquire script takes them: its limit (hash:
+    /// `concurrency`, `rate`, `per_ms`), its held slots (zset: token → lease deadline) and its
+    /// recent starts (zset: token → start ms). One hash tag, so one slot.
+    pub fn egress(&self, host: &str) -> [String; 3] {
+        let base = format!("{}:{{egress:{host}}}:", self.prefix);
+        [
+            format!("{base}limit"),
+            format!("{base}slots"),
+            format!("{base}starts"),
+        ]
+    }
+
     /// Sealed secrets: name → `nonce ‖ ciphertext`.
     pub fn secrets(&self) -> String {
         format!("{}:secrets", self.prefix)

@@ -32,6 +32,7 @@
 mod admin;
 mod batches;
 mod cron;
+mod egress;
 mod grants;
 mod inspect;
 mod keys;
@@ -95,6 +96,8 @@ struct Scripts {
     batch_enqueue: Script,
     put_module: Script,
     delete_module: Script,
+    egress_acquire: Script,
+    egress_renew: Script,
 }
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
@@ -117,6 +120,8 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     batch_enqueue: script!("batch_enqueue"),
     put_module: Script::new(include_str!("lua/put_module.lua")),
     delete_module: Script::new(include_str!("lua/delete_module.lua")),
+    egress_acquire: Script::new(include_str!("lua/egress_acquire.lua")),
+    egress_renew: Script::new(include_str!("lua/egress_renew.lua")),
 });
 
 /// The Redis broker.
