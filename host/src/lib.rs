@@ -19,6 +19,7 @@
 //! - [`worker`]: fetch → run → acknowledge, heartbeats, retry policy, sub-jobs, graceful drain.
 //! - [`scheduler`]: cron, and the promote-and-recover loop every worker runs.
 //! - [`sandbox`]: the only place that configures wasmtime — engine, compile, limits, one run.
+//! - [`partner`]: a local partner API and sink, for the demo, `bench io` and the tests.
 //! - [`api`]: the HTTP API, one file per resource, and the dashboard.
 //! - [`cli`]: the `wasmq` command line.
 //!
@@ -33,6 +34,7 @@ pub mod intake;
 pub mod invocation;
 pub mod job;
 pub mod modules;
+pub mod partner;
 pub mod sandbox;
 pub mod scheduler;
 pub mod secret;

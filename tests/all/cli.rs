@@ -187,6 +187,15 @@ fn demo_runs_every_case() {
         stdout.contains("csv-clean in Rust, Python and JavaScript: identical results"),
         "{stdout}"
     );
+    assert!(
+        stdout.contains("partner-sync, one per page     20/20 ok"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("partner API: 20 pages served")
+            && stdout.contains("(egress limit 3); sink: 80 records stored by 20 POSTs, each with the granted bearer token"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -765,7 +774,7 @@ fn grant_list_and_revoke_a_modules_destinations() {
 fn run_reaches_only_the_destinations_its_flags_grant() {
     let cache = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let partner = rt.block_on(common::partner::Partner::start());
+    let partner = rt.block_on(wasmq::partner::Partner::start()).unwrap();
     let args = format!(r#"{{"url":"{}"}}"#, partner.url("/records?page=1"));
     let fetch = job_path("fetch");
 

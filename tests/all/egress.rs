@@ -8,7 +8,6 @@ use crate::common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::partner::Partner;
 use common::rig::Rig;
 use serde_json::{Value, json};
 use wasmq::broker::ApiBroker;
@@ -16,6 +15,7 @@ use wasmq::broker::memory::MemoryBroker;
 use wasmq::grant::{Grant, HttpRule};
 use wasmq::job::{FailureKind, JobState, Limits, LogLevel};
 use wasmq::modules::ModuleHash;
+use wasmq::partner::Partner;
 use wasmq::sandbox::{Failure, HttpLimits, RunOutcome, Sandbox, SandboxConfig};
 use wasmq::worker::{Worker, WorkerConfig};
 
@@ -63,7 +63,7 @@ fn assert_denied(outcome: &RunOutcome, authority: &str) {
 
 #[tokio::test]
 async fn a_granted_call_reaches_the_partner_and_is_reported() {
-    let partner = Partner::start().await;
+    let partner = Partner::start().await.unwrap();
     let outcome = fetch(
         json!({ "url": partner.url("/records?page=2") }),
         grant(&[partner.origin()]),
@@ -85,7 +85,7 @@ async fn a_granted_call_reaches_the_partner_and_is_reported() {
 
 #[tokio::test]
 async fn requests_outside_the_grant_are_denied_and_never_reach_the_partner() {
-    let partner = Partner::start().await;
+    let partner = Partner::start().await.unwrap();
     let port = partner.addr.port();
     let origin = partner.origin();
     let records = partner.url("/records?page=1");
@@ -161,7 +161,7 @@ async fn requests_outside_the_grant_are_denied_and_never_reach_the_partner() {
 
 #[tokio::test]
 async fn a_response_over_the_cap_ends_the_call_not_the_host() {
-    let partner = Partner::start().await;
+    let partner = Partner::start().await.unwrap();
     let sandbox = Sandbox::new(SandboxConfig {
         http: HttpLimits {
             max_response_body: 64 << 10,
@@ -214,7 +214,7 @@ async fn a_response_over_the_cap_ends_the_call_not_the_host() {
 
 #[tokio::test]
 async fn a_call_that_outlives_the_first_byte_timeout_fails_within_it() {
-    let partner = Partner::start().await;
+    let partner = Partner::start().await.unwrap();
     let sandbox = Sandbox::new(SandboxConfig {
         http: HttpLimits {
             first_byte_timeout: Duration::from_millis(200),
@@ -246,7 +246,7 @@ async fn a_call_that_outlives_the_first_byte_timeout_fails_within_it() {
 /// Grants through the broker: given, used by a worker, taken back.
 #[tokio::test]
 async fn a_worker_runs_a_module_with_the_grant_the_broker_holds() {
-    let partner = Partner::start().await;
+    let partner = Partner::start().await.unwrap();
     let broker: Arc<dyn ApiBroker> = Arc::new(MemoryBroker::new());
     let bytes = common::job("fetch");
     let module = ModuleHash::of(&bytes);
@@ -343,7 +343,7 @@ async fn final_states(broker: &dyn ApiBroker, ids: &[String]) -> Vec<JobState> {
 fn an_egress_limit_holds_across_worker_processes() {
     let q = Rig::new();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let partner = rt.block_on(Partner::start());
+    let partner = rt.block_on(Partner::start()).unwrap();
     let fetch = q.upload("fetch");
     q.ok(&["grant", &fetch, "--http", &partner.origin()]);
     assert_eq!(
@@ -399,7 +399,7 @@ fn an_egress_limit_holds_across_worker_processes() {
 fn a_killed_workers_egress_slots_come_back() {
     let q = Rig::new();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let partner = rt.block_on(Partner::start());
+    let partner = rt.block_on(Partner::start()).unwrap();
     let fetch = q.upload("fetch");
     q.ok(&["grant", &fetch, "--http", &partner.origin()]);
     q.ok(&["egress-limit", "127.0.0.1", "--concurrency", "2"]);

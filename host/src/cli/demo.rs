@@ -1,7 +1,8 @@
 //! `wasmq demo`: the whole system in one process — the sample jobs uploaded to the embedded
 //! in-memory broker, a batch enqueued (real work, the same CSV cleaning in Rust, Python and
-//! JavaScript, a fan-out, `chaos` jobs that hit each limit and retry), one worker running them
-//! with a progress bar, then a summary table.
+//! JavaScript, a fan-out, `chaos` jobs that hit each limit and retry, and a fan-out of
+//! `partner-sync` jobs against a local partner API under an egress limit), one worker running
+//! them with a progress bar, then a summary table and what the partner API observed.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -14,12 +15,15 @@ use serde_json::{Value, json};
 use super::JobsDir;
 use super::report::group;
 use crate::broker::memory::MemoryBroker;
-use crate::broker::{ApiBroker, JobRecord};
+use crate::broker::{ApiBroker, EgressLimit, JobRecord};
+use crate::grant::Grant;
 use crate::intake::Intake;
 use crate::invocation::{Invocation, NewJob};
 use crate::job::JobState;
 use crate::modules::ModuleHash;
+use crate::partner::Partner;
 use crate::sandbox::Sandbox;
+use crate::secret::SecretKey;
 use crate::worker::{Backoff, Worker, WorkerConfig};
 
 /// Flags of `wasmq demo`.
@@ -46,7 +50,16 @@ const DOC: &str = "# wasmq\n\nJobs are **components**.\n\n## Limits\n\n| limit |
 /// Sub-jobs the fan-out case enqueues.
 const FANOUT: u32 = 5;
 
-const JOBS: [&str; 7] = [
+/// Pages the partner fan-out syncs, one `partner-sync` job each.
+const PAGES: u32 = 20;
+
+/// The egress limit on the partner API: calls in flight at once, across the fleet.
+const PARTNER_CONCURRENCY: u32 = 3;
+
+/// The token the local sink expects, granted to `partner-sync` as the secret `SINK_TOKEN`.
+const SINK_TOKEN: &str = "demo-sink-token-7f3a9c";
+
+const JOBS: [&str; 8] = [
     "hello",
     "csv-clean",
     "markdown",
@@ -54,6 +67,7 @@ const JOBS: [&str; 7] = [
     "chaos",
     "python-csv-clean",
     "js-csv-clean",
+    "partner-sync",
 ];
 
 /// The CSV cleaning job in each language: the demo checks that their results agree.
@@ -75,7 +89,7 @@ fn dead(kind: &'static str) -> (JobState, Option<&'static str>) {
     (JobState::Dead, Some(kind))
 }
 
-fn cases(hello: ModuleHash) -> Vec<Case> {
+fn cases(hello: ModuleHash, partner_sync: ModuleHash, partner: &Partner) -> Vec<Case> {
     vec![
         Case {
             job: "hello",
@@ -117,6 +131,21 @@ fn cases(hello: ModuleHash) -> Vec<Case> {
             what: "fan out 5 hello sub-jobs",
             expect: OK,
             args: json!({"module": hello, "count": FANOUT, "args": {"name": "sub-job"}}),
+            tweak: |_| {},
+        },
+        Case {
+            job: "fanout",
+            what: "sync 20 partner pages (≤ 3)",
+            expect: OK,
+            args: json!({
+                "module": partner_sync,
+                "count": PAGES,
+                "field": "page",
+                "args": {
+                    "source": partner.url("/records?delay_ms=100"),
+                    "sink": partner.url("/sink"),
+                },
+            }),
             tweak: |_| {},
         },
         Case {
@@ -213,8 +242,30 @@ pub(crate) async fn run(sandbox: Sandbox, args: DemoArgs) -> anyhow::Result<Exit
         hashes.insert(name, module.hash());
     }
 
-    // 2. Enqueue the batch.
-    let cases = cases(hashes["hello"]);
+    // 2. A partner API and a sink on loopback; `partner-sync` may call them (and nothing else),
+    // may read the sink's token, and every worker together calls them at most 3 at a time.
+    let partner = Partner::start().await?;
+    let grant = Grant {
+        http: vec![partner.origin().parse()?],
+        secrets: vec!["SINK_TOKEN".into()],
+    };
+    broker.extend_grant(hashes["partner-sync"], &grant).await?;
+    let key = SecretKey::parse(&SecretKey::generate())?;
+    broker
+        .put_secret("SINK_TOKEN", &key.seal("SINK_TOKEN", SINK_TOKEN)?)
+        .await?;
+    let limit = EgressLimit {
+        concurrency: Some(PARTNER_CONCURRENCY),
+        rate: None,
+    };
+    broker.set_egress_limit("127.0.0.1", &limit).await?;
+    println!(
+        "partner API and sink on {}: granted to partner-sync with the secret SINK_TOKEN, egress limit {PARTNER_CONCURRENCY} at once",
+        partner.origin()
+    );
+
+    // 3. Enqueue the batch.
+    let cases = cases(hashes["hello"], hashes["partner-sync"], &partner);
     let jobs = cases.iter().enumerate().map(|(n, case)| {
         let mut inv = Invocation::new(hashes[case.job]);
         inv.id = Some(format!("demo-{:02}-{}", n + 1, case.job));
@@ -228,7 +279,7 @@ pub(crate) async fn run(sandbox: Sandbox, args: DemoArgs) -> anyhow::Result<Exit
     intake.enqueue(broker.as_ref(), &jobs).await?;
     println!("enqueued {} jobs on queue `demo`\n", jobs.len());
 
-    // 3. One worker; short backoff so the retries happen while you watch.
+    // 4. One worker; short backoff so the retries happen while you watch.
     let config = WorkerConfig {
         queues: vec!["demo".into()],
         concurrency: args.concurrency,
@@ -237,6 +288,7 @@ pub(crate) async fn run(sandbox: Sandbox, args: DemoArgs) -> anyhow::Result<Exit
             max: Duration::from_secs(1),
         },
         maintain_every: Duration::from_millis(50),
+        secret_key: Some(key),
         ..WorkerConfig::default()
     };
     let worker = Worker::new(broker.clone(), sandbox, config);
@@ -245,7 +297,7 @@ pub(crate) async fn run(sandbox: Sandbox, args: DemoArgs) -> anyhow::Result<Exit
     let running = tokio::spawn(worker.run(async {
         let _ = stopped.await;
     }));
-    let total = jobs.len() as u64 + u64::from(FANOUT);
+    let total = jobs.len() as u64 + u64::from(FANOUT + PAGES);
     let bar = ProgressBar::new(total);
     bar.set_style(ProgressStyle::with_template(
         "{bar:40} {pos}/{len} jobs ended  {msg}",
@@ -264,13 +316,14 @@ pub(crate) async fn run(sandbox: Sandbox, args: DemoArgs) -> anyhow::Result<Exit
     let _ = stop.send(());
     let stats = running.await?;
 
-    // 4. Summary.
+    // 5. Summary.
     println!(
         "{:<26} {:<30} {:<10} {:>8} {:>13}  detail",
         "job", "case", "state", "attempts", "fuel"
     );
     let mut unexpected = 0;
-    let mut sub_jobs = Vec::new();
+    // Each fan-out case's sub-jobs.
+    let mut fanned: Vec<(usize, Vec<String>)> = Vec::new();
     // The CSV job in Rust, Python and JavaScript: one result.
     let mut csv_results = Vec::new();
     for (case, job) in cases.iter().zip(&jobs) {
@@ -290,8 +343,10 @@ pub(crate) async fn run(sandbox: Sandbox, args: DemoArgs) -> anyhow::Result<Exit
         if ended != case.expect {
             unexpected += 1;
         }
-        if let Some(r) = &record.report {
-            sub_jobs.extend(r.sub_jobs.iter().cloned());
+        if let Some(r) = &record.report
+            && !r.sub_jobs.is_empty()
+        {
+            fanned.push((fanned.len(), r.sub_jobs.clone()));
         }
         if CSV_JOBS.contains(&case.job) {
             csv_results.push(record.report.as_ref().and_then(|r| r.result.clone()));
@@ -306,29 +361,60 @@ pub(crate) async fn run(sandbox: Sandbox, args: DemoArgs) -> anyhow::Result<Exit
             detail(&record)
         );
     }
-    let mut sub_ok = 0;
-    for id in &sub_jobs {
-        if broker
-            .job(Some("demo"), id)
-            .await?
-            .is_some_and(|r| r.state == JobState::Succeeded)
-        {
-            sub_ok += 1;
+    for ((index, ids), (what, expected)) in fanned.iter().zip([
+        ("the fan-out's sub-jobs (hello)", FANOUT),
+        ("partner-sync, one per page", PAGES),
+    ]) {
+        let mut ok = 0;
+        for id in ids {
+            if broker
+                .job(Some("demo"), id)
+                .await?
+                .is_some_and(|r| r.state == JobState::Succeeded)
+            {
+                ok += 1;
+            }
+        }
+        let case = cases
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.job == "fanout")
+            .nth(*index)
+            .map_or(0, |(n, _)| n + 1);
+        let shown: Vec<&str> = ids.iter().take(5).map(String::as_str).collect();
+        println!(
+            "{:<26} {:<30} {:<10} {:>8} {:>13}  {}{}",
+            format!("demo-{case:02}-fanout.N"),
+            what,
+            format!("{ok}/{} ok", ids.len()),
+            "",
+            "",
+            shown.join(" "),
+            if ids.len() > shown.len() { " …" } else { "" }
+        );
+        if ok != expected as usize {
+            unexpected += 1;
         }
     }
+    let pages = partner
+        .log()
+        .iter()
+        .filter(|(path, _)| path.starts_with("/records"))
+        .count();
+    let (stored, tokens) = partner.sunk();
+    let authorised = tokens.iter().all(|t| *t == format!("Bearer {SINK_TOKEN}"));
     println!(
-        "{:<26} {:<30} {:<10} {:>8} {:>13}  {}",
-        format!(
-            "demo-{:02}-fanout.N",
-            1 + cases.iter().position(|c| c.job == "fanout").unwrap_or(0)
-        ),
-        "the fan-out's sub-jobs (hello)",
-        format!("{sub_ok}/{} ok", sub_jobs.len()),
-        "",
-        "",
-        sub_jobs.join(" ")
+        "\npartner API: {pages} pages served, at most {} calls in flight at once (egress limit {PARTNER_CONCURRENCY}); \
+         sink: {stored} records stored by {} POSTs, {}",
+        partner.peak(),
+        tokens.len(),
+        if authorised {
+            "each with the granted bearer token"
+        } else {
+            "some WITHOUT the granted token"
+        }
     );
-    if sub_ok != FANOUT as usize {
+    if partner.peak() > u64::from(PARTNER_CONCURRENCY) || !authorised || pages < PAGES as usize {
         unexpected += 1;
     }
     let agree = csv_results.len() == CSV_JOBS.len()

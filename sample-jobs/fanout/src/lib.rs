@@ -1,8 +1,9 @@
 //! `fanout` — splits work into sub-jobs through the host's `enqueue` import.
 //!
-//! Args: `{"module": "sha256:<64 hex>", "count": 10, "args": {...}}`. Enqueues `count` jobs of
-//! `module`; when `args` is an object each copy gets an `"index"` field (0-based), otherwise the
-//! args are sent as they are. Result: `{"enqueued": ["<job id>", ...]}`. A refused enqueue is a
+//! Args: `{"module": "sha256:<64 hex>", "count": 10, "args": {...}, "field": "index"}`. Enqueues
+//! `count` jobs of `module`; when `args` is an object each copy gets its number (0-based) in the
+//! field named by `field` (`"index"` when left out: `"page"` fans a `partner-sync` out one job
+//! per page), otherwise the args are sent as they are. Result: `{"enqueued": ["<job id>", ...]}`. A refused enqueue is a
 //! retryable failure (the queue may be briefly unavailable).
 
 use serde::{Deserialize, Serialize};
@@ -15,6 +16,12 @@ struct Args {
     count: u32,
     #[serde(default)]
     args: Value,
+    #[serde(default = "index")]
+    field: String,
+}
+
+fn index() -> String {
+    "index".to_owned()
 }
 
 #[derive(Serialize)]
@@ -28,7 +35,7 @@ fn fanout(args: Args) -> Result<Fanned, JobError> {
     for index in 0..args.count {
         let mut sub = args.args.clone();
         if let Value::Object(map) = &mut sub {
-            map.insert("index".to_owned(), Value::from(index));
+            map.insert(args.field.clone(), Value::from(index));
         }
         let id = wasmq_guest::enqueue(&args.module, &sub)
             .map_err(|e| JobError::retry(format!("sub-job {index} was not enqueued: {e}")))?;

@@ -1,6 +1,8 @@
-//! A partner API and sink on loopback, for the outbound-HTTP tests: it serves pages of records,
-//! redirects, large and slow bodies, takes POSTed records, and counts what it saw — every
-//! request and its Host header, and the most in flight at once.
+//! A partner API and sink on loopback — what a job that fetches, cleans and stores data talks
+//! to, for the demo, `bench io` and the tests: it serves pages of records (`/records?page=n`,
+//! optionally `&delay_ms=`), redirects, large and slow bodies, takes POSTed records at `/sink`
+//! (with a bearer token), and counts what it saw — every request and its Host header, when each
+//! arrived, the most in flight at once, the records stored.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,6 +26,8 @@ pub struct Seen {
     peak: AtomicU64,
     /// (path and query, Host header).
     log: Mutex<Vec<(String, String)>>,
+    /// Records stored through `/sink`, and the `Authorization` header of each POST.
+    sunk: Mutex<(u64, Vec<String>)>,
     /// When each request arrived.
     starts: Mutex<Vec<Instant>>,
 }
@@ -36,8 +40,8 @@ pub struct Partner {
 }
 
 impl Partner {
-    /// Starts it on a free loopback port.
-    pub async fn start() -> Partner {
+    /// Starts it on a free loopback port, serving on the current tokio runtime.
+    pub async fn start() -> std::io::Result<Partner> {
         let seen = Arc::new(Seen::default());
         let app = Router::new()
             .route("/records", get(records))
@@ -48,10 +52,10 @@ impl Partner {
             .fallback(any(|| async { "ok" }))
             .layer(axum::middleware::from_fn_with_state(seen.clone(), count))
             .with_state(seen.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
         tokio::spawn(async move { axum::serve(listener, app).await });
-        Partner { addr, seen }
+        Ok(Partner { addr, seen })
     }
 
     /// `http://127.0.0.1:<port>`.
@@ -92,6 +96,11 @@ impl Partner {
             })
             .max()
             .unwrap_or(0)
+    }
+
+    /// Records stored through `/sink`, and the `Authorization` headers the POSTs carried.
+    pub fn sunk(&self) -> (u64, Vec<String>) {
+        self.seen.sunk.lock().unwrap().clone()
     }
 
     /// (path and query, Host header) of every request, in order.
@@ -191,7 +200,7 @@ async fn slow(Query(d): Query<Delay>) -> &'static str {
     "slow"
 }
 
-async fn sink(headers: HeaderMap, body: Bytes) -> Response {
+async fn sink(State(seen): State<Arc<Seen>>, headers: HeaderMap, body: Bytes) -> Response {
     let Ok(value) = serde_json::from_slice::<Value>(&body) else {
         return (StatusCode::BAD_REQUEST, "not JSON").into_response();
     };
@@ -200,8 +209,11 @@ async fn sink(headers: HeaderMap, body: Bytes) -> Response {
         .and_then(|h| h.to_str().ok())
         .map(str::to_owned);
     let stored = value.as_array().map_or(0, Vec::len);
-    if auth.is_none() {
+    let Some(auth) = auth else {
         return (StatusCode::UNAUTHORIZED, "no bearer token").into_response();
-    }
+    };
+    let mut sunk = seen.sunk.lock().unwrap();
+    sunk.0 += stored as u64;
+    sunk.1.push(auth);
     (StatusCode::CREATED, axum::Json(json!({ "stored": stored }))).into_response()
 }
