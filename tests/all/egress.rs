@@ -464,3 +464,45 @@ fn a_killed_workers_egress_slots_come_back() {
     assert!(hung.iter().all(|s| *s == JobState::Dead), "{hung:?}");
     assert_eq!(partner.requests(), 6);
 }
+
+/// Past the pool's size the sandbox allocates each run on demand (a pool for ten thousand runs
+/// cannot be reserved), compiling for the smaller reservation in its compiler child: jobs run
+/// there as they do in a pooled one.
+#[tokio::test]
+async fn a_sandbox_for_more_runs_than_the_pool_runs_jobs_alike() {
+    let partner = Partner::start().await.unwrap();
+    let sandbox = Sandbox::new(SandboxConfig {
+        max_instances: wasmq::sandbox::MAX_POOLED_INSTANCES + 1,
+        ..common::config()
+    })
+    .unwrap();
+    let hello = sandbox.load_async(common::job("hello")).await.unwrap();
+    let outcome = sandbox
+        .run(
+            &hello,
+            common::request(&json!({"name": "many"}), Limits::default()),
+        )
+        .await;
+    assert_eq!(common::ok_json(&outcome)["message"], "Hello, many!");
+    let fetched = fetch_with(
+        &sandbox,
+        json!({ "url": partner.url("/records?page=1") }),
+        grant(&[partner.origin()]),
+    )
+    .await;
+    assert_eq!(common::ok_json(&fetched)["status"], 200);
+    // The memory cap holds there too.
+    let chaos = sandbox.load_async(common::job("chaos")).await.unwrap();
+    let limits = Limits {
+        memory_bytes: 16 << 20,
+        ..Limits::default()
+    };
+    let capped = sandbox
+        .run(&chaos, common::request(&json!({"mode": "alloc"}), limits))
+        .await;
+    assert!(
+        matches!(capped.result, Err(Failure::MemoryLimit { .. })),
+        "{:?}",
+        capped.result
+    );
+}

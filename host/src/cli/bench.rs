@@ -34,6 +34,9 @@ enum BenchWhat {
     Sandbox(SandboxBench),
     /// Enqueue and processing throughput and end-to-end latency through Redis.
     Queue(super::bench_queue::QueueBench),
+    /// Jobs waiting on the network: 10,000 in flight in one worker, under an egress limit, and
+    /// the per-call overhead of a granted request.
+    Io(super::bench_io::IoBench),
 }
 
 #[derive(Debug, Args)]
@@ -68,6 +71,10 @@ pub(crate) async fn run(
     let args = match args.what {
         BenchWhat::Sandbox(args) => args,
         BenchWhat::Queue(args) => return super::bench_queue::run(args, redis, base).await,
+        BenchWhat::Io(args) => {
+            let cache = base.cache_dir.clone();
+            return super::bench_io::run(args, base, cache).await;
+        }
     };
     if cfg!(debug_assertions) {
         println!(

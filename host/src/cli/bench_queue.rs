@@ -45,14 +45,16 @@ pub(crate) struct QueueBench {
 }
 
 /// A private `redis-server`, killed on drop.
-struct PrivateRedis {
+pub(super) struct PrivateRedis {
     child: Child,
     _dir: tempfile::TempDir,
-    url: String,
+    /// Where it listens.
+    pub(super) url: String,
 }
 
 impl PrivateRedis {
-    fn start() -> anyhow::Result<Self> {
+    /// Starts one on a free loopback port (append-only file on, fsync every second).
+    pub(super) fn start() -> anyhow::Result<Self> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let dir = tempfile::tempdir()?;
         let child = Command::new("redis-server")

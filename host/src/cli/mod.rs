@@ -4,6 +4,7 @@
 //! `anyhow` chains for `main` to print; job failures are not errors but outcomes (exit code 1).
 
 mod bench;
+mod bench_io;
 mod bench_queue;
 mod cron;
 mod demo;
@@ -307,6 +308,9 @@ enum Command {
         /// The CPU time limit to set on itself.
         #[arg(long)]
         cpu_seconds: u64,
+        /// Compile for this per-memory reservation (an unpooled sandbox's).
+        #[arg(long)]
+        memory_reservation: Option<u64>,
     },
 }
 
@@ -383,11 +387,13 @@ impl Cli {
         if let Command::CompileModule {
             memory_bytes,
             cpu_seconds,
+            memory_reservation,
         } = self.command
         {
             return Ok(crate::sandbox::compile_module_main(
                 memory_bytes,
                 cpu_seconds,
+                memory_reservation,
             ));
         }
         let base = SandboxConfig {

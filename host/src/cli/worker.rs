@@ -112,6 +112,7 @@ pub(crate) async fn run(
         config.queues.join(","),
         config.concurrency
     );
+    raise_open_files(config.concurrency);
     let worker = Worker::new(broker, sandbox, config);
     let stats = worker.run(shutdown_signal()).await;
     eprintln!(
@@ -156,6 +157,32 @@ fn parse_queues(specs: &[String]) -> anyhow::Result<(Vec<String>, Vec<u32>)> {
         anyhow::bail!("`--queues`: give every queue a weight (`a:3,b:1`) or none (`a,b`)");
     }
     Ok((queues, weights))
+}
+
+/// Raises this process's soft limit on open files to its hard limit: every job waiting on an
+/// HTTP response holds a socket, and the usual soft limit (1,024) is far below ten thousand.
+/// Warns when even the hard limit is below what `concurrency` may need.
+#[allow(unsafe_code)]
+fn raise_open_files(concurrency: usize) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `getrlimit` writes the struct we pass; `setrlimit` reads it and changes only this
+    // process's limits.
+    let raised = unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0
+        }
+    };
+    let wanted = concurrency as u64 + 256;
+    if !raised || limit.rlim_max < wanted {
+        eprintln!(
+            "warning: open files are limited to {} (`ulimit -n`); {concurrency} jobs each waiting on an HTTP call need about {wanted}",
+            limit.rlim_cur
+        );
+    }
 }
 
 #[cfg(test)]

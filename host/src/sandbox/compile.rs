@@ -83,17 +83,23 @@ const REFUSED: u8 = 3;
 pub(super) async fn in_child(
     program: &std::path::Path,
     budget: &CompileBudget,
+    memory_reservation: Option<u64>,
     bytes: &[u8],
 ) -> Result<Vec<u8>, LoadError> {
     // CPU seconds as a backstop for the wall-clock limit: the parallel compile may use every
     // core, so allow twice the wall time.
     let cpu_seconds = budget.timeout.as_secs().saturating_mul(2).max(1);
-    let mut child = tokio::process::Command::new(program)
+    let mut command = tokio::process::Command::new(program);
+    command
         .arg("compile-module")
         .arg("--memory-bytes")
         .arg(budget.memory_bytes.to_string())
         .arg("--cpu-seconds")
-        .arg(cpu_seconds.to_string())
+        .arg(cpu_seconds.to_string());
+    if let Some(bytes) = memory_reservation {
+        command.arg("--memory-reservation").arg(bytes.to_string());
+    }
+    let mut child = command
         .env_clear()
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -172,7 +178,11 @@ pub(super) async fn in_child(
 /// `wasmq compile-module`: the child side. Reads a component on stdin, compiles it under the
 /// given limits and writes the artifact to stdout; a component that is invalid or does not fit
 /// the job world exits with code 3 and one JSON refusal on stderr.
-pub fn child_main(memory_bytes: u64, cpu_seconds: u64) -> ExitCode {
+pub fn child_main(
+    memory_bytes: u64,
+    cpu_seconds: u64,
+    memory_reservation: Option<u64>,
+) -> ExitCode {
     if let Err(e) = limit_self(memory_bytes, cpu_seconds) {
         eprintln!("wasmq compile-module: could not limit itself: {e}");
         return ExitCode::FAILURE;
@@ -187,7 +197,7 @@ pub fn child_main(memory_bytes: u64, cpu_seconds: u64) -> ExitCode {
         eprint!("{refused}");
         ExitCode::from(REFUSED)
     };
-    let engine = match wasmtime::Engine::new(&engine_config()) {
+    let engine = match wasmtime::Engine::new(&engine_config(memory_reservation)) {
         Ok(e) => e,
         Err(e) => {
             eprintln!("wasmq compile-module: building the engine: {e:#}");

@@ -159,8 +159,13 @@ impl Sandbox {
                 let engine = self.inner.engine.clone();
                 let component = match &self.inner.budget.program {
                     Some(program) => {
-                        let artifact =
-                            super::compile::in_child(program, &self.inner.budget, &bytes).await?;
+                        let artifact = super::compile::in_child(
+                            program,
+                            &self.inner.budget,
+                            self.inner.memory_reservation,
+                            &bytes,
+                        )
+                        .await?;
                         blocking(move || {
                             deserialize_artifact(&engine, &artifact).map_err(|e| {
                                 LoadError::Compiler(format!("loading the compiled artifact: {e:#}"))

@@ -102,6 +102,14 @@ const CORE_INSTANCES_PER_COMPONENT: u32 = 32;
 /// Linear memories (and tables) per component: one for Rust guests; a few for Python and JS.
 const MEMORIES_PER_COMPONENT: u32 = 4;
 
+/// The most runs alive at once that the pooling allocator is sized for. Its slots are reserved
+/// address space up front (each memory slot as large as the memory ceiling), so a pool for ten
+/// thousand runs cannot be reserved at all; past this the sandbox allocates each run's memories
+/// and stacks when it starts instead (slower to instantiate by tens of microseconds, which a
+/// run that waits on the network does not notice), with a smaller address-space reservation
+/// per memory.
+pub const MAX_POOLED_INSTANCES: u32 = 1000;
+
 /// How the sandbox is sized. Built once per process.
 #[derive(Clone, Debug)]
 pub struct SandboxConfig {
@@ -272,6 +280,8 @@ struct Inner {
     http: HttpLimits,
     guests: GuestRuntime,
     budget: CompileBudget,
+    /// The per-memory reservation when runs are not pooled (see [`MAX_POOLED_INSTANCES`]).
+    memory_reservation: Option<u64>,
     /// Turns to compile: at most `budget.concurrency` at once.
     compiles: tokio::sync::Semaphore,
     /// Compiles started, in this process or in children.
@@ -318,8 +328,15 @@ impl Sandbox {
             .linear_memory_keep_resident(config.keep_resident_bytes)
             .table_keep_resident(64 << 10);
 
-        let mut wasm = engine_config();
-        wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        // Past the pool's size, each memory reserves only its ceiling (not 4 GiB plus guards),
+        // so ten thousand live runs fit the address space; the compiler child must compile
+        // for the same reservation.
+        let memory_reservation = (n > MAX_POOLED_INSTANCES).then_some(config.ceilings.memory_bytes);
+        let mut wasm = engine_config(memory_reservation);
+        wasm.allocation_strategy(match memory_reservation {
+            None => InstanceAllocationStrategy::Pooling(pool),
+            Some(_) => InstanceAllocationStrategy::OnDemand,
+        });
         let engine = Engine::new(&wasm)?;
         let linker = job_linker(&engine)?;
 
@@ -346,6 +363,7 @@ impl Sandbox {
                 guests: GuestRuntime::new()?,
                 compiles: tokio::sync::Semaphore::new(config.compile.concurrency.max(1)),
                 budget: config.compile,
+                memory_reservation,
                 compiled: Default::default(),
                 modules: Mutex::default(),
                 loading: Mutex::default(),
@@ -571,13 +589,19 @@ async fn run_in_store(
 
 /// The engine settings that shape compiled code: the same in this process and in the compiler
 /// child (which adds no pooling allocator), so that an artifact compiled there loads here.
-fn engine_config() -> Config {
+/// `memory_reservation` is the smaller per-memory reservation of an unpooled sandbox.
+fn engine_config(memory_reservation: Option<u64>) -> Config {
     let mut wasm = Config::new();
     wasm.consume_fuel(true)
         .epoch_interruption(true)
         .max_wasm_stack(WASM_STACK_BYTES)
         .async_stack_size(ASYNC_STACK_BYTES)
         .cranelift_opt_level(OptLevel::Speed);
+    if let Some(bytes) = memory_reservation {
+        wasm.memory_reservation(bytes)
+            .memory_guard_size(64 << 10)
+            .memory_reservation_for_growth(0);
+    }
     wasm
 }
 

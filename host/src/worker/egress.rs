@@ -34,6 +34,9 @@ struct Inner {
     lease: Duration,
     ttl: Duration,
     limits: Mutex<HashMap<String, (EgressLimit, Instant)>>,
+    /// Held while a limit is read from the broker: ten thousand calls starting at once read it
+    /// once, not ten thousand times.
+    reading: tokio::sync::Mutex<()>,
     queues: Mutex<HashMap<String, Arc<HostQueue>>>,
 }
 
@@ -55,6 +58,7 @@ impl BrokerEgress {
                 lease,
                 ttl,
                 limits: Mutex::default(),
+                reading: tokio::sync::Mutex::default(),
                 queues: Mutex::default(),
             }),
         }
@@ -62,11 +66,22 @@ impl BrokerEgress {
 }
 
 impl Inner {
+    fn cached(&self, host: &str) -> Option<EgressLimit> {
+        self.limits
+            .lock()
+            .expect("not poisoned")
+            .get(host)
+            .filter(|(_, at)| at.elapsed() < self.ttl)
+            .map(|(limit, _)| *limit)
+    }
+
     async fn limit(&self, host: &str) -> Result<EgressLimit, String> {
-        if let Some((limit, at)) = self.limits.lock().expect("not poisoned").get(host)
-            && at.elapsed() < self.ttl
-        {
-            return Ok(*limit);
+        if let Some(limit) = self.cached(host) {
+            return Ok(limit);
+        }
+        let _reading = self.reading.lock().await;
+        if let Some(limit) = self.cached(host) {
+            return Ok(limit);
         }
         let limit = self
             .broker

@@ -31,6 +31,8 @@ pub struct ModuleCache {
     sandbox: Sandbox,
     cells: Arc<Mutex<HashMap<ModuleHash, Arc<Slot>>>>,
     grants: Arc<Mutex<HashMap<ModuleHash, ReadGrant>>>,
+    /// Held while a grant is read from the broker, so that runs starting together read it once.
+    reading_grant: Arc<tokio::sync::Mutex<()>>,
     grant_ttl: Duration,
 }
 
@@ -52,6 +54,7 @@ impl ModuleCache {
             sandbox,
             cells: Arc::default(),
             grants: Arc::default(),
+            reading_grant: Arc::default(),
             grant_ttl: DEFAULT_GRANT_TTL,
         }
     }
@@ -64,10 +67,20 @@ impl ModuleCache {
 
     /// What the operator granted `hash`, at most the grant TTL old.
     pub async fn grant(&self, hash: ModuleHash) -> Result<Arc<Grant>, ModuleError> {
-        if let Some((grant, at)) = self.grants.lock().expect("not poisoned").get(&hash)
-            && at.elapsed() < self.grant_ttl
-        {
-            return Ok(grant.clone());
+        let cached = || {
+            self.grants
+                .lock()
+                .expect("not poisoned")
+                .get(&hash)
+                .filter(|(_, at)| at.elapsed() < self.grant_ttl)
+                .map(|(grant, _)| grant.clone())
+        };
+        if let Some(grant) = cached() {
+            return Ok(grant);
+        }
+        let _reading = self.reading_grant.lock().await;
+        if let Some(grant) = cached() {
+            return Ok(grant);
         }
         let grant = Arc::new(self.broker.grant(hash).await.map_err(|e| ModuleError {
             permanent: false,

@@ -1,0 +1,259 @@
+//! `wasmq bench io`: jobs that wait on the network. Ten thousand `fetch` jobs, each one GET to a
+//! local server that answers after a second, run by one worker process with a concurrency of
+//! ten thousand: its peak RSS, the wall time from the first job started to the last one ended,
+//! and jobs/s; then the same under an egress limit of 100 concurrent on that server (and the
+//! peak the server observed); then the per-call overhead of a granted request against a server
+//! that answers at once, beside the same request made natively with hyper.
+//!
+//! It starts a private `redis-server` and runs the worker as a child process (`wasmq worker`), so
+//! that the RSS measured is the worker's alone. Build with `--release`.
+
+use std::process::{ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Args;
+use serde_json::json;
+
+use super::JobsDir;
+use super::bench_queue::PrivateRedis;
+use super::report::{group, timings};
+use crate::broker::redis::RedisBroker;
+use crate::broker::{ApiBroker, EgressLimit};
+use crate::grant::Grant;
+use crate::intake::Intake;
+use crate::invocation::Invocation;
+use crate::job::{JobInfo, JobState, Limits};
+use crate::partner::Partner;
+use crate::sandbox::{NoEgressLimits, NoSecrets, NoSubJobs, RunRequest, SandboxConfig};
+
+/// Flags of `wasmq bench io`.
+#[derive(Debug, Args)]
+pub(crate) struct IoBench {
+    #[command(flatten)]
+    jobs: JobsDir,
+    /// Jobs per run, each one GET.
+    #[arg(long, default_value_t = 10_000)]
+    count: usize,
+    /// Jobs in flight in the worker.
+    #[arg(long, default_value_t = 10_000)]
+    concurrency: usize,
+    /// How long the server takes to answer each GET, in ms.
+    #[arg(long, default_value_t = 1000)]
+    delay_ms: u64,
+    /// The egress limit (calls in flight) of the second run; 0 skips it.
+    #[arg(long, default_value_t = 100)]
+    limit: u32,
+    /// Calls timed one at a time for the per-call overhead.
+    #[arg(long, default_value_t = 2000)]
+    calls: usize,
+}
+
+pub(crate) async fn run(
+    args: IoBench,
+    base: SandboxConfig,
+    cache_dir: Option<std::path::PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    if cfg!(debug_assertions) {
+        println!(
+            "warning: this is a debug build of wasmq; run `cargo run --release -p wasmq -- bench io`"
+        );
+    }
+    let redis = PrivateRedis::start()?;
+    let broker: Arc<dyn ApiBroker> = Arc::new(RedisBroker::connect(&redis.url).await?);
+    let fetch = args.jobs.read("fetch")?;
+    let sandbox = super::sandbox(&base, 0)?;
+    let module = sandbox.load_async(fetch.clone()).await?;
+    broker.put_module(module.hash(), &fetch).await?;
+    let intake = Intake::new(*sandbox.ceilings(), sandbox.sizes());
+    println!(
+        "{} fetch jobs, each one GET answered after {} ms; one worker process, concurrency {}",
+        group(args.count as u64),
+        args.delay_ms,
+        group(args.concurrency as u64)
+    );
+
+    let mut rounds = vec![("no egress limit", None)];
+    if args.limit > 0 {
+        rounds.push(("egress limit", Some(args.limit)));
+    }
+    for (round, (name, limit)) in rounds.into_iter().enumerate() {
+        // A queue per round: its totals count this round's jobs only.
+        let queue = format!("bench-io-{round}");
+        let partner = Partner::start().await?;
+        broker
+            .extend_grant(
+                module.hash(),
+                &Grant {
+                    http: vec![partner.origin().parse()?],
+                    secrets: Vec::new(),
+                },
+            )
+            .await?;
+        broker
+            .set_egress_limit(
+                "127.0.0.1",
+                &EgressLimit {
+                    concurrency: limit,
+                    rate: None,
+                },
+            )
+            .await?;
+        let url = partner.url(&format!("/slow?ms={}", args.delay_ms));
+        let jobs = (0..args.count)
+            .map(|i| {
+                let mut inv = Invocation::new(module.hash());
+                inv.queue = queue.clone();
+                inv.id = Some(format!("call-{i}"));
+                inv.args = json!({ "url": url });
+                inv.timeout_ms = 15 * 60 * 1000;
+                Ok(inv)
+            })
+            .collect::<Vec<Result<Invocation, crate::invocation::InvocationError>>>();
+        let jobs = intake.jobs(jobs)?;
+        intake.enqueue(broker.as_ref(), &jobs).await?;
+
+        let mut worker = std::process::Command::new(std::env::current_exe()?);
+        worker
+            .arg("--redis")
+            .arg(&redis.url)
+            .args(["worker", "--queues", &queue, "--precompile"])
+            .arg("--concurrency")
+            .arg(args.concurrency.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        match &cache_dir {
+            Some(dir) => worker.arg("--cache-dir").arg(dir),
+            None => worker.arg("--no-cache"),
+        };
+        let mut child = worker.spawn().context("failed to start `wasmq worker`")?;
+        let pid = child.id();
+        let waited = Instant::now();
+        loop {
+            let q = broker.queues().await?;
+            let q = q.iter().find(|q| q.queue == queue);
+            if q.is_some_and(|q| q.totals.succeeded + q.totals.dead >= args.count as u64) {
+                break;
+            }
+            anyhow::ensure!(
+                child.try_wait()?.is_none(),
+                "the worker exited before the jobs ended"
+            );
+            anyhow::ensure!(
+                waited.elapsed() < Duration::from_secs(3600),
+                "the jobs did not end within an hour"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let rss = peak_rss(pid)?;
+        let _ = child.kill();
+        let _ = child.wait();
+
+        let (mut first, mut last, mut ok) = (u64::MAX, 0, 0);
+        for job in &jobs {
+            if let Some(r) = broker.job(Some(&queue), job.id()).await? {
+                first = first.min(r.started_at_ms.unwrap_or(u64::MAX));
+                last = last.max(r.finished_at_ms.unwrap_or(0));
+                ok += usize::from(r.state == JobState::Succeeded);
+            }
+        }
+        let wall = Duration::from_millis(last.saturating_sub(first));
+        println!(
+            "{name}{}: {ok} of {} succeeded · wall {:.2} s (first job started → last ended) · {:.0} jobs/s · worker peak RSS {} MiB · server saw at most {} at once",
+            limit.map_or(String::new(), |l| format!(" {l}")),
+            args.count,
+            wall.as_secs_f64(),
+            args.count as f64 / wall.as_secs_f64().max(1e-3),
+            rss >> 20,
+            partner.peak()
+        );
+        broker
+            .remove_grant(module.hash(), &Grant::default())
+            .await?;
+    }
+
+    // Per-call overhead: one granted GET at a time to a server that answers at once, as a job
+    // (instantiate, call, the guest's request through the host) and natively with hyper.
+    let partner = Partner::start().await?;
+    let url = partner.url("/ok");
+    let grant = Arc::new(Grant {
+        http: vec![partner.origin().parse()?],
+        secrets: Vec::new(),
+    });
+    let args_bytes = serde_json::to_vec(&json!({ "url": url }))?;
+    let mut guest = Vec::with_capacity(args.calls);
+    for i in 0..args.calls {
+        let outcome = sandbox
+            .run(
+                &module,
+                RunRequest {
+                    info: JobInfo {
+                        id: format!("call-{i}"),
+                        queue: "bench".into(),
+                        attempt: 1,
+                        max_attempts: 1,
+                    },
+                    args: args_bytes.clone(),
+                    limits: Limits::default(),
+                    sub_jobs: Arc::new(NoSubJobs),
+                    progress: None,
+                    grant: grant.clone(),
+                    secrets: Arc::new(NoSecrets),
+                    egress: Arc::new(NoEgressLimits),
+                },
+            )
+            .await;
+        anyhow::ensure!(
+            outcome.result.is_ok(),
+            "call {i} failed: {:?}",
+            outcome.result
+        );
+        guest.push(outcome.wall_time);
+    }
+    let mut native = Vec::with_capacity(args.calls);
+    for _ in 0..args.calls {
+        let t = Instant::now();
+        native_get(partner.addr, "/ok").await?;
+        native.push(t.elapsed());
+    }
+    let guest_median = timings(
+        "a granted GET from a job (instantiate + call + request)",
+        &mut guest,
+    );
+    let native_median = timings("the same GET natively (hyper, new connection)", &mut native);
+    println!(
+        "overhead per call: {:.1} µs at the median",
+        (guest_median.as_secs_f64() - native_median.as_secs_f64()) * 1e6
+    );
+    drop(redis);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One GET over a new connection, as the host's own sender makes it.
+async fn native_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<()> {
+    use http_body_util::BodyExt as _;
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let request = http::Request::get(path)
+        .header(http::header::HOST, addr.to_string())
+        .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+    let response = sender.send_request(request).await?;
+    anyhow::ensure!(response.status().is_success(), "{}", response.status());
+    response.into_body().collect().await?;
+    Ok(())
+}
+
+/// The most memory process `pid` has had resident (`VmHWM`), in bytes.
+fn peak_rss(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmHWM in /proc/<pid>/status")?;
+    Ok(kb << 10)
+}
