@@ -57,6 +57,17 @@ export function enqueue(module, args = null) {
   }
 }
 
+/** Reads secret `name`, which the operator granted this module (`wasmq grant … --secret NAME`).
+ * Throws `Fail` with the host's reason when it cannot be read (not granted, not set): retrying
+ * cannot grant it. The host redacts the value from everything the run leaves behind. */
+export function secret(name) {
+  try {
+    return host.secret(name);
+  } catch (e) {
+    throw new Fail(`secret \`${name}\`: ${e?.payload ?? e}`);
+  }
+}
+
 /** Makes `fn` the job: returns the `run` function the component must export. */
 export function job(fn, { raw = false } = {}) {
   return function run(info, args) {

@@ -43,7 +43,7 @@ import wit_world
 from componentize_py_types import Err
 from wit_world.imports import host, types
 
-__all__ = ["job", "log", "progress", "enqueue", "Retry", "Fail", "JobInfo"]
+__all__ = ["job", "log", "progress", "enqueue", "secret", "Retry", "Fail", "JobInfo"]
 
 JobInfo = types.JobInfo
 """What the job knows about its invocation: ``id``, ``queue``, ``attempt``, ``max_attempts``."""
@@ -92,6 +92,16 @@ def enqueue(module: str, args: Any = None) -> str:
         return host.enqueue(module, payload)
     except Err as e:
         raise Retry(f"enqueue refused: {e.value}") from None
+
+
+def secret(name: str) -> str:
+    """Reads secret ``name``, which the operator granted this module (``wasmq grant … --secret
+    NAME``). Raises ``Fail`` with the host's reason when it cannot be read (not granted, not set):
+    retrying cannot grant it. The host redacts the value from everything the run leaves behind."""
+    try:
+        return host.secret(name)
+    except Err as e:
+        raise Fail(f"secret `{name}`: {e.value}") from None
 
 
 def _fill(shape: type, value: Any) -> Any:

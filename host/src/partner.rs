@@ -1,6 +1,7 @@
 //! A partner API and sink on loopback — what a job that fetches, cleans and stores data talks
 //! to, for the demo, `bench io` and the tests: it serves pages of records (`/records?page=n`,
-//! optionally `&delay_ms=`), redirects, large and slow bodies, takes POSTed records at `/sink`
+//! optionally `&delay_ms=`), redirects, large and slow bodies, answers held until `n` requests
+//! wait together (`/gather?n=`), takes POSTed records at `/sink`
 //! (with a bearer token), and counts what it saw — every request and its Host header, when each
 //! arrived, the most in flight at once, the records stored.
 
@@ -26,6 +27,8 @@ pub struct Seen {
     peak: AtomicU64,
     /// (path and query, Host header).
     log: Mutex<Vec<(String, String)>>,
+    /// Requests gathered at `/gather` so far (each waits until `n` have come).
+    gathered: tokio::sync::watch::Sender<u64>,
     /// Records stored through `/sink`, and the `Authorization` header of each POST.
     sunk: Mutex<(u64, Vec<String>)>,
     /// When each request arrived.
@@ -49,6 +52,7 @@ impl Partner {
             .route("/big", get(big))
             .route("/slow", get(slow))
             .route("/sink", post(sink))
+            .route("/gather", get(gather))
             .fallback(any(|| async { "ok" }))
             .layer(axum::middleware::from_fn_with_state(seen.clone(), count))
             .with_state(seen.clone());
@@ -188,6 +192,20 @@ struct Size {
 
 async fn big(Query(s): Query<Size>) -> Response {
     Body::from(vec![b'x'; s.bytes]).into_response()
+}
+
+#[derive(Deserialize)]
+struct Gather {
+    n: u64,
+}
+
+/// Answers only once `n` requests are waiting here together: a client that cannot hold `n`
+/// requests open at once never gets an answer.
+async fn gather(State(seen): State<Arc<Seen>>, Query(g): Query<Gather>) -> &'static str {
+    seen.gathered.send_modify(|n| *n += 1);
+    let mut watch = seen.gathered.subscribe();
+    let _ = watch.wait_for(|n| *n >= g.n).await;
+    "gathered"
 }
 
 #[derive(Deserialize)]

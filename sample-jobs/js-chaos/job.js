@@ -4,9 +4,10 @@
 // Args: `{"mode": …}` with one of `ok`, `spin` (loop forever), `alloc` (`mb`: allocate that
 // much, or without end), `raise` (`message`: an uncaught exception), `fail` / `retry`
 // (`message`), `print` (`text` to stdout, `error` to stderr), `progress` (`steps`), `enqueue`
-// (`module`, `args`).
+// (`module`, `args`), `leak` (`secret`: read it and write it to stdout, stderr, the log and the
+// result).
 
-import { Fail, Retry, enqueue, job, log, progress } from "../../guest-sdk/js/wasmq_job.js";
+import { Fail, Retry, enqueue, job, log, progress, secret } from "../../guest-sdk/js/wasmq_job.js";
 
 export const run = job((args, info) => {
   switch (args?.mode) {
@@ -41,6 +42,13 @@ export const run = job((args, info) => {
     }
     case "enqueue":
       return { enqueued: enqueue(args.module, args.args ?? null) };
+    case "leak": {
+      const value = secret(args.secret);
+      console.log(`stdout: ${value}`);
+      console.error(`stderr: ${value}`);
+      log.info(`log: ${value}`);
+      return { leaked: value };
+    }
     default:
       throw new Fail(`unknown mode ${JSON.stringify(args?.mode)}`);
   }

@@ -4,12 +4,13 @@
 Args: `{"mode": …}` with one of
 `ok`, `spin` (loop forever), `alloc` (`mb`: allocate that much, or without end),
 `raise` (`message`: an uncaught exception), `fail` / `retry` (`message`),
-`print` (`text` to stdout, `error` to stderr), `progress` (`steps`), `enqueue` (`module`, `args`).
+`print` (`text` to stdout, `error` to stderr), `progress` (`steps`), `enqueue` (`module`, `args`),
+`leak` (`secret`: read it and write it to stdout, stderr, the log and the result).
 """
 
 import sys
 
-from wasmq_job import Fail, Retry, enqueue, job, log, progress
+from wasmq_job import Fail, Retry, enqueue, job, log, progress, secret
 
 
 @job
@@ -45,4 +46,10 @@ def chaos(args, info):
         return {"steps": steps}
     if mode == "enqueue":
         return {"enqueued": enqueue(args["module"], args.get("args"))}
+    if mode == "leak":
+        value = secret(args["secret"])
+        print(f"stdout: {value}")
+        print(f"stderr: {value}", file=sys.stderr)
+        log.info(f"log: {value}")
+        return {"leaked": value}
     raise Fail(f"unknown mode {mode!r}")

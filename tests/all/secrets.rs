@@ -38,8 +38,12 @@ impl SecretSource for Map {
 }
 
 async fn leak(granted: &[&str], args: Value) -> RunOutcome {
+    leak_from("chaos", granted, args).await
+}
+
+async fn leak_from(job: &str, granted: &[&str], args: Value) -> RunOutcome {
     let module = common::sandbox()
-        .load_async(common::job("chaos"))
+        .load_async(common::job(job))
         .await
         .unwrap();
     let mut request = common::request(&args, Limits::default());
@@ -98,6 +102,36 @@ async fn a_secret_a_job_prints_logs_and_returns_is_redacted_everywhere() {
         other => panic!("{other:?}"),
     }
     assert_nowhere("the failed outcome", &format!("{failed:?}"));
+}
+
+#[tokio::test]
+async fn python_and_javascript_jobs_read_granted_secrets_redacted_alike() {
+    for job in ["python-chaos", "js-chaos"] {
+        let args = json!({"mode": "leak", "secret": "SINK_TOKEN"});
+        let outcome = leak_from(job, &["SINK_TOKEN"], args.clone()).await;
+        let result = common::ok_json(&outcome);
+        assert_eq!(result["leaked"], "[redacted:SINK_TOKEN]", "{job}");
+        assert_eq!(
+            outcome.stdout.text, "stdout: [redacted:SINK_TOKEN]\n",
+            "{job}"
+        );
+        assert_eq!(
+            outcome.stderr.text, "stderr: [redacted:SINK_TOKEN]\n",
+            "{job}"
+        );
+        assert_eq!(
+            outcome.logs[0].message, "log: [redacted:SINK_TOKEN]",
+            "{job}"
+        );
+        assert_nowhere(job, &format!("{outcome:?}"));
+        let refused = leak_from(job, &[], args).await;
+        match &refused.result {
+            Err(Failure::Fail { message }) => {
+                assert!(message.contains("is not granted"), "{job}: {message}")
+            }
+            other => panic!("{job}: {other:?}"),
+        }
+    }
 }
 
 #[tokio::test]

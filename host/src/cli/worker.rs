@@ -52,6 +52,11 @@ pub(crate) struct WorkerArgs {
     /// of it during the call): a killed worker's slots come back within this.
     #[arg(long, value_parser = crate::time::parse_duration, default_value = "30s")]
     egress_lease: Duration,
+    /// How long past its rate window an egress start keeps counting [default: 2% of the window,
+    /// at least 10ms]: it must cover how much the delay from this worker to the destination
+    /// varies, or the destination may see a few more starts in a window than the limit.
+    #[arg(long, value_parser = crate::time::parse_duration)]
+    egress_rate_guard: Option<Duration>,
 }
 
 impl WorkerArgs {
@@ -91,6 +96,7 @@ impl WorkerArgs {
             grant_ttl: self.grant_ttl,
             secret_key: super::secret::key_from_env()?,
             egress_lease: self.egress_lease,
+            egress_rate_guard: self.egress_rate_guard,
             ..WorkerConfig::default()
         })
     }

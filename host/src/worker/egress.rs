@@ -33,6 +33,8 @@ struct Inner {
     broker: Arc<dyn WorkerBroker>,
     lease: Duration,
     ttl: Duration,
+    /// A fixed rate-window guard, instead of [`guard`]'s 2%.
+    rate_guard: Option<Duration>,
     limits: Mutex<HashMap<String, (EgressLimit, Instant)>>,
     /// Held while a limit is read from the broker: ten thousand calls starting at once read it
     /// once, not ten thousand times.
@@ -50,13 +52,20 @@ struct HostQueue {
 }
 
 impl BrokerEgress {
-    /// Limits from `broker`, re-read once older than `ttl`; slots held under `lease`.
-    pub fn new(broker: Arc<dyn WorkerBroker>, lease: Duration, ttl: Duration) -> Self {
+    /// Limits from `broker`, re-read once older than `ttl`; slots held under `lease`; each start
+    /// counted for the rate window plus `rate_guard` (`None`: 2% of the window, at least 10 ms).
+    pub fn new(
+        broker: Arc<dyn WorkerBroker>,
+        lease: Duration,
+        ttl: Duration,
+        rate_guard: Option<Duration>,
+    ) -> Self {
         BrokerEgress {
             inner: Arc::new(Inner {
                 broker,
                 lease,
                 ttl,
+                rate_guard,
                 limits: Mutex::default(),
                 reading: tokio::sync::Mutex::default(),
                 queues: Mutex::default(),
@@ -105,12 +114,14 @@ impl Inner {
     }
 }
 
-/// What counts a start against the rate window a little longer than the window: network
-/// jitter between this host and the destination must not let it see more than the limit in
-/// any window. 2% of the window, at least 10 ms.
-fn guard(limit: &EgressLimit) -> Duration {
+/// What counts a start against the rate window a little longer than the window: a start is
+/// counted when the broker admits it, the destination sees it a moment later, and the moment
+/// varies (scheduling, connecting); the guard must cover that variation for the destination
+/// never to see more than the limit in any window. 2% of the window, at least 10 ms, unless the
+/// operator sets one (`--egress-rate-guard`).
+fn guard(limit: &EgressLimit, fixed: Option<Duration>) -> Duration {
     limit.rate.map_or(Duration::ZERO, |(_, per)| {
-        Duration::from_millis((per / 50).max(10))
+        fixed.unwrap_or(Duration::from_millis((per / 50).max(10)))
     })
 }
 
@@ -155,7 +166,7 @@ async fn enter(inner: Arc<Inner>, host: String) -> Result<EgressPermit, String> 
         loop {
             let wait = match inner
                 .broker
-                .acquire_egress(&host, &token, inner.lease, guard(&limit))
+                .acquire_egress(&host, &token, inner.lease, guard(&limit, inner.rate_guard))
                 .await
             {
                 Ok(EgressTry::Acquired) => break,

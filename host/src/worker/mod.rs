@@ -97,6 +97,10 @@ pub struct WorkerConfig {
     /// How long a held egress slot lives without a renewal (a killed worker's slots come back
     /// within this).
     pub egress_lease: Duration,
+    /// How long past its rate window an egress start keeps counting (`None`: 2% of the window,
+    /// at least 10 ms); it must cover how much the delay from admission to arrival at the
+    /// destination varies.
+    pub egress_rate_guard: Option<Duration>,
 }
 
 impl Default for WorkerConfig {
@@ -118,6 +122,7 @@ impl Default for WorkerConfig {
             grant_ttl: modules::DEFAULT_GRANT_TTL,
             secret_key: None,
             egress_lease: DEFAULT_EGRESS_LEASE,
+            egress_rate_guard: None,
         }
     }
 }
@@ -195,7 +200,12 @@ impl Worker {
                 broker.clone(),
                 config.secret_key.clone(),
             )),
-            egress: BrokerEgress::new(broker.clone(), config.egress_lease, config.grant_ttl),
+            egress: BrokerEgress::new(
+                broker.clone(),
+                config.egress_lease,
+                config.grant_ttl,
+                config.egress_rate_guard,
+            ),
             broker,
             sandbox,
             config,
