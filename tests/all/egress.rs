@@ -394,10 +394,12 @@ fn an_egress_limit_holds_across_worker_processes() {
         partner.peak()
     );
     assert!(most <= 20, "{most} calls started within one second");
-    // The limit bound: 200 calls at 20 a second (and 1.3 s) take at least nine seconds.
+    // The test means something only if the calls pressed against the limit: sixty slots of
+    // 150 ms calls could start hundreds a second. Half the limit is far below what even a
+    // loaded machine reaches.
     assert!(
-        most >= 15,
-        "the limit was never reached ({most} per second at most)"
+        most >= 10,
+        "the calls never pressed against the limit ({most} per second at most)"
     );
 }
 
