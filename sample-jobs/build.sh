@@ -102,12 +102,35 @@ if [ -e "${python_jobs[0]}" ]; then
         "componentize-py==$COMPONENTIZE_PY_VERSION"
     fi
   }
+  # A job holding a file named `uses-http` is built for the `job-http` world
+  # (guest-sdk/python/job-http.wit): `wit/`, that world, and the wasi:http WIT of the
+  # wasmtime-wasi-http crate in Cargo.lock (from cargo's registry), so that host and job agree.
+  wasi_http_version="$(awk '/^name = "wasmtime-wasi-http"$/ { getline; gsub(/[" ]/, "", $0); sub(/version=/, "", $0); print }' "$root/Cargo.lock")"
+  http_wit_dir() {
+    local dir="$here/target/wit-http" deps
+    if [ ! -d "$dir/deps/http" ]; then
+      cargo fetch --quiet --manifest-path "$root/Cargo.toml"
+      deps="$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/"wasmtime-wasi-http-$wasi_http_version"/wit/deps | head -1)"
+      rm -rf "$dir.tmp" && mkdir -p "$dir.tmp/deps"
+      for f in "$deps"/*.wit; do
+        mkdir -p "$dir.tmp/deps/$(basename "$f" .wit)" && cp "$f" "$dir.tmp/deps/$(basename "$f" .wit)/"
+      done
+      rm -rf "$dir" && mv "$dir.tmp" "$dir"
+    fi
+    cp "$root"/wit/*.wit "$root/guest-sdk/python/job-http.wit" "$dir/"
+    echo "$dir"
+  }
   build_python() {
     install_componentize_py
-    componentize_py -d "$root/wit" -w job componentize app -p "$1" -p "$root/guest-sdk/python" \
+    local wit="$root/wit" world=job
+    if [ -e "$1/uses-http" ]; then
+      wit="$(http_wit_dir)" world=job-http
+    fi
+    componentize_py -d "$wit" -w "$world" componentize app -p "$1" -p "$root/guest-sdk/python" \
       -o "$2" >/dev/null
   }
-  build_guests Python "$root/guest-sdk/python" "componentize-py $COMPONENTIZE_PY_VERSION" \
+  build_guests Python "$root/guest-sdk/python" \
+    "componentize-py $COMPONENTIZE_PY_VERSION, wasi:http from wasmtime-wasi-http $wasi_http_version" \
     build_python "${python_jobs[@]}"
 fi
 

@@ -41,7 +41,12 @@ from typing import Any, Callable, Optional
 
 import wit_world
 from componentize_py_types import Err
-from wit_world.imports import host, types
+from wit_world.imports import host
+
+try:
+    from wit_world.imports import types
+except ImportError:  # built for `job-http`, where `wasi:http/types` is in the world too
+    from wit_world.imports import wasmq_job_types as types
 
 __all__ = ["job", "log", "progress", "enqueue", "secret", "Retry", "Fail", "JobInfo"]
 

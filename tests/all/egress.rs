@@ -546,3 +546,68 @@ async fn a_guest_waiting_on_a_response_burns_no_fuel() {
         partner.peak()
     );
 }
+
+struct OneSecret(&'static str, &'static str);
+
+impl wasmq::sandbox::SecretSource for OneSecret {
+    fn secret(&self, name: &str) -> wasmq::sandbox::SecretFuture {
+        let found = (name == self.0)
+            .then(|| self.1.to_owned())
+            .ok_or_else(|| "not set".to_owned());
+        Box::pin(async move { found })
+    }
+}
+
+/// `partner-sync` in Rust and in Python: the same page fetched, the same records kept, stored
+/// with the granted token; and denied the same way without a grant.
+#[tokio::test]
+async fn partner_sync_fetches_cleans_and_stores_in_rust_and_python() {
+    let partner = Partner::start().await.unwrap();
+    for (n, job) in ["partner-sync", "python-partner-sync"]
+        .into_iter()
+        .enumerate()
+    {
+        let module = common::sandbox()
+            .load_async(common::job(job))
+            .await
+            .unwrap();
+        let args = json!({
+            "source": partner.url("/records"),
+            "page": 2,
+            "sink": partner.url("/sink"),
+        });
+        let mut request = common::request(&args, Limits::default());
+        request.grant = Arc::new(Grant {
+            http: vec![partner.origin().parse().unwrap()],
+            secrets: vec!["SINK_TOKEN".into()],
+        });
+        request.secrets = Arc::new(OneSecret("SINK_TOKEN", "sink-token-0123456789"));
+        let outcome = common::sandbox().run(&module, request.clone()).await;
+        assert_eq!(
+            common::ok_json(&outcome),
+            json!({"fetched": 5, "stored": 4}),
+            "{job}: {}",
+            outcome.stderr.text
+        );
+        let (stored, tokens) = partner.sunk();
+        assert_eq!(stored, 4 * (n as u64 + 1), "{job}");
+        assert_eq!(
+            tokens.last().unwrap(),
+            "Bearer sink-token-0123456789",
+            "{job}"
+        );
+        assert!(partner.log().iter().any(|(p, _)| p == "/records?page=2"));
+
+        request.grant = Arc::new(Grant {
+            http: Vec::new(),
+            secrets: vec!["SINK_TOKEN".into()],
+        });
+        let denied = common::sandbox().run(&module, request).await;
+        match &denied.result {
+            Err(Failure::Fail { message }) => {
+                assert!(message.contains("denied"), "{job}: {message}")
+            }
+            other => panic!("{job}: {other:?}"),
+        }
+    }
+}
