@@ -149,13 +149,17 @@ if [ -e "${js_jobs[0]}" ]; then
     fi
   }
   # From the repository root: componentize-js resolves the job's imports (the SDK) inside the
-  # directory it runs in. Without `http` and `fetch-event` the component would import wasi:http,
-  # which the host does not grant.
+  # directory it runs in. `http` (the `fetch` global, over wasi:http/outgoing-handler, which the
+  # host links for every module and answers only as the module's grant allows) stays on;
+  # `fetch-event` (serving incoming requests) is not a job's business.
+  js_features="-d fetch-event"
   build_js() {
     install_componentize_js
+    # shellcheck disable=SC2086
     (cd "$root" && "$here/node_modules/.bin/componentize-js" "${1#"$root/"}job.js" -w wit -n job \
-      -d http fetch-event -o "$2" >/dev/null)
+      $js_features -o "$2" >/dev/null)
   }
   build_guests JavaScript "$root/guest-sdk/js" \
-    "componentize-js $(sha256sum "$here/package-lock.json" | cut -c1-64)" build_js "${js_jobs[@]}"
+    "componentize-js $(sha256sum "$here/package-lock.json" | cut -c1-64) $js_features" \
+    build_js "${js_jobs[@]}"
 fi

@@ -12,7 +12,7 @@
 //     return { message: `Hello, ${name}!` };
 //   });
 //
-// Build it with `componentize-js job.js -w wit -n job -d http fetch-event -o hello.wasm`
+// Build it with `componentize-js job.js -w wit -n job -d fetch-event -o hello.wasm`
 // (`sample-jobs/build.sh` does this for every `sample-jobs/js-*`, with this file copied beside).
 //
 // Arguments and results:
@@ -68,7 +68,22 @@ export function secret(name) {
   }
 }
 
-/** Makes `fn` the job: returns the `run` function the component must export. */
+/** How a thrown error ends the run: `Fail` and `Retry` as they say, anything else retried. */
+function ending(e) {
+  if (e instanceof Fail) return { tag: "fail", val: e.message || "failed" };
+  if (e instanceof Retry) return { tag: "retry", val: e.message || "retry" };
+  const message = e instanceof Error ? `${e.name}: ${e.message}` : String(e);
+  // SpiderMonkey's `stack` is the frames only.
+  console.error(e?.stack ? `${message}\n${e.stack}` : message);
+  return { tag: "retry", val: message };
+}
+
+function encode(result) {
+  return result instanceof Uint8Array ? result : new TextEncoder().encode(JSON.stringify(result ?? null));
+}
+
+/** Makes `fn` the job: returns the `run` function the component must export. `fn` may be
+ * `async` (to `await fetch(…)`): componentize-js runs the event loop until its promise settles. */
 export function job(fn, { raw = false } = {}) {
   return function run(info, args) {
     try {
@@ -81,14 +96,14 @@ export function job(fn, { raw = false } = {}) {
         }
       }
       const result = fn(decoded, info);
-      return result instanceof Uint8Array ? result : new TextEncoder().encode(JSON.stringify(result ?? null));
+      if (typeof result?.then === "function") {
+        return result.then(encode, (e) => {
+          throw ending(e);
+        });
+      }
+      return encode(result);
     } catch (e) {
-      if (e instanceof Fail) throw { tag: "fail", val: e.message || "failed" };
-      if (e instanceof Retry) throw { tag: "retry", val: e.message || "retry" };
-      const message = e instanceof Error ? `${e.name}: ${e.message}` : String(e);
-      // SpiderMonkey's `stack` is the frames only.
-      console.error(e?.stack ? `${message}\n${e.stack}` : message);
-      throw { tag: "retry", val: message };
+      throw ending(e);
     }
   };
 }

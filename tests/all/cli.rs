@@ -163,7 +163,13 @@ fn demo_runs_every_case() {
     // per machine.
     let cache = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("guest-artifacts");
     let dir = common::jobs_dir().display().to_string();
-    let out = wasmq(&cache, &["demo", "--jobs-dir", &dir]);
+    // The tests' compile budget: the demo compiles the Python and JavaScript components when
+    // they are new, on a machine busy with the rest of the suite.
+    let timeout = format!("{}s", common::COMPILE_TIMEOUT.as_secs());
+    let out = wasmq(
+        &cache,
+        &["demo", "--jobs-dir", &dir, "--compile-timeout", &timeout],
+    );
     let stdout = text(&out.stdout);
     assert_eq!(
         out.status.code(),

@@ -558,10 +558,10 @@ impl wasmq::sandbox::SecretSource for OneSecret {
     }
 }
 
-/// `partner-sync` in Rust and in Python: the same page fetched, the same records kept, stored
+/// `partner-sync` in Rust, Python and JavaScript: the same page fetched, the same records kept, stored
 /// with the granted token; and denied the same way without a grant.
 #[tokio::test]
-async fn partner_sync_fetches_cleans_and_stores_in_rust_and_python() {
+async fn partner_sync_fetches_cleans_and_stores_in_every_language() {
     let partner = Partner::start().await.unwrap();
     for (n, job) in ["partner-sync", "python-partner-sync"]
         .into_iter()
