@@ -40,8 +40,8 @@ use crate::invocation::{InvocationError, NewJob};
 use crate::job::{JobState, Progress};
 use crate::modules::ModuleHash;
 pub use types::{
-    Ack, BatchInfo, CancelOutcome, Completion, CronEntry, DEFAULT_RESULT_TTL, EgressLimit,
-    EgressTry, Enqueued, Heartbeat, JobPage, JobRecord, Lease, LeaseKey, MAX_ERRORS,
+    Ack, BatchInfo, CancelOutcome, Completion, CronEntry, DEFAULT_RESULT_TTL, EGRESS_SLOT_POLL,
+    EgressLimit, EgressTry, Enqueued, Heartbeat, JobPage, JobRecord, Lease, LeaseKey, MAX_ERRORS,
     MAX_FINISHED_LISTED, Maintenance, ModuleDeletion, ModuleInfo, NewBatch, QueueCounts,
     QueueLimits, QueueTotals, WORKER_TTL, WorkerInfo,
 };

@@ -195,6 +195,10 @@ impl EgressLimit {
     }
 }
 
+/// How long a call told that every concurrency slot is held waits before asking again (a slot
+/// may free sooner: a worker's own freed slots wake its waiting calls at once).
+pub const EGRESS_SLOT_POLL: std::time::Duration = std::time::Duration::from_millis(25);
+
 /// What [`crate::broker::EgressLimits::acquire_egress`] answered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EgressTry {

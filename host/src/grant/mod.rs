@@ -149,12 +149,19 @@ pub fn check_secret_name(name: &str) -> Result<(), GrantError> {
 /// returns it the way requests are matched against it: lowercase, without a trailing dot or
 /// IPv6 brackets.
 pub fn normalize_host(host: &str) -> Result<String, GrantError> {
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    if let Ok(ip) = bare.parse::<IpAddr>() {
-        return Ok(ip.to_string());
+    if let Host::Name(_) = Host::of_request(host) {
+        check_name(host).map_err(|why| GrantError(format!("`{}` {why}", host.escape_debug())))?;
     }
-    check_name(host).map_err(|why| GrantError(format!("`{}` {why}", host.escape_debug())))?;
-    Ok(host.trim_end_matches('.').to_ascii_lowercase())
+    Ok(canonical_host(host))
+}
+
+/// A request's host the way grants and egress limits match it: an IP address without
+/// brackets, or a name lowercase without a trailing dot.
+pub fn canonical_host(host: &str) -> String {
+    match Host::of_request(host) {
+        Host::Address(ip) => ip.to_string(),
+        Host::Name(name) => name,
+    }
 }
 
 /// `http` or `https`.
@@ -175,7 +182,8 @@ impl Scheme {
         }
     }
 
-    fn as_str(self) -> &'static str {
+    /// `http` or `https`.
+    pub fn as_str(self) -> &'static str {
         match self {
             Scheme::Http => "http",
             Scheme::Https => "https",

@@ -135,13 +135,7 @@ impl bindings::wasmq::job::host::Host for RunState {
     fn progress(&mut self, percent: u8, note: Option<String>) {
         let progress = Progress {
             percent: percent.min(100),
-            note: note.map(cut),
-        };
-        let progress = Progress {
-            note: progress
-                .note
-                .map(|n| crate::secret::redact(&n, &self.secrets_read)),
-            ..progress
+            note: note.map(|n| crate::secret::redact(&cut(n), &self.secrets_read)),
         };
         if let Some(sink) = &self.progress_sink {
             sink.progress(&self.info, &progress);

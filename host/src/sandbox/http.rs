@@ -29,7 +29,7 @@ use tokio::net::TcpStream;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
 use super::{EgressGate, EgressPermit};
-use crate::grant::{Grant, Scheme};
+use crate::grant::{Grant, Scheme, canonical_host};
 use crate::job::{HttpUse, LogLevel, LogRecord};
 
 /// The operator's limits on each outbound call.
@@ -173,9 +173,9 @@ impl Egress {
         let authority = uri
             .authority()
             .ok_or_else(|| "the request names no host".to_owned())?;
-        let host = authority.host().to_owned();
+        let host = canonical_host(authority.host());
         let port = authority.port_u16().unwrap_or(scheme.default_port());
-        let shown = format!("{}://{}:{port}", scheme_str(scheme), host);
+        let shown = format!("{}://{}:{port}", scheme.as_str(), authority.host());
         if let Some(header) = request.headers().get(http::header::HOST) {
             let named = header.to_str().unwrap_or("");
             if !same_authority(named, &host, port, scheme) {
@@ -200,25 +200,19 @@ impl Egress {
 /// A request that passed the grant, before its addresses are known.
 struct Target {
     scheme: Scheme,
+    /// As [`canonical_host`] writes it: what egress limits are keyed by.
     host: String,
     port: u16,
     /// `scheme://host:port`, for the report and the log.
     shown: String,
 }
 
-fn scheme_str(scheme: Scheme) -> &'static str {
-    match scheme {
-        Scheme::Http => "http",
-        Scheme::Https => "https",
-    }
-}
-
-/// Whether a `Host` header value names `host:port`.
+/// Whether a `Host` header value names `host` (as [`canonical_host`] writes it) and `port`.
 fn same_authority(header: &str, host: &str, port: u16, scheme: Scheme) -> bool {
     let Ok(named) = header.parse::<http::uri::Authority>() else {
         return false;
     };
-    named.host().eq_ignore_ascii_case(host)
+    canonical_host(named.host()) == host
         && named.port_u16().unwrap_or(scheme.default_port()) == port
 }
 
@@ -267,13 +261,10 @@ impl WasiHttpHooks for Egress {
         Box::new(async move {
             let call_started = Instant::now();
             // Room under the destination's fleet-wide limit, held until the body is done.
-            let permit = gate
-                .enter(&target.host.to_ascii_lowercase())
-                .await
-                .map_err(|e| {
-                    counters.failed.fetch_add(1, Ordering::Relaxed);
-                    Error::InternalError(Some(format!("egress limit: {e}")))
-                })?;
+            let permit = gate.enter(&target.host).await.map_err(|e| {
+                counters.failed.fetch_add(1, Ordering::Relaxed);
+                Error::InternalError(Some(format!("egress limit: {e}")))
+            })?;
             let result = send(
                 &target,
                 &grant,
@@ -469,11 +460,10 @@ where
 /// The addresses `host` stands for: itself when it is an address, else what the system
 /// resolver says.
 async fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, Error> {
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    if let Ok(ip) = bare.parse::<IpAddr>() {
+    if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(vec![SocketAddr::new(ip, port)]);
     }
-    let found: Vec<SocketAddr> = tokio::net::lookup_host((bare, port))
+    let found: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
         .await
         .map_err(|e| Error::DnsError {
             rcode: Some(e.to_string()),
@@ -487,11 +477,10 @@ async fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, Error> {
 }
 
 fn tls_name(host: &str) -> Result<rustls::pki_types::ServerName<'static>, Error> {
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    if let Ok(ip) = bare.parse::<IpAddr>() {
+    if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(rustls::pki_types::ServerName::from(ip));
     }
-    rustls::pki_types::ServerName::try_from(bare.to_owned())
+    rustls::pki_types::ServerName::try_from(host.to_owned())
         .map_err(|_| Error::HttpRequestUriInvalid)
 }
 
@@ -668,5 +657,8 @@ mod tests {
             443,
             Scheme::Https
         ));
+        // An IPv6 host is compared without its brackets, as the request's host is kept.
+        assert!(same_authority("[::1]:8080", "::1", 8080, Scheme::Http));
+        assert!(!same_authority("[::2]:8080", "::1", 8080, Scheme::Http));
     }
 }

@@ -7,6 +7,7 @@
 //! [`broker_conformance!`](crate::broker_conformance) macro makes one test per case.
 
 mod cron_batches;
+mod egress;
 mod lifecycle;
 mod operate;
 
@@ -22,6 +23,7 @@ use crate::invocation::{Invocation, NewJob};
 use crate::job::{AttemptError, FailureKind, JobState, Limits, RunReport};
 use crate::modules::ModuleHash;
 pub use cron_batches::*;
+pub use egress::*;
 pub use lifecycle::*;
 pub use operate::*;
 

@@ -8,10 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::MemoryBroker;
-use crate::broker::{BrokerError, EgressLimit, EgressLimits, EgressTry};
-
-/// How long to wait before asking again for a concurrency slot (one may free sooner).
-const SLOT_POLL: Duration = Duration::from_millis(25);
+use crate::broker::{BrokerError, EGRESS_SLOT_POLL, EgressLimit, EgressLimits, EgressTry};
 
 #[derive(Default)]
 pub(super) struct Destination {
@@ -65,7 +62,7 @@ impl EgressLimits for MemoryBroker {
         if let Some(max) = d.limit.concurrency {
             d.slots.retain(|_, deadline| *deadline > now);
             if d.slots.len() >= max as usize {
-                return Ok(EgressTry::Wait(SLOT_POLL));
+                return Ok(EgressTry::Wait(EGRESS_SLOT_POLL));
             }
         }
         if let Some((n, per)) = d.limit.rate {

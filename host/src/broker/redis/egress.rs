@@ -7,10 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{RedisBroker, SCRIPTS};
-use crate::broker::{BrokerError, EgressLimit, EgressLimits, EgressTry};
-
-/// How long to wait before asking again for a concurrency slot (one may free sooner).
-const SLOT_POLL: Duration = Duration::from_millis(25);
+use crate::broker::{BrokerError, EGRESS_SLOT_POLL, EgressLimit, EgressLimits, EgressTry};
 
 impl RedisBroker {
     async fn read_egress_limit(&self, host: &str) -> Result<EgressLimit, BrokerError> {
@@ -108,7 +105,7 @@ impl EgressLimits for RedisBroker {
         inv.arg(token)
             .arg(lease.as_millis() as u64)
             .arg(guard.as_millis() as u64)
-            .arg(SLOT_POLL.as_millis() as u64);
+            .arg(EGRESS_SLOT_POLL.as_millis() as u64);
         let (acquired, wait_ms): (u8, u64) = self.script(&inv).await?;
         Ok(if acquired == 1 {
             EgressTry::Acquired
