@@ -56,7 +56,12 @@ impl Partner {
             .fallback(any(|| async { "ok" }))
             .layer(axum::middleware::from_fn_with_state(seen.clone(), count))
             .with_state(seen.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        // A backlog of the kernel's usual `somaxconn` rather than tokio's 1,024: ten thousand
+        // jobs connecting at once (`bench io`) would otherwise overflow it, and each dropped
+        // SYN costs its client a one-second retransmit.
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(([127, 0, 0, 1], 0).into())?;
+        let listener = socket.listen(4096)?;
         let addr = listener.local_addr()?;
         tokio::spawn(async move { axum::serve(listener, app).await });
         Ok(Partner { addr, seen })
@@ -100,6 +105,13 @@ impl Partner {
             })
             .max()
             .unwrap_or(0)
+    }
+
+    /// When each request arrived, in order of arrival.
+    pub fn arrivals(&self) -> Vec<Instant> {
+        let mut starts = self.seen.starts.lock().unwrap().clone();
+        starts.sort();
+        starts
     }
 
     /// Records stored through `/sink`, and the `Authorization` headers the POSTs carried.

@@ -1,8 +1,10 @@
 //! `wasmq bench io`: jobs that wait on the network. Ten thousand `fetch` jobs, each one GET to a
 //! local server that answers after a second, run by one worker process with a concurrency of
 //! ten thousand: its peak RSS, the wall time from the first job started to the last one ended,
-//! and jobs/s; then the same under an egress limit of 100 concurrent on that server (and the
-//! peak the server observed); then the per-call overhead of a granted request against a server
+//! and jobs/s, its CPU time per job, and when jobs started, requests arrived and jobs ended;
+//! then the same under an egress limit of 100 concurrent on that server (and the peak the
+//! server observed); then the same GETs made natively from this process, the floor the machine
+//! sets; then the per-call overhead of a granted request against a server
 //! that answers at once, beside the same request made natively with hyper.
 //!
 //! It starts a private `redis-server` and runs the worker as a child process (`wasmq worker`), so
@@ -147,18 +149,30 @@ pub(crate) async fn run(
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let rss = peak_rss(pid)?;
+        let (user, sys) = cpu_time(pid)?;
         let _ = child.kill();
         let _ = child.wait();
 
-        let (mut first, mut last, mut ok) = (u64::MAX, 0, 0);
+        let (mut started, mut ended, mut ok) = (Vec::new(), Vec::new(), 0);
         for job in &jobs {
             if let Some(r) = broker.job(Some(&queue), job.id()).await? {
-                first = first.min(r.started_at_ms.unwrap_or(u64::MAX));
-                last = last.max(r.finished_at_ms.unwrap_or(0));
+                started.extend(r.started_at_ms);
+                ended.extend(r.finished_at_ms);
                 ok += usize::from(r.state == JobState::Succeeded);
             }
         }
+        started.sort_unstable();
+        ended.sort_unstable();
+        let first = started.first().copied().unwrap_or(0);
+        let last = ended.last().copied().unwrap_or(first);
         let wall = Duration::from_millis(last.saturating_sub(first));
+        // The server's arrival instants, on the records' clock (ms since the epoch).
+        let (now_ms, now) = (crate::time::now_ms(), Instant::now());
+        let arrived: Vec<u64> = partner
+            .arrivals()
+            .into_iter()
+            .map(|t| now_ms.saturating_sub(now.duration_since(t).as_millis() as u64))
+            .collect();
         println!(
             "{name}{}: {ok} of {} succeeded · wall {:.2} s (first job started → last ended) · {:.0} jobs/s · worker peak RSS {} MiB · server saw at most {} at once",
             limit.map_or(String::new(), |l| format!(" {l}")),
@@ -168,10 +182,48 @@ pub(crate) async fn run(
             rss >> 20,
             partner.peak()
         );
+        println!(
+            "  worker CPU: user {:.2} s + system {:.2} s = {:.0} µs a job",
+            user.as_secs_f64(),
+            sys.as_secs_f64(),
+            (user + sys).as_secs_f64() * 1e6 / args.count as f64
+        );
+        println!(
+            "  ms after the first start — jobs started {} · requests arrived {} · jobs ended {}",
+            spread(&started, first),
+            spread(&arrived, first),
+            spread(&ended, first)
+        );
         broker
             .remove_grant(module.hash(), &Grant::default())
             .await?;
     }
+
+    // The floor this machine sets: the same GETs, all at once, made natively with hyper from
+    // this process (one task and connection each), no jobs, no Redis.
+    // Each call holds a socket at both ends here.
+    super::worker::raise_open_files(2 * args.count);
+    let partner = Partner::start().await?;
+    let path = format!("/slow?ms={}", args.delay_ms);
+    let started = Instant::now();
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..args.count {
+        let path = path.clone();
+        let addr = partner.addr;
+        calls.spawn(async move { native_get(addr, &path).await });
+    }
+    let mut failed = 0;
+    while let Some(call) = calls.join_next().await {
+        failed += usize::from(!matches!(call, Ok(Ok(()))));
+    }
+    let wall = started.elapsed();
+    println!(
+        "the same {} GETs natively (hyper, one task and connection each, no jobs): {} failed · wall {:.2} s · server saw at most {} at once",
+        group(args.count as u64),
+        failed,
+        wall.as_secs_f64(),
+        partner.peak()
+    );
 
     // Per-call overhead: one granted GET at a time to a server that answers at once, as a job
     // (instantiate, call, the guest's request through the host) and natively with hyper.
@@ -230,6 +282,22 @@ pub(crate) async fn run(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `first … / p10 … / p50 … / p99 … / last …` of sorted epoch-ms `times`, as ms after `origin`.
+fn spread(times: &[u64], origin: u64) -> String {
+    let at = |q: f64| {
+        let i = ((times.len() as f64 * q) as usize).min(times.len().saturating_sub(1));
+        times.get(i).map_or(0, |t| t.saturating_sub(origin))
+    };
+    format!(
+        "first {} / p10 {} / p50 {} / p99 {} / last {}",
+        at(0.0),
+        at(0.1),
+        at(0.5),
+        at(0.99),
+        at(1.0)
+    )
+}
+
 /// One GET over a new connection, as the host's own sender makes it.
 async fn native_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<()> {
     use http_body_util::BodyExt as _;
@@ -245,6 +313,24 @@ async fn native_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<()
     anyhow::ensure!(response.status().is_success(), "{}", response.status());
     response.into_body().collect().await?;
     Ok(())
+}
+
+/// The CPU time process `pid` has used so far: (user, system), from `/proc/<pid>/stat`.
+fn cpu_time(pid: u32) -> anyhow::Result<(Duration, Duration)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) start at the state, field 3;
+    // utime and stime are fields 14 and 15, in clock ticks.
+    let rest = stat
+        .rsplit_once(')')
+        .context("no command name in /proc/<pid>/stat")?
+        .1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<Duration> {
+        let t: u64 = fields.get(i).context("short /proc/<pid>/stat")?.parse()?;
+        // USER_HZ, the unit of these fields, is 100 on every Linux architecture.
+        Ok(Duration::from_millis(t * 10))
+    };
+    Ok((ticks(11)?, ticks(12)?))
 }
 
 /// The most memory process `pid` has had resident (`VmHWM`), in bytes.

@@ -169,7 +169,7 @@ fn parse_queues(specs: &[String]) -> anyhow::Result<(Vec<String>, Vec<u32>)> {
 /// HTTP response holds a socket, and the usual soft limit (1,024) is far below ten thousand.
 /// Warns when even the hard limit is below what `concurrency` may need.
 #[allow(unsafe_code)]
-fn raise_open_files(concurrency: usize) {
+pub(super) fn raise_open_files(concurrency: usize) {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
