@@ -24,7 +24,7 @@
 //   exception, is a transient failure retried with backoff — like an exception in Sidekiq. The
 //   stack is written to stderr, which the host captures into the job's record.
 
-import * as host from "wasmq:job/host@0.1.0";
+import * as host from "wasmq:job/host@0.2.0";
 
 /** A transient failure: the job is tried again with backoff while attempts remain. */
 export class Retry extends Error {
@@ -46,15 +46,85 @@ export function progress(percent, note) {
   host.progress(Math.max(0, Math.min(100, Math.trunc(percent))), note ?? undefined);
 }
 
-/** Enqueues a sub-job of `module` (`sha256:…`) on this job's queue with `args` (JSON, or a
- * `Uint8Array` as it is). Returns its id; throws `Retry` with the host's reason if refused. */
-export function enqueue(module, args = null) {
+/** A sub-job this run enqueued: its `id`, and `join()` for its result. */
+export class Handle {
+  constructor(id) {
+    this.id = id;
+  }
+
+  /** Waits for the sub-job and returns its JSON result decoded (a `Uint8Array` if it returned
+   * raw bytes). A sub-job that died or was cancelled throws `Retry` naming its reason, so that
+   * this job runs again later (and, out of attempts, dies with that reason). */
+  join() {
+    return joinAll([this])[0];
+  }
+
+  toString() {
+    return this.id;
+  }
+
+  toJSON() {
+    return this.id;
+  }
+}
+
+const ms = (seconds) => (seconds == null ? undefined : BigInt(Math.max(0, Math.round(seconds * 1000))));
+
+/** Enqueues a sub-job of `module` (`sha256:…`) with `args` (JSON, or a `Uint8Array` as it is) on
+ * this job's queue (or `queue`), no earlier than `delay` seconds from now. Its id is this job's id
+ * and `key` (or the call's position), so this job running again names the same sub-job, which is
+ * not enqueued twice. Returns its `Handle`; throws `Retry` with the host's reason if refused. */
+export function enqueue(module, args = null, { key, queue, delay, maxAttempts, priority } = {}) {
   const payload = args instanceof Uint8Array ? args : new TextEncoder().encode(JSON.stringify(args));
   try {
-    return host.enqueue(module, payload);
+    return new Handle(host.enqueue(module, payload, { key, queue, delayMs: ms(delay), maxAttempts, priority }));
   } catch (e) {
     throw new Retry(`enqueue refused: ${e?.payload ?? e}`);
   }
+}
+
+function decode(bytes) {
+  if (!bytes.length) return null;
+  try {
+    return JSON.parse(new TextDecoder().decode(bytes));
+  } catch {
+    return bytes;
+  }
+}
+
+/** Waits until `first` of `handles` have ended (all when left out) or `timeout` seconds pass;
+ * returns for each, in order, `{state: "done", result}`, `{state: "dead", kind, message}`,
+ * `{state: "cancelled"}` or `{state: "pending"}`. Nothing here fails this job: the caller
+ * decides. Throws `Retry` when the host refuses the wait. */
+export function wait(handles, { first, timeout } = {}) {
+  let outcomes;
+  try {
+    outcomes = host.join(handles.map(String), { first, timeoutMs: ms(timeout) });
+  } catch (e) {
+    throw new Retry(`join refused: ${e?.payload ?? e}`);
+  }
+  return outcomes.map((o) => {
+    switch (o.tag) {
+      case "done":
+        return { state: "done", result: decode(o.val) };
+      case "dead":
+        return { state: "dead", kind: o.val.kind, message: o.val.message };
+      default:
+        return { state: o.tag };
+    }
+  });
+}
+
+/** Waits for all of `handles` and returns their results in order; the first sub-job that died or
+ * was cancelled throws `Retry` naming it (see `Handle.join`). */
+export function joinAll(handles) {
+  return wait(handles).map((o, i) => {
+    const id = String(handles[i]);
+    if (o.state === "done") return o.result;
+    if (o.state === "dead") throw new Retry(`sub-job ${id} died (${o.kind}): ${o.message}`);
+    if (o.state === "cancelled") throw new Retry(`sub-job ${id} was cancelled`);
+    throw new Retry(`the host returned before sub-job ${id} ended`);
+  });
 }
 
 /** Reads secret `name`, which the operator granted this module (`wasmq grant … --secret NAME`).

@@ -48,7 +48,8 @@ try:
 except ImportError:  # built for `job-http`, where `wasi:http/types` is in the world too
     from wit_world.imports import wasmq_job_types as types
 
-__all__ = ["job", "log", "progress", "enqueue", "secret", "Retry", "Fail", "JobInfo"]
+__all__ = ["job", "log", "progress", "enqueue", "join_all", "wait", "Handle", "Outcome", "secret",
+           "Retry", "Fail", "JobInfo"]
 
 JobInfo = types.JobInfo
 """What the job knows about its invocation: ``id``, ``queue``, ``attempt``, ``max_attempts``."""
@@ -89,14 +90,95 @@ def progress(percent: int, note: Optional[str] = None) -> None:
     host.progress(max(0, min(100, int(percent))), note)
 
 
-def enqueue(module: str, args: Any = None) -> str:
-    """Enqueues a sub-job of ``module`` (``sha256:…``) on this job's queue with ``args`` (JSON, or
-    ``bytes`` as they are). Returns its id; raises ``Retry`` with the host's reason if refused."""
+class Handle(str):
+    """A sub-job this run enqueued: its id (a ``str``), and ``join()`` for its result."""
+
+    def join(self) -> Any:
+        """Waits for the sub-job and returns its JSON result decoded (``bytes`` if it returned
+        raw bytes). A sub-job that died or was cancelled raises ``Retry`` naming its reason, so
+        that this job runs again later (and, out of attempts, dies with that reason)."""
+        return join_all([self])[0]
+
+
+@dataclasses.dataclass
+class Outcome:
+    """Where a sub-job stands: ``state`` is ``"done"`` (with ``result``), ``"dead"`` (with
+    ``kind`` and ``message``), ``"cancelled"`` or ``"pending"`` (not ended yet)."""
+
+    state: str
+    result: Any = None
+    kind: Optional[str] = None
+    message: Optional[str] = None
+
+
+def enqueue(module: str, args: Any = None, *, key: Optional[str] = None, queue: Optional[str] = None,
+            delay: Optional[float] = None, max_attempts: Optional[int] = None,
+            priority: Optional[int] = None) -> Handle:
+    """Enqueues a sub-job of ``module`` (``sha256:…``) with ``args`` (JSON, or ``bytes`` as they
+    are) on this job's queue (or ``queue``), no earlier than ``delay`` seconds from now. Its id is
+    this job's id and ``key`` (or the call's position), so this job running again names the same
+    sub-job, which is not enqueued twice. Returns its ``Handle``; raises ``Retry`` with the host's
+    reason if refused."""
     payload = args if isinstance(args, bytes) else json.dumps(args).encode()
+    options = host.EnqueueOptions(
+        key=key,
+        queue=queue,
+        delay_ms=None if delay is None else max(0, int(delay * 1000)),
+        max_attempts=max_attempts,
+        priority=priority,
+    )
     try:
-        return host.enqueue(module, payload)
+        return Handle(host.enqueue(module, payload, options))
     except Err as e:
         raise Retry(f"enqueue refused: {e.value}") from None
+
+
+def _decode(data: bytes) -> Any:
+    try:
+        return json.loads(data) if data else None
+    except ValueError:
+        return data
+
+
+def wait(handles: list, first: Optional[int] = None, timeout: Optional[float] = None) -> list:
+    """Waits until ``first`` of ``handles`` have ended (all when ``None``) or ``timeout`` seconds
+    pass; returns an ``Outcome`` for each, in order. Nothing here fails this job: the caller
+    decides. Raises ``Retry`` when the host refuses the wait."""
+    options = host.JoinOptions(
+        first=first,
+        timeout_ms=None if timeout is None else max(0, int(timeout * 1000)),
+    )
+    try:
+        outcomes = host.join([str(h) for h in handles], options)
+    except Err as e:
+        raise Retry(f"join refused: {e.value}") from None
+    out = []
+    for o in outcomes:
+        if isinstance(o, host.Outcome_Done):
+            out.append(Outcome("done", result=_decode(o.value)))
+        elif isinstance(o, host.Outcome_Dead):
+            out.append(Outcome("dead", kind=o.value.kind, message=o.value.message))
+        elif isinstance(o, host.Outcome_Cancelled):
+            out.append(Outcome("cancelled"))
+        else:
+            out.append(Outcome("pending"))
+    return out
+
+
+def join_all(handles: list) -> list:
+    """Waits for all of ``handles`` and returns their results in order; the first sub-job that
+    died or was cancelled raises ``Retry`` naming it (see ``Handle.join``)."""
+    results = []
+    for h, o in zip(handles, wait(handles)):
+        if o.state == "done":
+            results.append(o.result)
+        elif o.state == "dead":
+            raise Retry(f"sub-job {h} died ({o.kind}): {o.message}")
+        elif o.state == "cancelled":
+            raise Retry(f"sub-job {h} was cancelled")
+        else:
+            raise Retry(f"the host returned before sub-job {h} ended")
+    return results
 
 
 def secret(name: str) -> str:

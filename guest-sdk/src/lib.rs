@@ -43,7 +43,8 @@
 //! ## Layout
 //!
 //! - [`job`]: the attribute that turns a function into the component's `run` export.
-//! - [`log`], [`progress`], [`enqueue`], [`secret`]: what the host offers a running job.
+//! - [`log`], [`progress`], [`secret`]: what the host offers a running job.
+//! - [`enqueue`], [`Handle::join`], [`join_all`], [`wait`]: sub-jobs, and their results.
 //! - [`http`]: outbound HTTP to the destinations the operator granted the module.
 //! - [`JobInfo`], [`JobError`], [`Bytes`]: the types a job function sees.
 #![deny(missing_docs)]
@@ -56,6 +57,7 @@ extern crate self as wasmq_guest;
 pub use wasmq_guest_macros::job;
 
 pub mod http;
+mod sub_jobs;
 
 #[doc(hidden)]
 #[allow(
@@ -161,17 +163,9 @@ pub fn progress(percent: u8, note: Option<&str>) {
     wit_host::progress(percent, note);
 }
 
-/// Enqueues a sub-job of `module` (`sha256:<64 hex>`) with JSON `args` on the current queue.
-/// Returns the new job's id, or the host's reason for refusing it.
-pub fn enqueue<T: serde::Serialize + ?Sized>(module: &str, args: &T) -> Result<String, String> {
-    let bytes = serde_json::to_vec(args).map_err(|e| format!("failed to encode args: {e}"))?;
-    wit_host::enqueue(module, &bytes)
-}
-
-/// Enqueues a sub-job of `module` with raw argument bytes.
-pub fn enqueue_bytes(module: &str, args: &[u8]) -> Result<String, String> {
-    wit_host::enqueue(module, args)
-}
+pub use sub_jobs::{
+    Handle, JoinError, Options, Outcome, enqueue, enqueue_bytes, enqueue_with, join_all, wait,
+};
 
 #[doc(hidden)]
 pub mod __private {

@@ -6,7 +6,8 @@
 //! - [`sandbox`], [`modules`], [`guests`], [`guest_sdk`]: running one job and loading modules.
 //! - [`broker`]: the broker's behaviour on both backends; [`differential`]: both backends driven
 //!   with the same random operations, every observable result compared.
-//! - [`worker`], [`faults`]: the worker end to end, and with faults injected.
+//! - [`worker`], [`faults`]: the worker end to end, and with faults injected; [`futures`]: jobs
+//!   that await their sub-jobs.
 //! - [`egress`], [`secrets`]: outbound HTTP and secrets, behind the operator's grants.
 //! - [`api`], [`cli`], [`clients`], [`dashboard`]: the ways in: HTTP, the binary, the clients, the
 //!   browser.
@@ -21,6 +22,7 @@ mod dashboard;
 mod differential;
 mod egress;
 mod faults;
+mod futures;
 mod guest_sdk;
 mod guests;
 mod modules;

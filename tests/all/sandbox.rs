@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::{ok_json, run};
 use serde_json::json;
 use wasmq::job::{JobInfo, Limits, LogLevel};
-use wasmq::sandbox::{EnqueueFuture, Failure, SubJobSink};
+use wasmq::sandbox::{EnqueueFuture, Failure, JoinFuture, JoinOptions, SubJobOptions, SubJobSink};
 
 fn limits() -> Limits {
     Limits::default()
@@ -421,7 +421,13 @@ async fn no_ambient_authority() {
 struct Recorder(Mutex<Vec<(String, String, serde_json::Value)>>);
 
 impl SubJobSink for Recorder {
-    fn enqueue(&self, parent: &JobInfo, module: String, args: Vec<u8>) -> EnqueueFuture {
+    fn enqueue(
+        &self,
+        parent: &JobInfo,
+        module: String,
+        args: Vec<u8>,
+        _: SubJobOptions,
+    ) -> EnqueueFuture {
         let mut jobs = self.0.lock().unwrap();
         let id = format!("sub-{}", jobs.len());
         jobs.push((
@@ -430,6 +436,10 @@ impl SubJobSink for Recorder {
             serde_json::from_slice(&args).unwrap(),
         ));
         Box::pin(async move { Ok(id) })
+    }
+
+    fn join(&self, _: &JobInfo, _: Vec<String>, _: JoinOptions) -> JoinFuture {
+        Box::pin(async { Err("not here".to_owned()) })
     }
 }
 

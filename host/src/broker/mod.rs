@@ -188,6 +188,14 @@ pub trait Inspect: Broker {
         Ok(self.jobs(queue, JobState::Dead, 0, limit).await?.jobs)
     }
 
+    /// The records of several jobs of `queue` at once, in the order of `ids` (`None` where there
+    /// is none): one round trip, for a parent joining its sub-jobs.
+    async fn job_records(
+        &self,
+        queue: &str,
+        ids: &[String],
+    ) -> Result<Vec<Option<JobRecord>>, BrokerError>;
+
     /// Workers heard from within [`WORKER_TTL`], by name; older entries are dropped.
     async fn workers(&self) -> Result<Vec<WorkerInfo>, BrokerError>;
 

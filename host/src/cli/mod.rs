@@ -426,7 +426,7 @@ impl Cli {
             Command::Modules(args) => queue::modules(redis.connect().await?.as_ref(), args).await,
             Command::Enqueue(args) => enqueue::enqueue(&intake, redis.connect().await?, args).await,
             Command::Worker(args) => {
-                let sandbox = sandbox(&base, args.concurrency())?;
+                let sandbox = sandbox(&base, args.instances())?;
                 let broker = redis.connect_with_ttl(args.result_ttl()).await?;
                 worker::run(broker, sandbox, args, operator.fan_out).await
             }

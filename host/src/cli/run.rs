@@ -16,7 +16,10 @@ use crate::grant::{Grant, HttpRule};
 use crate::invocation::{args_to_bytes, bytes_to_json};
 use crate::job::{JobInfo, Limits};
 use crate::modules::ModuleHash;
-use crate::sandbox::{EnqueueFuture, RunRequest, Sandbox, SecretFuture, SecretSource, SubJobSink};
+use crate::sandbox::{
+    EnqueueFuture, JoinFuture, JoinOptions, RunRequest, Sandbox, SecretFuture, SecretSource,
+    SubJobOptions, SubJobSink,
+};
 
 /// Flags of `wasmq run`.
 #[derive(Debug, Args)]
@@ -121,17 +124,36 @@ impl RecordedSubJobs {
 }
 
 impl SubJobSink for RecordedSubJobs {
-    fn enqueue(&self, parent: &JobInfo, module: String, args: Vec<u8>) -> EnqueueFuture {
-        let result = match module.parse::<ModuleHash>() {
-            Err(e) => Err(e.to_string()),
-            Ok(hash) => {
-                let mut jobs = self.jobs.lock().unwrap();
-                let id = format!("{}-sub-{}", parent.id, jobs.len() + 1);
-                jobs.push(json!({ "id": id, "module": hash, "args": bytes_to_json(&args) }));
-                Ok(id)
-            }
-        };
+    fn enqueue(
+        &self,
+        parent: &JobInfo,
+        module: String,
+        args: Vec<u8>,
+        options: SubJobOptions,
+    ) -> EnqueueFuture {
+        let result = (|| {
+            let hash = module.parse::<ModuleHash>().map_err(|e| e.to_string())?;
+            let mut jobs = self.jobs.lock().unwrap();
+            let position = u32::try_from(jobs.len() + 1).unwrap_or(u32::MAX);
+            let id = crate::worker::sub_job_id(&parent.id, position, options.key.as_deref())?;
+            jobs.push(json!({
+                "id": id,
+                "module": hash,
+                "args": bytes_to_json(&args),
+                "queue": options.queue.as_deref().unwrap_or(&parent.queue),
+                "delay_ms": options.delay_ms,
+                "max_attempts": options.max_attempts,
+                "priority": options.priority,
+            }));
+            Ok(id)
+        })();
         Box::pin(async move { result })
+    }
+
+    fn join(&self, _: &JobInfo, _: Vec<String>, _: JoinOptions) -> JoinFuture {
+        Box::pin(async {
+            Err("`wasmq run` records sub-jobs without running them, so there are no outcomes to join; enqueue the job on a worker to run its sub-jobs".to_owned())
+        })
     }
 }
 

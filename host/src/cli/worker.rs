@@ -21,6 +21,11 @@ pub(crate) struct WorkerArgs {
     /// Jobs in flight at once.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
+    /// Jobs that may wait for their sub-jobs at once (`join`), beside the running ones: each
+    /// gives its slot back while it waits and stays in memory, suspended; past this a `join`
+    /// returns an error to the job.
+    #[arg(long, default_value_t = crate::worker::DEFAULT_MAX_WAITING)]
+    max_waiting: usize,
     /// How long a fetched job stays leased without a heartbeat.
     #[arg(long, value_parser = crate::time::parse_duration, default_value = "30s")]
     lease: Duration,
@@ -60,8 +65,9 @@ pub(crate) struct WorkerArgs {
 }
 
 impl WorkerArgs {
-    pub(crate) fn concurrency(&self) -> usize {
-        self.concurrency
+    /// Runs alive at once: the running ones and the ones waiting for sub-jobs.
+    pub(crate) fn instances(&self) -> usize {
+        self.concurrency.saturating_add(self.max_waiting)
     }
 
     pub(crate) fn result_ttl(&self) -> Duration {
@@ -85,6 +91,7 @@ impl WorkerArgs {
             queues,
             weights,
             concurrency: self.concurrency,
+            max_waiting: self.max_waiting,
             lease: self.lease,
             grace: self.grace,
             backoff: Backoff {

@@ -1,17 +1,17 @@
 //! What a guest can reach while it runs: the per-run state behind the `wasmq:job/host` imports
-//! (log, progress, enqueue), WASI with nothing granted, `wasi:http` behind the module's grant
+//! (log, progress, enqueue, join, secret — in both contract versions), WASI with nothing granted, `wasi:http` behind the module's grant
 //! (`http.rs`), and the memory cap that refuses growth.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use super::bindings;
 use super::http::Egress;
+use super::{JoinOptions, SubJobOptions, SubJobOutcome, bindings, bindings_v1};
 use super::{MAX_LOG_MESSAGE_BYTES, MAX_LOG_RECORDS, ProgressSink, SecretSource, SubJobSink};
 use crate::grant::Grant;
 use crate::job::{JobInfo, LogLevel, LogRecord, Progress};
@@ -124,6 +124,91 @@ impl bindings::wasmq::job::host::Host for RunState {
             L::Warn => LogLevel::Warn,
             L::Error => LogLevel::Error,
         };
+        self.log_at(level, message);
+    }
+
+    fn progress(&mut self, percent: u8, note: Option<String>) {
+        self.progress_to(percent, note);
+    }
+
+    async fn enqueue(
+        &mut self,
+        module: String,
+        args: Vec<u8>,
+        options: bindings::wasmq::job::host::EnqueueOptions,
+    ) -> Result<String, String> {
+        let options = SubJobOptions {
+            key: options.key,
+            queue: options.queue,
+            delay_ms: options.delay_ms,
+            max_attempts: options.max_attempts,
+            priority: options.priority,
+        };
+        self.sub_jobs
+            .enqueue(&self.info, module, args, options)
+            .await
+    }
+
+    async fn join(
+        &mut self,
+        handles: Vec<String>,
+        options: bindings::wasmq::job::host::JoinOptions,
+    ) -> Result<Vec<bindings::wasmq::job::host::Outcome>, String> {
+        use bindings::wasmq::job::host::{Failure, Outcome};
+        let options = JoinOptions {
+            first: options.first,
+            timeout: options.timeout_ms.map(Duration::from_millis),
+        };
+        let outcomes = self.sub_jobs.join(&self.info, handles, options).await?;
+        Ok(outcomes
+            .into_iter()
+            .map(|o| match o {
+                SubJobOutcome::Done(bytes) => Outcome::Done(bytes),
+                SubJobOutcome::Dead { kind, message } => Outcome::Dead(Failure { kind, message }),
+                SubJobOutcome::Cancelled => Outcome::Cancelled,
+                SubJobOutcome::Pending => Outcome::Pending,
+            })
+            .collect())
+    }
+
+    async fn secret(&mut self, name: String) -> Result<String, String> {
+        self.read_secret(name).await
+    }
+}
+
+// Components built against 0.1.0: the same host, `enqueue` without options.
+impl bindings_v1::wasmq::job::types::Host for RunState {}
+
+impl bindings_v1::wasmq::job::host::Host for RunState {
+    fn log(&mut self, level: bindings_v1::wasmq::job::host::Level, message: String) {
+        use bindings_v1::wasmq::job::host::Level as L;
+        let level = match level {
+            L::Trace => LogLevel::Trace,
+            L::Debug => LogLevel::Debug,
+            L::Info => LogLevel::Info,
+            L::Warn => LogLevel::Warn,
+            L::Error => LogLevel::Error,
+        };
+        self.log_at(level, message);
+    }
+
+    fn progress(&mut self, percent: u8, note: Option<String>) {
+        self.progress_to(percent, note);
+    }
+
+    async fn enqueue(&mut self, module: String, args: Vec<u8>) -> Result<String, String> {
+        self.sub_jobs
+            .enqueue(&self.info, module, args, SubJobOptions::default())
+            .await
+    }
+
+    async fn secret(&mut self, name: String) -> Result<String, String> {
+        self.read_secret(name).await
+    }
+}
+
+impl RunState {
+    fn log_at(&mut self, level: LogLevel, message: String) {
         let at_ms = self.started.elapsed().as_millis() as u64;
         self.log_record(LogRecord {
             level,
@@ -132,7 +217,7 @@ impl bindings::wasmq::job::host::Host for RunState {
         });
     }
 
-    fn progress(&mut self, percent: u8, note: Option<String>) {
+    fn progress_to(&mut self, percent: u8, note: Option<String>) {
         let progress = Progress {
             percent: percent.min(100),
             note: note.map(|n| crate::secret::redact(&cut(n), &self.secrets_read)),
@@ -143,11 +228,7 @@ impl bindings::wasmq::job::host::Host for RunState {
         self.progress = Some(progress);
     }
 
-    async fn enqueue(&mut self, module: String, args: Vec<u8>) -> Result<String, String> {
-        self.sub_jobs.enqueue(&self.info, module, args).await
-    }
-
-    async fn secret(&mut self, name: String) -> Result<String, String> {
+    async fn read_secret(&mut self, name: String) -> Result<String, String> {
         if !self.grant.secrets.contains(&name) {
             return Err(format!(
                 "secret `{}` is not granted to this module (`wasmq grant <module> --secret NAME`)",

@@ -22,10 +22,27 @@
 //! deciding what happens next is the caller's job.
 
 mod bindings {
-    //! Generated from `wit/`; the rest of the host sees the plain types in `sandbox`.
+    //! Generated from `wit/` (the current contract, 0.2.0); the rest of the host sees the plain
+    //! types in `sandbox`.
     wasmtime::component::bindgen!({
         path: "../wit",
-        world: "wasmq:job/job",
+        world: "wasmq:job/job@0.2.0",
+        imports: {
+            "wasmq:job/host.enqueue": async,
+            "wasmq:job/host.join": async,
+            "wasmq:job/host.secret": async,
+            default: tracing,
+        },
+        exports: { default: async },
+    });
+}
+mod bindings_v1 {
+    //! Generated from `wit/v0.1.0/`: the host imports of components built against 0.1.0, linked
+    //! beside the current ones. (Their `run` export has the same type as 0.2.0's, which the
+    //! current bindings call.)
+    wasmtime::component::bindgen!({
+        path: "../wit/v0.1.0",
+        world: "wasmq:job/job@0.1.0",
         imports: {
             "wasmq:job/host.enqueue": async,
             "wasmq:job/host.secret": async,
@@ -163,11 +180,74 @@ impl Default for SandboxConfig {
 /// A boxed future returned by [`SubJobSink::enqueue`].
 pub type EnqueueFuture = Pin<Box<dyn Future<Output = Result<String, String>> + Send>>;
 
-/// Where a guest's `enqueue` calls go: the broker in a worker, a recorder in `wasmq run`.
+/// A boxed future returned by [`SubJobSink::join`].
+pub type JoinFuture = Pin<Box<dyn Future<Output = Result<Vec<SubJobOutcome>, String>> + Send>>;
+
+/// How a guest asked for a sub-job (`enqueue`'s options); every field may be left out.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SubJobOptions {
+    /// Names the sub-job (`<parent>.<key>`) instead of the call's position.
+    pub key: Option<String>,
+    /// Its queue (the parent's when left out).
+    pub queue: Option<String>,
+    /// Run no earlier than this many milliseconds from now.
+    pub delay_ms: Option<u64>,
+    /// Attempts in all.
+    pub max_attempts: Option<u32>,
+    /// Higher runs first within its queue.
+    pub priority: Option<i32>,
+}
+
+/// How long a guest's `join` waits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JoinOptions {
+    /// Return once this many have ended (all of them when `None`).
+    pub first: Option<u32>,
+    /// Return after this long even if fewer have ended.
+    pub timeout: Option<Duration>,
+}
+
+/// Where a sub-job stands, as `join` tells the guest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SubJobOutcome {
+    /// It succeeded with these result bytes.
+    Done(Vec<u8>),
+    /// It failed for good.
+    Dead {
+        /// The failure's kind (`fail`, `retry`, `trap`, `timeout`, …).
+        kind: String,
+        /// What happened.
+        message: String,
+    },
+    /// It was cancelled.
+    Cancelled,
+    /// It has not ended yet.
+    Pending,
+}
+
+impl SubJobOutcome {
+    /// Whether the sub-job has ended (any outcome but [`SubJobOutcome::Pending`]).
+    pub fn ended(&self) -> bool {
+        !matches!(self, SubJobOutcome::Pending)
+    }
+}
+
+/// Where a guest's `enqueue` and `join` calls go: the broker in a worker, a recorder in
+/// `wasmq run`.
 pub trait SubJobSink: Send + Sync {
     /// Enqueues a sub-job of `module` (as the guest wrote it) with `args` for `parent`; returns
     /// the new job's id, or a reason the guest sees.
-    fn enqueue(&self, parent: &JobInfo, module: String, args: Vec<u8>) -> EnqueueFuture;
+    fn enqueue(
+        &self,
+        parent: &JobInfo,
+        module: String,
+        args: Vec<u8>,
+        options: SubJobOptions,
+    ) -> EnqueueFuture;
+
+    /// Waits for sub-jobs this run enqueued (by id) and returns each one's outcome, in order;
+    /// or a reason the guest sees.
+    fn join(&self, parent: &JobInfo, handles: Vec<String>, options: JoinOptions) -> JoinFuture;
 }
 
 /// Refuses every sub-job: for runs that have no queue behind them.
@@ -175,8 +255,12 @@ pub trait SubJobSink: Send + Sync {
 pub struct NoSubJobs;
 
 impl SubJobSink for NoSubJobs {
-    fn enqueue(&self, _: &JobInfo, _: String, _: Vec<u8>) -> EnqueueFuture {
+    fn enqueue(&self, _: &JobInfo, _: String, _: Vec<u8>, _: SubJobOptions) -> EnqueueFuture {
         Box::pin(async { Err("this run has no queue to enqueue sub-jobs on".to_owned()) })
+    }
+
+    fn join(&self, _: &JobInfo, _: Vec<String>, _: JoinOptions) -> JoinFuture {
+        Box::pin(async { Err("this run has no sub-jobs to join".to_owned()) })
     }
 }
 
@@ -282,6 +366,8 @@ struct Inner {
     budget: CompileBudget,
     /// The per-memory reservation when runs are not pooled (see [`MAX_POOLED_INSTANCES`]).
     memory_reservation: Option<u64>,
+    /// Runs that may be alive at once.
+    max_instances: u32,
     /// Turns to compile: at most `budget.concurrency` at once.
     compiles: tokio::sync::Semaphore,
     /// Compiles started, in this process or in children.
@@ -364,6 +450,7 @@ impl Sandbox {
                 compiles: tokio::sync::Semaphore::new(config.compile.concurrency.max(1)),
                 budget: config.compile,
                 memory_reservation,
+                max_instances: n,
                 compiled: Default::default(),
                 modules: Mutex::default(),
                 loading: Mutex::default(),
@@ -371,6 +458,11 @@ impl Sandbox {
                 refused: Mutex::default(),
             }),
         })
+    }
+
+    /// How many runs may be alive at once (running or suspended).
+    pub fn max_instances(&self) -> usize {
+        self.inner.max_instances as usize
     }
 
     /// The operator ceilings this sandbox was built with.
@@ -612,6 +704,7 @@ fn job_linker(engine: &Engine) -> anyhow::Result<Linker<RunState>> {
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     bindings::Job::add_to_linker::<_, HasSelf<RunState>>(&mut linker, |s| s)?;
+    bindings_v1::Job::add_to_linker::<_, HasSelf<RunState>>(&mut linker, |s| s)?;
     Ok(linker)
 }
 

@@ -20,6 +20,7 @@
 //! What it must not do: touch wasmtime (that is `sandbox`) or Redis (that is `broker`).
 
 mod egress;
+mod join;
 mod metrics;
 mod modules;
 mod report;
@@ -45,6 +46,7 @@ use crate::job::{AttemptError, FailureKind, JobInfo, RunReport};
 use crate::sandbox::{RunOutcome, RunRequest, Sandbox};
 use crate::time::now_ms;
 pub use egress::{BrokerEgress, DEFAULT_EGRESS_LEASE};
+pub use join::{ChildWatch, DEFAULT_MAX_WAITING, RunSlot};
 pub use metrics::{
     Counters, DURATION_BUCKETS, FUEL_BUCKETS, Histogram, MAX_HTTP_DESTINATIONS, WorkerStats,
 };
@@ -53,7 +55,7 @@ use report::{ProgressBoard, ack_loop, heartbeat_loop, progress_loop};
 pub use retry::Backoff;
 use retry::decide;
 pub use secrets::BrokerSecrets;
-pub use sub_jobs::{BrokerSubJobs, FanOut};
+pub use sub_jobs::{BrokerSubJobs, FanOut, MAX_KEY_LEN, sub_job_id};
 
 /// How a worker runs.
 #[derive(Clone, Debug)]
@@ -88,6 +90,10 @@ pub struct WorkerConfig {
     pub precompile: bool,
     /// How far jobs may fan out into sub-jobs.
     pub fan_out: FanOut,
+    /// Runs that may wait for their sub-jobs at once (each gives its slot back while it waits
+    /// and stays in memory, suspended); past it a guest's `join` returns an error. The sandbox
+    /// must have room for `concurrency + max_waiting` instances.
+    pub max_waiting: usize,
     /// How long a module's grant is used before it is read again: a grant or revoke reaches
     /// runs that start later than this (1 s).
     pub grant_ttl: Duration,
@@ -119,6 +125,7 @@ impl Default for WorkerConfig {
             name: default_name(),
             precompile: false,
             fan_out: FanOut::default(),
+            max_waiting: join::DEFAULT_MAX_WAITING,
             grant_ttl: modules::DEFAULT_GRANT_TTL,
             secret_key: None,
             egress_lease: DEFAULT_EGRESS_LEASE,
@@ -179,6 +186,7 @@ pub struct Worker {
     progress: Arc<ProgressBoard>,
     secrets: Arc<BrokerSecrets>,
     egress: BrokerEgress,
+    children: Arc<ChildWatch>,
 }
 
 /// A job in flight: how to stop it, and whether its ack is already on its way.
@@ -211,6 +219,7 @@ impl Worker {
             config,
             counters: Arc::default(),
             progress: Arc::default(),
+            children: Arc::default(),
         }
     }
 
@@ -225,6 +234,14 @@ impl Worker {
         let (stop_tx, stop_rx) = watch::channel(false);
         let inflight: InFlightMap = Arc::default();
         let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
+        // Waiting runs stay alive: no more of them than the sandbox has room for beside the
+        // running ones.
+        let max_waiting = config.max_waiting.min(
+            self.sandbox
+                .max_instances()
+                .saturating_sub(config.concurrency),
+        );
+        let waiting = Arc::new(Semaphore::new(max_waiting));
         let (ack_tx, ack_rx) = mpsc::unbounded_channel::<Ack>();
 
         let acker = tokio::spawn(ack_loop(
@@ -232,6 +249,7 @@ impl Worker {
             ack_rx,
             inflight.clone(),
             self.counters.clone(),
+            self.children.clone(),
         ));
         if config.precompile {
             tokio::spawn(precompile(self.broker.clone(), self.modules.clone()));
@@ -274,7 +292,7 @@ impl Worker {
         let mut jobs = JoinSet::new();
         let mut rng = fastrand::Rng::new();
         let mut shutdown = std::pin::pin!(shutdown);
-        tracing::info!(worker = %config.name, queues = ?config.queues, concurrency = config.concurrency, "worker started");
+        tracing::info!(worker = %config.name, queues = ?config.queues, concurrency = config.concurrency, max_waiting, "worker started");
         loop {
             // Reap finished tasks so the set does not grow.
             while jobs.try_join_next().is_some() {}
@@ -331,7 +349,13 @@ impl Worker {
                         acking: false,
                     },
                 );
-                let task = self.attempt(lease, permit, ack_tx.clone(), inflight.clone());
+                let slot = Arc::new(RunSlot::new(
+                    permit,
+                    slots.clone(),
+                    waiting.clone(),
+                    max_waiting,
+                ));
+                let task = self.attempt(lease, slot, ack_tx.clone(), inflight.clone());
                 let handle = jobs.spawn(task);
                 if let Some(entry) = inflight.lock().expect("not poisoned").get_mut(&key) {
                     entry.abort = Some(handle);
@@ -390,7 +414,7 @@ impl Worker {
     fn attempt(
         &self,
         lease: Lease,
-        permit: OwnedSemaphorePermit,
+        slot: Arc<RunSlot>,
         acks: mpsc::UnboundedSender<Ack>,
         inflight: InFlightMap,
     ) -> impl Future<Output = ()> + Send + 'static {
@@ -402,6 +426,7 @@ impl Worker {
         let board = self.progress.clone();
         let secrets: Arc<dyn crate::sandbox::SecretSource> = self.secrets.clone();
         let egress: Arc<dyn crate::sandbox::EgressGate> = Arc::new(self.egress.clone());
+        let children = self.children.clone();
         let span = tracing::info_span!("job", id = %lease.key.id, queue = %lease.key.queue, module = %lease.invocation.module, attempt = lease.attempt);
         async move {
             let inv = &lease.invocation;
@@ -422,6 +447,8 @@ impl Worker {
                         Intake::new(*sandbox.ceilings(), sandbox.sizes()),
                         config.fan_out,
                         inv.depth,
+                        children,
+                        Some(slot.clone()),
                     ));
                     let request = RunRequest {
                         info,
@@ -457,7 +484,7 @@ impl Worker {
                     }
                 }
             };
-            drop(permit);
+            slot.release();
             if let Some(entry) = inflight.lock().expect("not poisoned").get_mut(&lease.key) {
                 entry.acking = true;
             }

@@ -42,6 +42,7 @@ pub(super) async fn ack_loop(
     mut rx: mpsc::UnboundedReceiver<Ack>,
     inflight: InFlightMap,
     counters: Arc<Counters>,
+    children: Arc<super::ChildWatch>,
 ) {
     // An ack batch this large holds Redis for about a millisecond.
     const MAX_BATCH: usize = 256;
@@ -74,6 +75,13 @@ pub(super) async fn ack_loop(
                 }
             }
         }
+        // Parents waiting in this worker for these jobs read their records now.
+        children.ended(
+            batch
+                .iter()
+                .filter(|a| !matches!(a.completion, Completion::Retry { .. }))
+                .map(|a| (a.lease.queue.as_str(), a.lease.id.as_str())),
+        );
         let mut map = inflight.lock().expect("not poisoned");
         for ack in batch.drain(..) {
             map.remove(&ack.lease);

@@ -1,8 +1,12 @@
-//! Sub-jobs: a running job's `enqueue` calls, put on the broker for real.
+//! Sub-jobs: a running job's `enqueue` calls, put on the broker for real, and its `join`s
+//! (`join.rs`).
 //!
-//! A sub-job goes on its parent's queue with default limits. Its id is the parent's id and the
-//! call's position (`<parent>.1`, `<parent>.2`, …), so a parent that is retried after fanning
-//! out enqueues the same ids again and creates no duplicates. Fan-out is bounded by the operator
+//! A sub-job goes on its parent's queue (or the one its options name) with default limits but
+//! for the attempts, priority and delay the options give. Its id is the parent's id and the
+//! call's position (`<parent>.1`, `<parent>.2`, …) or the key the guest chose
+//! (`<parent>.<key>`), so a parent that runs again after fanning out enqueues the same ids again,
+//! creates no duplicates, and joins the sub-jobs it made before. A run may join only sub-jobs it
+//! enqueued itself (a guest cannot read other jobs' results by naming them). Fan-out is bounded by the operator
 //! ([`FanOut`]): sub-jobs per run, and the depth of a tree of sub-jobs (each sub-job's
 //! invocation carries its `depth`); past either the guest's `enqueue` returns an error naming
 //! the limit, and the run goes on. Its args are held to the operator's args limit like a
@@ -16,7 +20,10 @@ use crate::intake::Intake;
 use crate::invocation::{Invocation, InvocationError, bytes_to_json};
 use crate::job::JobInfo;
 use crate::modules::ModuleHash;
-use crate::sandbox::{EnqueueFuture, SubJobSink};
+use crate::sandbox::{EnqueueFuture, JoinFuture, JoinOptions, SubJobOptions, SubJobSink};
+use crate::time::now_ms;
+
+use super::join::{self, ChildWatch, RunSlot};
 
 /// How far jobs may fan out, set by the operator (`--max-sub-jobs`, `--max-depth`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,7 +47,30 @@ impl Default for FanOut {
     }
 }
 
-/// Enqueues a run's sub-jobs on the broker and remembers their ids.
+/// Longest `key` a guest may give a sub-job, in bytes.
+pub const MAX_KEY_LEN: usize = 64;
+
+/// A sub-job's id: `<parent>.<key>`, or `<parent>.<position>` without a key. A key is 1–64
+/// printable ASCII characters and not all digits (those name the sub-jobs enqueued without one).
+pub fn sub_job_id(parent: &str, position: u32, key: Option<&str>) -> Result<String, String> {
+    let Some(key) = key else {
+        return Ok(format!("{parent}.{position}"));
+    };
+    if key.is_empty() || key.len() > MAX_KEY_LEN || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "sub-job refused: its key must be 1 to {MAX_KEY_LEN} printable ASCII characters without spaces, not `{}`",
+            key.escape_debug()
+        ));
+    }
+    if key.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "sub-job refused: key `{key}` is all digits, which names the sub-jobs enqueued without a key; add a letter"
+        ));
+    }
+    Ok(format!("{parent}.{key}"))
+}
+
+/// Enqueues a run's sub-jobs on the broker, remembers them, and joins them.
 pub struct BrokerSubJobs {
     broker: Arc<dyn WorkerBroker>,
     intake: Intake,
@@ -48,33 +78,53 @@ pub struct BrokerSubJobs {
     /// The parent's depth.
     depth: u32,
     calls: AtomicU32,
-    ids: Arc<Mutex<Vec<String>>>,
+    /// Ids enqueued, in call order, with their queues.
+    enqueued: Arc<Mutex<Vec<(String, String)>>>,
+    watch: Arc<ChildWatch>,
+    slot: Option<Arc<RunSlot>>,
 }
 
 impl BrokerSubJobs {
-    /// A sink for one run of a job at `depth`, checking sub-jobs with `intake`.
-    pub fn new(broker: Arc<dyn WorkerBroker>, intake: Intake, fan_out: FanOut, depth: u32) -> Self {
+    /// A sink for one run of a job at `depth`, checking sub-jobs with `intake`. `watch` wakes
+    /// its joins; `slot`, if any, is given back while a join waits.
+    pub fn new(
+        broker: Arc<dyn WorkerBroker>,
+        intake: Intake,
+        fan_out: FanOut,
+        depth: u32,
+        watch: Arc<ChildWatch>,
+        slot: Option<Arc<RunSlot>>,
+    ) -> Self {
         BrokerSubJobs {
             broker,
             intake,
             fan_out,
             depth,
             calls: AtomicU32::new(0),
-            ids: Arc::default(),
+            enqueued: Arc::default(),
+            watch,
+            slot,
         }
     }
 
     /// Ids enqueued so far, in call order.
     pub fn ids(&self) -> Vec<String> {
-        self.ids.lock().expect("not poisoned").clone()
+        let enqueued = self.enqueued.lock().expect("not poisoned");
+        enqueued.iter().map(|(_, id)| id.clone()).collect()
     }
 }
 
 impl SubJobSink for BrokerSubJobs {
-    fn enqueue(&self, parent: &JobInfo, module: String, args: Vec<u8>) -> EnqueueFuture {
+    fn enqueue(
+        &self,
+        parent: &JobInfo,
+        module: String,
+        args: Vec<u8>,
+        options: SubJobOptions,
+    ) -> EnqueueFuture {
         let n = self.calls.fetch_add(1, Ordering::Relaxed) + 1;
         let broker = self.broker.clone();
-        let ids = self.ids.clone();
+        let enqueued = self.enqueued.clone();
         let intake = self.intake;
         let parent = parent.clone();
         let FanOut { per_run, depth } = self.fan_out;
@@ -98,17 +148,59 @@ impl SubJobSink for BrokerSubJobs {
             let hash: ModuleHash = module.parse().map_err(|e| format!("{e}"))?;
             let mut inv = Invocation::new(hash);
             inv.args = bytes_to_json(&args);
-            inv.queue = parent.queue.clone();
-            inv.id = Some(format!("{}.{n}", parent.id));
+            inv.queue = options.queue.unwrap_or_else(|| parent.queue.clone());
+            inv.id = Some(sub_job_id(&parent.id, n, options.key.as_deref())?);
             inv.depth = child_depth;
-            let job = intake.job(inv).map_err(|e| e.to_string())?;
+            if let Some(attempts) = options.max_attempts {
+                inv.max_attempts = attempts;
+            }
+            if let Some(priority) = options.priority {
+                inv.priority = priority;
+            }
+            let mut job = intake
+                .job(inv)
+                .map_err(|e| format!("sub-job refused: {e}"))?;
+            if let Some(delay) = options.delay_ms {
+                job.run_at_ms = Some(now_ms().saturating_add(delay));
+            }
             intake
                 .enqueue(broker.as_ref(), std::slice::from_ref(&job))
                 .await
                 .map_err(|e| e.to_string())?;
             let id = job.id().to_owned();
-            ids.lock().expect("not poisoned").push(id.clone());
+            enqueued
+                .lock()
+                .expect("not poisoned")
+                .push((job.queue().to_owned(), id.clone()));
             Ok(id)
+        })
+    }
+
+    fn join(&self, _parent: &JobInfo, handles: Vec<String>, options: JoinOptions) -> JoinFuture {
+        let broker = self.broker.clone();
+        let watch = self.watch.clone();
+        let slot = self.slot.clone();
+        let jobs: Result<Vec<(String, String)>, String> = {
+            let enqueued = self.enqueued.lock().expect("not poisoned");
+            handles
+                .into_iter()
+                .map(|h| {
+                    enqueued
+                        .iter()
+                        .find(|(_, id)| *id == h)
+                        .cloned()
+                        .ok_or_else(|| {
+                            format!(
+                                "`{}` is not a sub-job this run enqueued (enqueue it again: the same call names the same sub-job, which is not enqueued twice)",
+                                h.escape_debug()
+                            )
+                        })
+                })
+                .collect()
+        };
+        Box::pin(async move {
+            let jobs = jobs?;
+            join::join(broker.as_ref(), &watch, slot.as_deref(), &jobs, options).await
         })
     }
 }

@@ -18,6 +18,7 @@
 //! | `fail`    | `message`?, `repeat`? | returns `job-error::fail` (the message `repeat` times) |
 //! | `flaky`   | `failures`        | returns `retry` on the first `failures` attempts, then succeeds |
 //! | `enqueue` | `module`, `args`?, `retry_attempts`?, `pad`? | enqueues one sub-job (with `pad` bytes of args when given) and returns its id; on the first `retry_attempts` attempts returns `retry` after enqueueing |
+//! | `join`    | `module`, `args`?, `count`?, `first`?, `timeout_ms`?, `propagate`? | enqueues `count` (1) sub-jobs of `module`, then waits for them: with `propagate`, joins all with `?` (a dead one retries this job) and returns `{"results": […]}`; otherwise returns `{"outcomes": […]}` from `wait` (`first`, `timeout_ms`), each `{"state", "result"?, "kind"?, "message"?}` |
 //! | `probe`   | `addr`?           | reports what ambient authority it has: env, args, files, sockets |
 //! | `leak`    | `secret`, `fail`? | reads secret `secret` and writes it everywhere: stdout, stderr, a log record, a progress note, and the result (or, with `fail`, the error message) |
 
@@ -26,7 +27,7 @@ use std::io::Write;
 
 use serde::Deserialize;
 use serde_json::{Value, json};
-use wasmq_guest::{JobError, JobInfo};
+use wasmq_guest::{JobError, JobInfo, Outcome};
 
 #[derive(Deserialize)]
 #[serde(rename_all = "snake_case", tag = "mode")]
@@ -78,6 +79,15 @@ enum Mode {
         args: Option<Value>,
         retry_attempts: Option<u32>,
         pad: Option<usize>,
+    },
+    Join {
+        module: String,
+        args: Option<Value>,
+        count: Option<u32>,
+        first: Option<u32>,
+        timeout_ms: Option<u64>,
+        #[serde(default)]
+        propagate: bool,
     },
     Probe {
         addr: Option<String>,
@@ -241,11 +251,53 @@ fn chaos(info: &JobInfo, mode: Mode) -> Result<Value, JobError> {
                 Some(n) => Value::String("x".repeat(n.saturating_sub(2))),
                 None => args.unwrap_or(Value::Null),
             };
-            let id = wasmq_guest::enqueue(&module, &args).map_err(JobError::fail)?;
+            let id = wasmq_guest::enqueue(&module, &args)
+                .map_err(JobError::fail)?
+                .id()
+                .to_owned();
             if info.attempt <= retry_attempts.unwrap_or(0) {
                 return Err(JobError::retry(format!("enqueued {id}, then failed")));
             }
             Ok(json!({"enqueued": id}))
+        }
+        Mode::Join {
+            module,
+            args,
+            count,
+            first,
+            timeout_ms,
+            propagate,
+        } => {
+            let args = args.unwrap_or(Value::Null);
+            let handles = (0..count.unwrap_or(1))
+                .map(|_| wasmq_guest::enqueue(&module, &args))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(JobError::fail)?;
+            if propagate {
+                let results: Vec<Value> = wasmq_guest::join_all(&handles)?;
+                return Ok(json!({"results": results}));
+            }
+            let outcomes = wasmq_guest::wait(
+                &handles,
+                first,
+                timeout_ms.map(std::time::Duration::from_millis),
+            )
+            .map_err(JobError::retry)?;
+            let outcomes: Vec<Value> = outcomes
+                .into_iter()
+                .map(|o| match o {
+                    Outcome::Done(bytes) => json!({
+                        "state": "done",
+                        "result": serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null),
+                    }),
+                    Outcome::Dead { kind, message } => {
+                        json!({"state": "dead", "kind": kind, "message": message})
+                    }
+                    Outcome::Cancelled => json!({"state": "cancelled"}),
+                    Outcome::Pending => json!({"state": "pending"}),
+                })
+                .collect();
+            Ok(json!({"outcomes": outcomes}))
         }
     }
 }

@@ -37,9 +37,9 @@ fn fanout(args: Args) -> Result<Fanned, JobError> {
         if let Value::Object(map) = &mut sub {
             map.insert(args.field.clone(), Value::from(index));
         }
-        let id = wasmq_guest::enqueue(&args.module, &sub)
+        let handle = wasmq_guest::enqueue(&args.module, &sub)
             .map_err(|e| JobError::retry(format!("sub-job {index} was not enqueued: {e}")))?;
-        enqueued.push(id);
+        enqueued.push(handle.id().to_owned());
         let percent = ((index + 1) * 100 / args.count.max(1)) as u8;
         wasmq_guest::progress(percent, Some(&format!("{} of {}", index + 1, args.count)));
     }

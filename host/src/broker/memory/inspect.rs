@@ -6,14 +6,26 @@ use async_trait::async_trait;
 
 use super::MemoryBroker;
 use crate::broker::{
-    BrokerError, Inspect, JobPage, MAX_FINISHED_LISTED, ModuleInfo, QueueCounts, WORKER_TTL,
-    WorkerInfo,
+    BrokerError, Inspect, JobPage, JobRecord, MAX_FINISHED_LISTED, ModuleInfo, QueueCounts,
+    WORKER_TTL, WorkerInfo,
 };
 use crate::job::JobState;
 use crate::modules::ModuleHash;
 
 #[async_trait]
 impl Inspect for MemoryBroker {
+    async fn job_records(
+        &self,
+        queue: &str,
+        ids: &[String],
+    ) -> Result<Vec<Option<JobRecord>>, BrokerError> {
+        let mut state = self.lock();
+        Ok(ids
+            .iter()
+            .map(|id| state.get(queue, id).map(|j| j.record(queue, id)))
+            .collect())
+    }
+
     async fn ping(&self) -> Result<(), BrokerError> {
         Ok(())
     }

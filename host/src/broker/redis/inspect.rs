@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use super::RedisBroker;
 use super::records::parse_module_info;
 use crate::broker::{
-    BrokerError, Inspect, JobPage, ModuleInfo, QueueCounts, QueueLimits, QueueTotals, Registry,
-    WORKER_TTL, WorkerInfo,
+    BrokerError, Inspect, JobPage, JobRecord, ModuleInfo, QueueCounts, QueueLimits, QueueTotals,
+    Registry, WORKER_TTL, WorkerInfo,
 };
 use crate::invocation::Invocation;
 use crate::job::JobState;
@@ -17,6 +17,14 @@ use crate::time::now_ms;
 
 #[async_trait]
 impl Inspect for RedisBroker {
+    async fn job_records(
+        &self,
+        queue: &str,
+        ids: &[String],
+    ) -> Result<Vec<Option<JobRecord>>, BrokerError> {
+        self.records(queue, ids).await
+    }
+
     async fn ping(&self) -> Result<(), BrokerError> {
         // One attempt, no retries: a health check reports the present, not the next 30 s.
         let mut conn = self.conn.clone();

@@ -1,0 +1,371 @@
+//! Futures across jobs: a parent enqueues sub-jobs, awaits them (`join`) and uses their results —
+//! on both brokers. Each test counts: results merged exactly, the children that exist, the
+//! outcomes the parent saw.
+
+use crate::common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::redis::RedisServer;
+use serde_json::{Value, json};
+use wasmq::broker::memory::MemoryBroker;
+use wasmq::broker::redis::RedisBroker;
+use wasmq::broker::{ApiBroker, JobRecord};
+use wasmq::invocation::{Invocation, NewJob};
+use wasmq::job::{FailureKind, JobState, Limits};
+use wasmq::modules::ModuleHash;
+use wasmq::worker::{Backoff, Worker, WorkerConfig};
+
+struct Backend {
+    broker: Arc<dyn ApiBroker>,
+    _redis: Option<RedisServer>,
+}
+
+async fn memory() -> Backend {
+    Backend {
+        broker: Arc::new(MemoryBroker::new()),
+        _redis: None,
+    }
+}
+
+async fn redis() -> Backend {
+    let server = RedisServer::start();
+    Backend {
+        broker: Arc::new(RedisBroker::connect(&server.url()).await.unwrap()),
+        _redis: Some(server),
+    }
+}
+
+fn config(concurrency: usize) -> WorkerConfig {
+    WorkerConfig {
+        concurrency,
+        backoff: Backoff {
+            base: Duration::from_millis(20),
+            max: Duration::from_millis(100),
+        },
+        maintain_every: Duration::from_millis(20),
+        // Children left sleeping when a test has what it needs are not waited for.
+        grace: Duration::from_millis(100),
+        ..WorkerConfig::default()
+    }
+}
+
+async fn upload_bytes(b: &dyn ApiBroker, bytes: &[u8]) -> ModuleHash {
+    let hash = ModuleHash::of(bytes);
+    b.put_module(hash, bytes).await.unwrap();
+    hash
+}
+
+async fn upload(b: &dyn ApiBroker, name: &str) -> ModuleHash {
+    upload_bytes(b, &common::job(name)).await
+}
+
+fn job(module: ModuleHash, id: &str, args: Value, f: impl FnOnce(&mut Invocation)) -> NewJob {
+    let mut inv = Invocation::new(module);
+    inv.id = Some(id.to_owned());
+    inv.args = args;
+    f(&mut inv);
+    inv.prepare(&Limits::default_ceilings()).unwrap()
+}
+
+/// Enqueues `jobs`, runs one worker with `config` until each is final (waiting up to ten
+/// minutes: a loaded machine is slow, not wrong), stops it and returns their records.
+async fn run(b: &Arc<dyn ApiBroker>, config: WorkerConfig, jobs: &[NewJob]) -> Vec<JobRecord> {
+    common::enqueue(b.as_ref(), jobs).await.unwrap();
+    let worker = Worker::new(b.clone(), common::sandbox().clone(), config);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(worker.run(async {
+        let _ = stopped.await;
+    }));
+    let mut records = Vec::new();
+    for j in jobs {
+        let r = b
+            .wait_job(j.queue(), j.id(), Duration::from_secs(600))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(r.state.is_final(), "{} still {:?}", r.id, r.state);
+        records.push(r);
+    }
+    let _ = stop.send(());
+    running.await.unwrap();
+    records
+}
+
+/// A text whose word counts are known: word `w<i>` appears `i + 1` times, and `Mixed` in three
+/// spellings of case.
+fn text() -> (String, BTreeMap<String, u64>) {
+    let mut words = Vec::new();
+    let mut counts = BTreeMap::new();
+    for i in 0..60u64 {
+        for _ in 0..=i {
+            words.push(format!("w{i}"));
+        }
+        counts.insert(format!("w{i}"), i + 1);
+    }
+    // Interleave, so that each chunk holds many different words.
+    words.sort_by_key(|w| w.len() * 7 + w.as_bytes()[w.len() - 1] as usize);
+    for w in ["Mixed", "mixed", "MIXED"] {
+        words.insert(words.len() / 2, w.to_owned());
+    }
+    counts.insert("mixed".to_owned(), 3);
+    (words.join(" "), counts)
+}
+
+fn counts_of(v: &Value) -> BTreeMap<String, u64> {
+    serde_json::from_value(v["counts"].clone()).unwrap()
+}
+
+async fn a_hundred_children_are_awaited_and_merged_exactly(b: Backend) {
+    let counter = upload(b.broker.as_ref(), "word-count").await;
+    let map_reduce = upload(b.broker.as_ref(), "map-reduce").await;
+    let (text, expected) = text();
+    let parent = job(
+        map_reduce,
+        "mr",
+        json!({"text": text, "chunks": 100, "counter": counter}),
+        |_| {},
+    );
+    let records = run(&b.broker, config(8), &[parent]).await;
+    let r = &records[0];
+    assert_eq!(r.state, JobState::Succeeded, "{:?}", r.last_error);
+    assert_eq!(
+        counts_of(r.report.as_ref().unwrap().result.as_ref().unwrap()),
+        expected
+    );
+    // Exactly the hundred children, named by their keys, each run once.
+    let children = &r.report.as_ref().unwrap().sub_jobs;
+    assert_eq!(children.len(), 100);
+    for (i, child) in children.iter().enumerate() {
+        let id = format!("mr.chunk-{i}");
+        assert_eq!(*child, id);
+        let child = b.broker.job(Some("default"), &id).await.unwrap().unwrap();
+        assert_eq!(
+            (child.state, child.attempts),
+            (JobState::Succeeded, 1),
+            "{id}"
+        );
+    }
+    assert!(
+        b.broker
+            .job(Some("default"), "mr.chunk-100")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+async fn a_parent_on_a_worker_of_one_slot_awaits_ten_children_on_its_own_queue(b: Backend) {
+    let counter = upload(b.broker.as_ref(), "word-count").await;
+    let map_reduce = upload(b.broker.as_ref(), "map-reduce").await;
+    let (text, expected) = text();
+    let parent = job(
+        map_reduce,
+        "one-slot",
+        json!({"text": text, "chunks": 10, "counter": counter}),
+        |_| {},
+    );
+    // One slot: the parent gives it back while it waits, or its children could never run.
+    let records = run(&b.broker, config(1), &[parent]).await;
+    assert_eq!(
+        records[0].state,
+        JobState::Succeeded,
+        "{:?}",
+        records[0].last_error
+    );
+    assert_eq!(records[0].attempts, 1);
+    assert_eq!(
+        counts_of(records[0].report.as_ref().unwrap().result.as_ref().unwrap()),
+        expected
+    );
+}
+
+async fn a_dead_child_is_seen_by_its_parent_which_decides(b: Backend) {
+    let chaos = upload(b.broker.as_ref(), "chaos").await;
+    let child_args = json!({"mode": "fail", "message": "the partner said no"});
+    // Handled: the parent sees dead, with the kind and the message, and succeeds.
+    let handled = job(
+        chaos,
+        "handled",
+        json!({"mode": "join", "module": chaos, "args": child_args}),
+        |_| {},
+    );
+    // With `?`: the dead child retries the parent with its reason; out of attempts, the parent
+    // dies with it.
+    let propagated = job(
+        chaos,
+        "propagated",
+        json!({"mode": "join", "module": chaos, "args": child_args, "propagate": true}),
+        |i| i.max_attempts = 2,
+    );
+    let records = run(&b.broker, config(2), &[handled, propagated]).await;
+
+    let h = &records[0];
+    assert_eq!(h.state, JobState::Succeeded, "{:?}", h.last_error);
+    assert_eq!(
+        h.report.as_ref().unwrap().result,
+        Some(
+            json!({"outcomes": [{"state": "dead", "kind": "fail", "message": "job failed: the partner said no"}]})
+        )
+    );
+
+    let p = &records[1];
+    assert_eq!((p.state, p.attempts), (JobState::Dead, 2));
+    let error = p.last_error.as_ref().unwrap();
+    assert_eq!(error.kind, FailureKind::Retry);
+    assert_eq!(
+        error.message,
+        "job asked to be retried: sub-job propagated.1 died (fail): job failed: the partner said no"
+    );
+    // Its second attempt re-attached to the same child: one child, which ran once.
+    let child = b
+        .broker
+        .job(Some("default"), "propagated.1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((child.state, child.attempts), (JobState::Dead, 1));
+    assert!(
+        b.broker
+            .job(Some("default"), "propagated.2")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+async fn a_join_with_a_timeout_returns_the_unfinished_as_pending(b: Backend) {
+    let chaos = upload(b.broker.as_ref(), "chaos").await;
+    // A child that sleeps far past the join's timeout.
+    let parent = job(
+        chaos,
+        "timed",
+        json!({"mode": "join", "module": chaos, "args": {"mode": "sleep", "ms": 120_000},
+               "count": 1, "timeout_ms": 300}),
+        |_| {},
+    );
+    let records = run(&b.broker, config(4), &[parent]).await;
+    assert_eq!(
+        records[0].state,
+        JobState::Succeeded,
+        "{:?}",
+        records[0].last_error
+    );
+    assert_eq!(
+        records[0].report.as_ref().unwrap().result,
+        Some(json!({"outcomes": [{"state": "pending"}]}))
+    );
+}
+
+async fn first_n_returns_once_that_many_ended(b: Backend) {
+    let chaos = upload(b.broker.as_ref(), "chaos").await;
+    let hello = upload(b.broker.as_ref(), "hello").await;
+    // Three children that end at once; `first: 2` returns when at least two did.
+    let parent = job(
+        chaos,
+        "firsts",
+        json!({"mode": "join", "module": hello, "args": {"name": "x"}, "count": 3, "first": 2}),
+        |_| {},
+    );
+    let records = run(&b.broker, config(4), &[parent]).await;
+    let result = records[0].report.as_ref().unwrap().result.clone().unwrap();
+    let outcomes = result["outcomes"].as_array().unwrap();
+    assert_eq!(outcomes.len(), 3);
+    let done = outcomes.iter().filter(|o| o["state"] == "done").count();
+    assert!(done >= 2, "{outcomes:?}");
+    for o in outcomes.iter().filter(|o| o["state"] == "done") {
+        assert_eq!(o["result"], json!({"message": "Hello, x!"}));
+    }
+}
+
+async fn waiting_parents_past_the_bound_are_told_so(b: Backend) {
+    let chaos = upload(b.broker.as_ref(), "chaos").await;
+    let parent = job(
+        chaos,
+        "unbounded",
+        json!({"mode": "join", "module": chaos, "args": {"mode": "sleep", "ms": 60_000}}),
+        |i| i.max_attempts = 1,
+    );
+    // No waiting places: the join is refused with the reason, and the parent (which turns a
+    // refused wait into a retry) dies with it.
+    let records = run(
+        &b.broker,
+        WorkerConfig {
+            max_waiting: 0,
+            ..config(2)
+        },
+        &[parent],
+    )
+    .await;
+    let error = records[0].last_error.as_ref().unwrap();
+    assert_eq!(records[0].state, JobState::Dead);
+    assert!(
+        error.message.contains(
+            "this worker already holds 0 jobs waiting for sub-jobs, the most it may (--max-waiting)"
+        ),
+        "{}",
+        error.message
+    );
+}
+
+async fn a_component_built_against_0_1_0_still_runs(b: Backend) {
+    let fixture = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/fanout-0.1.0.wasm"
+    ))
+    .unwrap();
+    let old = upload_bytes(b.broker.as_ref(), &fixture).await;
+    let hello = upload(b.broker.as_ref(), "hello").await;
+    let parent = job(
+        old,
+        "old",
+        json!({"module": hello, "count": 2, "args": {"name": "old"}}),
+        |_| {},
+    );
+    let child = |n: u32| job(hello, &format!("old.{n}"), json!({}), |_| {});
+    let records = run(&b.broker, config(2), &[parent]).await;
+    assert_eq!(
+        records[0].state,
+        JobState::Succeeded,
+        "{:?}",
+        records[0].last_error
+    );
+    assert_eq!(
+        records[0].report.as_ref().unwrap().result,
+        Some(json!({"enqueued": ["old.1", "old.2"]}))
+    );
+    // Its sub-jobs (enqueued through 0.1.0's `enqueue`) are real jobs that run.
+    let records = run(&b.broker, config(2), &[child(1), child(2)]).await;
+    for r in records {
+        assert_eq!(r.state, JobState::Succeeded);
+        assert_eq!(
+            r.report.unwrap().result,
+            Some(json!({"message": "Hello, old!"}))
+        );
+    }
+}
+
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        mod on_memory {
+            use super::*;
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(memory().await).await } )*
+        }
+        mod on_redis {
+            use super::*;
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(redis().await).await } )*
+        }
+    };
+}
+
+suite!(
+    a_hundred_children_are_awaited_and_merged_exactly,
+    a_parent_on_a_worker_of_one_slot_awaits_ten_children_on_its_own_queue,
+    a_dead_child_is_seen_by_its_parent_which_decides,
+    a_join_with_a_timeout_returns_the_unfinished_as_pending,
+    first_n_returns_once_that_many_ended,
+    waiting_parents_past_the_bound_are_told_so,
+    a_component_built_against_0_1_0_still_runs,
+);
