@@ -93,6 +93,95 @@ async fn a_sigkilled_worker_loses_no_job() {
     );
 }
 
+/// The counts of `queue`.
+async fn counts_of(b: &dyn ApiBroker, queue: &str) -> wasmq::broker::QueueCounts {
+    b.queues()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|q| q.queue == queue)
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parent_whose_worker_dies_while_it_waits_re_attaches_to_its_children() {
+    let rig = Rig::new();
+    let counter = rig.upload("word-count");
+    let map_reduce = rig.upload("map-reduce");
+    let b = rig.broker().await;
+    // Parents on one queue and worker, children on another: killing the parent's worker leaves
+    // the children running, so each must run exactly once.
+    let text: String = (0..500).map(|i| format!("w{} ", i % 25)).collect();
+    let parent = json!({"module": map_reduce, "id": "p", "queue": "parents", "timeout_ms": 600_000,
+        "args": {"text": text, "chunks": 50, "counter": counter, "queue": "counts", "pause_ms": 1500}});
+    let file = rig.dir.path().join("parent.json");
+    std::fs::write(&file, parent.to_string()).unwrap();
+    rig.ok(&["enqueue", "--file", file.to_str().unwrap()]);
+
+    let doomed = rig.worker("doomed", &["--queues", "parents", "--lease", "2s"]);
+    let children = rig.worker("children", &["--queues", "counts", "--concurrency", "50"]);
+    // Kill the parent's worker once all 50 children are running.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        if counts_of(&b, "counts").await.leased == 50 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the children never all ran:\n{}\n{}",
+            rig.log("doomed"),
+            rig.log("children")
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    doomed.kill();
+    let rescuer = rig.worker("rescuer", &["--queues", "parents", "--lease", "2s"]);
+    let r = b
+        .wait_job("parents", "p", Duration::from_secs(600))
+        .await
+        .unwrap()
+        .unwrap();
+    rescuer.kill();
+    children.kill();
+
+    assert_eq!(
+        r.state,
+        JobState::Succeeded,
+        "{:?}\n{}",
+        r.last_error,
+        rig.log("rescuer")
+    );
+    assert_eq!(r.attempts, 2, "the parent ran again after its worker died");
+    assert_eq!(r.last_error.unwrap().kind, FailureKind::LeaseExpired);
+    let counts = r.report.unwrap().result.unwrap()["counts"].clone();
+    let expected: serde_json::Map<String, serde_json::Value> =
+        (0..25).map(|i| (format!("w{i}"), json!(20))).collect();
+    assert_eq!(
+        counts,
+        serde_json::Value::Object(expected),
+        "merged exactly"
+    );
+    // Exactly the 50 children, each run once.
+    let c = counts_of(&b, "counts").await;
+    assert_eq!(
+        (c.totals.succeeded, c.ready, c.scheduled, c.leased, c.dead),
+        (50, 0, 0, 0, 0),
+        "{c:?}"
+    );
+    for i in 0..50 {
+        let child = b
+            .job(Some("counts"), &format!("p.chunk-{i}"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (child.state, child.attempts),
+            (JobState::Succeeded, 1),
+            "chunk {i}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_enqueues_survive_a_redis_restart() {
     let mut rig = Rig::new();

@@ -1,8 +1,10 @@
 //! `map-reduce` — splits a text into chunks, counts each chunk's words in a sub-job
 //! (`word-count`), awaits them all and merges their counts.
 //!
-//! Args: `{"text": "…", "chunks": n, "counter": "sha256:<word-count>"}`. Result:
-//! `{"counts": {"word": n, …}}`, the same as one `word-count` of the whole text.
+//! Args: `{"text": "…", "chunks": n, "counter": "sha256:<word-count>"}`, and optionally
+//! `"queue"` (the sub-jobs' queue; this job's own by default) and `"pause_ms"` (passed to each
+//! `word-count`). Result: `{"counts": {"word": n, …}}`, the same as one `word-count` of the whole
+//! text.
 //!
 //! Each chunk's sub-job is named by its number (`chunk-0`, `chunk-1`, …), so when this job runs
 //! again — a retry, or its worker died while it waited — it re-attaches to the same sub-jobs and
@@ -20,6 +22,9 @@ struct Args {
     text: String,
     chunks: usize,
     counter: String,
+    queue: Option<String>,
+    #[serde(default)]
+    pause_ms: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -46,10 +51,14 @@ fn map_reduce(args: Args) -> Result<Counts, JobError> {
         .into_iter()
         .enumerate()
         .map(|(i, piece)| {
+            let options = Options {
+                queue: args.queue.clone(),
+                ..Options::key(format!("chunk-{i}"))
+            };
             wasmq_guest::enqueue_with(
                 &args.counter,
-                &json!({ "text": piece }),
-                &Options::key(format!("chunk-{i}")),
+                &json!({ "text": piece, "pause_ms": args.pause_ms }),
+                &options,
             )
         })
         .collect::<Result<Vec<_>, _>>()
