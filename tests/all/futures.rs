@@ -182,6 +182,44 @@ async fn a_parent_on_a_worker_of_one_slot_awaits_ten_children_on_its_own_queue(b
     );
 }
 
+async fn python_awaits_javascript_and_javascript_awaits_python(b: Backend) {
+    let py_parent = upload(b.broker.as_ref(), "python-map-reduce").await;
+    let js_parent = upload(b.broker.as_ref(), "js-map-reduce").await;
+    let py_counter = upload(b.broker.as_ref(), "python-word-count").await;
+    let js_counter = upload(b.broker.as_ref(), "js-word-count").await;
+    let (text, expected) = text();
+    let parents = [
+        job(
+            py_parent,
+            "py",
+            json!({"text": text, "chunks": 4, "counter": js_counter}),
+            |i| i.timeout_ms = 600_000,
+        ),
+        job(
+            js_parent,
+            "js",
+            json!({"text": text, "chunks": 4, "counter": py_counter}),
+            |i| i.timeout_ms = 600_000,
+        ),
+    ];
+    let records = run(&b.broker, config(4), &parents).await;
+    for r in &records {
+        assert_eq!(r.state, JobState::Succeeded, "{}: {:?}", r.id, r.last_error);
+        assert_eq!(
+            counts_of(r.report.as_ref().unwrap().result.as_ref().unwrap()),
+            expected,
+            "{}",
+            r.id
+        );
+        assert_eq!(
+            r.report.as_ref().unwrap().sub_jobs,
+            (0..4)
+                .map(|i| format!("{}.chunk-{i}", r.id))
+                .collect::<Vec<_>>()
+        );
+    }
+}
+
 async fn a_dead_child_is_seen_by_its_parent_which_decides(b: Backend) {
     let chaos = upload(b.broker.as_ref(), "chaos").await;
     let child_args = json!({"mode": "fail", "message": "the partner said no"});
@@ -364,6 +402,7 @@ suite!(
     a_hundred_children_are_awaited_and_merged_exactly,
     a_parent_on_a_worker_of_one_slot_awaits_ten_children_on_its_own_queue,
     a_dead_child_is_seen_by_its_parent_which_decides,
+    python_awaits_javascript_and_javascript_awaits_python,
     a_join_with_a_timeout_returns_the_unfinished_as_pending,
     first_n_returns_once_that_many_ended,
     waiting_parents_past_the_bound_are_told_so,
