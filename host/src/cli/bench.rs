@@ -37,6 +37,9 @@ enum BenchWhat {
     /// Jobs waiting on the network: 10,000 in flight in one worker, under an egress limit, and
     /// the per-call overhead of a granted request.
     Io(super::bench_io::IoBench),
+    /// Jobs awaiting their sub-jobs: one parent joining 10,000 children, and 1,000 parents
+    /// joining 10 each, in one worker.
+    Fanout(super::bench_fanout::FanoutBench),
 }
 
 #[derive(Debug, Args)]
@@ -74,6 +77,10 @@ pub(crate) async fn run(
         BenchWhat::Io(args) => {
             let cache = base.cache_dir.clone();
             return super::bench_io::run(args, base, cache).await;
+        }
+        BenchWhat::Fanout(args) => {
+            let cache = base.cache_dir.clone();
+            return super::bench_fanout::run(args, base, cache).await;
         }
     };
     if cfg!(debug_assertions) {

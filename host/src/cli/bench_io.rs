@@ -316,7 +316,7 @@ async fn native_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<()
 }
 
 /// The CPU time process `pid` has used so far: (user, system), from `/proc/<pid>/stat`.
-fn cpu_time(pid: u32) -> anyhow::Result<(Duration, Duration)> {
+pub(super) fn cpu_time(pid: u32) -> anyhow::Result<(Duration, Duration)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the command name (which may hold spaces) start at the state, field 3;
     // utime and stime are fields 14 and 15, in clock ticks.
@@ -334,7 +334,7 @@ fn cpu_time(pid: u32) -> anyhow::Result<(Duration, Duration)> {
 }
 
 /// The most memory process `pid` has had resident (`VmHWM`), in bytes.
-fn peak_rss(pid: u32) -> anyhow::Result<u64> {
+pub(super) fn peak_rss(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kb: u64 = status
         .lines()

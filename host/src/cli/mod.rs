@@ -4,6 +4,7 @@
 //! `anyhow` chains for `main` to print; job failures are not errors but outcomes (exit code 1).
 
 mod bench;
+mod bench_fanout;
 mod bench_io;
 mod bench_queue;
 mod cron;

@@ -164,6 +164,16 @@ impl Intake {
         jobs: &[NewJob],
     ) -> Result<Vec<Enqueued>, IntakeError> {
         self.check_modules(broker, jobs).await?;
+        self.enqueue_checked(broker, jobs).await
+    }
+
+    /// Enqueues jobs whose modules the caller has already checked ([`Intake::check_modules`]),
+    /// in chunks, like [`Intake::enqueue`] without the check.
+    pub async fn enqueue_checked(
+        &self,
+        broker: &dyn Broker,
+        jobs: &[NewJob],
+    ) -> Result<Vec<Enqueued>, IntakeError> {
         let mut outcomes = Vec::with_capacity(jobs.len());
         for chunk in jobs.chunks(ENQUEUE_CHUNK) {
             outcomes.extend(broker.enqueue(chunk).await?);

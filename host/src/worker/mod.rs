@@ -460,7 +460,14 @@ impl Worker {
                         secrets: secrets.clone(),
                         egress: egress.clone(),
                     };
-                    let outcome = sandbox.run(&module, request).await;
+                    let mut outcome = sandbox.run(&module, request).await;
+                    // Sub-jobs still buffered go out before the run is acknowledged; a run
+                    // whose sub-jobs were not all written is retried.
+                    if let Err(why) = sub_jobs.flush().await
+                        && outcome.result.is_ok()
+                    {
+                        outcome.result = Err(crate::sandbox::Failure::Retry { message: why });
+                    }
                     counters
                         .fuel_used
                         .fetch_add(outcome.fuel_used, Ordering::Relaxed);

@@ -12,12 +12,13 @@
 //! the limit, and the run goes on. Its args are held to the operator's args limit like a
 //! client's (`--max-args-kb`), measured as the bytes the guest handed over.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::broker::WorkerBroker;
 use crate::intake::Intake;
-use crate::invocation::{Invocation, InvocationError, bytes_to_json};
+use crate::invocation::{Invocation, InvocationError, NewJob, bytes_to_json};
 use crate::job::JobInfo;
 use crate::modules::ModuleHash;
 use crate::sandbox::{EnqueueFuture, JoinFuture, JoinOptions, SubJobOptions, SubJobSink};
@@ -70,18 +71,71 @@ pub fn sub_job_id(parent: &str, position: u32, key: Option<&str>) -> Result<Stri
     Ok(format!("{parent}.{key}"))
 }
 
+/// Sub-jobs written to the broker in one call at most; a guest's `enqueue` that fills the buffer
+/// to this waits for the write.
+const FLUSH_AT: usize = 256;
+
+/// How long a sub-job may wait in the buffer for others to join it in one write.
+const FLUSH_AFTER: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// Enqueues a run's sub-jobs on the broker, remembers them, and joins them.
+///
+/// Writes are batched: a sub-job that passed every check is buffered and its handle returned at
+/// once; the buffer goes to the broker in one call when it holds [`FLUSH_AT`] jobs, [`FLUSH_AFTER`]
+/// after its first job, before a `join` and — through [`BrokerSubJobs::flush`], which the worker
+/// calls before it acknowledges the run — at the end. A failed write fails every later `enqueue`
+/// and `join` of the run, and the worker retries a run whose sub-jobs were not all written, so
+/// an acknowledged parent's sub-jobs are always in the broker.
 pub struct BrokerSubJobs {
-    broker: Arc<dyn WorkerBroker>,
+    shared: Arc<Shared>,
     intake: Intake,
     fan_out: FanOut,
     /// The parent's depth.
     depth: u32,
     calls: AtomicU32,
-    /// Ids enqueued, in call order, with their queues.
-    enqueued: Arc<Mutex<Vec<(String, String)>>>,
     watch: Arc<ChildWatch>,
     slot: Option<Arc<RunSlot>>,
+}
+
+struct Shared {
+    broker: Arc<dyn WorkerBroker>,
+    intake: Intake,
+    /// Ids handed out, in call order, with their queues.
+    enqueued: Mutex<Vec<(String, String)>>,
+    /// Sub-jobs not written yet.
+    buffer: tokio::sync::Mutex<Vec<NewJob>>,
+    /// Modules found uploaded (asked once per run).
+    checked: Mutex<HashSet<ModuleHash>>,
+    /// Why a write failed, once one did.
+    failed: Mutex<Option<String>>,
+}
+
+impl Shared {
+    fn failed(&self) -> Result<(), String> {
+        match &*self.failed.lock().expect("not poisoned") {
+            Some(why) => Err(why.clone()),
+            None => Ok(()),
+        }
+    }
+
+    async fn flush(&self) -> Result<(), String> {
+        let mut buffer = self.buffer.lock().await;
+        self.failed()?;
+        if buffer.is_empty() {
+            return Ok(());
+        }
+        let jobs = std::mem::take(&mut *buffer);
+        if let Err(e) = self
+            .intake
+            .enqueue_checked(self.broker.as_ref(), &jobs)
+            .await
+        {
+            let why = format!("sub-jobs could not be enqueued: {e}");
+            *self.failed.lock().expect("not poisoned") = Some(why.clone());
+            return Err(why);
+        }
+        Ok(())
+    }
 }
 
 impl BrokerSubJobs {
@@ -96,21 +150,33 @@ impl BrokerSubJobs {
         slot: Option<Arc<RunSlot>>,
     ) -> Self {
         BrokerSubJobs {
-            broker,
+            shared: Arc::new(Shared {
+                broker,
+                intake,
+                enqueued: Mutex::default(),
+                buffer: tokio::sync::Mutex::default(),
+                checked: Mutex::default(),
+                failed: Mutex::default(),
+            }),
             intake,
             fan_out,
             depth,
             calls: AtomicU32::new(0),
-            enqueued: Arc::default(),
             watch,
             slot,
         }
     }
 
-    /// Ids enqueued so far, in call order.
+    /// Ids handed out so far, in call order.
     pub fn ids(&self) -> Vec<String> {
-        let enqueued = self.enqueued.lock().expect("not poisoned");
+        let enqueued = self.shared.enqueued.lock().expect("not poisoned");
         enqueued.iter().map(|(_, id)| id.clone()).collect()
+    }
+
+    /// Writes the sub-jobs still buffered; `Err` (with the reason) when some were never
+    /// written, now or before — the run must then be retried.
+    pub async fn flush(&self) -> Result<(), String> {
+        self.shared.flush().await
     }
 }
 
@@ -123,13 +189,13 @@ impl SubJobSink for BrokerSubJobs {
         options: SubJobOptions,
     ) -> EnqueueFuture {
         let n = self.calls.fetch_add(1, Ordering::Relaxed) + 1;
-        let broker = self.broker.clone();
-        let enqueued = self.enqueued.clone();
+        let shared = self.shared.clone();
         let intake = self.intake;
         let parent = parent.clone();
         let FanOut { per_run, depth } = self.fan_out;
         let child_depth = self.depth.saturating_add(1);
         Box::pin(async move {
+            shared.failed()?;
             if n > per_run {
                 return Err(format!(
                     "sub-job refused: this run has enqueued {per_run}, the most one run may (--max-sub-jobs)"
@@ -163,44 +229,71 @@ impl SubJobSink for BrokerSubJobs {
             if let Some(delay) = options.delay_ms {
                 job.run_at_ms = Some(now_ms().saturating_add(delay));
             }
-            intake
-                .enqueue(broker.as_ref(), std::slice::from_ref(&job))
-                .await
-                .map_err(|e| e.to_string())?;
+            let known = shared.checked.lock().expect("not poisoned").contains(&hash);
+            if !known {
+                intake
+                    .check_modules(shared.broker.as_ref(), std::slice::from_ref(&job))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                shared.checked.lock().expect("not poisoned").insert(hash);
+            }
             let id = job.id().to_owned();
-            enqueued
+            shared
+                .enqueued
                 .lock()
                 .expect("not poisoned")
                 .push((job.queue().to_owned(), id.clone()));
+            let buffered = {
+                let mut buffer = shared.buffer.lock().await;
+                buffer.push(job);
+                buffer.len()
+            };
+            if buffered >= FLUSH_AT {
+                shared.flush().await?;
+            } else if buffered == 1 {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(FLUSH_AFTER).await;
+                    // A failure is kept for the run's next call and its end.
+                    let _ = shared.flush().await;
+                });
+            }
             Ok(id)
         })
     }
 
     fn join(&self, _parent: &JobInfo, handles: Vec<String>, options: JoinOptions) -> JoinFuture {
-        let broker = self.broker.clone();
+        let shared = self.shared.clone();
         let watch = self.watch.clone();
         let slot = self.slot.clone();
         let jobs: Result<Vec<(String, String)>, String> = {
-            let enqueued = self.enqueued.lock().expect("not poisoned");
+            let enqueued = shared.enqueued.lock().expect("not poisoned");
+            let by_id: std::collections::HashMap<&str, &str> = enqueued
+                .iter()
+                .map(|(q, id)| (id.as_str(), q.as_str()))
+                .collect();
             handles
                 .into_iter()
-                .map(|h| {
-                    enqueued
-                        .iter()
-                        .find(|(_, id)| *id == h)
-                        .cloned()
-                        .ok_or_else(|| {
-                            format!(
-                                "`{}` is not a sub-job this run enqueued (enqueue it again: the same call names the same sub-job, which is not enqueued twice)",
-                                h.escape_debug()
-                            )
-                        })
+                .map(|h| match by_id.get(h.as_str()) {
+                    Some(q) => Ok(((*q).to_owned(), h)),
+                    None => Err(format!(
+                        "`{}` is not a sub-job this run enqueued (enqueue it again: the same call names the same sub-job, which is not enqueued twice)",
+                        h.escape_debug()
+                    )),
                 })
                 .collect()
         };
         Box::pin(async move {
             let jobs = jobs?;
-            join::join(broker.as_ref(), &watch, slot.as_deref(), &jobs, options).await
+            shared.flush().await?;
+            join::join(
+                shared.broker.as_ref(),
+                &watch,
+                slot.as_deref(),
+                &jobs,
+                options,
+            )
+            .await
         })
     }
 }
