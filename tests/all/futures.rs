@@ -348,6 +348,48 @@ async fn waiting_parents_past_the_bound_are_told_so(b: Backend) {
     );
 }
 
+async fn a_refused_sub_job_write_retries_the_parent_and_stores_nothing(b: Backend) {
+    let chaos = upload(b.broker.as_ref(), "chaos").await;
+    // The queue holds at most 3: the parent (running) and five buffered children do not fit, so
+    // the write of the children is refused whole.
+    b.broker
+        .set_limits(
+            "default",
+            &wasmq::broker::QueueLimits {
+                max_size: Some(3),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let parent = job(
+        chaos,
+        "full",
+        json!({"mode": "join", "module": chaos, "args": {"mode": "ok"}, "count": 5}),
+        |i| i.max_attempts = 2,
+    );
+    let records = run(&b.broker, config(2), &[parent]).await;
+    let r = &records[0];
+    assert_eq!((r.state, r.attempts), (JobState::Dead, 2));
+    let error = r.last_error.as_ref().unwrap();
+    assert_eq!(error.kind, FailureKind::Retry);
+    assert!(
+        error.message.contains("sub-jobs could not be enqueued") && error.message.contains("full"),
+        "{}",
+        error.message
+    );
+    for n in 1..=5 {
+        assert!(
+            b.broker
+                .job(Some("default"), &format!("full.{n}"))
+                .await
+                .unwrap()
+                .is_none(),
+            "full.{n} was stored"
+        );
+    }
+}
+
 async fn a_component_built_against_0_1_0_still_runs(b: Backend) {
     let fixture = std::fs::read(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -406,5 +448,6 @@ suite!(
     a_join_with_a_timeout_returns_the_unfinished_as_pending,
     first_n_returns_once_that_many_ended,
     waiting_parents_past_the_bound_are_told_so,
+    a_refused_sub_job_write_retries_the_parent_and_stores_nothing,
     a_component_built_against_0_1_0_still_runs,
 );
