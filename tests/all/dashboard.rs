@@ -56,6 +56,8 @@ fn the_dashboard_shows_jobs_and_acts_on_them() {
     let server = Server::start(0);
     let hello = wasmq(&server, &["upload", &common::job_path("hello")]);
     let chaos = wasmq(&server, &["upload", &common::job_path("chaos")]);
+    let counter = wasmq(&server, &["upload", &common::job_path("word-count")]);
+    let map_reduce = wasmq(&server, &["upload", &common::job_path("map-reduce")]);
 
     // Some history for the chart and the lists: 300 quick jobs on two queues, one that fails twice
     // and then succeeds, one that dies, one waiting for an hour.
@@ -85,6 +87,14 @@ fn the_dashboard_shows_jobs_and_acts_on_them() {
         json!({"mode": "fail", "message": "the input file is not CSV"}),
         &[],
     );
+    // A parent that awaits three children: its page shows the tree.
+    enqueue(
+        &server,
+        &map_reduce,
+        "tree-1",
+        json!({"text": "one two three four five six", "chunks": 3, "counter": counter}),
+        &[],
+    );
     enqueue(
         &server,
         &hello,
@@ -103,7 +113,7 @@ fn the_dashboard_shows_jobs_and_acts_on_them() {
     // A worker runs them all, then stops; another keeps serving `reports` only, so that
     // nothing touches `default` while the browser acts on it.
     let mut first = server.rig.worker("first", &["--queues", "default,reports"]);
-    for id in ["flaky-1", "broken-1", "html-1"] {
+    for id in ["flaky-1", "broken-1", "html-1", "tree-1"] {
         // Exits non-zero for the dead one: only the wait matters here.
         server.rig.cmd(&["job", id, "--wait"]);
     }
@@ -143,6 +153,7 @@ fn the_dashboard_shows_jobs_and_acts_on_them() {
         .env("WASMQ_DEAD_JOB", "broken-1")
         .env("WASMQ_LATER_JOB", "later-1")
         .env("WASMQ_HTML_JOB", "html-1")
+        .env("WASMQ_TREE_JOB", "tree-1")
         .env("WASMQ_SHOTS", &shots)
         .env("CHROMIUM", CHROMIUM)
         .output()

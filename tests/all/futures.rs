@@ -12,9 +12,9 @@ use common::redis::RedisServer;
 use serde_json::{Value, json};
 use wasmq::broker::memory::MemoryBroker;
 use wasmq::broker::redis::RedisBroker;
-use wasmq::broker::{ApiBroker, JobRecord};
+use wasmq::broker::{Ack, ApiBroker, Completion, JobRecord, JobRef};
 use wasmq::invocation::{Invocation, NewJob};
-use wasmq::job::{FailureKind, JobState, Limits};
+use wasmq::job::{FailureKind, JobState, Limits, RunReport};
 use wasmq::modules::ModuleHash;
 use wasmq::worker::{Backoff, Worker, WorkerConfig};
 
@@ -390,6 +390,146 @@ async fn a_refused_sub_job_write_retries_the_parent_and_stores_nothing(b: Backen
     }
 }
 
+/// Whether `queue`/`id`'s record will expire: `Some(true)` with a TTL, `Some(false)` without,
+/// `None` when it is gone. Redis reads the key's TTL; the memory broker has no TTL to read, so it
+/// is asked whether the record outlives `ttl` (its result TTL) — `wait` past it.
+async fn expiring(b: &Backend, queue: &str, id: &str) -> Option<bool> {
+    match &b._redis {
+        Some(server) => {
+            let key = RedisBroker::connect(&server.url())
+                .await
+                .unwrap()
+                .keys()
+                .job(queue, id);
+            match server.cmd(&["TTL", &key]) {
+                redis::Value::Int(-2) => None,
+                redis::Value::Int(-1) => Some(false),
+                redis::Value::Int(_) => Some(true),
+                other => panic!("TTL said {other:?}"),
+            }
+        }
+        None => {
+            tokio::time::sleep(MEMORY_TTL * 20).await;
+            b.broker.job(Some(queue), id).await.unwrap().map(|_| false)
+        }
+    }
+}
+
+/// The memory broker's result TTL in the lineage tests: short, so that a record not held is
+/// gone by the time it is looked at again.
+const MEMORY_TTL: Duration = Duration::from_millis(5);
+
+async fn children_are_listed_and_kept_until_their_parent_ends(b: Backend) {
+    let b = match b._redis {
+        Some(_) => b,
+        None => Backend {
+            broker: Arc::new(MemoryBroker::new().with_result_ttl(MEMORY_TTL)),
+            _redis: None,
+        },
+    };
+    let hello = upload(b.broker.as_ref(), "hello").await;
+    let parent = job(hello, "p", json!({}), |_| {});
+    let child = job(hello, "p.1", json!({"name": "kid"}), |_| {});
+    common::enqueue(b.broker.as_ref(), &[parent, child])
+        .await
+        .unwrap();
+    let (p, c) = (
+        JobRef {
+            queue: "default".into(),
+            id: "p".into(),
+        },
+        JobRef {
+            queue: "default".into(),
+            id: "p.1".into(),
+        },
+    );
+    b.broker.adopt(&p, std::slice::from_ref(&c)).await.unwrap();
+    b.broker.adopt(&p, std::slice::from_ref(&c)).await.unwrap();
+    let record = b.broker.job(Some("default"), "p").await.unwrap().unwrap();
+    assert_eq!(record.children, std::slice::from_ref(&c), "listed once");
+    let record = b.broker.job(Some("default"), "p.1").await.unwrap().unwrap();
+    assert_eq!(record.parent, Some(p.clone()));
+
+    // The child ends; held, its record outlives the result TTL.
+    let leases = b
+        .broker
+        .fetch(&["default".into()], 2, Duration::from_secs(30), "w")
+        .await
+        .unwrap();
+    let acks: Vec<Ack> = leases
+        .iter()
+        .filter(|l| l.key.id == "p.1")
+        .map(|l| Ack {
+            lease: l.key.clone(),
+            completion: Completion::Succeeded(RunReport::default()),
+        })
+        .collect();
+    assert_eq!(acks.len(), 1);
+    b.broker.ack(&acks).await.unwrap();
+    assert_eq!(expiring(&b, "default", "p.1").await, Some(false), "held");
+    // Its parent ends: the child's record expires after the TTL from now.
+    b.broker.release_children(&p).await.unwrap();
+    assert_ne!(
+        expiring(&b, "default", "p.1").await,
+        Some(false),
+        "released"
+    );
+}
+
+async fn a_parents_record_names_its_children_and_releases_them(b: Backend) {
+    let counter = upload(b.broker.as_ref(), "word-count").await;
+    let map_reduce = upload(b.broker.as_ref(), "map-reduce").await;
+    let parent = job(
+        map_reduce,
+        "named",
+        json!({"text": "a b c d e f", "chunks": 3, "counter": counter}),
+        |_| {},
+    );
+    let records = run(&b.broker, config(2), &[parent]).await;
+    let expected: Vec<JobRef> = (0..3)
+        .map(|i| JobRef {
+            queue: "default".into(),
+            id: format!("named.chunk-{i}"),
+        })
+        .collect();
+    assert_eq!(
+        records[0].state,
+        JobState::Succeeded,
+        "{:?}",
+        records[0].last_error
+    );
+    assert_eq!(records[0].children, expected);
+    for child in &expected {
+        let r = b
+            .broker
+            .job(Some("default"), &child.id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            r.parent,
+            Some(JobRef {
+                queue: "default".into(),
+                id: "named".into()
+            })
+        );
+    }
+    // Released once the parent ended (off the ack path: waited for).
+    if b._redis.is_some() {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        for child in &expected {
+            while expiring(&b, "default", &child.id).await == Some(false) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{} still held",
+                    child.id
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
 async fn a_component_built_against_0_1_0_still_runs(b: Backend) {
     let fixture = std::fs::read(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -449,5 +589,7 @@ suite!(
     first_n_returns_once_that_many_ended,
     waiting_parents_past_the_bound_are_told_so,
     a_refused_sub_job_write_retries_the_parent_and_stores_nothing,
+    children_are_listed_and_kept_until_their_parent_ends,
+    a_parents_record_names_its_children_and_releases_them,
     a_component_built_against_0_1_0_still_runs,
 );

@@ -4,6 +4,7 @@
 //   WASMQ_OPEN_JOB   a succeeded job that failed twice first (its page is checked)
 //   WASMQ_DEAD_JOB   a dead job to retry       WASMQ_LATER_JOB  a scheduled job to run now
 //   WASMQ_HTML_JOB   a succeeded job whose args and result hold HTML with an onerror handler
+//   WASMQ_TREE_JOB   a succeeded parent that awaited three sub-jobs
 //   WASMQ_SHOTS      directory for screenshots CHROMIUM         the browser (/usr/bin/chromium)
 // Prints one line per step; exits non-zero on the first failure.
 
@@ -80,6 +81,20 @@ try {
   assert.equal(await page.locator("main img").count(), 0, "no element made from job data");
   assert.equal(await page.evaluate(() => window.__pwned), undefined, "no script from job data ran");
   step("job data is shown as text, never as markup");
+
+  // A parent's page lists its sub-jobs with their states; a sub-job's page links back.
+  const treeJob = env("WASMQ_TREE_JOB");
+  await page.goto(`${url}#/job/default/${treeJob}`);
+  await page.locator("#job-id", { hasText: treeJob }).waitFor();
+  const kids = page.locator("#children li");
+  await kids.first().waitFor();
+  assert.equal(await kids.count(), 3, "three sub-jobs listed");
+  for (const text of await kids.allInnerTexts()) assert.match(text, new RegExp(`^${treeJob}\\.chunk-\\d succeeded$`));
+  await kids.first().locator("a").click();
+  await page.locator("#job-id", { hasText: `${treeJob}.chunk-0` }).waitFor();
+  assert.equal(await page.locator("#job-parent").innerText(), treeJob);
+  step("job tree: a parent's sub-jobs with their states, and the way back");
+  await page.screenshot({ path: path.join(shots, "tree.png"), fullPage: true });
 
   // Retry the dead job from the dead set.
   await page.click('nav a[data-nav="dead"]');

@@ -121,7 +121,43 @@ async fn get_job(
             "job `{id}` not found (never enqueued, or its result expired)"
         ))
     })?;
-    Ok(Json(json!(record)))
+    let children = child_states(state.broker.as_ref(), &record.children).await?;
+    let mut body = json!(record);
+    if !children.is_empty() {
+        body["children"] = Value::Array(children);
+    }
+    Ok(Json(body))
+}
+
+/// Each child's `queue`, `id` and current `state` (`missing` once its record is gone), in order.
+async fn child_states(
+    broker: &dyn crate::broker::ApiBroker,
+    children: &[crate::broker::JobRef],
+) -> Result<Vec<Value>, ApiError> {
+    let mut states = vec![None; children.len()];
+    let mut by_queue: std::collections::BTreeMap<&str, Vec<usize>> = Default::default();
+    for (i, child) in children.iter().enumerate() {
+        by_queue.entry(child.queue.as_str()).or_default().push(i);
+    }
+    for (queue, positions) in by_queue {
+        for chunk in positions.chunks(1000) {
+            let ids: Vec<String> = chunk.iter().map(|&i| children[i].id.clone()).collect();
+            for (&i, record) in chunk.iter().zip(broker.job_records(queue, &ids).await?) {
+                states[i] = record.map(|r| r.state);
+            }
+        }
+    }
+    Ok(children
+        .iter()
+        .zip(states)
+        .map(|(c, s)| {
+            json!({
+                "queue": c.queue,
+                "id": c.id,
+                "state": s.map_or("missing", |s| s.as_str()),
+            })
+        })
+        .collect())
 }
 
 #[derive(Debug, Deserialize)]

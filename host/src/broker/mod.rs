@@ -2,7 +2,7 @@
 //!
 //! [`Broker`] is what every backend must do for a worker loop (modules, enqueue, fetch, heartbeat,
 //! ack, progress, release, maintain, the job record); rarer abilities are traits beside it —
-//! [`Inspect`], [`Admin`], [`Cron`], [`Batches`], [`Registry`], [`Grants`], [`Secrets`], [`EgressLimits`] — and [`WorkerBroker`] and
+//! [`Inspect`], [`Admin`], [`Cron`], [`Batches`], [`Registry`], [`Grants`], [`Secrets`], [`EgressLimits`], [`Lineage`] — and [`WorkerBroker`] and
 //! [`ApiBroker`] name what a worker and the API/CLI need. [`redis::RedisBroker`] is the shared
 //! backend (many workers on many machines) and [`memory::MemoryBroker`] the embedded one (the demo,
 //! tests, single-process use); each is a folder with one file per trait. Both keep the same state
@@ -41,9 +41,9 @@ use crate::job::{JobState, Progress};
 use crate::modules::ModuleHash;
 pub use types::{
     Ack, BatchInfo, CancelOutcome, Completion, CronEntry, DEFAULT_RESULT_TTL, EGRESS_SLOT_POLL,
-    EgressLimit, EgressTry, Enqueued, Heartbeat, JobPage, JobRecord, Lease, LeaseKey, MAX_ERRORS,
-    MAX_FINISHED_LISTED, Maintenance, ModuleDeletion, ModuleInfo, NewBatch, QueueCounts,
-    QueueLimits, QueueTotals, WORKER_TTL, WorkerInfo,
+    EgressLimit, EgressTry, Enqueued, Heartbeat, JobPage, JobRecord, JobRef, Lease, LeaseKey,
+    MAX_CHILDREN_LISTED, MAX_ERRORS, MAX_FINISHED_LISTED, Maintenance, ModuleDeletion, ModuleInfo,
+    NewBatch, QueueCounts, QueueLimits, QueueTotals, WORKER_TTL, WorkerInfo,
 };
 
 /// Why a broker call failed.
@@ -385,16 +385,31 @@ pub trait EgressLimits: Broker {
     async fn release_egress(&self, host: &str, token: &str) -> Result<(), BrokerError>;
 }
 
+/// Parents and their sub-jobs: each parent's list of children, and the children's records kept
+/// until their parent has ended, whatever the result TTL — so that a parent that runs again
+/// (after its worker died, or a retry much later) finds the results its children stored.
+#[async_trait]
+pub trait Lineage: Broker {
+    /// Notes that `parent` enqueued `children` (which exist): lists them on the parent (once
+    /// each, at most [`MAX_CHILDREN_LISTED`]), names the parent on each child, and holds each
+    /// child's record — not expired, even once it ended — until [`Lineage::release_children`].
+    async fn adopt(&self, parent: &JobRef, children: &[JobRef]) -> Result<(), BrokerError>;
+
+    /// `parent` has ended for good: its children's records are kept for the result TTL from now
+    /// (or from their own end, when that comes later).
+    async fn release_children(&self, parent: &JobRef) -> Result<(), BrokerError>;
+}
+
 /// What a worker uses: the core, cron ticks and module listing (its maintenance pass and
-/// precompiling), reporting itself, the grants and secrets of the modules it runs, and the
-/// destinations' egress limits.
+/// precompiling), reporting itself, the grants and secrets of the modules it runs, the
+/// destinations' egress limits, and its jobs' sub-jobs.
 pub trait WorkerBroker:
-    Broker + Inspect + Cron + Registry + Grants + Secrets + EgressLimits
+    Broker + Inspect + Cron + Registry + Grants + Secrets + EgressLimits + Lineage
 {
 }
 
-impl<T: Broker + Inspect + Cron + Registry + Grants + Secrets + EgressLimits + ?Sized> WorkerBroker
-    for T
+impl<T: Broker + Inspect + Cron + Registry + Grants + Secrets + EgressLimits + Lineage + ?Sized>
+    WorkerBroker for T
 {
 }
 

@@ -97,7 +97,27 @@ pub struct JobRecord {
     pub progress: Option<Progress>,
     /// What the latest finished attempt produced.
     pub report: Option<RunReport>,
+    /// The job that enqueued this one as a sub-job, if one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<JobRef>,
+    /// The sub-jobs it enqueued, over all its attempts, each once, in the order they were first
+    /// enqueued (at most [`MAX_CHILDREN_LISTED`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<JobRef>,
 }
+
+/// A job, by queue and id.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+pub struct JobRef {
+    /// The queue.
+    pub queue: String,
+    /// The job id.
+    pub id: String,
+}
+
+/// How many sub-jobs a job's record lists; later ones are still held and joined, only not
+/// listed. Mirrored in `lua/lineage.lua`.
+pub const MAX_CHILDREN_LISTED: usize = 10_000;
 
 /// How many failures a job record keeps (the oldest are dropped). Mirrored in `lua/common.lua`.
 pub const MAX_ERRORS: usize = 25;

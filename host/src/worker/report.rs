@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::retry::cancelled;
 use super::{Counters, InFlightMap};
-use crate::broker::{Ack, Completion, LeaseKey, WorkerBroker, WorkerInfo};
+use crate::broker::{Ack, Completion, JobRef, LeaseKey, WorkerBroker, WorkerInfo};
 use crate::job::{JobInfo, Progress};
 use crate::sandbox::ProgressSink;
 use crate::time::now_ms;
@@ -74,6 +74,44 @@ pub(super) async fn ack_loop(
                     pause = (pause * 2).min(Duration::from_secs(2));
                 }
             }
+        }
+        // Parents that ended for good let their sub-jobs' records expire (after the result
+        // TTL). Any attempt but a first one may have enqueued some, so those are always asked.
+        let ended_parents: Vec<JobRef> = {
+            let map = inflight.lock().expect("not poisoned");
+            batch
+                .iter()
+                .filter(|a| {
+                    let had_children = match &a.completion {
+                        Completion::Succeeded(report) => !report.sub_jobs.is_empty(),
+                        Completion::Dead { report, .. } => {
+                            report.as_ref().is_none_or(|r| !r.sub_jobs.is_empty())
+                        }
+                        Completion::Cancelled { .. } => true,
+                        Completion::Retry { .. } => return false,
+                    };
+                    had_children || map.get(&a.lease).is_none_or(|f| f.attempt > 1)
+                })
+                .map(|a| JobRef {
+                    queue: a.lease.queue.clone(),
+                    id: a.lease.id.clone(),
+                })
+                .collect()
+        };
+        if !ended_parents.is_empty() {
+            // Off the ack path: releases need not hold up the next batch.
+            let broker = broker.clone();
+            tokio::spawn(async move {
+                let releases = ended_parents.iter().map(|p| broker.release_children(p));
+                for (parent, released) in ended_parents
+                    .iter()
+                    .zip(futures_util::future::join_all(releases).await)
+                {
+                    if let Err(e) = released {
+                        tracing::warn!(error = %e, id = %parent.id, "could not release sub-jobs; their records are kept");
+                    }
+                }
+            });
         }
         // Parents waiting in this worker for these jobs read their records now.
         children.ended(

@@ -16,7 +16,7 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::broker::WorkerBroker;
+use crate::broker::{JobRef, WorkerBroker};
 use crate::intake::Intake;
 use crate::invocation::{Invocation, InvocationError, NewJob, bytes_to_json};
 use crate::job::JobInfo;
@@ -108,6 +108,8 @@ struct Shared {
     checked: Mutex<HashSet<ModuleHash>>,
     /// Why a write failed, once one did.
     failed: Mutex<Option<String>>,
+    /// The run's job, named on each sub-job (set by the first `enqueue`).
+    parent: std::sync::OnceLock<JobRef>,
 }
 
 impl Shared {
@@ -125,11 +127,31 @@ impl Shared {
             return Ok(());
         }
         let jobs = std::mem::take(&mut *buffer);
-        if let Err(e) = self
+        let written = match self
             .intake
             .enqueue_checked(self.broker.as_ref(), &jobs)
             .await
         {
+            Err(e) => Err(e.to_string()),
+            // Listed on the parent and held for it: kept until it ends, whatever the TTL.
+            Ok(_) => match self.parent.get() {
+                Some(parent) => {
+                    let children: Vec<JobRef> = jobs
+                        .iter()
+                        .map(|j| JobRef {
+                            queue: j.queue().to_owned(),
+                            id: j.id().to_owned(),
+                        })
+                        .collect();
+                    self.broker
+                        .adopt(parent, &children)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+                None => Ok(()),
+            },
+        };
+        if let Err(e) = written {
             let why = format!("sub-jobs could not be enqueued: {e}");
             *self.failed.lock().expect("not poisoned") = Some(why.clone());
             return Err(why);
@@ -157,6 +179,7 @@ impl BrokerSubJobs {
                 buffer: tokio::sync::Mutex::default(),
                 checked: Mutex::default(),
                 failed: Mutex::default(),
+                parent: std::sync::OnceLock::new(),
             }),
             intake,
             fan_out,
@@ -196,6 +219,10 @@ impl SubJobSink for BrokerSubJobs {
         let child_depth = self.depth.saturating_add(1);
         Box::pin(async move {
             shared.failed()?;
+            shared.parent.get_or_init(|| JobRef {
+                queue: parent.queue.clone(),
+                id: parent.id.clone(),
+            });
             if n > per_run {
                 return Err(format!(
                     "sub-job refused: this run has enqueued {per_run}, the most one run may (--max-sub-jobs)"

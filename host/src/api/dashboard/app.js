@@ -374,6 +374,7 @@ async function job(queue, id) {
     ["Started", time(j.started_at_ms)],
     ["Finished", time(j.finished_at_ms)],
     ["Worker", j.worker || "—"],
+    ["Parent", j.parent ? h("a", { href: `#/job/${enc(j.parent.queue)}/${enc(j.parent.id)}`, class: "mono", id: "job-parent" }, j.parent.id) : "—"],
     ["Fuel used", r.fuel_used !== undefined ? `${num(r.fuel_used)} of ${num(inv.fuel)}` : "—"],
     ["Run time", r.wall_ms !== undefined ? `${r.wall_ms.toFixed(1)} ms (limit ${num(inv.timeout_ms)} ms)` : "—"],
     ["Memory limit", `${inv.memory_mb} MiB`],
@@ -405,10 +406,24 @@ async function job(queue, id) {
             h("thead", {}, h("tr", {}, ["Attempt", "Kind", "Message", "At"].map((c) => h("th", {}, c)))),
             h("tbody", {}, j.errors.map((e) => h("tr", {}, h("td", { class: "num" }, e.attempt), h("td", {}, e.kind), h("td", { class: "error" }, e.message), h("td", {}, time(e.at_ms)))))))
       : null,
-    r.sub_jobs && r.sub_jobs.length
-      ? h("section", { class: "card" }, h("h3", {}, "Sub-jobs"), h("ul", {}, r.sub_jobs.map((s) => h("li", {}, h("a", { href: `#/job/${enc(j.queue)}/${enc(s)}`, class: "mono" }, s)))))
-      : null,
+    children(j, r),
   ];
+}
+
+/** A job's sub-jobs, each linked, with its state (live: the page refreshes). */
+function children(j, r) {
+  const kids = j.children && j.children.length
+    ? j.children
+    : (r.sub_jobs || []).map((id) => ({ queue: j.queue, id }));
+  if (!kids.length) return null;
+  const counts = {};
+  for (const k of kids) if (k.state) counts[k.state] = (counts[k.state] || 0) + 1;
+  const summary = Object.entries(counts).map(([state, n]) => `${n} ${state}`).join(" · ");
+  return h("section", { class: "card" },
+    h("h3", {}, `Sub-jobs (${kids.length})`, summary ? h("small", { class: "muted" }, ` ${summary}`) : null),
+    h("ul", { id: "children" }, kids.map((k) => h("li", {},
+      h("a", { href: `#/job/${enc(k.queue)}/${enc(k.id)}`, class: "mono" }, k.id), " ",
+      k.state ? badge(k.state) : null))));
 }
 
 async function cron() {

@@ -11,6 +11,7 @@ mod egress;
 mod grants;
 mod inspect;
 mod lifecycle;
+mod lineage;
 mod registry;
 mod secrets;
 
@@ -21,8 +22,8 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use crate::broker::{
-    BrokerError, Completion, CronEntry, DEFAULT_RESULT_TTL, JobRecord, LeaseKey, MAX_ERRORS,
-    ModuleInfo, QueueLimits, QueueTotals, WorkerInfo,
+    BrokerError, Completion, CronEntry, DEFAULT_RESULT_TTL, JobRecord, JobRef, LeaseKey,
+    MAX_ERRORS, ModuleInfo, QueueLimits, QueueTotals, WorkerInfo,
 };
 use crate::invocation::{Invocation, NewJob};
 use crate::job::{AttemptError, FailureKind, JobState, Progress, RunReport};
@@ -129,6 +130,11 @@ struct Job {
     /// The batch it belongs to, and whether its end was counted there.
     batch: Option<String>,
     batch_counted: bool,
+    /// The job that enqueued it, its own sub-jobs (each once, in order), and whether its record
+    /// is held for its parent (not expired until released).
+    parent: Option<JobRef>,
+    children: Vec<JobRef>,
+    held: bool,
 }
 
 impl Job {
@@ -155,6 +161,8 @@ impl Job {
             errors: self.errors.clone(),
             progress: self.progress.clone(),
             report: self.report.clone(),
+            parent: self.parent.clone(),
+            children: self.children.clone(),
         }
     }
 }
@@ -231,6 +239,9 @@ impl State {
                 cancel: false,
                 batch: batch.map(str::to_owned),
                 batch_counted: false,
+                parent: None,
+                children: Vec::new(),
+                held: false,
             },
         );
         match job.run_at_ms {
@@ -422,7 +433,9 @@ fn apply(
             job.finished_at_ms = Some(now);
             job.report = Some(report.clone());
             job.cancel = false;
-            job.expires_at = Some(now + result_ttl.as_millis() as u64);
+            if !job.held {
+                job.expires_at = Some(now + result_ttl.as_millis() as u64);
+            }
             totals(state, &key.queue).succeeded += 1;
             true
         }
@@ -489,7 +502,9 @@ fn end_cancelled(job: &mut Job, now: u64, result_ttl: Duration) {
     job.ready_key = None;
     job.due_at = None;
     job.finished_at_ms = Some(now);
-    job.expires_at = Some(now + result_ttl.as_millis() as u64);
+    if !job.held {
+        job.expires_at = Some(now + result_ttl.as_millis() as u64);
+    }
 }
 
 /// The error recorded when a worker stopped heartbeating. Mirrored in `lua/maintain.lua`.

@@ -37,6 +37,7 @@ mod grants;
 mod inspect;
 mod keys;
 mod lifecycle;
+mod lineage;
 mod records;
 mod registry;
 mod secrets;
@@ -98,6 +99,7 @@ struct Scripts {
     delete_module: Script,
     egress_acquire: Script,
     egress_renew: Script,
+    lineage: Script,
 }
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
@@ -122,6 +124,7 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     delete_module: Script::new(include_str!("lua/delete_module.lua")),
     egress_acquire: Script::new(include_str!("lua/egress_acquire.lua")),
     egress_renew: Script::new(include_str!("lua/egress_renew.lua")),
+    lineage: script!("lineage"),
 });
 
 /// The Redis broker.

@@ -62,6 +62,14 @@ pub(super) fn parse_record(
         errors,
         progress,
         report,
+        parent: take("parent")
+            .as_deref()
+            .and_then(super::lineage::parse_job_ref),
+        children: take("children")
+            .iter()
+            .flat_map(|l| l.lines())
+            .filter_map(super::lineage::parse_job_ref)
+            .collect(),
     }))
 }
 

@@ -23,7 +23,8 @@ for i = 4, #ARGV, 6 do
       listed[#listed + 1] = now
       listed[#listed + 1] = id
       redis.call('HDEL', jk, 'cancel')
-      redis.call('EXPIRE', jk, ttl)
+      -- A sub-job held for its parent is kept until the parent releases it.
+      if redis.call('HEXISTS', jk, 'held') == 0 then redis.call('EXPIRE', jk, ttl) end
       notify(id)
       n.succeeded = n.succeeded + 1
     elseif action == 'retry' then
