@@ -149,7 +149,7 @@ local function cancelled(id, ttl)
   list_final(id, 'cancelled', now, ttl)
   redis.call('HSET', jk, 'state', 'cancelled', 'fin', now)
   redis.call('HDEL', jk, 'cancel')
-  redis.call('EXPIRE', jk, ttl)
+  if redis.call('HEXISTS', jk, 'held') == 0 then redis.call('EXPIRE', jk, ttl) end
   notify(id)
 end
 

@@ -223,7 +223,7 @@ async fn cancel_job(
         .job(queue.as_deref(), &id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("job `{id}` not found")))?;
-    match state.broker.cancel(&record.queue, &id).await? {
+    match crate::broker::cancel_job(state.broker.as_ref(), &record.queue, &id).await? {
         CancelOutcome::NotFound => Err(ApiError::not_found(format!("job `{id}` not found"))),
         CancelOutcome::AlreadyFinal(s) => Err(ApiError::new(
             StatusCode::CONFLICT,

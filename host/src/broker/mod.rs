@@ -416,4 +416,24 @@ impl<T: Broker + Inspect + Cron + Registry + Grants + Secrets + EgressLimits + L
 /// What the HTTP API and the operator's CLI use: every ability (a server also runs workers).
 pub trait ApiBroker: WorkerBroker + Admin + Batches {}
 
+/// Cancels a job ([`Admin::cancel`]). One that was waiting has now ended for good, so the
+/// sub-jobs its earlier attempts enqueued are released to the result TTL ([`Lineage`]); a
+/// running one's worker releases them when it stops it.
+pub async fn cancel_job(
+    broker: &dyn ApiBroker,
+    queue: &str,
+    id: &str,
+) -> Result<CancelOutcome, BrokerError> {
+    let outcome = broker.cancel(queue, id).await?;
+    if outcome == CancelOutcome::Cancelled {
+        broker
+            .release_children(&JobRef {
+                queue: queue.to_owned(),
+                id: id.to_owned(),
+            })
+            .await?;
+    }
+    Ok(outcome)
+}
+
 impl<T: WorkerBroker + Admin + Batches + ?Sized> ApiBroker for T {}

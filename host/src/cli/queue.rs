@@ -376,7 +376,7 @@ pub(crate) async fn cancel(broker: &dyn ApiBroker, args: CancelArgs) -> anyhow::
     let Some(record) = broker.job(args.queue.as_deref(), &args.id).await? else {
         bail!("job `{}` not found", args.id);
     };
-    match broker.cancel(&record.queue, &args.id).await? {
+    match crate::broker::cancel_job(broker, &record.queue, &args.id).await? {
         CancelOutcome::Cancelled => println!("{}: cancelled", args.id),
         CancelOutcome::Cancelling => println!(
             "{}: running; its worker stops it at its next heartbeat (within a second) and it ends cancelled",
