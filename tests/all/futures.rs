@@ -476,6 +476,61 @@ async fn children_are_listed_and_kept_until_their_parent_ends(b: Backend) {
     );
 }
 
+async fn cancelling_a_waiting_parent_releases_its_children(b: Backend) {
+    let b = match b._redis {
+        Some(_) => b,
+        None => Backend {
+            broker: Arc::new(MemoryBroker::new().with_result_ttl(MEMORY_TTL)),
+            _redis: None,
+        },
+    };
+    let hello = upload(b.broker.as_ref(), "hello").await;
+    // The parent waits on a queue no worker takes; its child (from an earlier attempt, say)
+    // ended and is held.
+    let parent = job(hello, "waiting", json!({}), |i| i.queue = "parents".into());
+    let child = job(hello, "waiting.1", json!({}), |_| {});
+    common::enqueue(b.broker.as_ref(), &[parent, child])
+        .await
+        .unwrap();
+    let p = JobRef {
+        queue: "parents".into(),
+        id: "waiting".into(),
+    };
+    let c = JobRef {
+        queue: "default".into(),
+        id: "waiting.1".into(),
+    };
+    b.broker.adopt(&p, std::slice::from_ref(&c)).await.unwrap();
+    let leases = b
+        .broker
+        .fetch(&["default".into()], 1, Duration::from_secs(30), "w")
+        .await
+        .unwrap();
+    b.broker
+        .ack(&[Ack {
+            lease: leases[0].key.clone(),
+            completion: Completion::Succeeded(RunReport::default()),
+        }])
+        .await
+        .unwrap();
+    assert_eq!(
+        expiring(&b, "default", "waiting.1").await,
+        Some(false),
+        "held"
+    );
+    assert_eq!(
+        wasmq::broker::cancel_job(b.broker.as_ref(), "parents", "waiting")
+            .await
+            .unwrap(),
+        wasmq::broker::CancelOutcome::Cancelled
+    );
+    assert_ne!(
+        expiring(&b, "default", "waiting.1").await,
+        Some(false),
+        "released"
+    );
+}
+
 async fn a_parents_record_names_its_children_and_releases_them(b: Backend) {
     let counter = upload(b.broker.as_ref(), "word-count").await;
     let map_reduce = upload(b.broker.as_ref(), "map-reduce").await;
@@ -590,6 +645,7 @@ suite!(
     waiting_parents_past_the_bound_are_told_so,
     a_refused_sub_job_write_retries_the_parent_and_stores_nothing,
     children_are_listed_and_kept_until_their_parent_ends,
+    cancelling_a_waiting_parent_releases_its_children,
     a_parents_record_names_its_children_and_releases_them,
     a_component_built_against_0_1_0_still_runs,
 );
