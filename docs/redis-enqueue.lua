@@ -101,8 +101,44 @@ local function count(field, n)
   if n > 0 then redis.call('HINCRBY', KEYS[7], field, n) end
 end
 
+-- Bytes of results and errors a batch's callback receives in all (MAX_BATCH_RESULTS_BYTES in
+-- broker/types.rs); past it a job's entry says `result_omitted` or `error_omitted` instead.
+local MAX_BATCH_RESULTS = 262144
+
+-- The raw JSON text of field `name` of `json`, an object serde wrote, or nil when it is absent or
+-- longer than `max` bytes. Its first `,"<name>":` is the field: the text cannot occur inside a
+-- string, where every quote is escaped. The value ends at the first `,` or closing bracket
+-- outside strings and nested brackets.
+local function raw_field(json, name, max)
+  local _, e = string.find(json, ',"' .. name .. '":', 1, true)
+  if not e then return nil end
+  local start, i, depth = e + 1, e + 1, 0
+  while true do
+    i = string.find(json, '[%[%]{}",]', i)
+    if not i or i - start > max then return nil end
+    local c = string.sub(json, i, i)
+    if c == '"' then
+      -- Skip the string: to the next quote not escaped.
+      repeat
+        i = string.find(json, '["\\]', i + 1)
+        if not i then return nil end
+        local q = string.sub(json, i, i) == '"'
+        if not q then i = i + 1 end
+      until q
+    elseif c == '{' or c == '[' then
+      depth = depth + 1
+    elseif depth == 0 then
+      return string.sub(json, start, i - 1)
+    elseif c ~= ',' then
+      depth = depth - 1
+    end
+    i = i + 1
+  end
+end
+
 -- A job of a batch ended (counted once per job): when it was the batch's last, enqueue the
--- batch's callback, its args an object with `batch` and `jobs` (each job's id and final state).
+-- batch's callback, its args an object with `batch` and `jobs`: each job's id, final state, and
+-- its result (succeeded) or last error (dead), within MAX_BATCH_RESULTS bytes in all.
 local function batch_ended(id)
   local jk = ARGV[1] .. id
   local bid = redis.call('HGET', jk, 'batch')
@@ -110,19 +146,48 @@ local function batch_ended(id)
   local bk = string.sub(ARGV[1], 1, -5) .. 'batch:' .. bid
   if redis.call('HINCRBY', bk, 'pending', -1) > 0 then return end
   local b = redis.call('HMGET', bk, 'callback', 'callback_id', 'prio', 'max')
-  local outcomes = {}
+  local entries, left = {}, MAX_BATCH_RESULTS
   for _, jid in ipairs(redis.call('LRANGE', bk .. ':jobs', 0, -1)) do
-    outcomes[#outcomes + 1] = {id = jid, state = redis.call('HGET', ARGV[1] .. jid, 'state') or 'expired'}
+    local f = redis.call('HMGET', ARGV[1] .. jid, 'state', 'report', 'err')
+    local state = f[1] or 'expired'
+    local entry = '{"id":' .. cjson.encode(jid) .. ',"state":' .. cjson.encode(state)
+    local name, raw, present = nil, nil, false
+    if state == 'succeeded' and f[2] then
+      name, present = 'result', string.find(f[2], ',"result":', 1, true) ~= nil
+      if present then raw = raw_field(f[2], 'result', left) end
+    elseif state == 'dead' and f[3] then
+      name, present = 'error', true
+      if string.len(f[3]) <= left then raw = f[3] end
+    end
+    if raw then
+      entry = entry .. ',"' .. name .. '":' .. raw
+      left = left - string.len(raw)
+    elseif present then
+      entry = entry .. ',"' .. name .. '_omitted":true'
+    end
+    entries[#entries + 1] = entry .. '}'
   end
   local inv = cjson.decode(b[1])
   local args = inv.args
   if type(args) ~= 'table' or args[1] ~= nil then args = {} end
   args.batch = bid
-  args.jobs = outcomes
   inv.args = args
+  -- The entries hold results as their jobs wrote them; a placeholder no other text contains
+  -- stands for them while the rest is encoded.
+  local plain = cjson.encode(inv)
+  local n = 0
+  local mark
+  repeat
+    n = n + 1
+    mark = 'wasmq-batch-jobs-' .. n
+  until not string.find(plain, mark, 1, true)
+  args.jobs = mark
+  local text = cjson.encode(inv)
+  local at = string.find(text, '"' .. mark .. '"', 1, true)
+  text = string.sub(text, 1, at - 1) .. '[' .. table.concat(entries, ',') .. ']' .. string.sub(text, at + string.len(mark) + 2)
   local ck = ARGV[1] .. b[2]
   if redis.call('EXISTS', ck) == 0 then
-    new_job(b[2], cjson.encode(inv), b[3], b[4], 0, now_ms())
+    new_job(b[2], text, b[3], b[4], 0, now_ms())
     count('enqueued', 1)
     wake()
   end

@@ -1082,9 +1082,19 @@ async fn a_batch_calls_back_over_http() {
     running.await.unwrap();
     assert_eq!(cb["state"], "succeeded", "{cb}");
     assert_eq!(cb["report"]["result"], json!({"message": "Hello, batch!"}));
+    // Each job's state, with its result or its last error.
+    let jobs = &cb["invocation"]["args"]["jobs"];
     assert_eq!(
-        cb["invocation"]["args"]["jobs"],
-        json!([{"id": "n1", "state": "succeeded"}, {"id": "n2", "state": "dead"}])
+        jobs[0],
+        json!({"id": "n1", "state": "succeeded", "result": {"message": "Hello, one!"}})
+    );
+    assert_eq!(
+        (&jobs[1]["id"], &jobs[1]["state"]),
+        (&json!("n2"), &json!("dead"))
+    );
+    assert_eq!(
+        (&jobs[1]["error"]["kind"], &jobs[1]["error"]["message"]),
+        (&json!("fail"), &json!("job failed: no"))
     );
     let (_, b) = api.get("/v1/batches/nightly").await;
     assert_eq!(b["pending"], 0);

@@ -42,8 +42,9 @@ use crate::modules::ModuleHash;
 pub use types::{
     Ack, BatchInfo, CancelOutcome, Completion, CronEntry, DEFAULT_RESULT_TTL, EGRESS_SLOT_POLL,
     EgressLimit, EgressTry, Enqueued, Heartbeat, JobPage, JobRecord, JobRef, Lease, LeaseKey,
-    MAX_CHILDREN_LISTED, MAX_ERRORS, MAX_FINISHED_LISTED, Maintenance, ModuleDeletion, ModuleInfo,
-    NewBatch, QueueCounts, QueueLimits, QueueTotals, WORKER_TTL, WorkerInfo,
+    MAX_BATCH_RESULTS_BYTES, MAX_CHILDREN_LISTED, MAX_ERRORS, MAX_FINISHED_LISTED, Maintenance,
+    ModuleDeletion, ModuleInfo, NewBatch, QueueCounts, QueueLimits, QueueTotals, WORKER_TTL,
+    WorkerInfo,
 };
 
 /// Why a broker call failed.

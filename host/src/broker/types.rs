@@ -115,6 +115,11 @@ pub struct JobRef {
     pub id: String,
 }
 
+/// Bytes of results and errors a batch's callback receives in all: each job's entry carries its
+/// result (succeeded) or last error (dead) while they fit, and says `result_omitted` or
+/// `error_omitted` past it (read those from the job's record). Mirrored in `lua/common.lua`.
+pub const MAX_BATCH_RESULTS_BYTES: usize = 256 << 10;
+
 /// How many sub-jobs a job's record lists; later ones are still held and joined, only not
 /// listed. Mirrored in `lua/lineage.lua`.
 pub const MAX_CHILDREN_LISTED: usize = 10_000;

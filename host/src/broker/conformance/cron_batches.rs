@@ -69,11 +69,19 @@ pub async fn a_batch_calls_back_once_when_every_job_ended(store: &dyn Store) {
     assert_eq!((info.total, info.pending, info.done_at_ms), (3, 3, None));
     let leases = fetch(b, 2).await;
     assert_eq!(ids(&leases), ["a", "b"]);
-    b.ack(&[ok(&leases[0])]).await.unwrap();
+    // A result whose text is hard to carry over: an empty array, quotes, brackets and commas in
+    // a string, an integer past 2^53.
+    let result = json!({"n": [], "s": "a,\"result\":}]{[", "big": 12_345_678_901_234_567_890_u64});
+    let mut a = ok(&leases[0]);
+    if let Completion::Succeeded(report) = &mut a.completion {
+        report.result = Some(result.clone());
+    }
+    b.ack(&[a]).await.unwrap();
+    let died = error(&leases[1], FailureKind::Fail);
     let dead = Ack {
         lease: leases[1].key.clone(),
         completion: Completion::Dead {
-            error: error(&leases[1], FailureKind::Fail),
+            error: died.clone(),
             report: None,
         },
     };
@@ -108,8 +116,8 @@ pub async fn a_batch_calls_back_once_when_every_job_ended(store: &dyn Store) {
     assert_eq!(
         callback[0].invocation.args,
         json!({"note": "x", "batch": "B", "jobs": [
-            {"id": "a", "state": "succeeded"},
-            {"id": "b", "state": "dead"},
+            {"id": "a", "state": "succeeded", "result": result},
+            {"id": "b", "state": "dead", "error": died},
             {"id": "c", "state": "cancelled"},
         ]})
     );
@@ -123,6 +131,43 @@ pub async fn a_batch_calls_back_once_when_every_job_ended(store: &dyn Store) {
         counts(b).await.totals.enqueued,
         4,
         "three jobs and one callback"
+    );
+}
+
+/// Conformance case `batch_callbacks_carry_results_within_a_budget`.
+pub async fn batch_callbacks_carry_results_within_a_budget(store: &dyn Store) {
+    let b = Subject::new(store, TTL).await;
+    let b = b.broker.as_ref();
+    let batch = NewBatch {
+        id: "R".into(),
+        jobs: vec![job("big", |_| {}), job("small", |_| {})],
+        callback: job("batch:R:callback", |_| {}),
+    };
+    b.enqueue_batch(&batch).await.unwrap();
+    let leases = fetch(b, 2).await;
+    // The first result takes more than the whole budget; the second fits.
+    let big = json!("x".repeat(crate::broker::MAX_BATCH_RESULTS_BYTES));
+    let acks: Vec<Ack> = leases
+        .iter()
+        .map(|l| {
+            let mut a = ok(l);
+            if let Completion::Succeeded(report) = &mut a.completion
+                && l.key.id == "big"
+            {
+                report.result = Some(big.clone());
+            }
+            a
+        })
+        .collect();
+    b.ack(&acks).await.unwrap();
+    let callback = fetch(b, 5).await;
+    assert_eq!(ids(&callback), ["batch:R:callback"]);
+    assert_eq!(
+        callback[0].invocation.args,
+        json!({"id": "batch:R:callback", "batch": "R", "jobs": [
+            {"id": "big", "state": "succeeded", "result_omitted": true},
+            {"id": "small", "state": "succeeded", "result": {"done": "small"}},
+        ]})
     );
 }
 

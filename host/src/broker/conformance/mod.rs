@@ -148,6 +148,7 @@ macro_rules! broker_conformance {
             workers_report_and_expire,
             a_batch_calls_back_once_when_every_job_ended,
             a_batch_is_all_or_nothing,
+            batch_callbacks_carry_results_within_a_budget,
             a_record_keeps_the_last_25_failures,
             jobs_are_listed_by_state_in_order,
             scheduled_jobs_can_run_now,

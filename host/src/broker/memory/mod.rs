@@ -23,7 +23,7 @@ use tokio::sync::Notify;
 
 use crate::broker::{
     BrokerError, Completion, CronEntry, DEFAULT_RESULT_TTL, JobRecord, JobRef, LeaseKey,
-    MAX_ERRORS, ModuleInfo, QueueLimits, QueueTotals, WorkerInfo,
+    MAX_BATCH_RESULTS_BYTES, MAX_ERRORS, ModuleInfo, QueueLimits, QueueTotals, WorkerInfo,
 };
 use crate::invocation::{Invocation, NewJob};
 use crate::job::{AttemptError, FailureKind, JobState, Progress, RunReport};
@@ -277,14 +277,37 @@ impl State {
         }
         batch.done_at_ms = Some(now);
         let (mut callback, ids) = (batch.callback.clone(), batch.jobs.clone());
+        let mut left = MAX_BATCH_RESULTS_BYTES;
         let outcomes: Vec<serde_json::Value> = ids
             .iter()
             .map(|jid| {
-                let state = self
-                    .jobs
-                    .get(&(queue.to_owned(), jid.clone()))
-                    .map_or("expired", |j| j.state.as_str());
-                serde_json::json!({ "id": jid, "state": state })
+                let job = self.jobs.get(&(queue.to_owned(), jid.clone()));
+                let state = job.map_or("expired", |j| j.state.as_str());
+                let mut entry = serde_json::json!({ "id": jid, "state": state });
+                // The result (succeeded) or last error (dead), as the Redis broker's
+                // `batch_ended` gives them: within MAX_BATCH_RESULTS_BYTES in all.
+                let extra = job.and_then(|j| match j.state {
+                    JobState::Succeeded => j
+                        .report
+                        .as_ref()
+                        .and_then(|r| r.result.clone())
+                        .map(|v| ("result", v)),
+                    JobState::Dead => j
+                        .errors
+                        .last()
+                        .map(|e| ("error", serde_json::to_value(e).expect("plain data"))),
+                    _ => None,
+                });
+                if let Some((name, value)) = extra {
+                    let len = serde_json::to_string(&value).expect("plain data").len();
+                    if len <= left {
+                        left -= len;
+                        entry[name] = value;
+                    } else {
+                        entry[format!("{name}_omitted")] = true.into();
+                    }
+                }
+                entry
             })
             .collect();
         let mut args = match callback.invocation.args.take() {
