@@ -8,7 +8,8 @@
 //!   are counted apart and bounded (`--max-waiting`); past the bound `join` returns an error the
 //!   guest sees. When the wait ends the run takes a slot again before it goes on.
 //! - **Woken, not only polling.** The worker's acker tells the [`ChildWatch`] about every job it
-//!   ended, and a run waiting for that job re-reads just its record at once; sub-jobs ended by
+//!   ended — with the outcome it stored, when the whole batch of acks was applied — and a run
+//!   waiting for that job takes that outcome, or re-reads just its record; sub-jobs ended by
 //!   other workers (or cancelled through the API) are found by re-reading every pending record,
 //!   25 ms after the wait starts and then twice as long each time, up to every second.
 //! - **Outcomes are the stored records**, so a parent that runs again after its worker died reads
@@ -21,9 +22,9 @@ use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
-use crate::broker::{BrokerError, JobRecord, WorkerBroker};
+use crate::broker::{BrokerError, Completion, JobRecord, WorkerBroker};
 use crate::invocation::args_to_bytes;
-use crate::job::JobState;
+use crate::job::{AttemptError, JobState, RunReport};
 use crate::sandbox::{JoinOptions, SubJobOutcome};
 
 /// Waiting runs a worker keeps by default: each is a suspended instance in memory (the pool is
@@ -41,8 +42,11 @@ const READ_CHUNK: usize = 1000;
 /// A job, by queue and id.
 type JobKey = (String, String);
 
+/// A job that ended, with its outcome when the teller knows it for sure.
+type Ended = (JobKey, Option<SubJobOutcome>);
+
 /// The runs waiting for one job: (registration id, where to tell it).
-type Waiters = Vec<(u64, mpsc::UnboundedSender<JobKey>)>;
+type Waiters = Vec<(u64, mpsc::UnboundedSender<Ended>)>;
 
 /// One run's hold on a worker slot, which it gives back while it waits for sub-jobs.
 pub struct RunSlot {
@@ -115,20 +119,25 @@ struct Watching {
     watch: Arc<ChildWatch>,
     id: u64,
     keys: Vec<JobKey>,
-    ended: mpsc::UnboundedReceiver<JobKey>,
+    ended: mpsc::UnboundedReceiver<Ended>,
 }
 
 impl ChildWatch {
-    /// Tells whoever waits for these jobs that they ended.
-    pub fn ended<'a>(&self, jobs: impl IntoIterator<Item = (&'a str, &'a str)>) {
+    /// Tells whoever waits for these jobs that they ended, with the outcome each one stored
+    /// when the teller knows it (its acknowledgement was applied); without it the waiting run
+    /// reads the job's record.
+    pub fn ended<'a>(
+        &self,
+        jobs: impl IntoIterator<Item = (&'a str, &'a str, Option<SubJobOutcome>)>,
+    ) {
         let waiters = self.waiters.lock().expect("not poisoned");
         if waiters.is_empty() {
             return;
         }
-        for (queue, id) in jobs {
+        for (queue, id, outcome) in jobs {
             let key = (queue.to_owned(), id.to_owned());
             for (_, tx) in waiters.get(&key).into_iter().flatten() {
-                let _ = tx.send(key.clone());
+                let _ = tx.send((key.clone(), outcome.clone()));
             }
         }
     }
@@ -195,16 +204,28 @@ pub(super) async fn join(
     let mut poll = FIRST_POLL;
     let mut woken = Vec::new();
     let far = tokio::time::Instant::now() + Duration::from_secs(365 * 24 * 3600);
+    let mut positions: HashMap<&JobKey, Vec<usize>> = HashMap::new();
+    for (i, job) in jobs.iter().enumerate() {
+        positions.entry(job).or_default().push(i);
+    }
     loop {
         let which: Vec<usize> = tokio::select! {
             n = watching.ended.recv_many(&mut woken, 1024) => {
                 if n == 0 {
                     break;
                 }
-                let ended: std::collections::HashSet<JobKey> = woken.drain(..).collect();
-                pending(&outcomes)
-                    .filter(|&i| ended.contains(&jobs[i]))
-                    .collect()
+                // Outcomes told are taken as they are; the others are read.
+                let mut unread = Vec::new();
+                for (key, told) in woken.drain(..) {
+                    for &i in positions.get(&key).into_iter().flatten() {
+                        match &told {
+                            Some(o) => outcomes[i] = o.clone(),
+                            None if !outcomes[i].ended() => unread.push(i),
+                            None => {}
+                        }
+                    }
+                }
+                unread
             }
             _ = tokio::time::sleep(poll) => {
                 poll = (poll * 2).min(LONGEST_POLL);
@@ -212,7 +233,9 @@ pub(super) async fn join(
             }
             _ = tokio::time::sleep_until(deadline.unwrap_or(far)) => break,
         };
-        if let Err(e) = read(broker, jobs, &which, &mut outcomes).await {
+        if which.is_empty() {
+            // Every outcome told: nothing to read.
+        } else if let Err(e) = read(broker, jobs, &which, &mut outcomes).await {
             // The next poll reads them again.
             tracing::warn!(error = %e, "could not read sub-jobs; trying again");
         }
@@ -268,17 +291,9 @@ fn outcome(record: Option<&JobRecord>) -> SubJobOutcome {
         };
     };
     match record.state {
-        JobState::Succeeded => {
-            let result = record.report.as_ref().and_then(|r| r.result.as_ref());
-            SubJobOutcome::Done(result.map_or_else(Vec::new, |v| {
-                args_to_bytes(v).unwrap_or_else(|_| serde_json::to_vec(v).unwrap_or_default())
-            }))
-        }
+        JobState::Succeeded => done(record.report.as_ref()),
         JobState::Dead => match &record.last_error {
-            Some(e) => SubJobOutcome::Dead {
-                kind: e.kind.as_str().to_owned(),
-                message: e.message.clone(),
-            },
+            Some(e) => dead(e),
             None => SubJobOutcome::Dead {
                 kind: "unknown".to_owned(),
                 message: "dead without a recorded error".to_owned(),
@@ -286,5 +301,32 @@ fn outcome(record: Option<&JobRecord>) -> SubJobOutcome {
         },
         JobState::Cancelled => SubJobOutcome::Cancelled,
         JobState::Ready | JobState::Scheduled | JobState::Leased => SubJobOutcome::Pending,
+    }
+}
+
+/// A success's outcome: its result's bytes.
+fn done(report: Option<&RunReport>) -> SubJobOutcome {
+    let result = report.and_then(|r| r.result.as_ref());
+    SubJobOutcome::Done(result.map_or_else(Vec::new, |v| {
+        args_to_bytes(v).unwrap_or_else(|_| serde_json::to_vec(v).unwrap_or_default())
+    }))
+}
+
+fn dead(error: &AttemptError) -> SubJobOutcome {
+    SubJobOutcome::Dead {
+        kind: error.kind.as_str().to_owned(),
+        message: error.message.clone(),
+    }
+}
+
+/// The outcome an applied acknowledgement stored, or `None` when it did not end the job (a
+/// retry — which the broker ends as cancelled when a cancel was asked for, so the parent reads
+/// that one).
+pub(super) fn acked_outcome(completion: &Completion) -> Option<SubJobOutcome> {
+    match completion {
+        Completion::Succeeded(report) => Some(done(Some(report))),
+        Completion::Dead { error, .. } => Some(dead(error)),
+        Completion::Cancelled { .. } => Some(SubJobOutcome::Cancelled),
+        Completion::Retry { .. } => None,
     }
 }

@@ -52,9 +52,11 @@ pub(super) async fn ack_loop(
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let mut pause = Duration::from_millis(50);
+        let mut stale_in_batch = None;
         for round in 1..=ROUNDS {
             match broker.ack(&batch).await {
                 Ok(stale) => {
+                    stale_in_batch = Some(stale);
                     counters.stale.fetch_add(stale as u64, Ordering::Relaxed);
                     if stale > 0 {
                         tracing::warn!(
@@ -114,11 +116,17 @@ pub(super) async fn ack_loop(
             });
         }
         // Parents waiting in this worker for these jobs read their records now.
+        // When every ack of the batch was applied, the outcomes are the stored ones.
         children.ended(
             batch
                 .iter()
                 .filter(|a| !matches!(a.completion, Completion::Retry { .. }))
-                .map(|a| (a.lease.queue.as_str(), a.lease.id.as_str())),
+                .map(|a| {
+                    let told = (stale_in_batch == Some(0))
+                        .then(|| super::join::acked_outcome(&a.completion))
+                        .flatten();
+                    (a.lease.queue.as_str(), a.lease.id.as_str(), told)
+                }),
         );
         let mut map = inflight.lock().expect("not poisoned");
         for ack in batch.drain(..) {
