@@ -297,6 +297,38 @@ async fn a_join_with_a_timeout_returns_the_unfinished_as_pending(b: Backend) {
     );
 }
 
+async fn a_waiting_parent_is_reported_by_its_worker(b: Backend) {
+    let chaos = upload(b.broker.as_ref(), "chaos").await;
+    // The child sleeps far longer than the test looks: its parent waits all along.
+    let parent = job(
+        chaos,
+        "reported",
+        json!({"mode": "join", "module": chaos, "args": {"mode": "sleep", "ms": 600_000},
+               "timeout_ms": 600_000}),
+        |i| i.timeout_ms = 900_000,
+    );
+    common::enqueue(b.broker.as_ref(), &[parent]).await.unwrap();
+    let worker = Worker::new(b.broker.clone(), common::sandbox().clone(), config(2));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(worker.run(async {
+        let _ = stopped.await;
+    }));
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    loop {
+        let workers = b.broker.workers().await.unwrap();
+        if workers.iter().any(|w| w.waiting == 1 && w.in_flight == 2) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never reported one waiting: {workers:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = stop.send(());
+    running.await.unwrap();
+}
+
 async fn first_n_returns_once_that_many_ended(b: Backend) {
     let chaos = upload(b.broker.as_ref(), "chaos").await;
     let hello = upload(b.broker.as_ref(), "hello").await;
@@ -642,6 +674,7 @@ suite!(
     python_awaits_javascript_and_javascript_awaits_python,
     a_join_with_a_timeout_returns_the_unfinished_as_pending,
     first_n_returns_once_that_many_ended,
+    a_waiting_parent_is_reported_by_its_worker,
     waiting_parents_past_the_bound_are_told_so,
     a_refused_sub_job_write_retries_the_parent_and_stores_nothing,
     children_are_listed_and_kept_until_their_parent_ends,

@@ -318,8 +318,11 @@ pub struct WorkerInfo {
     pub queues: Vec<String>,
     /// Jobs it runs at once.
     pub concurrency: usize,
-    /// Jobs it held at its last report.
+    /// Jobs it held at its last report (running, or waiting for their sub-jobs).
     pub in_flight: usize,
+    /// Of those, jobs waiting for their sub-jobs (`join`), which hold no slot.
+    #[serde(default)]
+    pub waiting: usize,
     /// When it started (Unix ms).
     pub started_at_ms: u64,
     /// Its last report (Unix ms).

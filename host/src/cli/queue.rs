@@ -270,14 +270,15 @@ pub(crate) async fn workers(broker: &dyn ApiBroker, args: JsonArgs) -> anyhow::R
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<32} {:>8} {:>11} {:<22} {:<22} queues",
-        "worker", "in flight", "concurrency", "started", "last seen"
+        "{:<32} {:>8} {:>8} {:>11} {:<22} {:<22} queues",
+        "worker", "in flight", "waiting", "concurrency", "started", "last seen"
     );
     for w in workers {
         println!(
-            "{:<32} {:>8} {:>11} {:<22} {:<22} {}",
+            "{:<32} {:>8} {:>8} {:>11} {:<22} {:<22} {}",
             w.name,
             w.in_flight,
+            w.waiting,
             w.concurrency,
             format_time(w.started_at_ms),
             format_time(w.last_seen_ms),

@@ -261,12 +261,17 @@ impl Worker {
             queues: config.queues.clone(),
             concurrency: config.concurrency,
             in_flight: 0,
+            waiting: 0,
             started_at_ms: now_ms(),
             last_seen_ms: now_ms(),
         };
         if let Err(e) = self.broker.worker_seen(&me).await {
             tracing::warn!(error = %e, "could not register the worker");
         }
+        let waiting_now = {
+            let waiting = waiting.clone();
+            move || max_waiting - waiting.available_permits()
+        };
         let heartbeat = tokio::spawn(heartbeat_loop(
             self.broker.clone(),
             inflight.clone(),
@@ -274,6 +279,7 @@ impl Worker {
             me,
             ack_tx.clone(),
             stop_rx.clone(),
+            waiting_now,
         ));
         let progress = tokio::spawn(progress_loop(
             self.broker.clone(),

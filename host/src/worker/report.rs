@@ -186,6 +186,7 @@ pub(super) async fn heartbeat_loop(
     mut me: WorkerInfo,
     acks: mpsc::UnboundedSender<Ack>,
     mut stop: watch::Receiver<bool>,
+    waiting: impl Fn() -> usize + Send + 'static,
 ) {
     // A third of the lease, so two heartbeats may be lost before it expires; at most a second,
     // because the heartbeat is also how a running job hears that it was cancelled. One script
@@ -203,6 +204,7 @@ pub(super) async fn heartbeat_loop(
             .cloned()
             .collect();
         me.in_flight = held.len();
+        me.waiting = waiting();
         me.last_seen_ms = now_ms();
         if let Err(e) = broker.worker_seen(&me).await {
             tracing::warn!(error = %e, "worker report failed");

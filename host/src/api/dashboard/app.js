@@ -510,7 +510,7 @@ async function workers() {
     list.length === 0
       ? h("p", { class: "muted" }, "No workers heard from in the last minute.")
       : h("table", { id: "workers" },
-          h("thead", {}, h("tr", {}, ["Name", "Host", "PID", "Queues", "Concurrency", "In flight", "Started", "Last heartbeat"].map((c) => h("th", {}, c)))),
+          h("thead", {}, h("tr", {}, ["Name", "Host", "PID", "Queues", "Concurrency", "In flight", "Waiting", "Started", "Last heartbeat"].map((c) => h("th", {}, c)))),
           h("tbody", {}, list.map((w) =>
             h("tr", {},
               h("td", { class: "mono" }, w.name),
@@ -519,6 +519,7 @@ async function workers() {
               h("td", {}, w.queues.join(", ")),
               h("td", { class: "num" }, w.concurrency),
               h("td", { class: "num" }, w.in_flight),
+              h("td", { class: "num" }, w.waiting ?? 0),
               h("td", { title: time(w.started_at_ms) }, ago(w.started_at_ms)),
               h("td", { title: time(w.last_seen_ms) }, ago(w.last_seen_ms)),
             )))),

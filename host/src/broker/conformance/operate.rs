@@ -470,6 +470,7 @@ pub async fn workers_report_and_expire(store: &dyn Store) {
         queues: vec!["default".into()],
         concurrency: 4,
         in_flight: 2,
+        waiting: 1,
         started_at_ms: seen,
         last_seen_ms: seen,
     };
