@@ -813,3 +813,46 @@ fn run_reaches_only_the_destinations_its_flags_grant() {
     assert_eq!(v["http"][0]["calls"], 1);
     assert_eq!(partner.requests(), 1);
 }
+
+#[test]
+fn workers_and_the_server_refuse_a_redis_that_evicts_jobs() {
+    let redis = common::redis::RedisServer::start_with(&["--maxmemory-policy", "allkeys-lru"]);
+    let cache = tempfile::tempdir().unwrap();
+    for args in [
+        &["worker"][..],
+        &["serve", "--listen", "127.0.0.1:0", "--insecure-no-auth"][..],
+    ] {
+        let out = common::wasmq_cmd(&redis.url(), cache.path())
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.contains("has `maxmemory-policy allkeys-lru`")
+                && stderr.contains("--allow-evicting-redis"),
+            "{args:?}: {stderr}"
+        );
+    }
+    // Allowed, the worker runs (and says what it risks); it is stopped once it has said so.
+    let mut worker = common::wasmq_cmd(&redis.url(), cache.path())
+        .args(["worker", "--allow-evicting-redis"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(worker.stderr.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stderr, &mut first).unwrap();
+    assert!(
+        first.contains("(allowed by --allow-evicting-redis)"),
+        "{first}"
+    );
+    assert!(worker.try_wait().unwrap().is_none(), "the worker runs");
+    let _ = worker.kill();
+    let _ = worker.wait();
+}

@@ -429,6 +429,7 @@ impl Cli {
             Command::Worker(args) => {
                 let sandbox = sandbox(&base, args.instances())?;
                 let broker = redis.connect_with_ttl(args.result_ttl()).await?;
+                redis.check_settings(&broker).await?;
                 worker::run(broker, sandbox, args, operator.fan_out).await
             }
             Command::Serve(args) => {

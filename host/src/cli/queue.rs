@@ -31,9 +31,35 @@ pub(crate) struct RedisArgs {
         global = true
     )]
     pub(crate) redis: String,
+    /// Run workers and the server on a Redis whose `maxmemory-policy` evicts keys, which drops
+    /// accepted jobs under memory pressure without an error. Refused without this flag.
+    #[arg(long, env = "WASMQ_ALLOW_EVICTING_REDIS", global = true)]
+    pub(crate) allow_evicting_redis: bool,
 }
 
 impl RedisArgs {
+    /// Refuses a Redis that evicts keys (naming the setting), unless the operator allowed it;
+    /// warns when the server will not say.
+    pub(crate) async fn check_settings(&self, broker: &RedisBroker) -> anyhow::Result<()> {
+        let settings = broker.settings().await;
+        match (settings.evicting(), &settings.eviction) {
+            (Some(policy), _) if !self.allow_evicting_redis => anyhow::bail!(
+                "Redis at `{}` has `maxmemory-policy {policy}`: under memory pressure it deletes keys, and accepted jobs with them, without an error. Set `maxmemory-policy noeviction` (then a full Redis refuses enqueues instead), or pass `--allow-evicting-redis` to run anyway",
+                self.redis
+            ),
+            (Some(policy), _) => eprintln!(
+                "warning: Redis at `{}` has `maxmemory-policy {policy}` (allowed by --allow-evicting-redis): accepted jobs may be evicted under memory pressure",
+                self.redis
+            ),
+            (None, None) => eprintln!(
+                "warning: Redis at `{}` does not say its `maxmemory-policy` (CONFIG GET refused): make sure it is `noeviction`, or accepted jobs may be evicted",
+                self.redis
+            ),
+            (None, Some(_)) => {}
+        }
+        Ok(())
+    }
+
     pub(crate) async fn connect(&self) -> anyhow::Result<Arc<RedisBroker>> {
         Ok(Arc::new(self.connect_plain().await?))
     }

@@ -75,7 +75,9 @@ pub(crate) async fn run(
     operator: OperatorLimits,
 ) -> anyhow::Result<ExitCode> {
     let tokens = args.tokens()?;
-    let broker: Arc<dyn ApiBroker> = redis.connect().await?;
+    let connected = redis.connect().await?;
+    redis.check_settings(&connected).await?;
+    let broker: Arc<dyn ApiBroker> = connected;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("failed to listen on `{}`", args.listen))?;

@@ -10,11 +10,18 @@ pub struct RedisServer {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
+    /// Settings given to every start beyond the defaults here.
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     /// Starts a server on a free port.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server on a free port with `extra` settings (`["--maxmemory-policy", "…"]`).
+    pub fn start_with(extra: &[&str]) -> Self {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -23,6 +30,7 @@ impl RedisServer {
             child: None,
             port,
             dir: tempfile::tempdir().expect("a temp dir"),
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
         };
         server.restart();
         server
@@ -49,6 +57,7 @@ impl RedisServer {
             .args(["--dir", &self.dir.path().display().to_string()])
             .args(["--appendonly", "yes", "--appendfsync", "always", "--save", ""])
             .args(["--logfile", "redis.log", "--daemonize", "no"])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
