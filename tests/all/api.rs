@@ -203,7 +203,15 @@ async fn tokens_and_scopes() {
     assert_error(s, &b, StatusCode::FORBIDDEN, "forbidden", None);
     // Public routes.
     let (s, b) = api.call(Method::GET, "/healthz", None, Body::empty()).await;
-    assert_eq!((s, b), (StatusCode::OK, json!({"status": "ok"})));
+    // The test Redis keeps everything: no eviction, an fsync per write.
+    assert_eq!(
+        (s, b),
+        (
+            StatusCode::OK,
+            json!({"status": "ok", "durability": {"backend": "redis", "eviction": "noeviction",
+                   "appendonly": true, "appendfsync": "always"}})
+        )
+    );
     let (s, b) = api
         .call(Method::GET, "/openapi.json", None, Body::empty())
         .await;

@@ -590,7 +590,13 @@ fn cron_entries_are_added_listed_and_removed() {
 fn pause_and_resume_a_queue() {
     let q = Rig::new();
     assert_eq!(q.ok(&["pause", "mail"]).trim(), "queue `mail`: paused");
-    assert!(q.ok(&["queues"]).contains("mail (paused)"));
+    let listing = q.ok(&["queues"]);
+    assert!(listing.contains("mail (paused)"));
+    assert_eq!(
+        listing.lines().next(),
+        Some("redis: maxmemory-policy noeviction · appendonly yes · appendfsync always"),
+        "what the Redis is set to do with accepted jobs comes first"
+    );
     assert_eq!(q.ok(&["resume", "mail"]).trim(), "queue `mail`: resumed");
     assert!(!q.ok(&["queues"]).contains("(paused)"));
     let out = q.cmd(&["pause", "a b"]);

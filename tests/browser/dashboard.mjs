@@ -59,7 +59,11 @@ try {
     const pts = document.querySelector(".chart polyline.succeeded")?.getAttribute("points") || "";
     return pts.split(" ").length >= 5;
   }, null, { timeout: 20000 });
-  step("overview: queue counts and a throughput line");
+  assert.equal(
+    await page.locator("#durability").innerText(),
+    "Redis: maxmemory-policy noeviction · appendonly yes · appendfsync always",
+  );
+  step("overview: queue counts, a throughput line, what Redis does with accepted jobs");
   await page.screenshot({ path: path.join(shots, "overview.png") });
 
   // Open a job from the succeeded list.

@@ -34,7 +34,11 @@ async fn throughput(State(state): State<ApiState>) -> Json<Value> {
 
 async fn health(State(state): State<ApiState>) -> Response {
     match state.broker.ping().await {
-        Ok(()) => Json(json!({ "status": "ok" })).into_response(),
+        Ok(()) => Json(json!({
+            "status": "ok",
+            "durability": state.broker.durability().await,
+        }))
+        .into_response(),
         Err(e) => ApiError::from(e).into_response(),
     }
 }

@@ -40,11 +40,11 @@ use crate::invocation::{InvocationError, NewJob};
 use crate::job::{JobState, Progress};
 use crate::modules::ModuleHash;
 pub use types::{
-    Ack, BatchInfo, CancelOutcome, Completion, CronEntry, DEFAULT_RESULT_TTL, EGRESS_SLOT_POLL,
-    EgressLimit, EgressTry, Enqueued, Heartbeat, JobPage, JobRecord, JobRef, Lease, LeaseKey,
-    MAX_BATCH_RESULTS_BYTES, MAX_CHILDREN_LISTED, MAX_ERRORS, MAX_FINISHED_LISTED, Maintenance,
-    ModuleDeletion, ModuleInfo, NewBatch, QueueCounts, QueueLimits, QueueTotals, WORKER_TTL,
-    WorkerInfo,
+    Ack, BatchInfo, CancelOutcome, Completion, CronEntry, DEFAULT_RESULT_TTL, Durability,
+    EGRESS_SLOT_POLL, EgressLimit, EgressTry, Enqueued, Heartbeat, JobPage, JobRecord, JobRef,
+    Lease, LeaseKey, MAX_BATCH_RESULTS_BYTES, MAX_CHILDREN_LISTED, MAX_ERRORS, MAX_FINISHED_LISTED,
+    Maintenance, ModuleDeletion, ModuleInfo, NewBatch, QueueCounts, QueueLimits, QueueTotals,
+    WORKER_TTL, WorkerInfo,
 };
 
 /// Why a broker call failed.
@@ -165,6 +165,9 @@ pub trait Broker: Send + Sync + 'static {
 pub trait Inspect: Broker {
     /// Checks that the broker answers (a round trip to Redis).
     async fn ping(&self) -> Result<(), BrokerError>;
+
+    /// What the store is set to do with accepted data (see [`Durability`]).
+    async fn durability(&self) -> Durability;
 
     /// Every uploaded module, oldest first.
     async fn modules(&self) -> Result<Vec<ModuleInfo>, BrokerError>;

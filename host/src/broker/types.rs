@@ -305,6 +305,29 @@ pub struct CronEntry {
     pub next_ms: u64,
 }
 
+/// What the broker's store is set to do with accepted data: whether an acknowledged job can be
+/// lost, and how. `None` where the store does not say (a managed Redis may refuse `CONFIG GET`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Durability {
+    /// `redis`, or `memory` (everything is gone when the process ends).
+    pub backend: &'static str,
+    /// Redis's `maxmemory-policy`: anything but `noeviction` drops keys — accepted jobs — under
+    /// memory pressure, without an error.
+    pub eviction: Option<String>,
+    /// Redis's `appendonly`: without it a restart loses everything since the last snapshot.
+    pub appendonly: Option<bool>,
+    /// Redis's `appendfsync`: `always` loses nothing acknowledged on a power cut, `everysec` up
+    /// to a second of it.
+    pub appendfsync: Option<String>,
+}
+
+impl Durability {
+    /// The eviction policy, when it is one that drops keys.
+    pub fn evicting(&self) -> Option<&str> {
+        self.eviction.as_deref().filter(|p| *p != "noeviction")
+    }
+}
+
 /// A worker process as it last reported itself.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerInfo {

@@ -41,7 +41,7 @@ impl RedisArgs {
     /// Refuses a Redis that evicts keys (naming the setting), unless the operator allowed it;
     /// warns when the server will not say.
     pub(crate) async fn check_settings(&self, broker: &RedisBroker) -> anyhow::Result<()> {
-        let settings = broker.settings().await;
+        let settings = crate::broker::Inspect::durability(broker).await;
         match (settings.evicting(), &settings.eviction) {
             (Some(policy), _) if !self.allow_evicting_redis => anyhow::bail!(
                 "Redis at `{}` has `maxmemory-policy {policy}`: under memory pressure it deletes keys, and accepted jobs with them, without an error. Set `maxmemory-policy noeviction` (then a full Redis refuses enqueues instead), or pass `--allow-evicting-redis` to run anyway",
@@ -254,6 +254,7 @@ pub(crate) async fn queues(broker: &dyn ApiBroker, args: JsonArgs) -> anyhow::Re
         println!("{}", serde_json::to_string_pretty(&counts)?);
         return Ok(ExitCode::SUCCESS);
     }
+    println!("{}", durability_line(&broker.durability().await));
     println!(
         "{:<24} {:>9} {:>9} {:>9} {:>9} │ {:>10} {:>10} {:>9} {:>9}",
         "queue",
@@ -312,6 +313,35 @@ pub(crate) async fn workers(broker: &dyn ApiBroker, args: JsonArgs) -> anyhow::R
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `redis: maxmemory-policy noeviction · appendonly yes · appendfsync always`, `?` where Redis
+/// will not say, and what an unsafe setting risks.
+fn durability_line(d: &crate::broker::Durability) -> String {
+    if d.backend == "memory" {
+        return "memory broker: jobs last as long as this process".to_owned();
+    }
+    let or_unknown = |v: Option<String>| v.unwrap_or_else(|| "?".to_owned());
+    let mut line = format!(
+        "{}: maxmemory-policy {} · appendonly {} · appendfsync {}",
+        d.backend,
+        or_unknown(d.eviction.clone()),
+        or_unknown(
+            d.appendonly
+                .map(|a| if a { "yes" } else { "no" }.to_owned())
+        ),
+        or_unknown(d.appendfsync.clone()),
+    );
+    if let Some(policy) = d.evicting() {
+        line.push_str(&format!(
+            " — `{policy}` evicts accepted jobs under memory pressure"
+        ));
+    } else if d.appendonly == Some(false) {
+        line.push_str(" — without the append-only file a restart loses jobs");
+    } else if d.appendfsync.as_deref() == Some("everysec") {
+        line.push_str(" — a power cut may lose up to a second of accepted jobs");
+    }
+    line
 }
 
 /// Flags of `wasmq limit`.

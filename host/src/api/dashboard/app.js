@@ -139,11 +139,29 @@ function action(label, run, opts = {}) {
 
 // ---- views ------------------------------------------------------------------------------------
 
+/** What the store does with accepted jobs, and what an unsafe setting risks. */
+function durability(d) {
+  if (!d) return null;
+  if (d.backend === "memory") return h("p", { class: "muted", id: "durability" }, "Memory broker: jobs last as long as the server process.");
+  const v = (x) => (x === null || x === undefined ? "?" : x === true ? "yes" : x === false ? "no" : x);
+  const risk =
+    d.eviction && d.eviction !== "noeviction"
+      ? ` — ${d.eviction} evicts accepted jobs under memory pressure`
+      : d.appendonly === false
+        ? " — without the append-only file a restart loses jobs"
+        : d.appendfsync === "everysec"
+          ? " — a power cut may lose up to a second of accepted jobs"
+          : "";
+  return h("p", { class: risk ? "error" : "muted", id: "durability" },
+    `Redis: maxmemory-policy ${v(d.eviction)} · appendonly ${v(d.appendonly)} · appendfsync ${v(d.appendfsync)}${risk}`);
+}
+
 async function overview() {
-  const [{ queues }, { rates }, { workers }] = await Promise.all([
+  const [{ queues }, { rates }, { workers }, health] = await Promise.all([
     api("GET", "/v1/queues"),
     api("GET", "/v1/throughput"),
     api("GET", "/v1/workers"),
+    api("GET", "/healthz"),
   ]);
   const sum = (f) => queues.reduce((n, q) => n + f(q), 0);
   const last = rates.length ? rates[rates.length - 1] : { succeeded: 0, failed: 0 };
@@ -156,6 +174,7 @@ async function overview() {
   ];
   return [
     h("section", { class: "stats" }, stats.map(([k, v]) => h("div", { class: "stat" }, h("b", {}, v), h("span", {}, k)))),
+    durability(health.durability),
     h(
       "section",
       { class: "card" },

@@ -6,14 +6,21 @@ use async_trait::async_trait;
 
 use super::MemoryBroker;
 use crate::broker::{
-    BrokerError, Inspect, JobPage, JobRecord, MAX_FINISHED_LISTED, ModuleInfo, QueueCounts,
-    WORKER_TTL, WorkerInfo,
+    BrokerError, Durability, Inspect, JobPage, JobRecord, MAX_FINISHED_LISTED, ModuleInfo,
+    QueueCounts, WORKER_TTL, WorkerInfo,
 };
 use crate::job::JobState;
 use crate::modules::ModuleHash;
 
 #[async_trait]
 impl Inspect for MemoryBroker {
+    async fn durability(&self) -> Durability {
+        Durability {
+            backend: "memory",
+            ..Durability::default()
+        }
+    }
+
     async fn job_records(
         &self,
         queue: &str,

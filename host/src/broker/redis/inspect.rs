@@ -4,11 +4,13 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 
+use redis::aio::ConnectionManager;
+
 use super::RedisBroker;
 use super::records::parse_module_info;
 use crate::broker::{
-    BrokerError, Inspect, JobPage, JobRecord, ModuleInfo, QueueCounts, QueueLimits, QueueTotals,
-    Registry, WORKER_TTL, WorkerInfo,
+    BrokerError, Durability, Inspect, JobPage, JobRecord, ModuleInfo, QueueCounts, QueueLimits,
+    QueueTotals, Registry, WORKER_TTL, WorkerInfo,
 };
 use crate::invocation::Invocation;
 use crate::job::JobState;
@@ -17,6 +19,27 @@ use crate::time::now_ms;
 
 #[async_trait]
 impl Inspect for RedisBroker {
+    async fn durability(&self) -> Durability {
+        async fn config_get(conn: &mut ConnectionManager, name: &str) -> Option<String> {
+            let pairs: Vec<String> = redis::cmd("CONFIG")
+                .arg("GET")
+                .arg(name)
+                .query_async(conn)
+                .await
+                .ok()?;
+            pairs.get(1).cloned()
+        }
+        let mut conn = self.conn.clone();
+        Durability {
+            backend: "redis",
+            eviction: config_get(&mut conn, "maxmemory-policy").await,
+            appendonly: config_get(&mut conn, "appendonly")
+                .await
+                .map(|v| v == "yes"),
+            appendfsync: config_get(&mut conn, "appendfsync").await,
+        }
+    }
+
     async fn job_records(
         &self,
         queue: &str,

@@ -127,26 +127,6 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     lineage: script!("lineage"),
 });
 
-/// What a Redis server is set to do with accepted data ([`RedisBroker::settings`]).
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct RedisSettings {
-    /// `maxmemory-policy`: anything but `noeviction` drops keys — accepted jobs — under memory
-    /// pressure, without an error.
-    pub eviction: Option<String>,
-    /// `appendonly`: without it a restart loses everything since the last snapshot.
-    pub appendonly: Option<bool>,
-    /// `appendfsync`: `always` loses nothing acknowledged on a power loss, `everysec` up to a
-    /// second of it.
-    pub appendfsync: Option<String>,
-}
-
-impl RedisSettings {
-    /// The eviction policy, when it is one that drops keys.
-    pub fn evicting(&self) -> Option<&str> {
-        self.eviction.as_deref().filter(|p| *p != "noeviction")
-    }
-}
-
 /// The Redis broker.
 pub struct RedisBroker {
     client: redis::Client,
@@ -163,29 +143,6 @@ impl RedisBroker {
     /// Connects to `url` (`redis://host:port/db`), with keys under `wasmq`.
     pub async fn connect(url: &str) -> Result<Self, BrokerError> {
         Self::connect_with_prefix(url, "wasmq").await
-    }
-
-    /// The server settings that decide whether accepted jobs can be lost: its eviction policy
-    /// and its append-only file. `None` where the server does not say (a managed Redis may
-    /// refuse `CONFIG GET`).
-    pub async fn settings(&self) -> RedisSettings {
-        async fn config_get(conn: &mut ConnectionManager, name: &str) -> Option<String> {
-            let pairs: Vec<String> = redis::cmd("CONFIG")
-                .arg("GET")
-                .arg(name)
-                .query_async(conn)
-                .await
-                .ok()?;
-            pairs.get(1).cloned()
-        }
-        let mut conn = self.conn.clone();
-        RedisSettings {
-            eviction: config_get(&mut conn, "maxmemory-policy").await,
-            appendonly: config_get(&mut conn, "appendonly")
-                .await
-                .map(|v| v == "yes"),
-            appendfsync: config_get(&mut conn, "appendfsync").await,
-        }
     }
 
     /// Connects to `url` with keys under `prefix`.
