@@ -183,6 +183,41 @@ async fn a_parent_whose_worker_dies_while_it_waits_re_attaches_to_its_children()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_redis_loses_no_job_to_a_resent_fetch() {
+    let rig = Rig::new();
+    let chaos = rig.upload("chaos");
+    // One attempt each: a job leased to nobody would end dead as `lease_expired` without running.
+    let ids: Vec<String> = (0..400).map(|i| format!("s-{i}")).collect();
+    let lines: String = ids
+        .iter()
+        .map(|id| {
+            json!({"module": chaos, "id": id, "max_attempts": 1, "args": {"mode": "sleep", "ms": 5}})
+                .to_string()
+                + "\n"
+        })
+        .collect();
+    let file = rig.dir.path().join("stall.jsonl");
+    std::fs::write(&file, lines).unwrap();
+    rig.ok(&["enqueue", "--file", file.to_str().unwrap()]);
+    let b = rig.broker().await;
+    let worker = rig.worker("w", &["--concurrency", "64", "--lease", "30s"]);
+    // Stall Redis while the worker is busy fetching: its fetch times out on the client (10 s)
+    // and is sent again; both run when Redis wakes.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while counts(&b).await.totals.succeeded < 20 {
+        assert!(Instant::now() < deadline, "no progress:\n{}", rig.log("w"));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    rig.redis.cmd(&["CLIENT", "PAUSE", "15000", "ALL"]);
+    all_succeed(&b, &ids, Duration::from_secs(600), || rig.log("w")).await;
+    worker.kill();
+    for id in &ids {
+        let r = b.job(Some("default"), id).await.unwrap().unwrap();
+        assert_eq!(r.attempts, 1, "{id} ran more than once");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_enqueues_survive_a_redis_restart() {
     let mut rig = Rig::new();
     let hello = rig.upload("hello");

@@ -98,10 +98,13 @@ impl Broker for RedisBroker {
             if out.len() >= max {
                 break;
             }
+            // The request's id: resent (after a timeout) it returns the same leases.
+            let request = format!("{:016x}", fastrand::u64(..));
             let mut inv = self.queue_script(&SCRIPTS.fetch, queue);
             inv.arg(max - out.len())
                 .arg(lease.as_millis() as u64)
-                .arg(worker);
+                .arg(worker)
+                .arg(request);
             let rows: Vec<(String, String, u32, u64)> = self.script(&inv).await?;
             let mut refused = Vec::new();
             for (id, inv_json, attempt, token) in rows {
