@@ -862,3 +862,74 @@ fn workers_and_the_server_refuse_a_redis_that_evicts_jobs() {
     let _ = worker.kill();
     let _ = worker.wait();
 }
+
+/// The ACL user the README gives for a least-privilege deployment: wasmq's keys only, and only
+/// the command categories it needs (no `@dangerous` ones: no `CONFIG`, `FLUSHALL`, `KEYS`, …).
+const LEAST_PRIVILEGE: &[&str] = &[
+    "on",
+    ">s3cret",
+    "~wasmq:*",
+    "resetchannels",
+    "-@all",
+    "+@read",
+    "+@write",
+    "+@scripting",
+    "+@connection",
+    "+time",
+    "-@dangerous",
+];
+
+#[test]
+fn a_least_privilege_acl_user_uploads_enqueues_and_runs_jobs() {
+    let redis = common::redis::RedisServer::start();
+    let mut setuser = vec!["ACL", "SETUSER", "wasmq"];
+    setuser.extend_from_slice(LEAST_PRIVILEGE);
+    redis.cmd(&setuser);
+    let url = redis.url().replace("redis://", "redis://wasmq:s3cret@");
+    let cache = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = common::wasmq_cmd(&url, cache.path())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        (text(&out.stdout), text(&out.stderr))
+    };
+    let hash = run(&["upload", &job_path("hello")]).0.trim().to_owned();
+    run(&[
+        "enqueue",
+        &hash,
+        "--args",
+        r#"{"name":"acl"}"#,
+        "--id",
+        "acl-1",
+    ]);
+    let mut worker = common::wasmq_cmd(&url, cache.path())
+        .arg("worker")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (record, _) = run(&["job", "acl-1", "--wait"]);
+    let _ = worker.kill();
+    let stderr = {
+        let _ = worker.wait();
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut worker.stderr.take().unwrap(), &mut s).unwrap();
+        s
+    };
+    assert!(record.contains("Hello, acl!"), "{record}");
+    // It may not read the server's settings, and says so instead of guessing.
+    assert!(
+        stderr.contains("does not say its `maxmemory-policy`"),
+        "{stderr}"
+    );
+    // Nor do what it was not given.
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let refused: redis::RedisResult<()> = redis::cmd("FLUSHALL").query(&mut conn);
+    let refused = refused.unwrap_err();
+    assert!(
+        refused.to_string().to_lowercase().contains("permission"),
+        "FLUSHALL is refused: {refused}"
+    );
+}
