@@ -113,17 +113,20 @@ async fn a_parent_whose_worker_dies_while_it_waits_re_attaches_to_its_children()
     // the children running, so each must run exactly once.
     let text: String = (0..500).map(|i| format!("w{} ", i % 25)).collect();
     let parent = json!({"module": map_reduce, "id": "p", "queue": "parents", "timeout_ms": 600_000,
-        "args": {"text": text, "chunks": 50, "counter": counter, "queue": "counts", "pause_ms": 1500}});
+        "args": {"text": text, "chunks": 50, "counter": counter, "queue": "counts", "pause_ms": 3000}});
     let file = rig.dir.path().join("parent.json");
     std::fs::write(&file, parent.to_string()).unwrap();
     rig.ok(&["enqueue", "--file", file.to_str().unwrap()]);
 
     let doomed = rig.worker("doomed", &["--queues", "parents", "--lease", "2s"]);
     let children = rig.worker("children", &["--queues", "counts", "--concurrency", "50"]);
-    // Kill the parent's worker once all 50 children are running.
+    // Kill the parent's worker once all 50 children were enqueued and taken (each runs for
+    // 3 s, so they are running then — or, on a machine slow enough, some have ended, which the
+    // parent must handle alike).
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        if counts_of(&b, "counts").await.leased == 50 {
+        let c = counts_of(&b, "counts").await;
+        if c.totals.enqueued == 50 && c.ready == 0 {
             break;
         }
         assert!(
