@@ -6,16 +6,15 @@
 //! It starts a private `redis-server` and runs the worker as a child process (`wasmq worker`), so
 //! that the RSS measured is the worker's alone. Build with `--release`.
 
-use std::process::{ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::Context as _;
 use clap::Args;
 use serde_json::json;
 
 use super::JobsDir;
-use super::bench_io::{cpu_time, peak_rss};
+use super::bench_io::run_worker;
 use super::bench_queue::PrivateRedis;
 use super::report::group;
 use crate::broker::ApiBroker;
@@ -91,47 +90,22 @@ pub(crate) async fn run(
         let jobs = intake.jobs(jobs)?;
         intake.enqueue(broker.as_ref(), &jobs).await?;
 
-        let mut worker = std::process::Command::new(std::env::current_exe()?);
-        worker
-            .arg("--redis")
-            .arg(&redis.url)
-            .arg("--max-sub-jobs")
-            .arg(each.max(1000).to_string())
-            .args(["worker", "--queues", &queue, "--precompile"])
-            .arg("--concurrency")
-            .arg(args.concurrency.to_string())
-            .arg("--max-waiting")
-            .arg(parents.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        match &cache_dir {
-            Some(dir) => worker.arg("--cache-dir").arg(dir),
-            None => worker.arg("--no-cache"),
-        };
-        let mut child = worker.spawn().context("failed to start `wasmq worker`")?;
-        let pid = child.id();
-        let waited = Instant::now();
         let total = u64::from(parents) * (1 + u64::from(each));
-        loop {
-            let q = broker.queues().await?;
-            let q = q.iter().find(|q| q.queue == queue);
-            if q.is_some_and(|q| q.totals.succeeded + q.totals.dead >= total) {
-                break;
-            }
-            anyhow::ensure!(
-                child.try_wait()?.is_none(),
-                "the worker exited before the jobs ended"
-            );
-            anyhow::ensure!(
-                waited.elapsed() < Duration::from_secs(3600),
-                "the jobs did not end within an hour"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let rss = peak_rss(pid)?;
-        let (user, sys) = cpu_time(pid)?;
-        let _ = child.kill();
-        let _ = child.wait();
+        let used = run_worker(
+            &redis.url,
+            broker.as_ref(),
+            &queue,
+            &["--max-sub-jobs".into(), each.max(1000).to_string()],
+            &[
+                "--concurrency".into(),
+                args.concurrency.to_string(),
+                "--max-waiting".into(),
+                parents.to_string(),
+            ],
+            cache_dir.as_deref(),
+            total,
+        )
+        .await?;
 
         let (mut first, mut last, mut ok) = (u64::MAX, 0, 0);
         for job in &jobs {
@@ -149,9 +123,9 @@ pub(crate) async fn run(
             group(u64::from(each)),
             wall.as_secs_f64(),
             children as f64 / wall.as_secs_f64(),
-            rss >> 20,
-            user.as_secs_f64(),
-            sys.as_secs_f64()
+            used.peak_rss >> 20,
+            used.user.as_secs_f64(),
+            used.system.as_secs_f64()
         );
     }
     drop(redis);

@@ -116,42 +116,17 @@ pub(crate) async fn run(
         let jobs = intake.jobs(jobs)?;
         intake.enqueue(broker.as_ref(), &jobs).await?;
 
-        let mut worker = std::process::Command::new(std::env::current_exe()?);
-        worker
-            .arg("--redis")
-            .arg(&redis.url)
-            .args(["worker", "--queues", &queue, "--precompile"])
-            .arg("--concurrency")
-            .arg(args.concurrency.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        match &cache_dir {
-            Some(dir) => worker.arg("--cache-dir").arg(dir),
-            None => worker.arg("--no-cache"),
-        };
-        let mut child = worker.spawn().context("failed to start `wasmq worker`")?;
-        let pid = child.id();
-        let waited = Instant::now();
-        loop {
-            let q = broker.queues().await?;
-            let q = q.iter().find(|q| q.queue == queue);
-            if q.is_some_and(|q| q.totals.succeeded + q.totals.dead >= args.count as u64) {
-                break;
-            }
-            anyhow::ensure!(
-                child.try_wait()?.is_none(),
-                "the worker exited before the jobs ended"
-            );
-            anyhow::ensure!(
-                waited.elapsed() < Duration::from_secs(3600),
-                "the jobs did not end within an hour"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let rss = peak_rss(pid)?;
-        let (user, sys) = cpu_time(pid)?;
-        let _ = child.kill();
-        let _ = child.wait();
+        let used = run_worker(
+            &redis.url,
+            broker.as_ref(),
+            &queue,
+            &[],
+            &["--concurrency".into(), args.concurrency.to_string()],
+            cache_dir.as_deref(),
+            args.count as u64,
+        )
+        .await?;
+        let (rss, user, sys) = (used.peak_rss, used.user, used.system);
 
         let (mut started, mut ended, mut ok) = (Vec::new(), Vec::new(), 0);
         for job in &jobs {
@@ -315,8 +290,74 @@ async fn native_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<()
     Ok(())
 }
 
+/// What a worker process used by the time its jobs ended.
+pub(super) struct WorkerUse {
+    /// Its peak resident memory, in bytes.
+    pub(super) peak_rss: u64,
+    /// CPU time in user space.
+    pub(super) user: Duration,
+    /// CPU time in the kernel.
+    pub(super) system: Duration,
+}
+
+/// Runs `wasmq worker` as a child process on `queue` of the Redis at `redis_url` — `global`
+/// flags before the subcommand, `extra` after it, precompiling into `cache_dir` (or no cache) —
+/// until `total` of the queue's jobs have ended (succeeded or dead); then reads its peak RSS and
+/// CPU time and stops it. Fails if it exits first or an hour passes.
+pub(super) async fn run_worker(
+    redis_url: &str,
+    broker: &dyn ApiBroker,
+    queue: &str,
+    global: &[String],
+    extra: &[String],
+    cache_dir: Option<&std::path::Path>,
+    total: u64,
+) -> anyhow::Result<WorkerUse> {
+    let mut worker = std::process::Command::new(std::env::current_exe()?);
+    worker
+        .arg("--redis")
+        .arg(redis_url)
+        .args(global)
+        .args(["worker", "--queues", queue, "--precompile"])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    match cache_dir {
+        Some(dir) => worker.arg("--cache-dir").arg(dir),
+        None => worker.arg("--no-cache"),
+    };
+    let mut child = worker.spawn().context("failed to start `wasmq worker`")?;
+    let pid = child.id();
+    let waited = Instant::now();
+    loop {
+        let q = broker.queues().await?;
+        let q = q.iter().find(|q| q.queue == queue);
+        if q.is_some_and(|q| q.totals.succeeded + q.totals.dead >= total) {
+            break;
+        }
+        anyhow::ensure!(
+            child.try_wait()?.is_none(),
+            "the worker exited before the jobs ended"
+        );
+        anyhow::ensure!(
+            waited.elapsed() < Duration::from_secs(3600),
+            "the jobs did not end within an hour"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let peak_rss = peak_rss(pid)?;
+    let (user, system) = cpu_time(pid)?;
+    let _ = child.kill();
+    let _ = child.wait();
+    Ok(WorkerUse {
+        peak_rss,
+        user,
+        system,
+    })
+}
+
 /// The CPU time process `pid` has used so far: (user, system), from `/proc/<pid>/stat`.
-pub(super) fn cpu_time(pid: u32) -> anyhow::Result<(Duration, Duration)> {
+fn cpu_time(pid: u32) -> anyhow::Result<(Duration, Duration)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the command name (which may hold spaces) start at the state, field 3;
     // utime and stime are fields 14 and 15, in clock ticks.
@@ -334,7 +375,7 @@ pub(super) fn cpu_time(pid: u32) -> anyhow::Result<(Duration, Duration)> {
 }
 
 /// The most memory process `pid` has had resident (`VmHWM`), in bytes.
-pub(super) fn peak_rss(pid: u32) -> anyhow::Result<u64> {
+fn peak_rss(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kb: u64 = status
         .lines()
