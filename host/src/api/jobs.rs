@@ -134,27 +134,15 @@ async fn child_states(
     broker: &dyn crate::broker::ApiBroker,
     children: &[crate::broker::JobRef],
 ) -> Result<Vec<Value>, ApiError> {
-    let mut states = vec![None; children.len()];
-    let mut by_queue: std::collections::BTreeMap<&str, Vec<usize>> = Default::default();
-    for (i, child) in children.iter().enumerate() {
-        by_queue.entry(child.queue.as_str()).or_default().push(i);
-    }
-    for (queue, positions) in by_queue {
-        for chunk in positions.chunks(1000) {
-            let ids: Vec<String> = chunk.iter().map(|&i| children[i].id.clone()).collect();
-            for (&i, record) in chunk.iter().zip(broker.job_records(queue, &ids).await?) {
-                states[i] = record.map(|r| r.state);
-            }
-        }
-    }
+    let records = broker.records_of(children).await?;
     Ok(children
         .iter()
-        .zip(states)
-        .map(|(c, s)| {
+        .zip(records)
+        .map(|(c, r)| {
             json!({
                 "queue": c.queue,
                 "id": c.id,
-                "state": s.map_or("missing", |s| s.as_str()),
+                "state": r.map_or("missing", |r| r.state.as_str()),
             })
         })
         .collect())

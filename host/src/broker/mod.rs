@@ -200,6 +200,25 @@ pub trait Inspect: Broker {
         ids: &[String],
     ) -> Result<Vec<Option<JobRecord>>, BrokerError>;
 
+    /// The records of jobs on any queues, in the order of `jobs` (`None` where there is none):
+    /// one [`Inspect::job_records`] call per queue and thousand jobs.
+    async fn records_of(&self, jobs: &[JobRef]) -> Result<Vec<Option<JobRecord>>, BrokerError> {
+        let mut records = vec![None; jobs.len()];
+        let mut by_queue: std::collections::BTreeMap<&str, Vec<usize>> = Default::default();
+        for (i, job) in jobs.iter().enumerate() {
+            by_queue.entry(job.queue.as_str()).or_default().push(i);
+        }
+        for (queue, positions) in by_queue {
+            for chunk in positions.chunks(1000) {
+                let ids: Vec<String> = chunk.iter().map(|&i| jobs[i].id.clone()).collect();
+                for (&i, record) in chunk.iter().zip(self.job_records(queue, &ids).await?) {
+                    records[i] = record;
+                }
+            }
+        }
+        Ok(records)
+    }
+
     /// Workers heard from within [`WORKER_TTL`], by name; older entries are dropped.
     async fn workers(&self) -> Result<Vec<WorkerInfo>, BrokerError>;
 

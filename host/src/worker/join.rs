@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
-use crate::broker::{BrokerError, Completion, JobRecord, WorkerBroker};
+use crate::broker::{BrokerError, Completion, JobRecord, JobRef, WorkerBroker};
 use crate::invocation::args_to_bytes;
 use crate::job::{AttemptError, JobState, RunReport};
 use crate::sandbox::{JoinOptions, SubJobOutcome};
@@ -35,9 +35,6 @@ pub const DEFAULT_MAX_WAITING: usize = 256;
 /// The first and the longest pause between re-reads of every pending sub-job.
 const FIRST_POLL: Duration = Duration::from_millis(25);
 const LONGEST_POLL: Duration = Duration::from_secs(1);
-
-/// Records read in one broker call.
-const READ_CHUNK: usize = 1000;
 
 /// A job, by queue and id.
 type JobKey = (String, String);
@@ -257,25 +254,22 @@ fn pending(outcomes: &[SubJobOutcome]) -> impl Iterator<Item = usize> + '_ {
         .map(|(i, _)| i)
 }
 
-/// Reads the records of `jobs[which]` (grouped by queue) into `outcomes`.
+/// Reads the records of `jobs[which]` into `outcomes`.
 async fn read(
     broker: &dyn WorkerBroker,
     jobs: &[JobKey],
     which: &[usize],
     outcomes: &mut [SubJobOutcome],
 ) -> Result<(), BrokerError> {
-    let mut by_queue: HashMap<&str, Vec<usize>> = HashMap::new();
-    for &i in which {
-        by_queue.entry(jobs[i].0.as_str()).or_default().push(i);
-    }
-    for (queue, indices) in by_queue {
-        for chunk in indices.chunks(READ_CHUNK) {
-            let ids: Vec<String> = chunk.iter().map(|&i| jobs[i].1.clone()).collect();
-            let records = broker.job_records(queue, &ids).await?;
-            for (&i, record) in chunk.iter().zip(records) {
-                outcomes[i] = outcome(record.as_ref());
-            }
-        }
+    let wanted: Vec<JobRef> = which
+        .iter()
+        .map(|&i| JobRef {
+            queue: jobs[i].0.clone(),
+            id: jobs[i].1.clone(),
+        })
+        .collect();
+    for (&i, record) in which.iter().zip(broker.records_of(&wanted).await?) {
+        outcomes[i] = outcome(record.as_ref());
     }
     Ok(())
 }
