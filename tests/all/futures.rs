@@ -3,40 +3,19 @@
 //! outcomes the parent saw.
 
 use crate::common;
+use crate::common::backend::{Backend, backend_suite, job, upload, upload_bytes};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::redis::RedisServer;
 use serde_json::{Value, json};
 use wasmq::broker::memory::MemoryBroker;
 use wasmq::broker::redis::RedisBroker;
 use wasmq::broker::{Ack, ApiBroker, Completion, JobRecord, JobRef};
-use wasmq::invocation::{Invocation, NewJob};
-use wasmq::job::{FailureKind, JobState, Limits, RunReport};
-use wasmq::modules::ModuleHash;
+use wasmq::invocation::NewJob;
+use wasmq::job::{FailureKind, JobState, RunReport};
 use wasmq::worker::{Backoff, Worker, WorkerConfig};
-
-struct Backend {
-    broker: Arc<dyn ApiBroker>,
-    _redis: Option<RedisServer>,
-}
-
-async fn memory() -> Backend {
-    Backend {
-        broker: Arc::new(MemoryBroker::new()),
-        _redis: None,
-    }
-}
-
-async fn redis() -> Backend {
-    let server = RedisServer::start();
-    Backend {
-        broker: Arc::new(RedisBroker::connect(&server.url()).await.unwrap()),
-        _redis: Some(server),
-    }
-}
 
 fn config(concurrency: usize) -> WorkerConfig {
     WorkerConfig {
@@ -50,24 +29,6 @@ fn config(concurrency: usize) -> WorkerConfig {
         grace: Duration::from_millis(100),
         ..WorkerConfig::default()
     }
-}
-
-async fn upload_bytes(b: &dyn ApiBroker, bytes: &[u8]) -> ModuleHash {
-    let hash = ModuleHash::of(bytes);
-    b.put_module(hash, bytes).await.unwrap();
-    hash
-}
-
-async fn upload(b: &dyn ApiBroker, name: &str) -> ModuleHash {
-    upload_bytes(b, &common::job(name)).await
-}
-
-fn job(module: ModuleHash, id: &str, args: Value, f: impl FnOnce(&mut Invocation)) -> NewJob {
-    let mut inv = Invocation::new(module);
-    inv.id = Some(id.to_owned());
-    inv.args = args;
-    f(&mut inv);
-    inv.prepare(&Limits::default_ceilings()).unwrap()
 }
 
 /// Enqueues `jobs`, runs one worker with `config` until each is final (waiting up to ten
@@ -426,7 +387,7 @@ async fn a_refused_sub_job_write_retries_the_parent_and_stores_nothing(b: Backen
 /// `None` when it is gone. Redis reads the key's TTL; the memory broker has no TTL to read, so it
 /// is asked whether the record outlives `ttl` (its result TTL) — `wait` past it.
 async fn expiring(b: &Backend, queue: &str, id: &str) -> Option<bool> {
-    match &b._redis {
+    match &b.redis {
         Some(server) => {
             let key = RedisBroker::connect(&server.url())
                 .await
@@ -452,11 +413,11 @@ async fn expiring(b: &Backend, queue: &str, id: &str) -> Option<bool> {
 const MEMORY_TTL: Duration = Duration::from_millis(5);
 
 async fn children_are_listed_and_kept_until_their_parent_ends(b: Backend) {
-    let b = match b._redis {
+    let b = match b.redis {
         Some(_) => b,
         None => Backend {
             broker: Arc::new(MemoryBroker::new().with_result_ttl(MEMORY_TTL)),
-            _redis: None,
+            redis: None,
         },
     };
     let hello = upload(b.broker.as_ref(), "hello").await;
@@ -509,11 +470,11 @@ async fn children_are_listed_and_kept_until_their_parent_ends(b: Backend) {
 }
 
 async fn cancelling_a_waiting_parent_releases_its_children(b: Backend) {
-    let b = match b._redis {
+    let b = match b.redis {
         Some(_) => b,
         None => Backend {
             broker: Arc::new(MemoryBroker::new().with_result_ttl(MEMORY_TTL)),
-            _redis: None,
+            redis: None,
         },
     };
     let hello = upload(b.broker.as_ref(), "hello").await;
@@ -602,7 +563,7 @@ async fn a_parents_record_names_its_children_and_releases_them(b: Backend) {
         );
     }
     // Released once the parent ended (off the ack path: waited for).
-    if b._redis.is_some() {
+    if b.redis.is_some() {
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         for child in &expected {
             while expiring(&b, "default", &child.id).await == Some(false) {
@@ -654,20 +615,7 @@ async fn a_component_built_against_0_1_0_still_runs(b: Backend) {
     }
 }
 
-macro_rules! suite {
-    ($($name:ident),* $(,)?) => {
-        mod on_memory {
-            use super::*;
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(memory().await).await } )*
-        }
-        mod on_redis {
-            use super::*;
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(redis().await).await } )*
-        }
-    };
-}
-
-suite!(
+backend_suite!(
     a_hundred_children_are_awaited_and_merged_exactly,
     a_parent_on_a_worker_of_one_slot_awaits_ten_children_on_its_own_queue,
     a_dead_child_is_seen_by_its_parent_which_decides,

@@ -2,7 +2,8 @@
 //! one module per area. Run with `tests/run.sh` (installs what they need), or `cargo test -p wasmq
 //! --test all AREA::` for one area.
 //!
-//! - [`common`]: the kit — sample jobs, a shared sandbox, private Redis servers, `wasmq serve`.
+//! - [`common`]: the kit — sample jobs, a shared sandbox, private Redis servers, a broker of
+//!   either backend for tests run on both, `wasmq serve`.
 //! - [`sandbox`], [`modules`], [`guests`], [`guest_sdk`]: running one job and loading modules.
 //! - [`broker`]: the broker's behaviour on both backends; [`differential`]: both backends driven
 //!   with the same random operations, every observable result compared.

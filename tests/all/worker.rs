@@ -2,58 +2,18 @@
 //! retries with backoff, the dead set, fan-out, the worker's own ceilings, graceful shutdown.
 
 use crate::common;
+use crate::common::backend::{Backend, backend_suite, job, memory, redis, upload};
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::redis::RedisServer;
-use serde_json::{Value, json};
-use wasmq::broker::memory::MemoryBroker;
-use wasmq::broker::redis::RedisBroker;
+use serde_json::json;
 use wasmq::broker::{ApiBroker, JobRecord};
 use wasmq::invocation::{Invocation, NewJob};
 use wasmq::job::FailureKind;
 use wasmq::job::JobState;
 use wasmq::job::Limits;
-use wasmq::modules::ModuleHash;
 use wasmq::worker::{Backoff, FanOut, Worker, WorkerConfig, WorkerStats};
-
-struct Backend {
-    broker: Arc<dyn ApiBroker>,
-    _redis: Option<RedisServer>,
-}
-
-impl Backend {
-    /// What Redis holds in keys, on Redis.
-    fn stored_bytes(&self) -> Option<u64> {
-        self._redis.as_ref().map(RedisServer::stored_bytes)
-    }
-
-    /// The same broker through a separate connection (Redis), or shared (memory): what another
-    /// worker process would have.
-    async fn another_connection(&self) -> Arc<dyn ApiBroker> {
-        match &self._redis {
-            Some(server) => Arc::new(RedisBroker::connect(&server.url()).await.unwrap()),
-            None => self.broker.clone(),
-        }
-    }
-}
-
-async fn memory() -> Backend {
-    Backend {
-        broker: Arc::new(MemoryBroker::new()),
-        _redis: None,
-    }
-}
-
-async fn redis() -> Backend {
-    let server = RedisServer::start();
-    Backend {
-        broker: Arc::new(RedisBroker::connect(&server.url()).await.unwrap()),
-        _redis: Some(server),
-    }
-}
-
 /// Fast retries and maintenance, so tests take milliseconds, not minutes.
 fn config() -> WorkerConfig {
     WorkerConfig {
@@ -65,21 +25,6 @@ fn config() -> WorkerConfig {
         maintain_every: Duration::from_millis(20),
         ..WorkerConfig::default()
     }
-}
-
-async fn upload(b: &dyn ApiBroker, name: &str) -> ModuleHash {
-    let bytes = common::job(name);
-    let hash = ModuleHash::of(&bytes);
-    b.put_module(hash, &bytes).await.unwrap();
-    hash
-}
-
-fn job(module: ModuleHash, id: &str, args: Value, f: impl FnOnce(&mut Invocation)) -> NewJob {
-    let mut inv = Invocation::new(module);
-    inv.id = Some(id.to_owned());
-    inv.args = args;
-    f(&mut inv);
-    inv.prepare(&Limits::default_ceilings()).unwrap()
 }
 
 /// Runs a worker until every job in `jobs` is final (or 60 s pass), then stops it.
@@ -986,20 +931,7 @@ async fn sizes_a_guest_chooses_are_bounded_before_they_are_stored(b: Backend) {
     }
 }
 
-macro_rules! suite {
-    ($($name:ident),* $(,)?) => {
-        mod on_memory {
-            use super::*;
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(memory().await).await } )*
-        }
-        mod on_redis {
-            use super::*;
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(redis().await).await } )*
-        }
-    };
-}
-
-suite!(
+backend_suite!(
     precompile_loads_every_module_before_any_job_needs_it,
     flaky_jobs_succeed_on_a_later_attempt,
     always_failing_jobs_die_with_their_last_error,
@@ -1030,7 +962,7 @@ mod one_thread {
     }
 
     #[tokio::test(flavor = "current_thread")]
-    async fn on_redis() {
+    async fn onredis() {
         waiting_and_spinning_guests_do_not_hold_up_the_rest(redis().await).await
     }
 }

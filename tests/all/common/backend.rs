@@ -1,0 +1,89 @@
+//! A broker for a test that runs on both backends — the in-memory one, or a private Redis — and
+//! the sample-job helpers such tests share: upload a module, describe a job, one test per
+//! backend (`backend_suite!`).
+
+use std::sync::Arc;
+
+use serde_json::Value;
+use wasmq::broker::ApiBroker;
+use wasmq::broker::memory::MemoryBroker;
+use wasmq::broker::redis::RedisBroker;
+use wasmq::invocation::{Invocation, NewJob};
+use wasmq::job::Limits;
+use wasmq::modules::ModuleHash;
+
+use super::redis::RedisServer;
+
+/// A broker, and the Redis behind it when there is one.
+pub struct Backend {
+    pub broker: Arc<dyn ApiBroker>,
+    pub redis: Option<RedisServer>,
+}
+
+impl Backend {
+    /// What Redis holds in keys, on Redis.
+    pub fn stored_bytes(&self) -> Option<u64> {
+        self.redis.as_ref().map(RedisServer::stored_bytes)
+    }
+
+    /// The same broker through a separate connection (Redis), or shared (memory): what another
+    /// worker process would have.
+    pub async fn another_connection(&self) -> Arc<dyn ApiBroker> {
+        match &self.redis {
+            Some(server) => Arc::new(RedisBroker::connect(&server.url()).await.unwrap()),
+            None => self.broker.clone(),
+        }
+    }
+}
+
+/// The in-memory broker.
+pub async fn memory() -> Backend {
+    Backend {
+        broker: Arc::new(MemoryBroker::new()),
+        redis: None,
+    }
+}
+
+/// A broker on a private Redis.
+pub async fn redis() -> Backend {
+    let server = RedisServer::start();
+    Backend {
+        broker: Arc::new(RedisBroker::connect(&server.url()).await.unwrap()),
+        redis: Some(server),
+    }
+}
+
+/// Stores `bytes` as a module; returns its hash.
+pub async fn upload_bytes(b: &dyn ApiBroker, bytes: &[u8]) -> ModuleHash {
+    let hash = ModuleHash::of(bytes);
+    b.put_module(hash, bytes).await.unwrap();
+    hash
+}
+
+/// Stores sample job `name`; returns its hash.
+pub async fn upload(b: &dyn ApiBroker, name: &str) -> ModuleHash {
+    upload_bytes(b, &super::job(name)).await
+}
+
+/// A checked job of `module` with `id` and `args`, the rest of its invocation set by `f`.
+pub fn job(module: ModuleHash, id: &str, args: Value, f: impl FnOnce(&mut Invocation)) -> NewJob {
+    let mut inv = Invocation::new(module);
+    inv.id = Some(id.to_owned());
+    inv.args = args;
+    f(&mut inv);
+    inv.prepare(&Limits::default_ceilings()).unwrap()
+}
+
+/// One test per backend for each `async fn name(b: Backend)` of the calling module:
+/// `on_memory::name` and `on_redis::name`.
+macro_rules! backend_suite {
+    ($($name:ident),* $(,)?) => {
+        mod on_memory {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name($crate::common::backend::memory().await).await } )*
+        }
+        mod on_redis {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name($crate::common::backend::redis().await).await } )*
+        }
+    };
+}
+pub(crate) use backend_suite;
