@@ -34,25 +34,9 @@ fn config(concurrency: usize) -> WorkerConfig {
 /// Enqueues `jobs`, runs one worker with `config` until each is final (waiting up to ten
 /// minutes: a loaded machine is slow, not wrong), stops it and returns their records.
 async fn run(b: &Arc<dyn ApiBroker>, config: WorkerConfig, jobs: &[NewJob]) -> Vec<JobRecord> {
-    common::enqueue(b.as_ref(), jobs).await.unwrap();
-    let worker = Worker::new(b.clone(), common::sandbox().clone(), config);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(worker.run(async {
-        let _ = stopped.await;
-    }));
-    let mut records = Vec::new();
-    for j in jobs {
-        let r = b
-            .wait_job(j.queue(), j.id(), Duration::from_secs(600))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(r.state.is_final(), "{} still {:?}", r.id, r.state);
-        records.push(r);
-    }
-    let _ = stop.send(());
-    running.await.unwrap();
-    records
+    common::backend::run_until_final(b, config, jobs, Duration::from_secs(600))
+        .await
+        .0
 }
 
 /// A text whose word counts are known: word `w<i>` appears `i + 1` times, and `Mixed` in three

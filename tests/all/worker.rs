@@ -33,24 +33,7 @@ async fn run_until_final(
     config: WorkerConfig,
     jobs: &[NewJob],
 ) -> (Vec<JobRecord>, WorkerStats) {
-    common::enqueue(b.as_ref(), jobs).await.unwrap();
-    let worker = Worker::new(b.clone(), common::sandbox().clone(), config);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(worker.run(async {
-        let _ = stopped.await;
-    }));
-    let mut records = Vec::new();
-    for j in jobs {
-        let r = b
-            .wait_job(j.queue(), j.id(), Duration::from_secs(60))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(r.state.is_final(), "{} still {:?}", r.id, r.state);
-        records.push(r);
-    }
-    let _ = stop.send(());
-    (records, running.await.unwrap())
+    common::backend::run_until_final(b, config, jobs, Duration::from_secs(60)).await
 }
 
 async fn flaky_jobs_succeed_on_a_later_attempt(b: Backend) {

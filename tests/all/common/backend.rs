@@ -3,14 +3,16 @@
 //! backend (`backend_suite!`).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::Value;
-use wasmq::broker::ApiBroker;
 use wasmq::broker::memory::MemoryBroker;
 use wasmq::broker::redis::RedisBroker;
+use wasmq::broker::{ApiBroker, JobRecord};
 use wasmq::invocation::{Invocation, NewJob};
 use wasmq::job::Limits;
 use wasmq::modules::ModuleHash;
+use wasmq::worker::{Worker, WorkerConfig, WorkerStats};
 
 use super::redis::RedisServer;
 
@@ -72,6 +74,30 @@ pub fn job(module: ModuleHash, id: &str, args: Value, f: impl FnOnce(&mut Invoca
     inv.args = args;
     f(&mut inv);
     inv.prepare(&Limits::default_ceilings()).unwrap()
+}
+
+/// Enqueues `jobs`, runs one worker with `config` until each is final (each waited for up to
+/// `limit`), stops it, and returns their records and the worker's counts.
+pub async fn run_until_final(
+    b: &Arc<dyn ApiBroker>,
+    config: WorkerConfig,
+    jobs: &[NewJob],
+    limit: Duration,
+) -> (Vec<JobRecord>, WorkerStats) {
+    super::enqueue(b.as_ref(), jobs).await.unwrap();
+    let worker = Worker::new(b.clone(), super::sandbox().clone(), config);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(worker.run(async {
+        let _ = stopped.await;
+    }));
+    let mut records = Vec::new();
+    for j in jobs {
+        let r = b.wait_job(j.queue(), j.id(), limit).await.unwrap().unwrap();
+        assert!(r.state.is_final(), "{} still {:?}", r.id, r.state);
+        records.push(r);
+    }
+    let _ = stop.send(());
+    (records, running.await.unwrap())
 }
 
 /// One test per backend for each `async fn name(b: Backend)` of the calling module:
