@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use common::cluster::RedisCluster;
 use common::redis::RedisServer;
 use wasmq::broker::conformance::{Store, counts, fetch, job, module, put};
 use wasmq::broker::memory::MemoryBroker;
@@ -45,6 +46,21 @@ impl Store for Redis {
     }
 }
 
+/// A private Redis Cluster (three masters, each with a replica) for one case.
+struct Cluster(RedisCluster);
+
+#[async_trait]
+impl Store for Cluster {
+    async fn broker(&self, result_ttl: Duration) -> Arc<dyn ApiBroker> {
+        Arc::new(
+            RedisBroker::connect(&self.0.url())
+                .await
+                .unwrap()
+                .with_result_ttl(result_ttl),
+        )
+    }
+}
+
 mod on_memory {
     wasmq::broker_conformance!(super::Memory, tokio::test(start_paused = true));
 }
@@ -52,6 +68,13 @@ mod on_memory {
 mod on_redis {
     wasmq::broker_conformance!(
         super::Redis(crate::common::redis::RedisServer::start()),
+        tokio::test
+    );
+}
+
+mod on_cluster {
+    wasmq::broker_conformance!(
+        super::Cluster(crate::common::cluster::RedisCluster::start()),
         tokio::test
     );
 }

@@ -2,6 +2,7 @@
 //! sandbox per test process, and a shorthand for one run.
 
 pub mod backend;
+pub mod cluster;
 pub mod redis;
 pub mod rig;
 pub mod serve;

@@ -70,15 +70,35 @@ impl RedisServer {
         }
     }
 
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Whether it was started and not killed since.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// Runs a command with a fresh connection.
     pub fn cmd(&self, args: &[&str]) -> redis::Value {
-        let client = redis::Client::open(self.url()).expect("a valid url");
-        let mut conn = client.get_connection().expect("a connection");
+        self.query(args)
+            .unwrap_or_else(|e| panic!("`{}` failed: {e}", args.join(" ")))
+    }
+
+    /// Runs a command with a fresh connection; `None` when it fails.
+    pub fn try_cmd(&self, args: &[&str]) -> Option<redis::Value> {
+        self.query(args).ok()
+    }
+
+    fn query(&self, args: &[&str]) -> redis::RedisResult<redis::Value> {
+        let client = redis::Client::open(self.url())?;
+        let mut conn = client.get_connection_with_timeout(Duration::from_secs(10))?;
         let mut cmd = redis::cmd(args[0]);
         for a in &args[1..] {
             cmd.arg(*a);
         }
-        cmd.query(&mut conn).expect("the command succeeds")
+        cmd.query(&mut conn)
     }
 
     /// Bytes Redis holds in keys: `MEMORY USAGE` summed over every key. Unlike `used_memory`

@@ -4,10 +4,11 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 
-use redis::aio::ConnectionManager;
+use redis::Value;
+use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
 
-use super::RedisBroker;
 use super::records::parse_module_info;
+use super::{Conn, RedisBroker};
 use crate::broker::{
     BrokerError, Durability, Inspect, JobPage, JobRecord, ModuleInfo, QueueCounts, QueueLimits,
     QueueTotals, Registry, WORKER_TTL, WorkerInfo,
@@ -20,23 +21,34 @@ use crate::time::now_ms;
 #[async_trait]
 impl Inspect for RedisBroker {
     async fn durability(&self) -> Durability {
-        async fn config_get(conn: &mut ConnectionManager, name: &str) -> Option<String> {
-            let pairs: Vec<String> = redis::cmd("CONFIG")
-                .arg("GET")
-                .arg(name)
-                .query_async(conn)
-                .await
-                .ok()?;
-            pairs.get(1).cloned()
+        // On a cluster every node is asked (a replica becomes a master on failover), and the
+        // weakest setting found is the one in force.
+        let mut values: HashMap<&str, Vec<String>> = HashMap::new();
+        for name in ["maxmemory-policy", "appendonly", "appendfsync"] {
+            values.insert(name, self.config_get(name).await);
         }
-        let mut conn = self.conn.clone();
+        let weakest = |name: &str, order: &[&str]| -> Option<String> {
+            let found = &values[name];
+            order
+                .iter()
+                .find(|v| found.iter().any(|f| f == *v))
+                .map(|v| (*v).to_owned())
+                .or_else(|| found.first().cloned())
+        };
+        let eviction = values["maxmemory-policy"]
+            .iter()
+            .find(|p| *p != "noeviction")
+            .or(values["maxmemory-policy"].first())
+            .cloned();
         Durability {
-            backend: "redis",
-            eviction: config_get(&mut conn, "maxmemory-policy").await,
-            appendonly: config_get(&mut conn, "appendonly")
-                .await
-                .map(|v| v == "yes"),
-            appendfsync: config_get(&mut conn, "appendfsync").await,
+            backend: if self.cluster {
+                "redis-cluster"
+            } else {
+                "redis"
+            },
+            eviction,
+            appendonly: weakest("appendonly", &["no", "yes"]).map(|v| v == "yes"),
+            appendfsync: weakest("appendfsync", &["no", "everysec", "always"]),
         }
     }
 
@@ -225,5 +237,31 @@ impl Inspect for RedisBroker {
             }
         }
         Ok(usage)
+    }
+}
+
+impl RedisBroker {
+    /// `CONFIG GET name` of every node (one on a single Redis); empty where Redis refuses it (a
+    /// managed Redis may).
+    async fn config_get(&self, name: &str) -> Vec<String> {
+        let mut cmd = redis::cmd("CONFIG");
+        cmd.arg("GET").arg(name);
+        let mut conn = self.conn.clone();
+        let reply = match &mut conn {
+            Conn::Cluster(c) => {
+                let all = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllNodes, None));
+                c.route_command(cmd, all).await
+            }
+            other => cmd.query_async(other).await,
+        };
+        let pairs = |v: Value| -> Option<String> {
+            let pair: Vec<String> = redis::from_redis_value(v).ok()?;
+            pair.get(1).cloned()
+        };
+        match reply {
+            Ok(Value::Map(nodes)) => nodes.into_iter().filter_map(|(_, v)| pairs(v)).collect(),
+            Ok(v) => pairs(v).into_iter().collect(),
+            Err(_) => Vec::new(),
+        }
     }
 }

@@ -133,3 +133,44 @@ impl Keys {
         format!("{}:{{modules}}:bytes:{}", self.prefix, hash.hex())
     }
 }
+
+/// The Redis Cluster hash slot of `key`: CRC16 (XMODEM) of its hash tag — the text between the
+/// first `{` and the next `}`, when not empty — or of the whole key, modulo 16384.
+pub fn hash_slot(key: &[u8]) -> u16 {
+    let tagged = key.iter().position(|&b| b == b'{').and_then(|open| {
+        let rest = &key[open + 1..];
+        let close = rest.iter().position(|&b| b == b'}')?;
+        (close > 0).then(|| &rest[..close])
+    });
+    crc16(tagged.unwrap_or(key)) % 16384
+}
+
+fn crc16(bytes: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &b in bytes {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hash_slot;
+
+    /// Slots Redis itself gives (`CLUSTER KEYSLOT`).
+    #[test]
+    fn hash_slots_match_redis() {
+        assert_eq!(hash_slot(b"foo"), 12182);
+        assert_eq!(hash_slot(b"bar"), 5061);
+        assert_eq!(hash_slot(b"wasmq:{default}:ready"), hash_slot(b"default"));
+        assert_eq!(hash_slot(b"a{}b"), hash_slot(b"a{}b"));
+        assert_ne!(hash_slot(b"{}x"), hash_slot(b"x"));
+    }
+}

@@ -2,10 +2,13 @@
 //! and the job record — what a worker loop needs.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 
+use super::keys::hash_slot;
 use super::records::{json_or_empty, parse_module_info};
 use super::{
     ENQUEUE_CHUNK, MAINTAIN_LIMIT, MAX_BLOCK, RedisBroker, SCRIPTS, group_by_queue, queue_full,
@@ -144,15 +147,59 @@ impl Broker for RedisBroker {
     }
 
     async fn wait_for_work(&self, queues: &[String], timeout: Duration) -> Result<(), BrokerError> {
-        // One BLPOP over every queue's wake key. (On Redis Cluster these would be one BLPOP per
-        // queue: the keys live in different slots.)
-        let mut cmd = redis::cmd("BLPOP");
-        for q in queues {
-            cmd.arg(&self.keys.queue(q).keys[4]);
+        // One BLPOP per slot over its queues' wake keys (on a single Redis, one over all of
+        // them): a cluster refuses keys of several slots in one command.
+        let wakes: Vec<String> = queues
+            .iter()
+            .map(|q| self.keys.queue(q).keys[4].clone())
+            .collect();
+        let mut groups: Vec<(u16, Vec<&str>)> = Vec::new();
+        for key in &wakes {
+            let slot = if self.cluster {
+                hash_slot(key.as_bytes())
+            } else {
+                0
+            };
+            match groups.iter_mut().find(|(s, _)| *s == slot) {
+                Some((_, g)) => g.push(key),
+                None => groups.push((slot, vec![key])),
+            }
         }
-        cmd.arg(timeout.min(MAX_BLOCK).as_secs_f64().max(0.001));
-        let _: Option<(String, String)> = self.blocking(cmd).await?;
-        Ok(())
+        let block = timeout.min(MAX_BLOCK).as_secs_f64().max(0.001);
+        let blpop = |keys: &[&str]| {
+            let mut cmd = redis::cmd("BLPOP");
+            cmd.arg(keys).arg(block);
+            cmd
+        };
+        if let [(_, keys)] = groups.as_slice() {
+            let _: Option<(String, String)> = self.blocking(blpop(keys)).await?;
+            return Ok(());
+        }
+        // Several slots: the first token ends the wait. The others' BLPOPs still run to their
+        // end (a blocked connection cannot be taken back), in tasks of their own; a token one of
+        // them pops after the wait ended is given back for another worker.
+        let taken = Arc::new(AtomicBool::new(false));
+        let (tx, mut rx) = tokio::sync::mpsc::channel(groups.len());
+        for (_, keys) in &groups {
+            let cmd = blpop(keys);
+            let (tx, taken, blocking) = (tx.clone(), taken.clone(), self.blocking.clone());
+            tokio::spawn(async move {
+                match blocking.run::<Option<(String, String)>>(cmd).await {
+                    Ok(Some((key, _))) => {
+                        if taken.swap(true, Ordering::SeqCst) || tx.send(Ok(())).await.is_err() {
+                            blocking.wake(&key).await;
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        // Every sender gone without a token: the wait timed out.
+        rx.recv().await.unwrap_or(Ok(()))
     }
 
     async fn heartbeat(

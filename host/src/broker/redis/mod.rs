@@ -43,11 +43,18 @@ mod registry;
 mod secrets;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::{AsyncConnectionConfig, RedisError, RetryMethod, Script, ScriptInvocation};
+use redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
+};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
+use redis::{
+    AsyncConnectionConfig, Cmd, Pipeline, RedisError, RedisFuture, RetryMethod, Script,
+    ScriptInvocation, Value,
+};
 
 use crate::broker::{BrokerError, DEFAULT_RESULT_TTL, JobRecord, LeaseKey};
 pub use keys::{Keys, QueueKeys};
@@ -127,12 +134,144 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     lineage: script!("lineage"),
 });
 
+/// Longest wait for one reply before the command counts as failed (and is retried while
+/// [`RETRY_WINDOW`] lasts): scripts over a few hundred jobs take milliseconds, ten seconds is a
+/// struggling or stalled server.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest wait for a TCP connection to one node.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A connection commands go through: a single Redis's auto-reconnecting manager, a plain
+/// connection (blocking commands on single Redis), or a Redis Cluster connection that routes each
+/// command by its keys' slot, follows `MOVED`/`ASK` and reconnects to the nodes it needs.
+#[derive(Clone)]
+enum Conn {
+    Managed(ConnectionManager),
+    Plain(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Managed(c) => c.req_packed_command(cmd),
+            Conn::Plain(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Managed(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Plain(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Managed(c) => c.get_db(),
+            Conn::Plain(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Where blocking connections come from: a blocked `BLPOP` holds its connection, so each waiter
+/// takes one of its own.
+enum Source {
+    Single(redis::Client),
+    /// A cluster client whose replies may take [`MAX_BLOCK`] and a little more.
+    Cluster(ClusterClient),
+}
+
+/// Connections for blocking commands, each used by one command at a time and kept for the next
+/// one while it works.
+struct Blocking {
+    source: Source,
+    idle: Mutex<Vec<Conn>>,
+}
+
+impl Blocking {
+    /// Runs a blocking command on a connection of its own.
+    async fn run<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, BrokerError> {
+        let pooled = self.idle.lock().expect("not poisoned").pop();
+        let mut conn = match pooled {
+            Some(c) => c,
+            None => self.source.connect().await?,
+        };
+        let result = cmd.query_async(&mut conn).await;
+        // A connection that failed is dropped; the next call opens a fresh one.
+        if result.is_ok() {
+            self.idle.lock().expect("not poisoned").push(conn);
+        }
+        Ok(result?)
+    }
+
+    /// Leaves a wake-up token in `key` (one at most, like the scripts' `wake`): given back when a
+    /// waiter popped one nobody was waiting for any more.
+    async fn wake(&self, key: &str) {
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("RPUSH")
+            .arg(key)
+            .arg(1)
+            .ignore()
+            .cmd("LTRIM")
+            .arg(key)
+            .arg(0)
+            .arg(0)
+            .ignore();
+        let pooled = self.idle.lock().expect("not poisoned").pop();
+        let conn = match pooled {
+            Some(c) => Ok(c),
+            None => self.source.connect().await,
+        };
+        let result = match conn {
+            Ok(mut conn) => pipe.query_async::<()>(&mut conn).await.map(|()| conn),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(conn) => self.idle.lock().expect("not poisoned").push(conn),
+            // Only a hint lost: a waiting worker's wait ends within MAX_BLOCK anyway.
+            Err(e) => tracing::debug!(error = %e, key, "could not give back a wake-up token"),
+        }
+    }
+}
+
+impl Source {
+    async fn connect(&self) -> Result<Conn, RedisError> {
+        let timeout = MAX_BLOCK + Duration::from_secs(5);
+        Ok(match self {
+            Source::Single(client) => {
+                let config = AsyncConnectionConfig::new()
+                    .set_response_timeout(Some(timeout))
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT));
+                Conn::Plain(
+                    client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await?,
+                )
+            }
+            Source::Cluster(client) => Conn::Cluster(client.get_async_connection().await?),
+        })
+    }
+}
+
 /// The Redis broker.
 pub struct RedisBroker {
-    client: redis::Client,
-    conn: ConnectionManager,
-    /// Idle connections for blocking commands.
-    blocking: Mutex<Vec<MultiplexedConnection>>,
+    conn: Conn,
+    /// Whether `conn` is a Redis Cluster connection (every multi-key command must then stay in
+    /// one slot).
+    cluster: bool,
+    /// Connections for blocking commands.
+    blocking: Arc<Blocking>,
     keys: Keys,
     result_ttl: Duration,
     /// Queues this process already added to `wasmq:queues`.
@@ -140,24 +279,63 @@ pub struct RedisBroker {
 }
 
 impl RedisBroker {
-    /// Connects to `url` (`redis://host:port/db`), with keys under `wasmq`.
+    /// Connects to `url`, with keys under `wasmq`: one Redis (`redis://host:port/db`), or a
+    /// Redis Cluster given as a comma-separated list of node URLs
+    /// (`redis://10.0.0.1:7000,redis://10.0.0.2:7000`; the rest of the cluster is discovered).
     pub async fn connect(url: &str) -> Result<Self, BrokerError> {
         Self::connect_with_prefix(url, "wasmq").await
     }
 
-    /// Connects to `url` with keys under `prefix`.
+    /// Connects to `url` (see [`Self::connect`]) with keys under `prefix`.
     pub async fn connect_with_prefix(url: &str, prefix: &str) -> Result<Self, BrokerError> {
-        let client = redis::Client::open(url)?;
-        let config = ConnectionManagerConfig::new()
-            // Scripts over a few hundred jobs take milliseconds; a second is a struggling server.
-            .set_response_timeout(Some(Duration::from_secs(10)))
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_max_delay(Duration::from_secs(1));
-        let conn = ConnectionManager::new_with_config(client.clone(), config).await?;
+        let nodes: Vec<&str> = url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect();
+        let (source, conn, cluster) = match nodes.as_slice() {
+            [] => {
+                return Err(BrokerError::Unavailable {
+                    backend: "redis",
+                    reason: "no Redis URL given".into(),
+                });
+            }
+            [one] => {
+                let client = redis::Client::open(*one)?;
+                let config = ConnectionManagerConfig::new()
+                    .set_response_timeout(Some(RESPONSE_TIMEOUT))
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_max_delay(Duration::from_secs(1));
+                let conn = ConnectionManager::new_with_config(client.clone(), config).await?;
+                refuse_cluster_node(&mut Conn::Managed(conn.clone()), one).await?;
+                (Source::Single(client), Conn::Managed(conn), false)
+            }
+            several => {
+                let builder = || {
+                    ClusterClientBuilder::new(several.iter().copied())
+                        .connection_timeout(CONNECT_TIMEOUT)
+                        // MOVED, ASK and TRYAGAIN while a slot migrates or a master fails over
+                        // are followed within the overall timeout; past it [`Self::retrying`]
+                        // retries while [`RETRY_WINDOW`] lasts.
+                        .retries(8)
+                        .min_retry_wait(20)
+                        .max_retry_wait(1000)
+                };
+                let commands = builder().response_timeout(RESPONSE_TIMEOUT).build()?;
+                let blocking = builder()
+                    .response_timeout(MAX_BLOCK + Duration::from_secs(5))
+                    .build()?;
+                let conn = commands.get_async_connection().await?;
+                (Source::Cluster(blocking), Conn::Cluster(conn), true)
+            }
+        };
         Ok(RedisBroker {
-            client,
             conn,
-            blocking: Mutex::new(Vec::new()),
+            cluster,
+            blocking: Arc::new(Blocking {
+                source,
+                idle: Mutex::new(Vec::new()),
+            }),
             keys: Keys::new(prefix),
             result_ttl: DEFAULT_RESULT_TTL,
             registered: Mutex::new(HashSet::new()),
@@ -183,7 +361,7 @@ impl RedisBroker {
     /// that is loading.
     async fn retrying<T, F, Fut>(&self, mut call: F) -> Result<T, BrokerError>
     where
-        F: FnMut(ConnectionManager) -> Fut,
+        F: FnMut(Conn) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
     {
         let start = tokio::time::Instant::now();
@@ -210,16 +388,53 @@ impl RedisBroker {
         .await
     }
 
-    /// Runs a pipeline, retrying like [`Self::retrying`].
+    /// Runs a pipeline (never a transaction), retrying like [`Self::retrying`]. On a cluster its
+    /// commands are grouped by the slot of their first key, one pipeline per slot, and the
+    /// replies put back in order: a pipeline may read several queues.
     async fn pipeline<T: redis::FromRedisValue>(
         &self,
         pipe: &redis::Pipeline,
     ) -> Result<T, BrokerError> {
-        self.retrying(|mut c| {
-            let pipe = pipe.clone();
-            async move { pipe.query_async(&mut c).await }
-        })
-        .await
+        if !self.cluster {
+            return self
+                .retrying(|mut c| {
+                    let pipe = pipe.clone();
+                    async move { pipe.query_async(&mut c).await }
+                })
+                .await;
+        }
+        let mut groups: Vec<(u16, redis::Pipeline, Vec<usize>)> = Vec::new();
+        let mut total = 0;
+        for (i, cmd) in pipe.cmd_iter().enumerate() {
+            total += 1;
+            let slot = match cmd.args_iter().nth(1) {
+                Some(redis::Arg::Simple(key)) => keys::hash_slot(key),
+                _ => 0,
+            };
+            let at = match groups.iter().position(|(s, _, _)| *s == slot) {
+                Some(at) => at,
+                None => {
+                    groups.push((slot, redis::pipe(), Vec::new()));
+                    groups.len() - 1
+                }
+            };
+            groups[at].1.add_command(cmd.clone());
+            groups[at].2.push(i);
+        }
+        let replies = futures_util::future::try_join_all(groups.iter().map(|(_, p, _)| {
+            self.retrying(|mut c| {
+                let p = p.clone();
+                async move { p.query_async::<Vec<Value>>(&mut c).await }
+            })
+        }))
+        .await?;
+        let mut values = vec![Value::Nil; total];
+        for ((_, _, positions), reply) in groups.iter().zip(replies) {
+            for (&i, v) in positions.iter().zip(reply) {
+                values[i] = v;
+            }
+        }
+        redis::from_redis_value(Value::Array(values)).map_err(|e| RedisError::from(e).into())
     }
 
     async fn script<T: redis::FromRedisValue>(
@@ -251,23 +466,7 @@ impl RedisBroker {
 
     /// Runs a blocking command on a dedicated connection.
     async fn blocking<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, BrokerError> {
-        let pooled = self.blocking.lock().expect("not poisoned").pop();
-        let mut conn = match pooled {
-            Some(c) => c,
-            None => {
-                let config = AsyncConnectionConfig::new()
-                    .set_response_timeout(Some(MAX_BLOCK + Duration::from_secs(5)));
-                self.client
-                    .get_multiplexed_async_connection_with_config(&config)
-                    .await?
-            }
-        };
-        let result = cmd.query_async(&mut conn).await;
-        // A connection that failed is dropped; the next call opens a fresh one.
-        if result.is_ok() {
-            self.blocking.lock().expect("not poisoned").push(conn);
-        }
-        Ok(result?)
+        self.blocking.run(cmd).await
     }
 
     async fn register_queues<'a>(
@@ -321,8 +520,26 @@ impl RedisBroker {
     }
 }
 
-/// Whether a failed call may succeed if repeated (connection dropped, server loading or failing
-/// over).
+/// Refuses a single-Redis URL that names a Redis Cluster node: commands for slots the node does
+/// not own would fail one by one with `MOVED`.
+async fn refuse_cluster_node(conn: &mut Conn, url: &str) -> Result<(), BrokerError> {
+    let info: String = redis::cmd("INFO")
+        .arg("cluster")
+        .query_async(conn)
+        .await
+        .unwrap_or_default();
+    if info.lines().any(|l| l.trim() == "cluster_enabled:1") {
+        return Err(BrokerError::Unavailable {
+            backend: "redis",
+            reason: format!(
+                "{url} is a Redis Cluster node: give every master's URL (or at least two nodes), \
+                 separated by commas, to use the cluster"
+            ),
+        });
+    }
+    Ok(())
+}
+
 impl From<RedisError> for BrokerError {
     fn from(e: RedisError) -> Self {
         BrokerError::Unavailable {
@@ -332,6 +549,8 @@ impl From<RedisError> for BrokerError {
     }
 }
 
+/// Whether a failed call may succeed if repeated (connection dropped, server loading or failing
+/// over, a slot moving).
 fn transient(e: &RedisError) -> bool {
     e.is_io_error()
         || e.is_timeout()

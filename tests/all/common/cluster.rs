@@ -1,0 +1,185 @@
+//! A private Redis Cluster per test: masters and their replicas, each a `redis-server` of its own
+//! ([`RedisServer`]: a free loopback port, its own directory, append-only file with an fsync per
+//! write), joined and given the 16384 slots by the test itself, stopped by pid on drop.
+
+use std::time::{Duration, Instant};
+
+use super::redis::RedisServer;
+
+/// How long a master may be unreachable before its replica takes over. Short, so a failover
+/// test waits seconds; long enough that a busy machine does not fail over on its own.
+const NODE_TIMEOUT_MS: u64 = 3000;
+
+/// A running test cluster.
+pub struct RedisCluster {
+    /// Masters first (`masters` of them, slots split evenly in order), then replicas.
+    pub nodes: Vec<RedisServer>,
+    masters: usize,
+}
+
+impl RedisCluster {
+    /// Three masters, each with one replica.
+    pub fn start() -> Self {
+        Self::start_with(3, 1)
+    }
+
+    /// `masters` masters with `replicas` replicas each; returns once every node agrees the
+    /// cluster is up and every replica is in sync with its master.
+    pub fn start_with(masters: usize, replicas: usize) -> Self {
+        let timeout = NODE_TIMEOUT_MS.to_string();
+        let settings = [
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            &timeout,
+            // A replica whose master is gone takes over however long the link was down.
+            "--cluster-replica-validity-factor",
+            "0",
+            // Replicas sync at once (the default waits 5 s for more replicas to share a transfer).
+            "--repl-diskless-sync-delay",
+            "0",
+        ];
+        let nodes: Vec<RedisServer> = (0..masters * (1 + replicas))
+            .map(|_| RedisServer::start_with(&settings))
+            .collect();
+        let cluster = RedisCluster { nodes, masters };
+        for (i, master) in cluster.masters().iter().enumerate() {
+            let first = 16384 * i / masters;
+            let last = 16384 * (i + 1) / masters - 1;
+            master.cmd(&[
+                "CLUSTER",
+                "ADDSLOTSRANGE",
+                &first.to_string(),
+                &last.to_string(),
+            ]);
+        }
+        let seed = cluster.nodes[0].port().to_string();
+        for node in &cluster.nodes[1..] {
+            node.cmd(&["CLUSTER", "MEET", "127.0.0.1", &seed]);
+        }
+        let total = cluster.nodes.len();
+        cluster.wait("every node to know every other", |c| {
+            c.nodes
+                .iter()
+                .all(|n| info_field(&n.cluster_info(), "cluster_known_nodes") == Some(total))
+        });
+        for (i, replica) in cluster.nodes[masters..].iter().enumerate() {
+            let master_id = cluster.nodes[i % masters].node_id();
+            replica.cmd(&["CLUSTER", "REPLICATE", &master_id]);
+        }
+        cluster.wait_healthy();
+        cluster
+    }
+
+    /// The masters as started (after a failover one of them may be a replica or gone).
+    pub fn masters(&self) -> &[RedisServer] {
+        &self.nodes[..self.masters]
+    }
+
+    /// Every master's URL, comma-separated: what `--redis` takes for a cluster.
+    pub fn url(&self) -> String {
+        self.masters()
+            .iter()
+            .map(RedisServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Waits until every running node reports `cluster_state:ok` and every replica's link to its
+    /// master is up.
+    pub fn wait_healthy(&self) {
+        self.wait("the cluster to be up with every replica in sync", |c| {
+            c.nodes.iter().filter(|n| n.is_running()).all(|n| {
+                let ok = n.cluster_info().contains("cluster_state:ok");
+                let replication = n.info("replication");
+                let linked = !replication.contains("role:slave")
+                    || replication.contains("master_link_status:up");
+                ok && linked
+            })
+        });
+    }
+
+    /// The node that serves `key`'s slot now (asked of the first running node).
+    pub fn owner_of(&self, key: &str) -> &RedisServer {
+        let asker = self.nodes.iter().find(|n| n.is_running()).expect("a node");
+        let slot: i64 =
+            redis::from_redis_value(asker.cmd(&["CLUSTER", "KEYSLOT", key])).expect("a slot");
+        let slots = asker.cmd(&["CLUSTER", "SLOTS"]);
+        let ranges: Vec<(i64, i64, (String, u16))> =
+            redis::from_redis_value(strip_ids(slots)).expect("CLUSTER SLOTS");
+        let port = ranges
+            .iter()
+            .find(|(first, last, _)| (*first..=*last).contains(&slot))
+            .map(|(_, _, (_, port))| *port)
+            .expect("every slot is served");
+        self.nodes
+            .iter()
+            .find(|n| n.port() == port)
+            .expect("a node of this cluster")
+    }
+
+    fn wait(&self, what: &str, mut done: impl FnMut(&Self) -> bool) {
+        // Generous: gossip between six processes on a loaded machine.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !done(self) {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// `CLUSTER SLOTS` rows cut to (first, last, (host, port)) of the master.
+fn strip_ids(slots: redis::Value) -> redis::Value {
+    use redis::Value;
+    let Value::Array(rows) = slots else {
+        return slots;
+    };
+    Value::Array(
+        rows.into_iter()
+            .map(|row| match row {
+                Value::Array(mut fields) => {
+                    fields.truncate(3);
+                    if let Some(Value::Array(master)) = fields.get_mut(2) {
+                        master.truncate(2);
+                    }
+                    Value::Array(fields)
+                }
+                other => other,
+            })
+            .collect(),
+    )
+}
+
+/// The number in `field:N` of an `INFO`-style text.
+fn info_field(info: &str, field: &str) -> Option<usize> {
+    info.lines().find_map(|l| {
+        l.trim()
+            .strip_prefix(field)?
+            .strip_prefix(':')?
+            .parse()
+            .ok()
+    })
+}
+
+impl RedisServer {
+    /// `CLUSTER INFO`.
+    pub fn cluster_info(&self) -> String {
+        self.try_cmd(&["CLUSTER", "INFO"])
+            .and_then(|v| redis::from_redis_value(v).ok())
+            .unwrap_or_default()
+    }
+
+    /// An `INFO` section.
+    pub fn info(&self, section: &str) -> String {
+        self.try_cmd(&["INFO", section])
+            .and_then(|v| redis::from_redis_value(v).ok())
+            .unwrap_or_default()
+    }
+
+    /// This node's cluster id.
+    pub fn node_id(&self) -> String {
+        redis::from_redis_value(self.cmd(&["CLUSTER", "MYID"])).expect("an id")
+    }
+}
