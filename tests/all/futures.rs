@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use wasmq::broker::memory::MemoryBroker;
-use wasmq::broker::redis::RedisBroker;
 use wasmq::broker::{Ack, ApiBroker, Completion, JobRecord, JobRef};
 use wasmq::invocation::NewJob;
 use wasmq::job::{FailureKind, JobState, RunReport};
@@ -371,20 +370,14 @@ async fn a_refused_sub_job_write_retries_the_parent_and_stores_nothing(b: Backen
 /// `None` when it is gone. Redis reads the key's TTL; the memory broker has no TTL to read, so it
 /// is asked whether the record outlives `ttl` (its result TTL) — `wait` past it.
 async fn expiring(b: &Backend, queue: &str, id: &str) -> Option<bool> {
-    match &b.redis {
-        Some(server) => {
-            let key = RedisBroker::connect(&server.url())
-                .await
-                .unwrap()
-                .keys()
-                .job(queue, id);
-            match server.cmd(&["TTL", &key]) {
-                redis::Value::Int(-2) => None,
-                redis::Value::Int(-1) => Some(false),
-                redis::Value::Int(_) => Some(true),
-                other => panic!("TTL said {other:?}"),
-            }
-        }
+    let key = wasmq::broker::redis::Keys::new("wasmq").job(queue, id);
+    match b.node_for(&key) {
+        Some(server) => match server.cmd(&["TTL", &key]) {
+            redis::Value::Int(-2) => None,
+            redis::Value::Int(-1) => Some(false),
+            redis::Value::Int(_) => Some(true),
+            other => panic!("TTL said {other:?}"),
+        },
         None => {
             tokio::time::sleep(MEMORY_TTL * 20).await;
             b.broker.job(Some(queue), id).await.unwrap().map(|_| false)
@@ -397,12 +390,14 @@ async fn expiring(b: &Backend, queue: &str, id: &str) -> Option<bool> {
 const MEMORY_TTL: Duration = Duration::from_millis(5);
 
 async fn children_are_listed_and_kept_until_their_parent_ends(b: Backend) {
-    let b = match b.redis {
-        Some(_) => b,
-        None => Backend {
+    let b = if b.is_redis() {
+        b
+    } else {
+        Backend {
             broker: Arc::new(MemoryBroker::new().with_result_ttl(MEMORY_TTL)),
             redis: None,
-        },
+            cluster: None,
+        }
     };
     let hello = upload(b.broker.as_ref(), "hello").await;
     let parent = job(hello, "p", json!({}), |_| {});
@@ -454,12 +449,14 @@ async fn children_are_listed_and_kept_until_their_parent_ends(b: Backend) {
 }
 
 async fn cancelling_a_waiting_parent_releases_its_children(b: Backend) {
-    let b = match b.redis {
-        Some(_) => b,
-        None => Backend {
+    let b = if b.is_redis() {
+        b
+    } else {
+        Backend {
             broker: Arc::new(MemoryBroker::new().with_result_ttl(MEMORY_TTL)),
             redis: None,
-        },
+            cluster: None,
+        }
     };
     let hello = upload(b.broker.as_ref(), "hello").await;
     // The parent waits on a queue no worker takes; its child (from an earlier attempt, say)
@@ -547,7 +544,7 @@ async fn a_parents_record_names_its_children_and_releases_them(b: Backend) {
         );
     }
     // Released once the parent ended (off the ack path: waited for).
-    if b.redis.is_some() {
+    if b.is_redis() {
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         for child in &expected {
             while expiring(&b, "default", &child.id).await == Some(false) {

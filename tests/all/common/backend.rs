@@ -1,4 +1,5 @@
-//! A broker for a test that runs on both backends — the in-memory one, or a private Redis — and
+//! A broker for a test that runs on every backend — the in-memory one, a private Redis or a
+//! private Redis Cluster — and
 //! the sample-job helpers such tests share: upload a module, describe a job, one test per
 //! backend (`backend_suite!`).
 
@@ -14,25 +15,60 @@ use wasmq::job::Limits;
 use wasmq::modules::ModuleHash;
 use wasmq::worker::{Worker, WorkerConfig, WorkerStats};
 
+use super::cluster::RedisCluster;
 use super::redis::RedisServer;
 
-/// A broker, and the Redis behind it when there is one.
+/// A broker, and the Redis or Redis Cluster behind it when there is one.
 pub struct Backend {
     pub broker: Arc<dyn ApiBroker>,
     pub redis: Option<RedisServer>,
+    pub cluster: Option<RedisCluster>,
 }
 
 impl Backend {
-    /// What Redis holds in keys, on Redis.
+    /// Whether the broker is on Redis (single or cluster).
+    pub fn is_redis(&self) -> bool {
+        self.redis.is_some() || self.cluster.is_some()
+    }
+
+    /// The Redis URL (a cluster's: its masters', comma-separated).
+    pub fn url(&self) -> Option<String> {
+        match (&self.redis, &self.cluster) {
+            (Some(server), _) => Some(server.url()),
+            (_, Some(cluster)) => Some(cluster.url()),
+            _ => None,
+        }
+    }
+
+    /// The Redis node holding `key`.
+    pub fn node_for(&self, key: &str) -> Option<&RedisServer> {
+        match (&self.redis, &self.cluster) {
+            (Some(server), _) => Some(server),
+            (_, Some(cluster)) => Some(cluster.owner_of(key)),
+            _ => None,
+        }
+    }
+
+    /// What Redis holds in keys (every master's, on a cluster).
     pub fn stored_bytes(&self) -> Option<u64> {
-        self.redis.as_ref().map(RedisServer::stored_bytes)
+        match (&self.redis, &self.cluster) {
+            (Some(server), _) => Some(server.stored_bytes()),
+            (_, Some(cluster)) => Some(
+                cluster
+                    .masters()
+                    .iter()
+                    .map(RedisServer::stored_bytes)
+                    .sum(),
+            ),
+            _ => None,
+        }
     }
 
     /// The same broker through a separate connection (Redis), or shared (memory): what another
     /// worker process would have.
     pub async fn another_connection(&self) -> Arc<dyn ApiBroker> {
-        match &self.redis {
-            Some(server) => Arc::new(RedisBroker::connect(&server.url()).await.unwrap()),
+        match self.url() {
+            Some(url) => Arc::new(RedisBroker::connect(&url).await.unwrap()),
             None => self.broker.clone(),
         }
     }
@@ -43,6 +79,7 @@ pub async fn memory() -> Backend {
     Backend {
         broker: Arc::new(MemoryBroker::new()),
         redis: None,
+        cluster: None,
     }
 }
 
@@ -52,6 +89,19 @@ pub async fn redis() -> Backend {
     Backend {
         broker: Arc::new(RedisBroker::connect(&server.url()).await.unwrap()),
         redis: Some(server),
+        cluster: None,
+    }
+}
+
+/// A broker on a private Redis Cluster (three masters, each with a replica).
+pub async fn cluster() -> Backend {
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .unwrap();
+    Backend {
+        broker: Arc::new(RedisBroker::connect(&cluster.url()).await.unwrap()),
+        redis: None,
+        cluster: Some(cluster),
     }
 }
 
@@ -101,7 +151,7 @@ pub async fn run_until_final(
 }
 
 /// One test per backend for each `async fn name(b: Backend)` of the calling module:
-/// `on_memory::name` and `on_redis::name`.
+/// `on_memory::name`, `on_redis::name` and `on_cluster::name`.
 macro_rules! backend_suite {
     ($($name:ident),* $(,)?) => {
         mod on_memory {
@@ -109,6 +159,9 @@ macro_rules! backend_suite {
         }
         mod on_redis {
             $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name($crate::common::backend::redis().await).await } )*
+        }
+        mod on_cluster {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name($crate::common::backend::cluster().await).await } )*
         }
     };
 }

@@ -42,7 +42,7 @@ impl RedisCluster {
             "0",
         ];
         let nodes: Vec<RedisServer> = (0..masters * (1 + replicas))
-            .map(|_| RedisServer::start_with(&settings))
+            .map(|_| RedisServer::start_cluster_node(&settings))
             .collect();
         let cluster = RedisCluster { nodes, masters };
         for (i, master) in cluster.masters().iter().enumerate() {

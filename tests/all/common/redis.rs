@@ -26,6 +26,28 @@ impl RedisServer {
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
+        Self::start_on(port, extra)
+    }
+
+    /// Starts a Redis Cluster node with `extra` settings: on a free port whose cluster bus port
+    /// (the port + 10000) is free too.
+    pub fn start_cluster_node(extra: &[&str]) -> Self {
+        // Another test may take a port between the check and the start: then another port.
+        for _ in 0..20 {
+            let port = fastrand::u16(1024..55535);
+            let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
+            if !free(port) || !free(port + 10000) {
+                continue;
+            }
+            let started = std::panic::catch_unwind(|| Self::start_on(port, extra));
+            if let Ok(server) = started {
+                return server;
+            }
+        }
+        panic!("no cluster node started on 20 free-looking ports");
+    }
+
+    fn start_on(port: u16, extra: &[&str]) -> Self {
         let mut server = RedisServer {
             child: None,
             port,
@@ -63,11 +85,29 @@ impl RedisServer {
             .spawn()
             .expect("failed to start `redis-server`: is it installed? (.ci/run installs it with apt-get)");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
+        if let Err(why) = self.wait_started() {
+            self.kill();
+            panic!("redis-server did not start on port {}: {why}", self.port);
+        }
+    }
+
+    /// Waits until the server accepts connections, or says why it never will.
+    fn wait_started(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
+            let child = self.child.as_mut().expect("started");
+            if let Ok(Some(status)) = child.try_wait() {
+                let log =
+                    std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default();
+                let last = log.lines().rev().take(3).collect::<Vec<_>>().join(" / ");
+                return Err(format!("it exited ({status}): {last}"));
+            }
+            if Instant::now() > deadline {
+                return Err("not listening after 30 s".into());
+            }
             std::thread::sleep(Duration::from_millis(10));
         }
+        Ok(())
     }
 
     /// The port it listens on.

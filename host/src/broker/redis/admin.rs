@@ -87,11 +87,22 @@ impl Admin for RedisBroker {
                 return Ok(ModuleDeletion::InUse(users));
             }
         }
-        let mut inv = SCRIPTS.delete_module.prepare_invoke();
-        inv.key(self.keys.module_index())
-            .key(self.keys.module_bytes(hash))
-            .arg(hash.hex());
-        let n: u32 = self.script(&inv).await?;
+        // Unlisted first, then the bytes (another slot): a crash between leaves bytes nobody
+        // lists, never a listed module without bytes.
+        let n: u32 = self
+            .query(
+                redis::cmd("HDEL")
+                    .arg(self.keys.module_index())
+                    .arg(hash.hex())
+                    .clone(),
+            )
+            .await?;
+        for key in [
+            self.keys.module_bytes(hash),
+            self.keys.module_bytes_legacy(hash),
+        ] {
+            self.query::<()>(redis::cmd("DEL").arg(key).clone()).await?;
+        }
         Ok(if n == 1 {
             ModuleDeletion::Deleted
         } else {

@@ -1,5 +1,5 @@
 //! Every Redis key wasmq uses, built in one place. A queue's keys share its `{queue}` hash tag, so
-//! every job script touches one Redis Cluster slot; module bytes are tagged by their own hash.
+//! every job script touches one Redis Cluster slot; module bytes are tagged by their own digest.
 
 use crate::job::JobState;
 use crate::modules::ModuleHash;
@@ -128,8 +128,15 @@ impl Keys {
         [format!("{base}http"), format!("{base}secrets")]
     }
 
-    /// The bytes of a module.
+    /// The bytes of a module, under a hash tag of their own: on a cluster, modules spread over
+    /// the masters instead of all sitting on the index's.
     pub fn module_bytes(&self, hash: ModuleHash) -> String {
+        format!("{}:{{module:{}}}:bytes", self.prefix, hash.hex())
+    }
+
+    /// Where module bytes were kept before they had a hash tag of their own (still read, so
+    /// modules uploaded then keep working; single Redis only, as clusters came after).
+    pub fn module_bytes_legacy(&self, hash: ModuleHash) -> String {
         format!("{}:{{modules}}:bytes:{}", self.prefix, hash.hex())
     }
 }

@@ -25,18 +25,39 @@ use crate::time::now_ms;
 #[async_trait]
 impl Broker for RedisBroker {
     async fn put_module(&self, hash: ModuleHash, bytes: &[u8]) -> Result<ModuleInfo, BrokerError> {
+        let index = self.keys.module_index();
+        // Uploaded before: the bytes are not sent again.
+        let listed: Option<String> = self
+            .query(redis::cmd("HGET").arg(&index).arg(hash.hex()).clone())
+            .await?;
+        if let Some(info) = listed {
+            return parse_module_info(&hash.hex(), &info);
+        }
+        // The bytes under their own hash tag (on a cluster, the slot of their digest), then the
+        // index: a listed module always has its bytes. The same digest is the same bytes, so a
+        // repeated or concurrent upload writes the same value.
+        self.query::<()>(
+            redis::cmd("SET")
+                .arg(self.keys.module_bytes(hash))
+                .arg(bytes)
+                .clone(),
+        )
+        .await?;
         let mut inv = SCRIPTS.put_module.prepare_invoke();
-        inv.key(self.keys.module_index())
-            .key(self.keys.module_bytes(hash))
-            .arg(hash.hex())
-            .arg(bytes);
+        inv.key(&index).arg(hash.hex()).arg(bytes.len());
         let info: String = self.script(&inv).await?;
         parse_module_info(&hash.hex(), &info)
     }
 
     async fn module(&self, hash: ModuleHash) -> Result<Option<Vec<u8>>, BrokerError> {
         let key = self.keys.module_bytes(hash);
-        self.query(redis::cmd("GET").arg(&key).clone()).await
+        let bytes: Option<Vec<u8>> = self.query(redis::cmd("GET").arg(&key).clone()).await?;
+        if bytes.is_some() {
+            return Ok(bytes);
+        }
+        // Uploaded before module bytes had a hash tag of their own.
+        let old = self.keys.module_bytes_legacy(hash);
+        self.query(redis::cmd("GET").arg(&old).clone()).await
     }
 
     async fn has_module(&self, hash: ModuleHash) -> Result<bool, BrokerError> {

@@ -22,7 +22,7 @@
 //! | `wasmq:queues` | set | every queue name used |
 //! | `wasmq:workers` | hash | worker name → its last report (host, pid, queues, concurrency, in flight, last seen) |
 //! | `wasmq:{modules}:index` | hash | hex digest → `{size, uploaded_at_ms}` |
-//! | `wasmq:{modules}:bytes:<hex>` | string | the component bytes |
+//! | `wasmq:{module:<hex>}:bytes` | string | the component bytes, under their own hash tag so that modules spread over a cluster's masters |
 //!
 //! Commands go through one auto-reconnecting [`ConnectionManager`] (requests from concurrent tasks
 //! are pipelined on it); blocking `BLPOP`s get their own connections. A command that fails because
@@ -103,7 +103,6 @@ struct Scripts {
     limits: Script,
     batch_enqueue: Script,
     put_module: Script,
-    delete_module: Script,
     egress_acquire: Script,
     egress_renew: Script,
     lineage: Script,
@@ -128,7 +127,6 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     limits: script!("limits"),
     batch_enqueue: script!("batch_enqueue"),
     put_module: Script::new(include_str!("lua/put_module.lua")),
-    delete_module: Script::new(include_str!("lua/delete_module.lua")),
     egress_acquire: Script::new(include_str!("lua/egress_acquire.lua")),
     egress_renew: Script::new(include_str!("lua/egress_renew.lua")),
     lineage: script!("lineage"),

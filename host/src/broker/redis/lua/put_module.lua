@@ -1,9 +1,10 @@
--- Store module bytes: KEYS[1] = module index (hash: hex → info JSON), KEYS[2] = the bytes key;
--- ARGV[1] = hex digest, ARGV[2] = bytes. Idempotent. Returns the info JSON.
+-- List stored module bytes in the index: KEYS[1] = module index (hash: hex → info JSON);
+-- ARGV[1] = hex digest, ARGV[2] = size in bytes. The bytes were stored first (under their own
+-- hash tag, so in another slot), so a listed module always has its bytes. Idempotent: returns
+-- the info JSON, the first upload's.
 local info = redis.call('HGET', KEYS[1], ARGV[1])
 if info then return info end
 local t = redis.call('TIME')
-info = cjson.encode({size = string.len(ARGV[2]), uploaded_at_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)})
-redis.call('SET', KEYS[2], ARGV[2])
+info = cjson.encode({size = tonumber(ARGV[2]), uploaded_at_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)})
 redis.call('HSET', KEYS[1], ARGV[1], info)
 return info
