@@ -265,7 +265,7 @@ fn upload_enqueue_wait_and_inspect() {
             format!("{{\"module\":\"{hash}\",\"id\":\"bulk-{i}\",\"args\":{{\"name\":\"{i}\"}}}}\n")
         })
         .collect();
-    let mut child = common::wasmq_cmd(&q.redis.url(), q.dir.path())
+    let mut child = common::wasmq_cmd(&q.redis().url(), q.dir.path())
         .args(["enqueue", "--file", "-", "--wait", "--json"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -608,7 +608,7 @@ fn json_logs_carry_the_job_span() {
     let q = Rig::new();
     let chaos = q.ok(&["upload", &common::job_path("chaos")]);
     let log_path = q.dir.path().join("worker.log");
-    let mut worker = common::wasmq_cmd(&q.redis.url(), q.dir.path())
+    let mut worker = common::wasmq_cmd(&q.redis().url(), q.dir.path())
         .args(["worker", "--log-format", "json"])
         .env("WASMQ_LOG", "info")
         .stdout(std::process::Stdio::null())

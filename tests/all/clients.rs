@@ -24,7 +24,7 @@ fn run(server: &Server, program: &str, args: &[&str]) -> Output {
         .env("WASMQ_ENQUEUE_TOKEN", ENQUEUER)
         .env("WASMQ_JOBS_DIR", common::jobs_dir())
         .env("WASMQ_JOB", common::job_path("hello"))
-        .env("WASMQ_REDIS_URL", server.rig.redis.url())
+        .env("WASMQ_REDIS_URL", server.rig.redis().url())
         .env("PYTHONPATH", common::repo_root().join("clients/python"))
         .output()
         .unwrap();

@@ -29,7 +29,7 @@ fn enqueue(server: &Server, hash: &str, id: &str, args: Value, extra: &[&str]) {
 fn job_field(server: &Server, id: &str, field: &str) -> Option<String> {
     match server
         .rig
-        .redis
+        .redis()
         .cmd(&["HGET", &format!("wasmq:{{default}}:job:{id}"), field])
     {
         redis::Value::BulkString(b) => Some(String::from_utf8(b).unwrap()),
@@ -180,7 +180,7 @@ fn the_dashboard_shows_jobs_and_acts_on_them() {
     assert_eq!(
         server
             .rig
-            .redis
+            .redis()
             .cmd(&["ZSCORE", "wasmq:{default}:dead", "broken-1"]),
         redis::Value::Nil
     );
@@ -191,7 +191,7 @@ fn the_dashboard_shows_jobs_and_acts_on_them() {
     assert_eq!(
         server
             .rig
-            .redis
+            .redis()
             .cmd(&["ZCARD", "wasmq:{default}:scheduled"]),
         redis::Value::Int(0)
     );

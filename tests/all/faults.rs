@@ -35,7 +35,16 @@ async fn all_succeed(b: &dyn ApiBroker, ids: &[String], limit: Duration, log: im
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigkilled_worker_loses_no_job() {
-    let rig = Rig::new();
+    a_sigkilled_worker_loses_no_job_on(Rig::new()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkilled_worker_loses_no_job_on_a_cluster() {
+    let rig = tokio::task::spawn_blocking(Rig::on_cluster).await.unwrap();
+    a_sigkilled_worker_loses_no_job_on(rig).await
+}
+
+async fn a_sigkilled_worker_loses_no_job_on(rig: Rig) {
     let chaos = rig.upload("chaos");
     let ids = rig.enqueue_many(600, "k", &chaos, json!({"mode": "sleep", "ms": 20}));
     let b = rig.broker().await;
@@ -211,7 +220,7 @@ async fn a_stalled_redis_loses_no_job_to_a_resent_fetch() {
         assert!(Instant::now() < deadline, "no progress:\n{}", rig.log("w"));
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    rig.redis.cmd(&["CLIENT", "PAUSE", "15000", "ALL"]);
+    rig.redis().cmd(&["CLIENT", "PAUSE", "15000", "ALL"]);
     all_succeed(&b, &ids, Duration::from_secs(600), || rig.log("w")).await;
     worker.kill();
     for id in &ids {
@@ -226,8 +235,8 @@ async fn acknowledged_enqueues_survive_a_redis_restart() {
     let hello = rig.upload("hello");
     let ids = rig.enqueue_many(300, "r", &hello, json!({"name": "durable"}));
     // SIGKILL: no shutdown save; only the append-only file can bring the jobs back.
-    rig.redis.kill();
-    rig.redis.restart();
+    rig.redis_mut().kill();
+    rig.redis_mut().restart();
     let b = rig.broker().await;
     assert_eq!(
         counts(&b).await.ready,
@@ -256,12 +265,12 @@ async fn a_worker_reconnects_after_its_connections_are_killed() {
     // While the worker is idle (blocked in BLPOP), and again while it is busy.
     let first = rig.enqueue_many(50, "a", &chaos, json!({"mode": "ok"}));
     all_succeed(&b, &first, Duration::from_secs(60), || rig.log("reconnect")).await;
-    rig.redis.cmd(&["CLIENT", "KILL", "TYPE", "normal"]);
+    rig.redis().cmd(&["CLIENT", "KILL", "TYPE", "normal"]);
     // 400 jobs of 50 ms at concurrency 32 keep the worker busy for well over a second.
     let second = rig.enqueue_many(400, "b", &chaos, json!({"mode": "sleep", "ms": 50}));
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        rig.redis.cmd(&["CLIENT", "KILL", "TYPE", "normal"]);
+        rig.redis().cmd(&["CLIENT", "KILL", "TYPE", "normal"]);
     }
     // And Redis itself going away and coming back under a busy worker.
     let busy = counts(&b).await;
@@ -269,9 +278,9 @@ async fn a_worker_reconnects_after_its_connections_are_killed() {
         busy.ready + busy.leased > 0,
         "still working when Redis goes: {busy:?}"
     );
-    rig.redis.kill();
+    rig.redis_mut().kill();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    rig.redis.restart();
+    rig.redis_mut().restart();
     let b = rig.broker().await;
     all_succeed(&b, &second, Duration::from_secs(90), || {
         rig.log("reconnect")

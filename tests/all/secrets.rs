@@ -241,7 +241,7 @@ fn secrets_set_through_the_cli_never_show_their_value() {
     let chaos = q.upload("chaos");
 
     // No key: refused, nothing stored.
-    let out = common::wasmq_cmd(&q.redis.url(), q.dir.path())
+    let out = common::wasmq_cmd(&q.redis().url(), q.dir.path())
         .args(["secret", "set", "SINK_TOKEN"])
         .env_remove("WASMQ_SECRET_KEY")
         .stdin(Stdio::null())
@@ -250,7 +250,7 @@ fn secrets_set_through_the_cli_never_show_their_value() {
     assert_ne!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no secret key"));
 
-    let mut set = common::wasmq_cmd(&q.redis.url(), q.dir.path())
+    let mut set = common::wasmq_cmd(&q.redis().url(), q.dir.path())
         .args(["secret", "set", "SINK_TOKEN"])
         .env("WASMQ_SECRET_KEY", &key)
         .stdin(Stdio::piped())
@@ -269,7 +269,7 @@ fn secrets_set_through_the_cli_never_show_their_value() {
     q.ok(&["grant", &chaos, "--secret", "SINK_TOKEN"]);
 
     let log = std::fs::File::create(q.log_path("worker")).unwrap();
-    let _worker: common::rig::Process = common::wasmq_cmd(&q.redis.url(), q.dir.path())
+    let _worker: common::rig::Process = common::wasmq_cmd(&q.redis().url(), q.dir.path())
         .args(["worker", "--maintain-every", "50ms"])
         .env("WASMQ_SECRET_KEY", &key)
         .env("WASMQ_LOG", "debug")
@@ -298,7 +298,7 @@ fn secrets_set_through_the_cli_never_show_their_value() {
     // Redis holds the sealed value only.
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dump = rt.block_on(async {
-        let client = redis::Client::open(q.redis.url()).unwrap();
+        let client = redis::Client::open(q.redis().url()).unwrap();
         let mut c = client.get_multiplexed_async_connection().await.unwrap();
         let keys: Vec<String> = redis::cmd("KEYS")
             .arg("*")

@@ -1,4 +1,4 @@
-//! The `wasmq` binary against a private Redis: a [`Rig`] holds the Redis server and a directory
+//! The `wasmq` binary against a private Redis or Redis Cluster: a [`Rig`] holds the Redis server and a directory
 //! (artifact cache, files, logs), runs commands and starts worker processes, each a [`Process`]
 //! that is killed when dropped.
 
@@ -9,13 +9,16 @@ use std::process::{Child, Output, Stdio};
 use serde_json::{Value, json};
 use wasmq::broker::redis::RedisBroker;
 
+use super::cluster::RedisCluster;
 use super::redis::RedisServer;
 use super::{job_path, wasmq_cmd};
 
-/// A test's Redis, artifact cache and log directory.
+/// A test's Redis (or Redis Cluster), artifact cache and log directory.
 pub struct Rig {
-    /// The private Redis.
-    pub redis: RedisServer,
+    /// The private Redis, or none on a cluster rig.
+    redis: Option<RedisServer>,
+    /// The private Redis Cluster of a cluster rig.
+    cluster: Option<RedisCluster>,
     /// The artifact cache, and where files and logs go.
     pub dir: tempfile::TempDir,
 }
@@ -74,14 +77,53 @@ impl Rig {
     /// A new Redis and directory.
     pub fn new() -> Self {
         Rig {
-            redis: RedisServer::start(),
+            redis: Some(RedisServer::start()),
+            cluster: None,
             dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// A new Redis Cluster (three masters, each with a replica) and directory.
+    pub fn on_cluster() -> Self {
+        Rig {
+            redis: None,
+            cluster: Some(RedisCluster::start()),
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// The single Redis of a rig made by [`Rig::new`].
+    pub fn redis(&self) -> &RedisServer {
+        self.redis.as_ref().expect("a single-Redis rig")
+    }
+
+    /// The single Redis, to stop and start.
+    pub fn redis_mut(&mut self) -> &mut RedisServer {
+        self.redis.as_mut().expect("a single-Redis rig")
+    }
+
+    /// The cluster of a rig made by [`Rig::on_cluster`].
+    pub fn cluster(&self) -> &RedisCluster {
+        self.cluster.as_ref().expect("a cluster rig")
+    }
+
+    /// The cluster, to stop and start its nodes.
+    pub fn cluster_mut(&mut self) -> &mut RedisCluster {
+        self.cluster.as_mut().expect("a cluster rig")
+    }
+
+    /// What `--redis` takes for this rig's Redis or cluster.
+    pub fn url(&self) -> String {
+        match (&self.redis, &self.cluster) {
+            (Some(server), _) => server.url(),
+            (_, Some(cluster)) => cluster.url(),
+            _ => unreachable!("a rig has a Redis or a cluster"),
         }
     }
 
     /// Runs `wasmq ARGS` to completion.
     pub fn cmd(&self, args: &[&str]) -> Output {
-        wasmq_cmd(&self.redis.url(), self.dir.path())
+        wasmq_cmd(&self.url(), self.dir.path())
             .args(args)
             .output()
             .expect("wasmq runs")
@@ -122,7 +164,7 @@ impl Rig {
     /// logging at `info` to `<name>.log` in the rig's directory.
     pub fn worker(&self, name: &str, extra: &[&str]) -> Process {
         let log = File::create(self.log_path(name)).unwrap();
-        let child = wasmq_cmd(&self.redis.url(), self.dir.path())
+        let child = wasmq_cmd(&self.url(), self.dir.path())
             .args([
                 "worker",
                 "--backoff-base",
@@ -151,6 +193,6 @@ impl Rig {
 
     /// A broker client on the rig's Redis.
     pub async fn broker(&self) -> RedisBroker {
-        RedisBroker::connect(&self.redis.url()).await.unwrap()
+        RedisBroker::connect(&self.url()).await.unwrap()
     }
 }

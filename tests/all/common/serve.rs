@@ -36,7 +36,7 @@ impl Server {
             format!("ops:{ADMIN}:admin\nci:{ENQUEUER}:enqueue\n"),
         )
         .unwrap();
-        let mut child = super::wasmq_cmd(&rig.redis.url(), rig.dir.path())
+        let mut child = super::wasmq_cmd(&rig.url(), rig.dir.path())
             .args(extra)
             .args(["serve", "--listen", "127.0.0.1:0", "--workers"])
             .arg(workers.to_string())

@@ -57,7 +57,7 @@ use redis::{
 };
 
 use crate::broker::{BrokerError, DEFAULT_RESULT_TTL, JobRecord, LeaseKey};
-pub use keys::{Keys, QueueKeys};
+pub use keys::{Keys, QueueKeys, hash_slot};
 use records::parse_record;
 
 /// How long a command is retried while Redis is unreachable or loading before the error is
