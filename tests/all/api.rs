@@ -209,7 +209,7 @@ async fn tokens_and_scopes() {
         (
             StatusCode::OK,
             json!({"status": "ok", "durability": {"backend": "redis", "eviction": "noeviction",
-                   "appendonly": true, "appendfsync": "always"}})
+                   "appendonly": true, "appendfsync": "always", "durable_writes": null}})
         )
     );
     let (s, b) = api

@@ -319,6 +319,10 @@ pub struct Durability {
     /// Redis's `appendfsync`: `always` loses nothing acknowledged on a power cut, `everysec` up
     /// to a second of it.
     pub appendfsync: Option<String>,
+    /// Replicas that confirm each job-state change before it is acknowledged (`--durable-writes`,
+    /// Redis's `WAIT`); `None` when writes are acknowledged by the master alone, so a failover
+    /// can lose the last ones.
+    pub durable_writes: Option<u32>,
 }
 
 impl Durability {

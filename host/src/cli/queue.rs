@@ -23,7 +23,8 @@ use crate::time::format_time;
 /// Where the broker is: shared by every command that needs Redis.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct RedisArgs {
-    /// Redis URL.
+    /// Redis URL; a Redis Cluster as a comma-separated list of node URLs (every master's, or at
+    /// least two nodes: the rest is discovered).
     #[arg(
         long,
         env = "WASMQ_REDIS",
@@ -35,6 +36,15 @@ pub(crate) struct RedisArgs {
     /// accepted jobs under memory pressure without an error. Refused without this flag.
     #[arg(long, env = "WASMQ_ALLOW_EVICTING_REDIS", global = true)]
     pub(crate) allow_evicting_redis: bool,
+    /// Acknowledge an enqueue, an ack or any other job-state change only once this many replicas
+    /// of its master confirmed it (Redis `WAIT`): a failover then loses none of them. 0: the
+    /// master's word is enough (faster; a failover can lose the last writes).
+    #[arg(long, env = "WASMQ_DURABLE_WRITES", default_value_t = 0, global = true)]
+    pub(crate) durable_writes: u32,
+    /// How long a durable write waits for its replicas before it is reported as failed (it was
+    /// applied on the master; every write is safe to repeat).
+    #[arg(long, env = "WASMQ_DURABLE_WRITES_TIMEOUT", value_parser = crate::time::parse_duration, default_value = "5s", global = true)]
+    pub(crate) durable_writes_timeout: Duration,
 }
 
 impl RedisArgs {
@@ -77,7 +87,15 @@ impl RedisArgs {
     async fn connect_plain(&self) -> anyhow::Result<RedisBroker> {
         RedisBroker::connect(&self.redis)
             .await
-            .with_context(|| format!("failed to connect to Redis at `{}`", self.redis))
+            .with_context(|| format!("failed to connect to Redis at `{}`", self.redis))?
+            .with_durable_writes(self.durable_writes, self.durable_writes_timeout)
+            .await
+            .with_context(|| {
+                format!(
+                    "--durable-writes {} at `{}`",
+                    self.durable_writes, self.redis
+                )
+            })
     }
 }
 
@@ -332,6 +350,9 @@ fn durability_line(d: &crate::broker::Durability) -> String {
         ),
         or_unknown(d.appendfsync.clone()),
     );
+    if let Some(n) = d.durable_writes {
+        line.push_str(&format!(" · durable writes: {n} replica(s) confirm each"));
+    }
     if let Some(policy) = d.evicting() {
         line.push_str(&format!(
             " — `{policy}` evicts accepted jobs under memory pressure"
@@ -340,6 +361,10 @@ fn durability_line(d: &crate::broker::Durability) -> String {
         line.push_str(" — without the append-only file a restart loses jobs");
     } else if d.appendfsync.as_deref() == Some("everysec") {
         line.push_str(" — a power cut may lose up to a second of accepted jobs");
+    } else if d.backend == "redis-cluster" && d.durable_writes.is_none() {
+        line.push_str(
+            " — a failover may lose the last accepted jobs not yet on a replica (--durable-writes)",
+        );
     }
     line
 }

@@ -120,6 +120,25 @@ impl RedisCluster {
             .expect("a node of this cluster")
     }
 
+    /// Waits until `key`'s slot is served by a node other than the one on `old_port` (a
+    /// replica took over), then until the cluster is healthy.
+    pub fn wait_failover(&self, key: &str, old_port: u16) {
+        self.wait("a replica to take over", |c| {
+            c.owner_of(key).port() != old_port
+        });
+        self.wait_healthy();
+    }
+
+    /// The running replica of the node listening on `port`.
+    pub fn replica_of(&self, port: u16) -> &RedisServer {
+        let want = format!("master_port:{port}");
+        self.nodes
+            .iter()
+            .filter(|n| n.is_running())
+            .find(|n| n.info("replication").lines().any(|l| l.trim() == want))
+            .expect("a replica of that master")
+    }
+
     fn wait(&self, what: &str, mut done: impl FnMut(&Self) -> bool) {
         // Generous: gossip between six processes on a loaded machine.
         let deadline = Instant::now() + Duration::from_secs(120);

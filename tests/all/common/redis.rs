@@ -71,6 +71,22 @@ impl RedisServer {
         }
     }
 
+    /// Freezes the server (SIGSTOP): its clients and peers see it stop answering.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a frozen server go on (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let status = Command::new("kill").args([signal, &pid]).status().unwrap();
+        assert!(status.success(), "kill {signal} {pid}");
+    }
+
     /// Starts the server again on the same port and directory (after `kill`).
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "the server is running");

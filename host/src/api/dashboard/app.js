@@ -151,9 +151,13 @@ function durability(d) {
         ? " — without the append-only file a restart loses jobs"
         : d.appendfsync === "everysec"
           ? " — a power cut may lose up to a second of accepted jobs"
-          : "";
+          : d.backend === "redis-cluster" && d.durable_writes == null
+            ? " — a failover may lose the last accepted jobs not yet on a replica"
+            : "";
+  const durable = d.durable_writes ? ` · durable writes: ${d.durable_writes} replica(s) confirm each` : "";
+  const name = d.backend === "redis-cluster" ? "Redis Cluster" : "Redis";
   return h("p", { class: risk ? "error" : "muted", id: "durability" },
-    `Redis: maxmemory-policy ${v(d.eviction)} · appendonly ${v(d.appendonly)} · appendfsync ${v(d.appendfsync)}${risk}`);
+    `${name}: maxmemory-policy ${v(d.eviction)} · appendonly ${v(d.appendonly)} · appendfsync ${v(d.appendfsync)}${durable}${risk}`);
 }
 
 async function overview() {

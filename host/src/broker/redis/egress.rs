@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{RedisBroker, SCRIPTS};
+use super::{Call, RedisBroker, SCRIPTS};
 use crate::broker::{BrokerError, EGRESS_SLOT_POLL, EgressLimit, EgressLimits, EgressTry};
 
 impl RedisBroker {
@@ -98,7 +98,7 @@ impl EgressLimits for RedisBroker {
         lease: Duration,
         guard: Duration,
     ) -> Result<EgressTry, BrokerError> {
-        let mut inv = SCRIPTS.egress_acquire.prepare_invoke();
+        let mut inv = Call::new(&SCRIPTS.egress_acquire);
         for key in self.keys.egress(host) {
             inv.key(key);
         }
@@ -121,7 +121,7 @@ impl EgressLimits for RedisBroker {
         lease: Duration,
     ) -> Result<bool, BrokerError> {
         let [_, slots, _] = self.keys.egress(host);
-        let mut inv = SCRIPTS.egress_renew.prepare_invoke();
+        let mut inv = Call::new(&SCRIPTS.egress_renew);
         inv.key(slots).arg(token).arg(lease.as_millis() as u64);
         let renewed: u8 = self.script(&inv).await?;
         Ok(renewed == 1)

@@ -49,6 +49,7 @@ impl Inspect for RedisBroker {
             eviction,
             appendonly: weakest("appendonly", &["no", "yes"]).map(|v| v == "yes"),
             appendfsync: weakest("appendfsync", &["no", "everysec", "always"]),
+            durable_writes: self.durable_writes().map(|d| d.replicas),
         }
     }
 

@@ -11,7 +11,8 @@ use async_trait::async_trait;
 use super::keys::hash_slot;
 use super::records::{json_or_empty, parse_module_info};
 use super::{
-    ENQUEUE_CHUNK, MAINTAIN_LIMIT, MAX_BLOCK, RedisBroker, SCRIPTS, group_by_queue, queue_full,
+    Call, ENQUEUE_CHUNK, MAINTAIN_LIMIT, MAX_BLOCK, RedisBroker, SCRIPTS, group_by_queue,
+    queue_full,
 };
 use crate::broker::{
     Ack, Broker, BrokerError, Completion, Enqueued, Heartbeat, JobRecord, Lease, LeaseKey,
@@ -36,14 +37,14 @@ impl Broker for RedisBroker {
         // The bytes under their own hash tag (on a cluster, the slot of their digest), then the
         // index: a listed module always has its bytes. The same digest is the same bytes, so a
         // repeated or concurrent upload writes the same value.
-        self.query::<()>(
+        self.write(
             redis::cmd("SET")
                 .arg(self.keys.module_bytes(hash))
                 .arg(bytes)
                 .clone(),
         )
         .await?;
-        let mut inv = SCRIPTS.put_module.prepare_invoke();
+        let mut inv = Call::new(&SCRIPTS.put_module);
         inv.key(&index).arg(hash.hex()).arg(bytes.len());
         let info: String = self.script(&inv).await?;
         parse_module_info(&hash.hex(), &info)

@@ -40,10 +40,11 @@ mod lifecycle;
 mod lineage;
 mod records;
 mod registry;
+mod scripts;
 mod secrets;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::aio::{
@@ -51,14 +52,16 @@ use redis::aio::{
 };
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
 use redis::{
-    AsyncConnectionConfig, Cmd, Pipeline, RedisError, RedisFuture, RetryMethod, Script,
-    ScriptInvocation, Value,
+    AsyncConnectionConfig, Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, RetryMethod,
+    ServerErrorKind, Value,
 };
 
 use crate::broker::{BrokerError, DEFAULT_RESULT_TTL, JobRecord, LeaseKey};
 pub use keys::{Keys, QueueKeys, hash_slot};
 use records::parse_record;
+use scripts::{Call, Lua, SCRIPTS};
 
 /// How long a command is retried while Redis is unreachable or loading before the error is
 /// returned: long enough to ride out a Redis restart or failover, short enough that a worker
@@ -74,63 +77,6 @@ const ENQUEUE_CHUNK: usize = 500;
 
 /// Due jobs and expired leases handled per maintenance pass and queue.
 const MAINTAIN_LIMIT: usize = 1000;
-
-macro_rules! script {
-    ($name:literal) => {
-        Script::new(concat!(
-            include_str!("lua/common.lua"),
-            include_str!(concat!("lua/", $name, ".lua"))
-        ))
-    };
-}
-
-struct Scripts {
-    enqueue: Script,
-    fetch: Script,
-    heartbeat: Script,
-    ack: Script,
-    release: Script,
-    maintain: Script,
-    watch: Script,
-    dead: Script,
-    run_now: Script,
-    cancel: Script,
-    cron_put: Script,
-    cron_remove: Script,
-    cron_fire: Script,
-    progress: Script,
-    pause: Script,
-    limits: Script,
-    batch_enqueue: Script,
-    put_module: Script,
-    egress_acquire: Script,
-    egress_renew: Script,
-    lineage: Script,
-}
-
-static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
-    enqueue: script!("enqueue"),
-    fetch: script!("fetch"),
-    heartbeat: script!("heartbeat"),
-    ack: script!("ack"),
-    release: script!("release"),
-    maintain: script!("maintain"),
-    watch: script!("watch"),
-    dead: script!("dead"),
-    run_now: script!("run_now"),
-    cancel: script!("cancel"),
-    cron_put: script!("cron_put"),
-    cron_remove: script!("cron_remove"),
-    cron_fire: script!("cron_fire"),
-    progress: script!("progress"),
-    pause: script!("pause"),
-    limits: script!("limits"),
-    batch_enqueue: script!("batch_enqueue"),
-    put_module: Script::new(include_str!("lua/put_module.lua")),
-    egress_acquire: Script::new(include_str!("lua/egress_acquire.lua")),
-    egress_renew: Script::new(include_str!("lua/egress_renew.lua")),
-    lineage: script!("lineage"),
-});
 
 /// Longest wait for one reply before the command counts as failed (and is retried while
 /// [`RETRY_WINDOW`] lasts): scripts over a few hundred jobs take milliseconds, ten seconds is a
@@ -186,7 +132,7 @@ impl ConnectionLike for Conn {
 enum Source {
     Single(redis::Client),
     /// A cluster client whose replies may take [`MAX_BLOCK`] and a little more.
-    Cluster(ClusterClient),
+    Cluster(Box<ClusterClient>),
 }
 
 /// Connections for blocking commands, each used by one command at a time and kept for the next
@@ -262,8 +208,43 @@ impl Source {
     }
 }
 
+/// Durable writes: every job-state change returns only once this many replicas of its master
+/// confirmed it (`WAIT`), so a failover right after cannot lose it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DurableWrites {
+    /// Replicas that must confirm each write.
+    pub replicas: u32,
+    /// How long to wait for them; past it the write is reported as failed (it was applied on
+    /// the master, and every write is safe to repeat).
+    pub timeout: Duration,
+}
+
+impl DurableWrites {
+    /// An error unless `confirmed` replicas are enough.
+    fn check(&self, confirmed: u32) -> Result<(), BrokerError> {
+        if confirmed >= self.replicas {
+            return Ok(());
+        }
+        Err(BrokerError::Unavailable {
+            backend: "redis",
+            reason: format!(
+                "the write was applied but only {confirmed} of {} replicas confirmed it within \
+                 {} ms (--durable-writes): it may be lost if its master fails now, and is safe \
+                 to repeat",
+                self.replicas,
+                self.timeout.as_millis()
+            ),
+        })
+    }
+}
+
+/// The wait for replicas of a durable write unless told otherwise.
+pub const DURABLE_WRITES_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The Redis broker.
 pub struct RedisBroker {
+    /// Set: writes wait for replicas.
+    durable: Option<DurableWrites>,
     conn: Conn,
     /// Whether `conn` is a Redis Cluster connection (every multi-key command must then stay in
     /// one slot).
@@ -324,10 +305,11 @@ impl RedisBroker {
                     .response_timeout(MAX_BLOCK + Duration::from_secs(5))
                     .build()?;
                 let conn = commands.get_async_connection().await?;
-                (Source::Cluster(blocking), Conn::Cluster(conn), true)
+                (Source::Cluster(Box::new(blocking)), Conn::Cluster(conn), true)
             }
         };
         Ok(RedisBroker {
+            durable: None,
             conn,
             cluster,
             blocking: Arc::new(Blocking {
@@ -344,6 +326,69 @@ impl RedisBroker {
     pub fn with_result_ttl(mut self, ttl: Duration) -> Self {
         self.result_ttl = ttl;
         self
+    }
+
+    /// Makes every job-state change wait for `replicas` replicas of its master (see
+    /// [`DurableWrites`]); 0 turns it off. Refused when a master has fewer replicas connected.
+    pub async fn with_durable_writes(
+        mut self,
+        replicas: u32,
+        timeout: Duration,
+    ) -> Result<Self, BrokerError> {
+        if replicas == 0 {
+            self.durable = None;
+            return Ok(self);
+        }
+        for (node, connected) in self.replicas_per_master().await? {
+            if connected < replicas {
+                return Err(BrokerError::Unavailable {
+                    backend: "redis",
+                    reason: format!(
+                        "durable writes need {replicas} replica(s) per master, but master \
+                         {node} has {connected} connected"
+                    ),
+                });
+            }
+        }
+        self.durable = Some(DurableWrites { replicas, timeout });
+        Ok(self)
+    }
+
+    /// Each master (its address, or `redis` on a single Redis) and its connected replicas.
+    async fn replicas_per_master(&self) -> Result<Vec<(String, u32)>, BrokerError> {
+        let mut cmd = redis::cmd("INFO");
+        cmd.arg("replication");
+        let mut conn = self.conn.clone();
+        let reply = match &mut conn {
+            Conn::Cluster(c) => {
+                let all = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
+                c.route_command(cmd, all).await?
+            }
+            other => cmd.query_async(other).await?,
+        };
+        let connected = |v: Value| -> Result<u32, BrokerError> {
+            let text: String = redis::from_redis_value(v).map_err(RedisError::from)?;
+            Ok(text
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("connected_slaves:"))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0))
+        };
+        match reply {
+            Value::Map(nodes) => nodes
+                .into_iter()
+                .map(|(node, v)| {
+                    let name: String = redis::from_redis_value(node).unwrap_or_default();
+                    Ok((name, connected(v)?))
+                })
+                .collect(),
+            v => Ok(vec![("redis".to_owned(), connected(v)?)]),
+        }
+    }
+
+    /// The durable-writes setting in force.
+    pub fn durable_writes(&self) -> Option<DurableWrites> {
+        self.durable
     }
 
     fn ttl_secs(&self) -> u64 {
@@ -384,6 +429,27 @@ impl RedisBroker {
             async move { cmd.query_async(&mut c).await }
         })
         .await
+    }
+
+    /// Runs one write command, retrying like [`Self::retrying`]; with durable writes on, returns
+    /// only once enough replicas confirmed it (`WAIT` on the same connection).
+    async fn write(&self, cmd: redis::Cmd) -> Result<(), BrokerError> {
+        let Some(durable) = self.durable else {
+            return self.query(cmd).await;
+        };
+        let mut pipe = redis::pipe();
+        pipe.add_command(cmd)
+            .ignore()
+            .cmd("WAIT")
+            .arg(durable.replicas)
+            .arg(durable.timeout.as_millis() as u64);
+        let (confirmed,): (u32,) = self
+            .retrying(|mut c| {
+                let pipe = pipe.clone();
+                async move { pipe.query_async(&mut c).await }
+            })
+            .await?;
+        durable.check(confirmed)
     }
 
     /// Runs a pipeline (never a transaction), retrying like [`Self::retrying`]. On a cluster its
@@ -435,31 +501,71 @@ impl RedisBroker {
         redis::from_redis_value(Value::Array(values)).map_err(|e| RedisError::from(e).into())
     }
 
-    async fn script<T: redis::FromRedisValue>(
-        &self,
-        invocation: &ScriptInvocation<'_>,
-    ) -> Result<T, BrokerError> {
-        self.retrying(|mut c| async move { invocation.invoke_async(&mut c).await })
-            .await
+    /// Runs a script call, retrying like [`Self::retrying`]; with durable writes on and a script
+    /// that changes job state, returns only once enough replicas confirmed it (`WAIT`, on the
+    /// same connection right after it, so it waits for this write).
+    async fn script<T: redis::FromRedisValue>(&self, call: &Call<'_>) -> Result<T, BrokerError> {
+        let wait = self.durable.filter(|_| call.lua.durable);
+        let evalsha = call.evalsha();
+        let (reply, confirmed) = self
+            .retrying(|mut c| {
+                let evalsha = evalsha.clone();
+                async move {
+                    // Loaded on the first NOSCRIPT (a new or restarted node), then sent again.
+                    for attempt in 0..2 {
+                        let sent = match wait {
+                            Some(durable) => {
+                                let mut pipe = redis::pipe();
+                                pipe.add_command(evalsha.clone())
+                                    .cmd("WAIT")
+                                    .arg(durable.replicas)
+                                    .arg(durable.timeout.as_millis() as u64);
+                                pipe.query_async::<(Value, u32)>(&mut c)
+                                    .await
+                                    .map(|(v, n)| (v, Some(n)))
+                            }
+                            None => evalsha
+                                .query_async::<Value>(&mut c)
+                                .await
+                                .map(|v| (v, None)),
+                        };
+                        match sent {
+                            Err(e)
+                                if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript)
+                                    && attempt == 0 =>
+                            {
+                                call.lua.script.load_async(&mut c).await?;
+                            }
+                            other => return other,
+                        }
+                    }
+                    unreachable!("the second attempt returns")
+                }
+            })
+            .await?;
+        if let (Some(durable), Some(confirmed)) = (wait, confirmed) {
+            durable.check(confirmed)?;
+        }
+        redis::from_redis_value(reply).map_err(|e| RedisError::from(e).into())
     }
 
-    fn queue_script<'s>(&self, script: &'s Script, queue: &str) -> ScriptInvocation<'s> {
+    fn queue_script<'s>(&self, lua: &'s Lua, queue: &str) -> Call<'s> {
         let qk = self.keys.queue(queue);
-        let mut inv = script.prepare_invoke();
+        let mut call = Call::new(lua);
         for k in &qk.keys {
-            inv.key(k);
+            call.key(k);
         }
-        inv.arg(qk.job_prefix).arg(qk.done_prefix);
-        inv
+        call.arg(qk.job_prefix).arg(qk.done_prefix);
+        call
     }
 
     /// A cron script: the queue's seven keys, then its cron entry and next-tick hashes.
-    fn cron_script<'s>(&self, script: &'s Script, queue: &str) -> ScriptInvocation<'s> {
-        let mut inv = self.queue_script(script, queue);
+    fn cron_script<'s>(&self, lua: &'s Lua, queue: &str) -> Call<'s> {
+        let mut call = self.queue_script(lua, queue);
         for k in self.keys.queue(queue).cron {
-            inv.key(k);
+            call.key(k);
         }
-        inv
+        call
     }
 
     /// Runs a blocking command on a dedicated connection.
