@@ -27,33 +27,45 @@ local function ready_score(prio, seq)
   return (100 - prio) * 17592186044416 + seq
 end
 
--- Leave one token for a worker blocked in BLPOP; never more than one.
+-- `cmd key` with the values of `list` as arguments, a thousand at a time (Lua's unpack has a
+-- limit on how many it spreads; an even step keeps ZADD's score/member pairs together).
+local function call_spread(cmd, key, list)
+  for i = 1, #list, 1000 do
+    redis.call(cmd, key, unpack(list, i, math.min(i + 999, #list)))
+  end
+end
+
+-- Leave one token for a worker blocked in BLPOP; never more than one (under load one is
+-- usually there already: then this is a single LLEN).
 local function wake()
-  redis.call('RPUSH', KEYS[5], 1)
-  redis.call('LTRIM', KEYS[5], 0, 0)
+  if redis.call('LLEN', KEYS[5]) == 0 then redis.call('RPUSH', KEYS[5], 1) end
+end
+
+-- List job `id` as ready: at the front of its priority (`front`), or behind the rest.
+local function list_ready(id, prio, front)
+  local seq = 0
+  if not front then seq = redis.call('INCR', KEYS[6]) end
+  redis.call('ZADD', KEYS[1], ready_score(tonumber(prio), seq), id)
 end
 
 local function make_ready(id, front)
   local jk = ARGV[1] .. id
-  local prio = tonumber(redis.call('HGET', jk, 'prio'))
-  local seq = 0
-  if not front then seq = redis.call('INCR', KEYS[6]) end
-  redis.call('ZADD', KEYS[1], ready_score(prio, seq), id)
+  list_ready(id, redis.call('HGET', jk, 'prio'), front)
   redis.call('HSET', jk, 'state', 'ready')
 end
 
 -- Create job `id` (its id is known to be free), due at `run_at` ms (0 or past: now). Returns
--- true if it went straight to ready (the caller wakes a worker).
+-- true if it went straight to ready (the caller wakes a worker). One write of the record.
 local function new_job(id, inv, prio, max, run_at, now)
   local jk = ARGV[1] .. id
-  redis.call('HSET', jk, 'inv', inv, 'attempts', 0, 'max', max, 'prio', prio, 'enq', now, 'lease', 0)
-  if run_at > now then
-    redis.call('HSET', jk, 'state', 'scheduled')
+  local ready = run_at <= now
+  redis.call('HSET', jk, 'inv', inv, 'attempts', 0, 'max', max, 'prio', prio, 'enq', now, 'lease', 0, 'state', ready and 'ready' or 'scheduled')
+  if ready then
+    list_ready(id, prio, false)
+  else
     redis.call('ZADD', KEYS[2], run_at, id)
-    return false
   end
-  make_ready(id, false)
-  return true
+  return ready
 end
 
 -- Record a failed attempt: `err` is the latest (JSON), `errs` the last MAX_ERRORS, one per line.
@@ -136,12 +148,12 @@ local function raw_field(json, name, max)
   end
 end
 
--- A job of a batch ended (counted once per job): when it was the batch's last, enqueue the
--- batch's callback, its args an object with `batch` and `jobs`: each job's id, final state, and
--- its result (succeeded) or last error (dead), within MAX_BATCH_RESULTS bytes in all.
-local function batch_ended(id)
+-- A job of batch `bid` (its `batch` field; nil: none) ended (counted once per job): when it was
+-- the batch's last, enqueue the batch's callback, its args an object with `batch` and `jobs`:
+-- each job's id, final state, and its result (succeeded) or last error (dead), within
+-- MAX_BATCH_RESULTS bytes in all.
+local function batch_ended(id, bid)
   local jk = ARGV[1] .. id
-  local bid = redis.call('HGET', jk, 'batch')
   if not bid or redis.call('HSETNX', jk, 'batch_counted', 1) == 0 then return end
   local bk = string.sub(ARGV[1], 1, -5) .. 'batch:' .. bid
   if redis.call('HINCRBY', bk, 'pending', -1) > 0 then return end
@@ -194,11 +206,16 @@ local function batch_ended(id)
   redis.call('HSET', bk, 'done', now_ms())
 end
 
--- The job became final: wake everyone waiting for it, and count it in its batch.
-local function notify(id)
-  batch_ended(id)
+-- The job became final: wake everyone waiting for it, and count it in its batch. `known`, when
+-- given, holds its `batch` and `waiters` fields as read before (nil where absent).
+local function notify(id, known)
   local jk = ARGV[1] .. id
-  local n = tonumber(redis.call('HGET', jk, 'waiters') or '0')
+  if not known then
+    local f = redis.call('HMGET', jk, 'batch', 'waiters')
+    known = {batch = f[1], waiters = f[2]}
+  end
+  batch_ended(id, known.batch)
+  local n = tonumber(known.waiters or '0')
   if n > 0 then
     local dk = ARGV[2] .. id
     for _ = 1, n do redis.call('RPUSH', dk, 1) end
@@ -255,11 +272,15 @@ for i = 4, #ARGV, 5 do
   if not max or max ~= math.floor(max) or max < 1 or max > 100 then return refuse(id, 'max attempts must be an integer from 1 to 100') end
   if not run_at then return refuse(id, 'run_at must be Unix milliseconds (0 for now)') end
 end
+-- exists[id]: the job was there before this call (or comes earlier in it).
 local new = 0
-local seen = {}
+local exists = {}
 for i = 4, #ARGV, 5 do
-  if not seen[ARGV[i]] and redis.call('EXISTS', ARGV[1] .. ARGV[i]) == 0 then new = new + 1 end
-  seen[ARGV[i]] = true
+  local id = ARGV[i]
+  if exists[id] == nil then
+    exists[id] = redis.call('EXISTS', ARGV[1] .. id) == 1
+    if not exists[id] then new = new + 1 end
+  end
 end
 local full = check_room(new)
 if full then return full end
@@ -271,11 +292,11 @@ local j = 0
 for i = 4, #ARGV, 5 do
   j = j + 1
   local id, inv, prio, max, run_at = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], tonumber(ARGV[i + 4])
-  local jk = ARGV[1] .. id
-  if redis.call('EXISTS', jk) == 1 then
+  if exists[id] then
     out[j] = 0
   else
     if new_job(id, inv, prio, max, run_at, now) then woke = true end
+    exists[id] = true
     out[j] = 1
     created = created + 1
   end

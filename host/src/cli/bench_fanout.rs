@@ -15,7 +15,7 @@ use serde_json::json;
 
 use super::JobsDir;
 use super::bench_io::run_worker;
-use super::bench_queue::PrivateRedis;
+use super::private_redis::PrivateRedis;
 use super::report::group;
 use crate::broker::ApiBroker;
 use crate::broker::redis::RedisBroker;

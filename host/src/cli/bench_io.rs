@@ -19,7 +19,7 @@ use clap::Args;
 use serde_json::json;
 
 use super::JobsDir;
-use super::bench_queue::PrivateRedis;
+use super::private_redis::PrivateRedis;
 use super::report::{group, timings};
 use crate::broker::redis::RedisBroker;
 use crate::broker::{ApiBroker, EgressLimit};

@@ -12,6 +12,7 @@ mod demo;
 mod egress;
 mod enqueue;
 mod grant;
+pub mod private_redis;
 mod queue;
 mod report;
 mod run;

@@ -1,6 +1,7 @@
 //! A private Redis Cluster per test: masters and their replicas, each a `redis-server` of its own
 //! ([`RedisServer`]: a free loopback port, its own directory, append-only file with an fsync per
-//! write), joined and given the 16384 slots by the test itself, stopped by pid on drop.
+//! write), joined and given the 16384 slots by `wasmq::cli::private_redis::form_cluster`, stopped by
+//! pid on drop.
 
 use std::time::{Duration, Instant};
 
@@ -44,33 +45,9 @@ impl RedisCluster {
         let nodes: Vec<RedisServer> = (0..masters * (1 + replicas))
             .map(|_| RedisServer::start_cluster_node(&settings))
             .collect();
-        let cluster = RedisCluster { nodes, masters };
-        for (i, master) in cluster.masters().iter().enumerate() {
-            let first = 16384 * i / masters;
-            let last = 16384 * (i + 1) / masters - 1;
-            master.cmd(&[
-                "CLUSTER",
-                "ADDSLOTSRANGE",
-                &first.to_string(),
-                &last.to_string(),
-            ]);
-        }
-        let seed = cluster.nodes[0].port().to_string();
-        for node in &cluster.nodes[1..] {
-            node.cmd(&["CLUSTER", "MEET", "127.0.0.1", &seed]);
-        }
-        let total = cluster.nodes.len();
-        cluster.wait("every node to know every other", |c| {
-            c.nodes
-                .iter()
-                .all(|n| info_field(&n.cluster_info(), "cluster_known_nodes") == Some(total))
-        });
-        for (i, replica) in cluster.nodes[masters..].iter().enumerate() {
-            let master_id = cluster.nodes[i % masters].node_id();
-            replica.cmd(&["CLUSTER", "REPLICATE", &master_id]);
-        }
-        cluster.wait_healthy();
-        cluster
+        let ports: Vec<u16> = nodes.iter().map(RedisServer::port).collect();
+        wasmq::cli::private_redis::form_cluster(&ports, masters).expect("the cluster forms");
+        RedisCluster { nodes, masters }
     }
 
     /// The masters as started (after a failover one of them may be a replica or gone).
@@ -171,17 +148,6 @@ fn strip_ids(slots: redis::Value) -> redis::Value {
     )
 }
 
-/// The number in `field:N` of an `INFO`-style text.
-fn info_field(info: &str, field: &str) -> Option<usize> {
-    info.lines().find_map(|l| {
-        l.trim()
-            .strip_prefix(field)?
-            .strip_prefix(':')?
-            .parse()
-            .ok()
-    })
-}
-
 impl RedisServer {
     /// `CLUSTER INFO`.
     pub fn cluster_info(&self) -> String {
@@ -195,10 +161,5 @@ impl RedisServer {
         self.try_cmd(&["INFO", section])
             .and_then(|v| redis::from_redis_value(v).ok())
             .unwrap_or_default()
-    }
-
-    /// This node's cluster id.
-    pub fn node_id(&self) -> String {
-        redis::from_redis_value(self.cmd(&["CLUSTER", "MYID"])).expect("an id")
     }
 }

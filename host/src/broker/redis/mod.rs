@@ -305,7 +305,11 @@ impl RedisBroker {
                     .response_timeout(MAX_BLOCK + Duration::from_secs(5))
                     .build()?;
                 let conn = commands.get_async_connection().await?;
-                (Source::Cluster(Box::new(blocking)), Conn::Cluster(conn), true)
+                (
+                    Source::Cluster(Box::new(blocking)),
+                    Conn::Cluster(conn),
+                    true,
+                )
             }
         };
         Ok(RedisBroker {

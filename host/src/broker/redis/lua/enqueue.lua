@@ -29,11 +29,15 @@ for i = 4, #ARGV, 5 do
   if not max or max ~= math.floor(max) or max < 1 or max > 100 then return refuse(id, 'max attempts must be an integer from 1 to 100') end
   if not run_at then return refuse(id, 'run_at must be Unix milliseconds (0 for now)') end
 end
+-- exists[id]: the job was there before this call (or comes earlier in it).
 local new = 0
-local seen = {}
+local exists = {}
 for i = 4, #ARGV, 5 do
-  if not seen[ARGV[i]] and redis.call('EXISTS', ARGV[1] .. ARGV[i]) == 0 then new = new + 1 end
-  seen[ARGV[i]] = true
+  local id = ARGV[i]
+  if exists[id] == nil then
+    exists[id] = redis.call('EXISTS', ARGV[1] .. id) == 1
+    if not exists[id] then new = new + 1 end
+  end
 end
 local full = check_room(new)
 if full then return full end
@@ -45,11 +49,11 @@ local j = 0
 for i = 4, #ARGV, 5 do
   j = j + 1
   local id, inv, prio, max, run_at = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], tonumber(ARGV[i + 4])
-  local jk = ARGV[1] .. id
-  if redis.call('EXISTS', jk) == 1 then
+  if exists[id] then
     out[j] = 0
   else
     if new_job(id, inv, prio, max, run_at, now) then woke = true end
+    exists[id] = true
     out[j] = 1
     created = created + 1
   end

@@ -33,18 +33,23 @@ if want <= 0 then return {} end
 local deadline = now + tonumber(ARGV[4])
 local popped = redis.call('ZPOPMIN', KEYS[1], want)
 local out = {}
+-- One read and one write per job, and one ZADD for all: most of what a job costs Redis is here
+-- and in the ack.
+local leased = {}
 for k = 1, #popped, 2 do
   local id = popped[k]
   local jk = ARGV[1] .. id
-  local inv = redis.call('HGET', jk, 'inv')
-  if inv then
-    local attempt = redis.call('HINCRBY', jk, 'attempts', 1)
-    local token = redis.call('HINCRBY', jk, 'lease', 1)
-    redis.call('HSET', jk, 'state', 'leased', 'worker', ARGV[5], 'started', now)
-    redis.call('ZADD', KEYS[3], deadline, id)
-    out[#out + 1] = {id, inv, attempt, token}
+  local f = redis.call('HMGET', jk, 'inv', 'attempts', 'lease')
+  if f[1] then
+    local attempt = tonumber(f[2] or '0') + 1
+    local token = tonumber(f[3] or '0') + 1
+    redis.call('HSET', jk, 'attempts', attempt, 'lease', token, 'state', 'leased', 'worker', ARGV[5], 'started', now)
+    leased[#leased + 1] = deadline
+    leased[#leased + 1] = id
+    out[#out + 1] = {id, f[1], attempt, token}
   end
 end
+call_spread('ZADD', KEYS[3], leased)
 if window then redis.call('HSET', KEYS[7], 'rate_window', window, 'rate_count', used + #out) end
 if #out > 0 then
   local lines = {}
