@@ -60,7 +60,8 @@ pub(crate) struct QueueBench {
 
 /// Where the benchmark's Redis is: started by it (one server, or a cluster), or the operator's.
 enum Setup {
-    Single(PrivateRedis),
+    /// One server, and its replicas.
+    Single(PrivateRedis, Vec<PrivateRedis>),
     Cluster(PrivateCluster),
     Given(String),
 }
@@ -68,7 +69,7 @@ enum Setup {
 impl Setup {
     fn url(&self) -> String {
         match self {
-            Setup::Single(r) => r.url.clone(),
+            Setup::Single(r, _) => r.url.clone(),
             Setup::Cluster(c) => c.url(),
             Setup::Given(url) => url.clone(),
         }
@@ -77,7 +78,7 @@ impl Setup {
     /// The masters' ports, where the benchmark can read their CPU (its own servers only).
     fn master_ports(&self) -> Vec<u16> {
         match self {
-            Setup::Single(r) => vec![r.port],
+            Setup::Single(r, _) => vec![r.port],
             Setup::Cluster(c) => c.masters().iter().map(|m| m.port).collect(),
             Setup::Given(_) => Vec::new(),
         }
@@ -145,8 +146,13 @@ pub(crate) async fn run(
     }
     let setup = match (args.use_redis, args.cluster) {
         (true, _) => Setup::Given(redis.redis.clone()),
-        (false, 0) if args.replicas == 0 => Setup::Single(PrivateRedis::start()?),
-        (false, 0) => Setup::Cluster(PrivateCluster::start(1, args.replicas)?),
+        (false, 0) => {
+            let master = PrivateRedis::start()?;
+            let replicas = (0..args.replicas)
+                .map(|_| PrivateRedis::start_replica_of(master.port))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            Setup::Single(master, replicas)
+        }
         (false, masters) => Setup::Cluster(PrivateCluster::start(masters, args.replicas)?),
     };
     let url = setup.url();
@@ -164,7 +170,10 @@ pub(crate) async fn run(
     println!(
         "redis: {url} ({}), durable writes {}, {} hello jobs over {} queue(s), worker concurrency {}",
         match &setup {
-            Setup::Single(_) => "private, appendonly everysec".to_owned(),
+            Setup::Single(_, replicas) => format!(
+                "private, {} replica(s), appendonly everysec",
+                replicas.len()
+            ),
             Setup::Cluster(_) => format!(
                 "private cluster: {masters} master(s), {} replica(s) each, appendonly everysec",
                 args.replicas
@@ -286,12 +295,14 @@ pub(crate) async fn run(
 
     // Latency: one job at a time, enqueue → result observed, with the worker idle and blocked.
     let mut latency = Vec::with_capacity(args.latency_samples);
+    let mut accepted = Vec::with_capacity(args.latency_samples);
     for i in 0..args.latency_samples {
         let one = job(total + i)?;
         let t = Instant::now();
         intake
             .enqueue(broker.as_ref(), std::slice::from_ref(&one))
             .await?;
+        accepted.push(t.elapsed());
         let record = broker
             .wait_job(one.queue(), one.id(), Duration::from_secs(10))
             .await?;
@@ -302,6 +313,7 @@ pub(crate) async fn run(
             one.id()
         );
     }
+    timings("enqueue call (one job, acknowledged)", &mut accepted);
     timings("latency enqueue→result", &mut latency);
     let _ = stop_tx.send(());
     running.await?;

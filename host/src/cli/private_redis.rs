@@ -28,6 +28,26 @@ impl PrivateRedis {
         Self::start_on(port, &[])
     }
 
+    /// Starts a replica of the server on `master`'s port, and waits until it is in sync.
+    pub fn start_replica_of(master: u16) -> anyhow::Result<Self> {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let master = master.to_string();
+        let replica = Self::start_on(
+            port,
+            &[
+                "--replicaof",
+                "127.0.0.1",
+                &master,
+                "--repl-diskless-sync-delay",
+                "0",
+            ],
+        )?;
+        wait("the replica to sync", || {
+            node_text(port, &["INFO", "replication"]).contains("master_link_status:up")
+        })?;
+        Ok(replica)
+    }
+
     /// Starts a Redis Cluster node on a free port whose cluster bus port (+10000) is free too.
     pub fn start_cluster_node() -> anyhow::Result<Self> {
         let settings = [
