@@ -363,3 +363,83 @@ async fn without_durable_writes_a_failover_reports_what_it_lost() {
         "no success counted twice"
     );
 }
+
+/// Moves `slot` from the master on `from` to the master on `to` the way `redis-cli --cluster
+/// reshard` does — importing/migrating, the keys `MIGRATE`d ten at a time with a pause between
+/// (so the move is under way for a while), then the slot assigned to its new master everywhere.
+async fn migrate_slot(cluster: &RedisCluster, slot: u16, from: u16, to: u16) -> usize {
+    let node = |port: u16| cluster.nodes.iter().find(|n| n.port() == port).unwrap();
+    let id = |port: u16| -> String {
+        redis::from_redis_value(node(port).cmd(&["CLUSTER", "MYID"])).unwrap()
+    };
+    let (from_id, to_id) = (id(from), id(to));
+    let slot = slot.to_string();
+    node(to).cmd(&["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id]);
+    node(from).cmd(&["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id]);
+    let mut moved = 0;
+    loop {
+        let keys: Vec<String> =
+            redis::from_redis_value(node(from).cmd(&["CLUSTER", "GETKEYSINSLOT", &slot, "10"]))
+                .unwrap();
+        if keys.is_empty() {
+            break;
+        }
+        let port = to.to_string();
+        let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+        args.extend(keys.iter().map(String::as_str));
+        node(from).cmd(&args);
+        moved += keys.len();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for n in cluster.masters() {
+        n.cmd(&["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
+    }
+    moved
+}
+
+/// The slot of a busy queue moves to another master while a worker runs it: every job ends
+/// succeeded, and — its worker alive throughout — none ran twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_queue_moves_to_another_master_without_losing_a_job() {
+    let rig = tokio::task::spawn_blocking(Rig::on_cluster).await.unwrap();
+    let b = rig.broker().await;
+    let chaos = rig.upload("chaos");
+    let ids = rig.enqueue_many(2000, "m", &chaos, json!({"mode": "sleep", "ms": 5}));
+    let worker = rig.worker("w", &["--concurrency", "16"]);
+    let ready = b.keys().queue("default").keys[0].clone();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while b.queues().await.unwrap()[0].totals.succeeded < 100 {
+        assert!(Instant::now() < deadline, "no progress:\n{}", rig.log("w"));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let from = rig.cluster().owner_of(&ready).port();
+    let to = rig
+        .cluster()
+        .masters()
+        .iter()
+        .map(|m| m.port())
+        .find(|&p| p != from)
+        .unwrap();
+    let moved = migrate_slot(
+        rig.cluster(),
+        wasmq::broker::redis::hash_slot(ready.as_bytes()),
+        from,
+        to,
+    )
+    .await;
+    let during = b.queues().await.unwrap()[0].totals.succeeded;
+    assert_eq!(rig.cluster().owner_of(&ready).port(), to);
+    for id in &ids {
+        let r = b
+            .wait_job("default", id, Duration::from_secs(300))
+            .await
+            .unwrap();
+        let r = r.unwrap_or_else(|| panic!("{id} is gone\n{}", rig.log("w")));
+        assert_eq!(r.state, JobState::Succeeded, "{r:?}\n{}", rig.log("w"));
+        assert_eq!(r.attempts, 1, "{id} ran twice");
+    }
+    drop(worker);
+    println!(
+        "moved {moved} keys while the worker ran; {during} jobs had succeeded by the end of the move"
+    );
+}

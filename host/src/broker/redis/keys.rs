@@ -74,6 +74,12 @@ impl Keys {
         format!("{}:{{{queue}}}:job:{id}", self.prefix)
     }
 
+    /// What fetch request `request` on `queue` leased (kept for the lease's length, so that the
+    /// request sent again gets the same leases).
+    pub fn fetch_request(&self, queue: &str, request: &str) -> String {
+        format!("{}:{{{queue}}}:fetch:{request}", self.prefix)
+    }
+
     /// The waiter list of `id` in `queue`.
     pub fn done(&self, queue: &str, id: &str) -> String {
         format!("{}:{{{queue}}}:done:{id}", self.prefix)

@@ -118,19 +118,22 @@ impl Broker for RedisBroker {
         lease: Duration,
         worker: &str,
     ) -> Result<Vec<Lease>, BrokerError> {
+        // Rounds per queue: more than one only when other workers took the candidates read.
+        const ROUNDS: usize = 3;
         let mut out = Vec::new();
         for queue in queues {
-            if out.len() >= max {
-                break;
+            let mut rows: Vec<(String, String, u32, u64)> = Vec::new();
+            for _ in 0..ROUNDS {
+                let want = max - out.len() - rows.len();
+                if want == 0 {
+                    break;
+                }
+                let (leased, more) = self.fetch_round(queue, want, lease, worker).await?;
+                rows.extend(leased);
+                if !more {
+                    break;
+                }
             }
-            // The request's id: resent (after a timeout) it returns the same leases.
-            let request = format!("{:016x}", fastrand::u64(..));
-            let mut inv = self.queue_script(&SCRIPTS.fetch, queue);
-            inv.arg(max - out.len())
-                .arg(lease.as_millis() as u64)
-                .arg(worker)
-                .arg(request);
-            let rows: Vec<(String, String, u32, u64)> = self.script(&inv).await?;
             let mut refused = Vec::new();
             for (id, inv_json, attempt, token) in rows {
                 let key = LeaseKey {
@@ -376,5 +379,48 @@ impl Broker for RedisBroker {
             }
         }
         self.job(Some(queue), id).await
+    }
+}
+
+impl RedisBroker {
+    /// One fetch round on `queue`: reads up to `want` ids (and as many again, at most 64, for
+    /// workers fetching at the same time) from the head of the ready set, then leases the first
+    /// `want` of them still ready with every key declared (`lua/fetch.lua`). Returns the leases
+    /// and whether another round may find more.
+    async fn fetch_round(
+        &self,
+        queue: &str,
+        want: usize,
+        lease: Duration,
+        worker: &str,
+    ) -> Result<(Vec<(String, String, u32, u64)>, bool), BrokerError> {
+        let qk = self.keys.queue(queue);
+        let window = want + want.min(64);
+        let candidates: Vec<String> = self
+            .query(
+                redis::cmd("ZRANGE")
+                    .arg(&qk.keys[0])
+                    .arg(0)
+                    .arg(window - 1)
+                    .clone(),
+            )
+            .await?;
+        if candidates.is_empty() {
+            return Ok((Vec::new(), false));
+        }
+        // The request's id: resent (after a timeout) it returns the same leases.
+        let request = format!("{:016x}", fastrand::u64(..));
+        let mut call = self.queue_script(&SCRIPTS.fetch, queue);
+        call.key(self.keys.fetch_request(queue, &request));
+        for id in &candidates {
+            call.key(self.keys.job(queue, id));
+        }
+        call.arg(want)
+            .arg(lease.as_millis() as u64)
+            .arg(worker)
+            .arg(&request)
+            .arg(&candidates);
+        let (rows, more): (Vec<(String, String, u32, u64)>, u8) = self.script(&call).await?;
+        Ok((rows, more == 1))
     }
 }
