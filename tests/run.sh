@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The test command (README): installs what the tests need when it is missing — the wasm32-wasip2
 # target (the sample jobs), redis-server (the broker, worker, CLI, API and fault tests each start
-# their own), Python 3 with `redis`, Node and curl (the client tests), npm, Chromium and
-# playwright-core (the dashboard's browser test) — then runs every test in the workspace. Extra arguments go to `cargo test`.
+# their own Redis or Redis Cluster), openssl (the TLS test's certificates), Python 3 with `redis`,
+# Node and curl (the client tests), npm, Chromium and playwright-core (the dashboard's browser
+# test) — then runs every test in the workspace. Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -17,6 +18,8 @@ fi
 # The client tests (tests/clients.rs): Python 3 with the `redis` package, Node >= 18, curl; the
 # dashboard's browser test (tests/dashboard.rs) also needs npm, Debian's Chromium and playwright-core.
 command -v python3 >/dev/null || apt_install python3
+# The TLS test (tests/cli.rs) makes its certificate authority with openssl.
+command -v openssl >/dev/null || apt_install openssl
 command -v curl >/dev/null || apt_install curl
 if ! command -v node >/dev/null || [ "$(node -p 'process.versions.node.split(".")[0]')" -lt 18 ]; then
   apt_install nodejs

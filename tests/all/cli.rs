@@ -879,22 +879,36 @@ const LEAST_PRIVILEGE: &[&str] = &[
     "-@dangerous",
 ];
 
+/// A managed Redis as users run it: TLS only (a certificate signed by a private authority) and
+/// the least-privilege ACL user.
 #[test]
-fn a_least_privilege_acl_user_uploads_enqueues_and_runs_jobs() {
-    let redis = common::redis::RedisServer::start();
+fn a_least_privilege_acl_user_uploads_enqueues_and_runs_jobs_over_tls() {
+    let redis = common::redis::RedisServer::start_tls(&[]);
     let mut setuser = vec!["ACL", "SETUSER", "wasmq"];
     setuser.extend_from_slice(LEAST_PRIVILEGE);
     redis.cmd(&setuser);
-    let url = redis.url().replace("redis://", "redis://wasmq:s3cret@");
+    let url = redis.url().replace("rediss://", "rediss://wasmq:s3cret@");
     let cache = tempfile::tempdir().unwrap();
+    let ca = cache.path().join("ca.pem");
+    std::fs::write(&ca, redis.ca_pem().unwrap()).unwrap();
+    let wasmq = |args: &[&str]| {
+        let mut cmd = common::wasmq_cmd(&url, cache.path());
+        cmd.env("WASMQ_REDIS_CA_FILE", &ca).args(args);
+        cmd
+    };
     let run = |args: &[&str]| {
-        let out = common::wasmq_cmd(&url, cache.path())
-            .args(args)
-            .output()
-            .unwrap();
+        let out = wasmq(args).output().unwrap();
         assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
         (text(&out.stdout), text(&out.stderr))
     };
+    // Without the authority the server's certificate is not trusted, and the error says so.
+    let untrusted = common::wasmq_cmd(&url, cache.path())
+        .args(["queues"])
+        .output()
+        .unwrap();
+    assert!(!untrusted.status.success());
+    let err = text(&untrusted.stderr).to_lowercase();
+    assert!(err.contains("certificate"), "{err}");
     let hash = run(&["upload", &job_path("hello")]).0.trim().to_owned();
     run(&[
         "enqueue",
@@ -904,8 +918,7 @@ fn a_least_privilege_acl_user_uploads_enqueues_and_runs_jobs() {
         "--id",
         "acl-1",
     ]);
-    let mut worker = common::wasmq_cmd(&url, cache.path())
-        .arg("worker")
+    let mut worker = wasmq(&["worker"])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -924,7 +937,7 @@ fn a_least_privilege_acl_user_uploads_enqueues_and_runs_jobs() {
         "{stderr}"
     );
     // Nor do what it was not given.
-    let client = redis::Client::open(url.as_str()).unwrap();
+    let client = redis.client_for(&url).unwrap();
     let mut conn = client.get_connection().unwrap();
     let refused: redis::RedisResult<()> = redis::cmd("FLUSHALL").query(&mut conn);
     let refused = refused.unwrap_err();

@@ -41,6 +41,10 @@ pub(crate) struct RedisArgs {
     /// master's word is enough (faster; a failover can lose the last writes).
     #[arg(long, env = "WASMQ_DURABLE_WRITES", default_value_t = 0, global = true)]
     pub(crate) durable_writes: u32,
+    /// PEM file of the certificate authority that signed a `rediss://` Redis's certificate
+    /// (default: the system's trusted roots).
+    #[arg(long, env = "WASMQ_REDIS_CA_FILE", global = true)]
+    pub(crate) redis_ca_file: Option<PathBuf>,
     /// How long a durable write waits for its replicas before it is reported as failed (it was
     /// applied on the master; every write is safe to repeat).
     #[arg(long, env = "WASMQ_DURABLE_WRITES_TIMEOUT", value_parser = crate::time::parse_duration, default_value = "5s", global = true)]
@@ -85,7 +89,13 @@ impl RedisArgs {
     }
 
     async fn connect_plain(&self) -> anyhow::Result<RedisBroker> {
-        RedisBroker::connect(&self.redis)
+        let ca = match &self.redis_ca_file {
+            Some(path) => Some(std::fs::read(path).with_context(|| {
+                format!("failed to read the Redis CA file `{}`", path.display())
+            })?),
+            None => None,
+        };
+        RedisBroker::connect_with(&self.redis, "wasmq", ca.as_deref())
             .await
             .with_context(|| format!("failed to connect to Redis at `{}`", self.redis))?
             .with_durable_writes(self.durable_writes, self.durable_writes_timeout)

@@ -12,6 +12,8 @@ pub struct RedisServer {
     dir: tempfile::TempDir,
     /// Settings given to every start beyond the defaults here.
     extra: Vec<String>,
+    /// On a TLS-only server: the PEM of the authority that signed its certificate.
+    ca: Option<Vec<u8>>,
 }
 
 impl RedisServer {
@@ -53,14 +55,121 @@ impl RedisServer {
             port,
             dir: tempfile::tempdir().expect("a temp dir"),
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+            ca: None,
         };
         server.restart();
         server
     }
 
-    /// `redis://127.0.0.1:<port>/`.
+    /// Starts a server that speaks only TLS, with a certificate for 127.0.0.1 signed by a
+    /// certificate authority made for it (`openssl`); its PEM is [`Self::ca_pem`]. `extra` as in
+    /// [`Self::start_with`].
+    pub fn start_tls(extra: &[&str]) -> Self {
+        let certs = tempfile::tempdir().expect("a temp dir");
+        let dir = certs.path();
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("openssl runs (.ci/run installs it)");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-new",
+            "-nodes",
+            "-newkey",
+            "rsa:2048",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=wasmq test CA",
+        ]);
+        openssl(&[
+            "req",
+            "-new",
+            "-nodes",
+            "-newkey",
+            "rsa:2048",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        ]);
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let file = |name: &str| dir.join(name).display().to_string();
+        let (cert, key, ca) = (file("server.pem"), file("server.key"), file("ca.pem"));
+        let port_text = port.to_string();
+        let mut settings = vec![
+            "--port",
+            "0",
+            "--tls-port",
+            &port_text,
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca,
+            "--tls-auth-clients",
+            "no",
+        ];
+        settings.extend_from_slice(extra);
+        let extra = settings.iter().map(|s| (*s).to_owned()).collect();
+        let ca = std::fs::read(dir.join("ca.pem")).unwrap();
+        let mut server = RedisServer {
+            child: None,
+            port,
+            dir: certs,
+            extra,
+            ca: Some(ca),
+        };
+        server.restart();
+        server
+    }
+
+    /// The PEM of the authority that signed a TLS server's certificate.
+    pub fn ca_pem(&self) -> Option<&[u8]> {
+        self.ca.as_deref()
+    }
+
+    /// `redis://127.0.0.1:<port>/` (`rediss://` on a TLS server).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        let scheme = if self.ca.is_some() { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}/", self.port)
     }
 
     /// SIGKILLs the server (no chance to save anything beyond what the AOF already holds).
@@ -148,7 +257,7 @@ impl RedisServer {
     }
 
     fn query(&self, args: &[&str]) -> redis::RedisResult<redis::Value> {
-        let client = redis::Client::open(self.url())?;
+        let client = self.client()?;
         let mut conn = client.get_connection_with_timeout(Duration::from_secs(10))?;
         let mut cmd = redis::cmd(args[0]);
         for a in &args[1..] {
@@ -157,12 +266,30 @@ impl RedisServer {
         cmd.query(&mut conn)
     }
 
+    /// A client for `url` that trusts this server's certificate authority on TLS.
+    pub fn client_for(&self, url: &str) -> redis::RedisResult<redis::Client> {
+        match &self.ca {
+            Some(ca) => redis::Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.clone()),
+                },
+            ),
+            None => redis::Client::open(url),
+        }
+    }
+
+    fn client(&self) -> redis::RedisResult<redis::Client> {
+        self.client_for(&self.url())
+    }
+
     /// Bytes Redis holds in keys: `MEMORY USAGE` summed over every key. Unlike `used_memory`
     /// it leaves out client buffers and the Lua heap, which hold the last request's arguments
     /// until a garbage collection whether or not anything was stored, so it measures exactly
     /// what a request left behind.
     pub fn stored_bytes(&self) -> u64 {
-        let client = redis::Client::open(self.url()).expect("a valid url");
+        let client = self.client().expect("a valid url");
         let mut conn = client.get_connection().expect("a connection");
         let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut conn).unwrap();
         keys.iter()

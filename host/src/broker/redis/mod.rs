@@ -130,7 +130,7 @@ impl ConnectionLike for Conn {
 /// Where blocking connections come from: a blocked `BLPOP` holds its connection, so each waiter
 /// takes one of its own.
 enum Source {
-    Single(redis::Client),
+    Single(Box<redis::Client>),
     /// A cluster client whose replies may take [`MAX_BLOCK`] and a little more.
     Cluster(Box<ClusterClient>),
 }
@@ -267,6 +267,21 @@ impl RedisBroker {
 
     /// Connects to `url` (see [`Self::connect`]) with keys under `prefix`.
     pub async fn connect_with_prefix(url: &str, prefix: &str) -> Result<Self, BrokerError> {
+        Self::connect_with(url, prefix, None).await
+    }
+
+    /// Connects to `url` (see [`Self::connect`]) with keys under `prefix`; a `rediss://` URL is
+    /// verified against `root_ca` (PEM certificates) when given, else against the system's
+    /// trusted roots.
+    pub async fn connect_with(
+        url: &str,
+        prefix: &str,
+        root_ca: Option<&[u8]>,
+    ) -> Result<Self, BrokerError> {
+        let certs = || redis::TlsCertificates {
+            client_tls: None,
+            root_cert: root_ca.map(<[u8]>::to_vec),
+        };
         let nodes: Vec<&str> = url
             .split(',')
             .map(str::trim)
@@ -280,25 +295,32 @@ impl RedisBroker {
                 });
             }
             [one] => {
-                let client = redis::Client::open(*one)?;
+                let client = match root_ca {
+                    Some(_) => redis::Client::build_with_tls(*one, certs())?,
+                    None => redis::Client::open(*one)?,
+                };
                 let config = ConnectionManagerConfig::new()
                     .set_response_timeout(Some(RESPONSE_TIMEOUT))
                     .set_connection_timeout(Some(CONNECT_TIMEOUT))
                     .set_max_delay(Duration::from_secs(1));
                 let conn = ConnectionManager::new_with_config(client.clone(), config).await?;
                 refuse_cluster_node(&mut Conn::Managed(conn.clone()), one).await?;
-                (Source::Single(client), Conn::Managed(conn), false)
+                (Source::Single(Box::new(client)), Conn::Managed(conn), false)
             }
             several => {
                 let builder = || {
-                    ClusterClientBuilder::new(several.iter().copied())
-                        .connection_timeout(CONNECT_TIMEOUT)
-                        // MOVED, ASK and TRYAGAIN while a slot migrates or a master fails over
-                        // are followed within the overall timeout; past it [`Self::retrying`]
-                        // retries while [`RETRY_WINDOW`] lasts.
-                        .retries(8)
-                        .min_retry_wait(20)
-                        .max_retry_wait(1000)
+                    let builder = ClusterClientBuilder::new(several.iter().copied());
+                    match root_ca {
+                        Some(_) => builder.certs(certs()),
+                        None => builder,
+                    }
+                    .connection_timeout(CONNECT_TIMEOUT)
+                    // MOVED, ASK and TRYAGAIN while a slot migrates or a master fails over
+                    // are followed within the overall timeout; past it [`Self::retrying`]
+                    // retries while [`RETRY_WINDOW`] lasts.
+                    .retries(8)
+                    .min_retry_wait(20)
+                    .max_retry_wait(1000)
                 };
                 let commands = builder().response_timeout(RESPONSE_TIMEOUT).build()?;
                 let blocking = builder()
