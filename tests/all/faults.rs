@@ -229,6 +229,47 @@ async fn a_stalled_redis_loses_no_job_to_a_resent_fetch() {
     }
 }
 
+/// A Redis stall longer than the lease: when Redis wakes, the worker's own recovery pass must
+/// not take back the leases of jobs it is still running (their heartbeats were held up by the
+/// same stall), or those one-attempt jobs would end dead as `lease_expired` though their worker
+/// never stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_worker_keeps_its_leases_through_its_own_recovery_pass() {
+    let rig = Rig::new();
+    let chaos = rig.upload("chaos");
+    let ids: Vec<String> = (0..64).map(|i| format!("slow-{i}")).collect();
+    let lines: String = ids
+        .iter()
+        .map(|id| {
+            json!({"module": chaos, "id": id, "max_attempts": 1, "args": {"mode": "sleep", "ms": 6000}})
+                .to_string()
+                + "\n"
+        })
+        .collect();
+    let file = rig.dir.path().join("slow.jsonl");
+    std::fs::write(&file, lines).unwrap();
+    rig.ok(&["enqueue", "--file", file.to_str().unwrap()]);
+    let b = rig.broker().await;
+    let worker = rig.worker("w", &["--concurrency", "64", "--lease", "2s"]);
+    // Every job leased and running, then Redis stalls for longer than the lease.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while counts(&b).await.leased < 64 {
+        assert!(
+            Instant::now() < deadline,
+            "not all leased:\n{}",
+            rig.log("w")
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    rig.redis().cmd(&["CLIENT", "PAUSE", "5000", "ALL"]);
+    all_succeed(&b, &ids, Duration::from_secs(600), || rig.log("w")).await;
+    worker.kill();
+    for id in &ids {
+        let r = b.job(Some("default"), id).await.unwrap().unwrap();
+        assert_eq!(r.attempts, 1, "{id} ran more than once");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_enqueues_survive_a_redis_restart() {
     let mut rig = Rig::new();

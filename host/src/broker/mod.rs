@@ -145,8 +145,11 @@ pub trait Broker: Send + Sync + 'static {
     async fn release(&self, leases: &[LeaseKey]) -> Result<(), BrokerError>;
 
     /// Promotes due scheduled jobs and recovers expired leases of `queue`. Safe to run in every
-    /// worker at once.
-    async fn maintain(&self, queue: &str) -> Result<Maintenance, BrokerError>;
+    /// worker at once. `own` are the caller's own leases on `queue`: those it leaves alone even
+    /// when expired — the caller is alive and running them, only slow to heartbeat (after a Redis
+    /// stall, say), and its next heartbeat renews them; any other worker's pass still recovers
+    /// them if that heartbeat never comes.
+    async fn maintain(&self, queue: &str, own: &[LeaseKey]) -> Result<Maintenance, BrokerError>;
 
     /// The job's record; with no `queue`, every known queue is searched.
     async fn job(&self, queue: Option<&str>, id: &str) -> Result<Option<JobRecord>, BrokerError>;

@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::broker::BrokerError;
-use crate::broker::{CronEntry, Maintenance, WorkerBroker};
+use crate::broker::{CronEntry, LeaseKey, Maintenance, WorkerBroker};
 use crate::intake::{Intake, IntakeError, Refusal};
 use crate::invocation::NewJob;
 use crate::time::now_ms;
@@ -119,18 +119,20 @@ pub async fn fire_due_crons(
 }
 
 /// Runs maintenance passes over `queues` every `interval` (±10 % jitter, so many workers do not
-/// hit Redis in lockstep) until `stop` turns true. Errors are logged and retried next pass.
+/// hit Redis in lockstep) until `stop` turns true; `own` lists the caller's leases, which its
+/// passes leave to its heartbeats. Errors are logged and retried next pass.
 pub async fn maintain(
     intake: Intake,
     broker: Arc<dyn WorkerBroker>,
     queues: Vec<String>,
     interval: Duration,
+    own: impl Fn() -> Vec<LeaseKey> + Send,
     mut stop: watch::Receiver<bool>,
 ) -> Maintenance {
     let mut total = Maintenance::default();
     loop {
         for queue in &queues {
-            match broker.maintain(queue).await {
+            match broker.maintain(queue, &own()).await {
                 Ok(m) => {
                     if m.recovered + m.expired_dead > 0 {
                         tracing::warn!(

@@ -287,11 +287,25 @@ impl Worker {
             inflight.clone(),
             stop_rx.clone(),
         ));
+        // The worker's own leases: a pass after a stall leaves them to the heartbeat, which the
+        // same stall held up, instead of taking back jobs this worker is still running.
+        let own = {
+            let inflight = inflight.clone();
+            move || -> Vec<LeaseKey> {
+                inflight
+                    .lock()
+                    .expect("not poisoned")
+                    .keys()
+                    .cloned()
+                    .collect()
+            }
+        };
         let maintenance = tokio::spawn(crate::scheduler::maintain(
             Intake::new(*self.sandbox.ceilings(), self.sandbox.sizes()),
             self.broker.clone(),
             config.queues.clone(),
             config.maintain_every,
+            own,
             stop_rx.clone(),
         ));
 

@@ -106,10 +106,10 @@ pub async fn delayed_jobs_wait_for_their_time(store: &dyn Store) {
     let at = crate::time::format_time(crate::time::now_ms() + 400);
     put(b, &[job("later", |i| i.run_at = Some(at))]).await;
     assert_eq!(state(b, "later").await, Some(JobState::Scheduled));
-    b.maintain("default").await.unwrap();
+    b.maintain("default", &[]).await.unwrap();
     assert!(fetch(b, 1).await.is_empty(), "not before its time");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(b.maintain("default").await.unwrap().promoted, 1);
+    assert_eq!(b.maintain("default", &[]).await.unwrap().promoted, 1);
     assert_eq!(ids(&fetch(b, 1).await), ["later"]);
 }
 
@@ -131,10 +131,10 @@ pub async fn retries_back_off_then_die(store: &dyn Store) {
     let record = b.job(None, "r").await.unwrap().unwrap();
     assert_eq!(record.state, JobState::Scheduled);
     assert_eq!(record.last_error.unwrap().kind, FailureKind::Trap);
-    b.maintain("default").await.unwrap();
+    b.maintain("default", &[]).await.unwrap();
     assert!(fetch(b, 1).await.is_empty(), "backing off");
     tokio::time::sleep(Duration::from_millis(250)).await;
-    b.maintain("default").await.unwrap();
+    b.maintain("default", &[]).await.unwrap();
     let second = fetch(b, 1).await.remove(0);
     assert_eq!(second.attempt, 2);
     // The first attempt's lease is gone: its late ack is ignored.
@@ -179,7 +179,7 @@ pub async fn a_record_keeps_the_last_25_failures(store: &dyn Store) {
             lease: lease.key,
         };
         b.ack(&[retry]).await.unwrap();
-        b.maintain("default").await.unwrap();
+        b.maintain("default", &[]).await.unwrap();
     }
     let record = b.job(None, "f").await.unwrap().unwrap();
     let attempts: Vec<u32> = record.errors.iter().map(|e| e.attempt).collect();
@@ -195,14 +195,14 @@ pub async fn expired_leases_are_recovered(store: &dyn Store) {
     let short = Duration::from_millis(100);
     let q = ["default".to_owned()];
     let first = b.fetch(&q, 1, short, "doomed").await.unwrap().remove(0);
-    b.maintain("default").await.unwrap();
+    b.maintain("default", &[]).await.unwrap();
     assert_eq!(
         state(b, "a").await,
         Some(JobState::Leased),
         "not yet expired"
     );
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(b.maintain("default").await.unwrap().recovered, 1);
+    assert_eq!(b.maintain("default", &[]).await.unwrap().recovered, 1);
     let record = b.job(None, "a").await.unwrap().unwrap();
     assert_eq!(record.state, JobState::Ready);
     let err = record.last_error.unwrap();
@@ -221,10 +221,48 @@ pub async fn expired_leases_are_recovered(store: &dyn Store) {
     assert_eq!(b.ack(&[ok(&first)]).await.unwrap(), 1);
     // On the last attempt an expired lease is the end.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(b.maintain("default").await.unwrap().expired_dead, 1);
+    assert_eq!(b.maintain("default", &[]).await.unwrap().expired_dead, 1);
     let record = b.job(None, "a").await.unwrap().unwrap();
     assert_eq!(record.state, JobState::Dead);
     assert_eq!(b.dead("default", 10).await.unwrap()[0].id, "a");
+}
+
+/// Conformance case `a_workers_own_expired_leases_are_left_to_it`: a worker slow to heartbeat
+/// (after a stall) does not lose the jobs it is running to its own recovery pass; anyone else's
+/// pass still recovers them.
+pub async fn a_workers_own_expired_leases_are_left_to_it(store: &dyn Store) {
+    let b = Subject::new(store, TTL).await;
+    let b = b.broker.as_ref();
+    put(b, &[job("a", |i| i.max_attempts = 1)]).await;
+    let short = Duration::from_millis(100);
+    let q = ["default".to_owned()];
+    let mine = b.fetch(&q, 1, short, "slow").await.unwrap().remove(0);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A key with another token is not the caller's lease.
+    let stale = crate::broker::LeaseKey {
+        token: mine.key.token + 1,
+        ..mine.key.clone()
+    };
+    let own = [mine.key.clone()];
+    assert_eq!(b.maintain("default", &own).await.unwrap().expired_dead, 0);
+    assert_eq!(state(b, "a").await, Some(JobState::Leased));
+    let beat = b.heartbeat(&own, LEASE).await.unwrap();
+    assert_eq!(beat, Default::default(), "its heartbeat renews it");
+    assert_eq!(b.ack(&[ok(&mine)]).await.unwrap(), 0);
+    assert_eq!(state(b, "a").await, Some(JobState::Succeeded));
+    // Another worker's pass (or a key that is not the lease) recovers an expired one.
+    put(b, &[job("b", |i| i.max_attempts = 1)]).await;
+    let theirs = b.fetch(&q, 1, short, "slow").await.unwrap().remove(0);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let not_it = crate::broker::LeaseKey {
+        id: theirs.key.id.clone(),
+        ..stale
+    };
+    assert_eq!(
+        b.maintain("default", &[not_it]).await.unwrap().expired_dead,
+        1
+    );
+    assert_eq!(state(b, "b").await, Some(JobState::Dead));
 }
 
 /// Conformance case `heartbeats_keep_leases`.
@@ -245,7 +283,7 @@ pub async fn heartbeats_keep_leases(store: &dyn Store) {
             .await
             .unwrap();
         assert_eq!(beat, Default::default());
-        assert_eq!(b.maintain("default").await.unwrap().recovered, 0);
+        assert_eq!(b.maintain("default", &[]).await.unwrap().recovered, 0);
     }
     assert_eq!(b.ack(&[ok(&lease)]).await.unwrap(), 0);
 }

@@ -133,6 +133,7 @@ macro_rules! broker_conformance {
             delayed_jobs_wait_for_their_time,
             retries_back_off_then_die,
             expired_leases_are_recovered,
+            a_workers_own_expired_leases_are_left_to_it,
             heartbeats_keep_leases,
             released_jobs_go_to_the_front_uncounted,
             dead_jobs_can_be_retried_or_deleted,

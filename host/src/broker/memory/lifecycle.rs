@@ -1,6 +1,7 @@
 //! The memory broker's core: modules, enqueue, fetch, heartbeats, acknowledgements, maintenance
 //! and the job record — what a worker loop needs.
 
+use std::collections::HashSet;
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -236,12 +237,22 @@ impl Broker for MemoryBroker {
         Ok(())
     }
 
-    async fn maintain(&self, queue: &str) -> Result<Maintenance, BrokerError> {
+    async fn maintain(&self, queue: &str, own: &[LeaseKey]) -> Result<Maintenance, BrokerError> {
         let mut done = Maintenance::default();
         let mut extra_work = false;
         {
             let mut state = self.lock();
             let now = state.now;
+            // The caller's own leases (by id, with the token it holds): left to its heartbeat.
+            let mut mine: HashSet<String> = HashSet::new();
+            for k in own.iter().filter(|k| k.queue == queue) {
+                if state
+                    .get(queue, &k.id)
+                    .is_some_and(|j| j.state == JobState::Leased && j.token == k.token)
+                {
+                    mine.insert(k.id.clone());
+                }
+            }
             let Some(q) = state.queues.get_mut(queue) else {
                 return Ok(done);
             };
@@ -256,6 +267,7 @@ impl Broker for MemoryBroker {
                 .leased
                 .iter()
                 .filter(|(_, deadline)| **deadline <= now)
+                .filter(|(id, _)| !mine.contains(*id))
                 .map(|(id, _)| id.clone())
                 .collect();
             for id in &expired {

@@ -319,9 +319,12 @@ impl Broker for RedisBroker {
         Ok(())
     }
 
-    async fn maintain(&self, queue: &str) -> Result<Maintenance, BrokerError> {
+    async fn maintain(&self, queue: &str, own: &[LeaseKey]) -> Result<Maintenance, BrokerError> {
         let mut inv = self.queue_script(&SCRIPTS.maintain, queue);
         inv.arg(MAINTAIN_LIMIT).arg(self.ttl_secs());
+        for key in own.iter().filter(|k| k.queue == queue) {
+            inv.arg(&key.id).arg(key.token);
+        }
         let (promoted, recovered, expired_dead): (u64, u64, u64) = self.script(&inv).await?;
         Ok(Maintenance {
             promoted,

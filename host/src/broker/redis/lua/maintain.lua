@@ -1,8 +1,15 @@
 -- Promote due scheduled jobs and recover expired leases, at most ARGV[3] of each; ARGV[4] is the
--- result TTL in seconds (for jobs whose cancellation was pending when their lease expired).
--- Safe to run from every worker at once. Returns {promoted, recovered, expired to dead}.
+-- result TTL in seconds (for jobs whose cancellation was pending when their lease expired);
+-- ARGV[5..] the caller's own leases (id, token): left alone even when expired, for the caller's
+-- next heartbeat to renew. Safe to run from every worker at once. Returns {promoted, recovered,
+-- expired to dead}.
 local now = now_ms()
 local limit = tonumber(ARGV[3])
+local own, owned = {}, 0
+for i = 5, #ARGV, 2 do
+  own[ARGV[i]] = ARGV[i + 1]
+  owned = owned + 1
+end
 local promoted, recovered, died = 0, 0, 0
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, limit)) do
   redis.call('ZREM', KEYS[2], id)
@@ -11,11 +18,14 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0
     promoted = promoted + 1
   end
 end
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, limit)) do
-  redis.call('ZREM', KEYS[3], id)
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, limit + owned)) do
   local jk = ARGV[1] .. id
-  local f = redis.call('HMGET', jk, 'attempts', 'max', 'worker', 'cancel')
-  if f[1] and f[4] then
+  local f = redis.call('HMGET', jk, 'attempts', 'max', 'worker', 'cancel', 'lease')
+  local mine = own[id] ~= nil and own[id] == f[5]
+  if not mine then redis.call('ZREM', KEYS[3], id) end
+  if mine then
+    -- The caller's, running: its heartbeat renews it.
+  elseif f[1] and f[4] then
     cancelled(id, tonumber(ARGV[4]))
     count('cancelled', 1)
   elseif f[1] then
