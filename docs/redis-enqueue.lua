@@ -6,6 +6,44 @@
 --   7 stats (hash: running totals per outcome)
 -- and ARGV[1] = job key prefix ("wasmq:{q}:job:"), ARGV[2] = done key prefix ("wasmq:{q}:done:").
 -- Every key of a queue shares the hash tag {q}, so one script touches one Redis Cluster slot.
+--
+-- The job records, waiter lists and listings a script touches are declared in its KEYS too, after
+-- the fixed ones (each script says which), and looked up here by job id: a Redis Cluster slot in
+-- migration can then hold the call back until the keys are together again, which it cannot do
+-- for a key built inside the script. Built from the ARGV prefixes only where a script does not
+-- declare them yet (the maintenance pass, a batch's callback, the whole dead set) and for direct
+-- writers that pass only the seven queue keys.
+local JOB, DONE, FINAL = {}, {}, {}
+local function job_key(id) return JOB[id] or (ARGV[1] .. id) end
+local function done_key(id) return DONE[id] or (ARGV[2] .. id) end
+
+-- KEYS[first..] are the job keys of `ids` in order; with `done`, each followed by its waiter list.
+-- Returns the index of the next key.
+local function declare(first, ids, done)
+  local k = first
+  for _, id in ipairs(ids) do
+    JOB[id] = KEYS[k]
+    k = k + 1
+    if done then
+      DONE[id] = KEYS[k]
+      k = k + 1
+    end
+  end
+  return k
+end
+
+-- KEYS[at] and KEYS[at + 1] are the queue's listings of succeeded and cancelled jobs.
+local function declare_final(at)
+  FINAL.succeeded = KEYS[at]
+  FINAL.cancelled = KEYS[at + 1]
+end
+
+-- The ids at ARGV[first], ARGV[first + step], … (the id of each group of `step` arguments).
+local function ids_in_argv(first, step)
+  local ids = {}
+  for i = first, #ARGV, step do ids[#ids + 1] = ARGV[i] end
+  return ids
+end
 
 -- Failures kept per job record (MAX_ERRORS in broker/mod.rs), and succeeded or cancelled jobs
 -- listed per queue (MAX_FINISHED_LISTED).
@@ -49,7 +87,7 @@ local function list_ready(id, prio, front)
 end
 
 local function make_ready(id, front)
-  local jk = ARGV[1] .. id
+  local jk = job_key(id)
   list_ready(id, redis.call('HGET', jk, 'prio'), front)
   redis.call('HSET', jk, 'state', 'ready')
 end
@@ -57,7 +95,7 @@ end
 -- Create job `id` (its id is known to be free), due at `run_at` ms (0 or past: now). Returns
 -- true if it went straight to ready (the caller wakes a worker). One write of the record.
 local function new_job(id, inv, prio, max, run_at, now)
-  local jk = ARGV[1] .. id
+  local jk = job_key(id)
   local ready = run_at <= now
   redis.call('HSET', jk, 'inv', inv, 'attempts', 0, 'max', max, 'prio', prio, 'enq', now, 'lease', 0, 'state', ready and 'ready' or 'scheduled')
   if ready then
@@ -79,7 +117,7 @@ end
 
 -- The queue's index of jobs that ended `state` (succeeded or cancelled; score: when).
 local function final_key(state)
-  return string.sub(ARGV[1], 1, -5) .. state
+  return FINAL[state] or (string.sub(ARGV[1], 1, -5) .. state)
 end
 
 -- Drop index entries older than the result TTL `ttl` (s), and all but the newest MAX_FINISHED.
@@ -153,14 +191,14 @@ end
 -- each job's id, final state, and its result (succeeded) or last error (dead), within
 -- MAX_BATCH_RESULTS bytes in all.
 local function batch_ended(id, bid)
-  local jk = ARGV[1] .. id
+  local jk = job_key(id)
   if not bid or redis.call('HSETNX', jk, 'batch_counted', 1) == 0 then return end
   local bk = string.sub(ARGV[1], 1, -5) .. 'batch:' .. bid
   if redis.call('HINCRBY', bk, 'pending', -1) > 0 then return end
   local b = redis.call('HMGET', bk, 'callback', 'callback_id', 'prio', 'max')
   local entries, left = {}, MAX_BATCH_RESULTS
   for _, jid in ipairs(redis.call('LRANGE', bk .. ':jobs', 0, -1)) do
-    local f = redis.call('HMGET', ARGV[1] .. jid, 'state', 'report', 'err')
+    local f = redis.call('HMGET', job_key(jid), 'state', 'report', 'err')
     local state = f[1] or 'expired'
     local entry = '{"id":' .. cjson.encode(jid) .. ',"state":' .. cjson.encode(state)
     local name, raw, present = nil, nil, false
@@ -197,7 +235,7 @@ local function batch_ended(id, bid)
   local text = cjson.encode(inv)
   local at = string.find(text, '"' .. mark .. '"', 1, true)
   text = string.sub(text, 1, at - 1) .. '[' .. table.concat(entries, ',') .. ']' .. string.sub(text, at + string.len(mark) + 2)
-  local ck = ARGV[1] .. b[2]
+  local ck = job_key(b[2])
   if redis.call('EXISTS', ck) == 0 then
     new_job(b[2], text, b[3], b[4], 0, now_ms())
     count('enqueued', 1)
@@ -209,7 +247,7 @@ end
 -- The job became final: wake everyone waiting for it, and count it in its batch. `known`, when
 -- given, holds its `batch` and `waiters` fields as read before (nil where absent).
 local function notify(id, known)
-  local jk = ARGV[1] .. id
+  local jk = job_key(id)
   if not known then
     local f = redis.call('HMGET', jk, 'batch', 'waiters')
     known = {batch = f[1], waiters = f[2]}
@@ -217,7 +255,7 @@ local function notify(id, known)
   batch_ended(id, known.batch)
   local n = tonumber(known.waiters or '0')
   if n > 0 then
-    local dk = ARGV[2] .. id
+    local dk = done_key(id)
     for _ = 1, n do redis.call('RPUSH', dk, 1) end
     redis.call('EXPIRE', dk, 300)
     redis.call('HDEL', jk, 'waiters')
@@ -226,7 +264,7 @@ end
 
 -- End a job as cancelled; its record is kept for the result TTL like a success.
 local function cancelled(id, ttl)
-  local jk = ARGV[1] .. id
+  local jk = job_key(id)
   local now = now_ms()
   list_final(id, 'cancelled', now, ttl)
   redis.call('HSET', jk, 'state', 'cancelled', 'fin', now)
@@ -237,7 +275,7 @@ end
 
 -- Whether `id` is leased under `token`.
 local function holds(id, token)
-  local cur = redis.call('HMGET', ARGV[1] .. id, 'state', 'lease')
+  local cur = redis.call('HMGET', job_key(id), 'state', 'lease')
   return cur[1] == 'leased' and cur[2] == token
 end
 
@@ -245,15 +283,23 @@ end
 -- run_at ms (0 = now). A job whose id exists is left alone (idempotency).
 -- Returns per job 1 (created) or 0 (existed).
 --
+-- KEYS[8..]: each job's record (`wasmq:{q}:job:<id>`), in order.
+--
 -- This is also the way in for systems that write to Redis directly: prepend common.lua (or use
--- docs/redis-enqueue.lua, the two joined), pass the queue's seven keys (see common.lua) and add the
--- queue's name to the `wasmq:queues` set. The checks below refuse what would break a worker; the
+-- docs/redis-enqueue.lua, the two joined), pass the queue's seven keys (see common.lua) and each
+-- job's record key after them, and add the queue's name to the `wasmq:queues` set. (Given only
+-- the seven, the script builds the record keys from ARGV[1]: that works on one Redis, but not
+-- while a cluster moves the queue's slot, nor on Dragonfly.) The checks below refuse what would break a worker; the
 -- worker checks the rest (the module exists, limits within its ceilings) and fails such jobs with
 -- the reason.
 local n = tonumber(ARGV[3])
 if not n or #ARGV ~= 3 + 5 * n then
   return redis.error_reply('wasmq: ARGV must be job prefix, done prefix, count, then 5 values per job')
 end
+if #KEYS ~= 7 and #KEYS ~= 7 + n then
+  return redis.error_reply('wasmq: KEYS must be the queue\'s seven keys, then one record key per job (' .. n .. ' jobs, ' .. (#KEYS - 7) .. ' record keys)')
+end
+if #KEYS > 7 then declare(8, ids_in_argv(4, 5)) end
 local MODULE_FIELD = '"module"%s*:%s*"sha256:' .. string.rep('[0-9a-f]', 64) .. '"'
 local function refuse(id, what) return redis.error_reply('wasmq: job `' .. id .. '`: ' .. what) end
 for i = 4, #ARGV, 5 do
@@ -278,7 +324,7 @@ local exists = {}
 for i = 4, #ARGV, 5 do
   local id = ARGV[i]
   if exists[id] == nil then
-    exists[id] = redis.call('EXISTS', ARGV[1] .. id) == 1
+    exists[id] = redis.call('EXISTS', job_key(id)) == 1
     if not exists[id] then new = new + 1 end
   end
 end

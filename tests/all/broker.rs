@@ -154,6 +154,31 @@ async fn the_enqueue_script_checks_direct_writers() {
         .unwrap();
     assert_eq!(created, [1]);
 
+    // With the job's record key declared (what a cluster needs), and refused with any other
+    // number of record keys than jobs.
+    let declared = |id: &str, records: &[String]| {
+        let mut i = call(id, &good, "0", "5");
+        for k in records {
+            i.key(k);
+        }
+        i
+    };
+    let record = |id: &str| wasmq::broker::redis::Keys::new("wasmq").job("default", id);
+    let created: Vec<u8> = declared("declared", &[record("declared")])
+        .invoke_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(created, [1]);
+    let err = declared("two-keys", &[record("two-keys"), record("other")])
+        .invoke_async::<Vec<u8>>(&mut conn)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("one record key per job (1 jobs, 2 record keys)"),
+        "{err}"
+    );
+
     // Args at the hard ceiling go in; an invocation one byte longer than the ceiling and the
     // room for the other fields is refused, and Redis keeps nothing of it.
     let with_args = |len: usize| {

@@ -21,10 +21,12 @@ REPO = os.path.join(os.path.dirname(__file__), "..", "..", "..")
 
 
 def enqueue_direct(r, script, queue, job_id, invocation, priority=0, max_attempts=5, run_at_ms=0):
-    """What docs/redis-enqueue.lua expects: the queue's seven keys, two key prefixes, a count,
-    then id, invocation JSON, priority, max attempts and run_at (Unix ms, 0 = now) per job."""
+    """What docs/redis-enqueue.lua expects: the queue's seven keys and each job's record key; two
+    key prefixes, a count, then id, invocation JSON, priority, max attempts and run_at (Unix ms,
+    0 = now) per job."""
     base = f"wasmq:{{{queue}}}:"
     keys = [base + k for k in ("ready", "scheduled", "leased", "dead", "wake", "seq", "stats")]
+    keys.append(base + "job:" + job_id)
     argv = [base + "job:", base + "done:", 1, job_id, json.dumps(invocation), priority, max_attempts, run_at_ms]
     r.sadd("wasmq:queues", queue)
     return script(keys=keys, args=argv)

@@ -32,6 +32,7 @@ impl Admin for RedisBroker {
     async fn run_now(&self, queue: &str, id: &str) -> Result<bool, BrokerError> {
         let mut inv = self.queue_script(&SCRIPTS.run_now, queue);
         inv.arg(id);
+        self.declare_jobs(&mut inv, queue, [id], false);
         let n: u32 = self.script(&inv).await?;
         Ok(n == 1)
     }
@@ -59,6 +60,8 @@ impl Admin for RedisBroker {
     async fn cancel(&self, queue: &str, id: &str) -> Result<CancelOutcome, BrokerError> {
         let mut inv = self.queue_script(&SCRIPTS.cancel, queue);
         inv.arg(id).arg(self.ttl_secs());
+        self.declare_final(&mut inv, queue);
+        self.declare_jobs(&mut inv, queue, [id], true);
         let outcome: String = self.script(&inv).await?;
         Ok(match outcome.as_str() {
             "cancelled" => CancelOutcome::Cancelled,

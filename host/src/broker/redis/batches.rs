@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 
 use super::{RedisBroker, SCRIPTS, queue_full};
-use crate::broker::{BatchInfo, Batches, BrokerError, Enqueued, NewBatch};
+use crate::broker::{BatchInfo, Batches, BrokerError, Enqueued, NewBatch, NewJob};
 use crate::invocation::InvocationError;
 
 #[async_trait]
@@ -28,6 +28,10 @@ impl Batches for RedisBroker {
                 .arg(job.invocation.max_attempts)
                 .arg(job.run_at_ms.unwrap_or(0));
         }
+        for k in self.keys.batch(queue, &batch.id) {
+            inv.key(k);
+        }
+        self.declare_jobs(&mut inv, queue, batch.jobs.iter().map(NewJob::id), false);
         let created: u32 = match self.script(&inv).await {
             Ok(n) => n,
             // The script's refusal (a job id is taken) is the caller's mistake, not Redis's.
@@ -53,10 +57,7 @@ impl Batches for RedisBroker {
     }
 
     async fn batch(&self, queue: &str, id: &str) -> Result<Option<BatchInfo>, BrokerError> {
-        let key = format!(
-            "{}batch:{id}",
-            self.keys.queue(queue).job_prefix.trim_end_matches("job:")
-        );
+        let [key, _] = self.keys.batch(queue, id);
         let map: HashMap<String, String> =
             self.query(redis::cmd("HGETALL").arg(&key).clone()).await?;
         if map.is_empty() {

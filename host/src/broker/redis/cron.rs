@@ -71,6 +71,7 @@ impl Cron for RedisBroker {
             .arg(serde_json::to_string(&job.invocation).expect("plain data serialises"))
             .arg(job.invocation.priority)
             .arg(job.invocation.max_attempts);
+        self.declare_jobs(&mut inv, queue, [job.id()], false);
         let fired: u32 = self.script(&inv).await?;
         Ok(fired == 1)
     }

@@ -74,6 +74,13 @@ impl Keys {
         format!("{}:{{{queue}}}:job:{id}", self.prefix)
     }
 
+    /// Batch `id` of `queue`: its hash (total, pending, callback) and the list of its job ids.
+    pub fn batch(&self, queue: &str, id: &str) -> [String; 2] {
+        let hash = format!("{}:{{{queue}}}:batch:{id}", self.prefix);
+        let jobs = format!("{hash}:jobs");
+        [hash, jobs]
+    }
+
     /// What fetch request `request` on `queue` leased (kept for the lease's length, so that the
     /// request sent again gets the same leases).
     pub fn fetch_request(&self, queue: &str, request: &str) -> String {

@@ -89,6 +89,7 @@ impl Broker for RedisBroker {
                         .arg(job.invocation.max_attempts)
                         .arg(job.run_at_ms.unwrap_or(0));
                 }
+                self.declare_jobs(&mut inv, queue, chunk.iter().map(|&i| jobs[i].id()), false);
                 calls.push((*queue, chunk, inv));
             }
         }
@@ -239,6 +240,7 @@ impl Broker for RedisBroker {
             for key in &group {
                 inv.arg(&key.id).arg(key.token);
             }
+            self.declare_jobs(&mut inv, queue, group.iter().map(|k| k.id.as_str()), false);
             let (gone, cancel): (Vec<String>, Vec<String>) = self.script(&inv).await?;
             let gone: HashSet<String> = gone.into_iter().collect();
             let cancel: HashSet<String> = cancel.into_iter().collect();
@@ -262,6 +264,13 @@ impl Broker for RedisBroker {
         for (queue, group) in by_queue {
             let mut inv = self.queue_script(&SCRIPTS.ack, queue);
             inv.arg(self.ttl_secs());
+            self.declare_final(&mut inv, queue);
+            self.declare_jobs(
+                &mut inv,
+                queue,
+                group.iter().map(|a| a.lease.id.as_str()),
+                true,
+            );
             for ack in group {
                 let (action, delay, error, report) = match &ack.completion {
                     Completion::Succeeded(report) => ("ok", 0, None, Some(report)),
@@ -298,6 +307,12 @@ impl Broker for RedisBroker {
         }
         for (queue, group) in by_queue {
             let mut inv = self.queue_script(&SCRIPTS.progress, queue);
+            self.declare_jobs(
+                &mut inv,
+                queue,
+                group.iter().map(|u| u.0.id.as_str()),
+                false,
+            );
             for (key, progress) in group {
                 inv.arg(&key.id)
                     .arg(key.token)
@@ -311,6 +326,7 @@ impl Broker for RedisBroker {
     async fn release(&self, leases: &[LeaseKey]) -> Result<(), BrokerError> {
         for (queue, group) in group_by_queue(leases) {
             let mut inv = self.queue_script(&SCRIPTS.release, queue);
+            self.declare_jobs(&mut inv, queue, group.iter().map(|k| k.id.as_str()), false);
             for key in group {
                 inv.arg(&key.id).arg(key.token);
             }
@@ -355,6 +371,7 @@ impl Broker for RedisBroker {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut inv = self.queue_script(&SCRIPTS.watch, queue);
         inv.arg(id);
+        self.declare_jobs(&mut inv, queue, [id], false);
         let state: Option<String> = self.script(&inv).await?;
         let already_final = state
             .as_deref()

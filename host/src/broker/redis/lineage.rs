@@ -42,11 +42,13 @@ impl Lineage for RedisBroker {
         // Held first: a child is never listed on its parent without being kept for it.
         for (queue, ids) in by_queue(children) {
             let mut inv = self.queue_script(&SCRIPTS.lineage, queue);
-            inv.arg("hold").arg(job_ref_line(parent)).arg(ids);
+            inv.arg("hold").arg(job_ref_line(parent)).arg(&ids);
+            self.declare_jobs(&mut inv, queue, ids, false);
             let _: u64 = self.script(&inv).await?;
         }
         let mut inv = self.queue_script(&SCRIPTS.lineage, &parent.queue);
         inv.arg("children").arg(&parent.id);
+        self.declare_jobs(&mut inv, &parent.queue, [parent.id.as_str()], false);
         for child in children {
             inv.arg(job_ref_line(child));
         }
@@ -66,7 +68,8 @@ impl Lineage for RedisBroker {
             .collect();
         for (queue, ids) in by_queue(&children) {
             let mut inv = self.queue_script(&SCRIPTS.lineage, queue);
-            inv.arg("release").arg(self.ttl_secs()).arg(ids);
+            inv.arg("release").arg(self.ttl_secs()).arg(&ids);
+            self.declare_jobs(&mut inv, queue, ids, false);
             let _: u64 = self.script(&inv).await?;
         }
         Ok(())

@@ -585,6 +585,31 @@ impl RedisBroker {
         call
     }
 
+    /// Declares the records of jobs `ids` on `queue` as the call's next keys; with `done`, each
+    /// followed by its waiter list (`declare` in `lua/common.lua`).
+    fn declare_jobs<'i>(
+        &self,
+        call: &mut Call<'_>,
+        queue: &str,
+        ids: impl IntoIterator<Item = &'i str>,
+        done: bool,
+    ) {
+        for id in ids {
+            call.key(self.keys.job(queue, id));
+            if done {
+                call.key(self.keys.done(queue, id));
+            }
+        }
+    }
+
+    /// Declares the queue's listings of succeeded and cancelled jobs as the call's next two keys
+    /// (`declare_final` in `lua/common.lua`).
+    fn declare_final(&self, call: &mut Call<'_>, queue: &str) {
+        for k in self.keys.queue(queue).finished {
+            call.key(k);
+        }
+    }
+
     /// A cron script: the queue's seven keys, then its cron entry and next-tick hashes.
     fn cron_script<'s>(&self, lua: &'s Lua, queue: &str) -> Call<'s> {
         let mut call = self.queue_script(lua, queue);
@@ -709,6 +734,7 @@ impl RedisBroker {
         if let Some(id) = id {
             let mut inv = self.queue_script(&SCRIPTS.dead, queue);
             inv.arg(action).arg(0).arg(id);
+            self.declare_jobs(&mut inv, queue, [id], false);
             return self.script(&inv).await;
         }
         // Redis's clock, like the scores the scripts write.

@@ -1,10 +1,13 @@
 -- Acknowledge attempts: ARGV[3] = result TTL in seconds, then per job: id, token,
 -- action (ok | retry | dead | cancelled), retry delay ms, error JSON (or ''), report JSON (or '').
+-- KEYS[8], KEYS[9]: the succeeded and cancelled listings; then per job its record and waiter list.
 -- State, result, output and the lease change together. A retry of a job whose cancellation was
 -- requested ends it as cancelled instead. Returns how many acks were stale.
 --
 -- Each job's fields are read once (HMGET) and written once where the outcome allows: the Redis
 -- CPU an ack costs is most of what a job costs Redis.
+declare_final(8)
+declare(10, ids_in_argv(4, 6), true)
 local now = now_ms()
 local ttl = tonumber(ARGV[3])
 local stale = 0
@@ -14,7 +17,7 @@ local n = {succeeded = 0, failed = 0, retried = 0, dead = 0, cancelled = 0}
 local listed, unleased = {}, {}
 for i = 4, #ARGV, 6 do
   local id, token, action, delay, err, report = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3]), ARGV[i + 4], ARGV[i + 5]
-  local jk = ARGV[1] .. id
+  local jk = job_key(id)
   local f = redis.call('HMGET', jk, 'state', 'lease', 'cancel', 'held', 'batch', 'waiters')
   if f[1] ~= 'leased' or f[2] ~= token then
     stale = stale + 1

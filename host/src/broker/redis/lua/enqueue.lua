@@ -2,15 +2,23 @@
 -- run_at ms (0 = now). A job whose id exists is left alone (idempotency).
 -- Returns per job 1 (created) or 0 (existed).
 --
+-- KEYS[8..]: each job's record (`wasmq:{q}:job:<id>`), in order.
+--
 -- This is also the way in for systems that write to Redis directly: prepend common.lua (or use
--- docs/redis-enqueue.lua, the two joined), pass the queue's seven keys (see common.lua) and add the
--- queue's name to the `wasmq:queues` set. The checks below refuse what would break a worker; the
+-- docs/redis-enqueue.lua, the two joined), pass the queue's seven keys (see common.lua) and each
+-- job's record key after them, and add the queue's name to the `wasmq:queues` set. (Given only
+-- the seven, the script builds the record keys from ARGV[1]: that works on one Redis, but not
+-- while a cluster moves the queue's slot, nor on Dragonfly.) The checks below refuse what would break a worker; the
 -- worker checks the rest (the module exists, limits within its ceilings) and fails such jobs with
 -- the reason.
 local n = tonumber(ARGV[3])
 if not n or #ARGV ~= 3 + 5 * n then
   return redis.error_reply('wasmq: ARGV must be job prefix, done prefix, count, then 5 values per job')
 end
+if #KEYS ~= 7 and #KEYS ~= 7 + n then
+  return redis.error_reply('wasmq: KEYS must be the queue\'s seven keys, then one record key per job (' .. n .. ' jobs, ' .. (#KEYS - 7) .. ' record keys)')
+end
+if #KEYS > 7 then declare(8, ids_in_argv(4, 5)) end
 local MODULE_FIELD = '"module"%s*:%s*"sha256:' .. string.rep('[0-9a-f]', 64) .. '"'
 local function refuse(id, what) return redis.error_reply('wasmq: job `' .. id .. '`: ' .. what) end
 for i = 4, #ARGV, 5 do
@@ -35,7 +43,7 @@ local exists = {}
 for i = 4, #ARGV, 5 do
   local id = ARGV[i]
   if exists[id] == nil then
-    exists[id] = redis.call('EXISTS', ARGV[1] .. id) == 1
+    exists[id] = redis.call('EXISTS', job_key(id)) == 1
     if not exists[id] then new = new + 1 end
   end
 end

@@ -6,11 +6,13 @@
 --   release   (on a child's queue) ARGV[4] = result TTL in seconds, then child ids: no longer
 --             held; a child that has already succeeded or been cancelled expires after the TTL.
 -- Jobs that do not exist are skipped. Returns how many jobs changed.
+-- KEYS[8..]: the records of the jobs named (the parent for `children`, the child ids otherwise).
 local MAX_CHILDREN = 10000
 local action = ARGV[3]
+if action == 'children' then declare(8, {ARGV[4]}) else declare(8, ids_in_argv(5, 1)) end
 local changed = 0
 if action == 'children' then
-  local jk = ARGV[1] .. ARGV[4]
+  local jk = job_key(ARGV[4])
   if redis.call('EXISTS', jk) == 0 then return 0 end
   local listed = redis.call('HGET', jk, 'children') or ''
   local seen, count = {}, 0
@@ -33,7 +35,7 @@ if action == 'children' then
   return #added
 elseif action == 'hold' then
   for i = 5, #ARGV do
-    local jk = ARGV[1] .. ARGV[i]
+    local jk = job_key(ARGV[i])
     if redis.call('EXISTS', jk) == 1 then
       redis.call('HSET', jk, 'parent', ARGV[4], 'held', 1)
       redis.call('PERSIST', jk)
@@ -43,7 +45,7 @@ elseif action == 'hold' then
 elseif action == 'release' then
   local ttl = tonumber(ARGV[4])
   for i = 5, #ARGV do
-    local jk = ARGV[1] .. ARGV[i]
+    local jk = job_key(ARGV[i])
     if redis.call('HDEL', jk, 'held') == 1 then
       local state = redis.call('HGET', jk, 'state')
       if state == 'succeeded' or state == 'cancelled' then redis.call('EXPIRE', jk, ttl) end
