@@ -11,11 +11,19 @@
 -- the fixed ones (each script says which), and looked up here by job id: a Redis Cluster slot in
 -- migration can then hold the call back until the keys are together again, which it cannot do
 -- for a key built inside the script. Built from the ARGV prefixes only where a script does not
--- declare them yet (the maintenance pass, a batch's callback, the whole dead set) and for direct
--- writers that pass only the seven queue keys.
+-- declare them (direct writers that pass only the seven queue keys to enqueue).
 local JOB, DONE, FINAL = {}, {}, {}
-local function job_key(id) return JOB[id] or (ARGV[1] .. id) end
-local function done_key(id) return DONE[id] or (ARGV[2] .. id) end
+local UNDECLARED = false
+local function job_key(id)
+  local k = JOB[id] or (UNDECLARED and (ARGV[1] .. id))
+  if not k then error('wasmq: the record of job `' .. id .. '` is not declared in KEYS') end
+  return k
+end
+local function done_key(id)
+  local k = DONE[id]
+  if not k then error('wasmq: the waiter list of job `' .. id .. '` is not declared in KEYS') end
+  return k
+end
 
 -- KEYS[first..] are the job keys of `ids` in order; with `done`, each followed by its waiter list.
 -- Returns the index of the next key.
@@ -32,10 +40,12 @@ local function declare(first, ids, done)
   return k
 end
 
--- KEYS[at] and KEYS[at + 1] are the queue's listings of succeeded and cancelled jobs.
+-- KEYS[at] and KEYS[at + 1] are the queue's listings of succeeded and cancelled jobs, KEYS[at + 2]
+-- its unsettled batch ends (hash: batch id -> jobs ended): what a script that ends jobs touches.
 local function declare_final(at)
   FINAL.succeeded = KEYS[at]
   FINAL.cancelled = KEYS[at + 1]
+  FINAL.batch_ends = KEYS[at + 2]
 end
 
 -- The ids at ARGV[first], ARGV[first + step], … (the id of each group of `step` arguments).
@@ -117,7 +127,7 @@ end
 
 -- The queue's index of jobs that ended `state` (succeeded or cancelled; score: when).
 local function final_key(state)
-  return FINAL[state] or (string.sub(ARGV[1], 1, -5) .. state)
+  return FINAL[state]
 end
 
 -- Drop index entries older than the result TTL `ttl` (s), and all but the newest MAX_FINISHED.
@@ -186,62 +196,19 @@ local function raw_field(json, name, max)
   end
 end
 
--- A job of batch `bid` (its `batch` field; nil: none) ended (counted once per job): when it was
--- the batch's last, enqueue the batch's callback, its args an object with `batch` and `jobs`:
--- each job's id, final state, and its result (succeeded) or last error (dead), within
--- MAX_BATCH_RESULTS bytes in all.
+-- A job of batch `bid` (its `batch` field; nil: none) ended: counted once per job in the queue's
+-- unsettled batch ends (declared by `declare_final`), and listed in ENDED for the script's reply.
+-- Settling the count and enqueuing the callback are a second step (batch_settle.lua,
+-- batch_callback.lua): the callback needs the records of all the batch's jobs, which a script
+-- ending one job does not declare.
+local ENDED, ended_seen = {}, {}
 local function batch_ended(id, bid)
-  local jk = job_key(id)
-  if not bid or redis.call('HSETNX', jk, 'batch_counted', 1) == 0 then return end
-  local bk = string.sub(ARGV[1], 1, -5) .. 'batch:' .. bid
-  if redis.call('HINCRBY', bk, 'pending', -1) > 0 then return end
-  local b = redis.call('HMGET', bk, 'callback', 'callback_id', 'prio', 'max')
-  local entries, left = {}, MAX_BATCH_RESULTS
-  for _, jid in ipairs(redis.call('LRANGE', bk .. ':jobs', 0, -1)) do
-    local f = redis.call('HMGET', job_key(jid), 'state', 'report', 'err')
-    local state = f[1] or 'expired'
-    local entry = '{"id":' .. cjson.encode(jid) .. ',"state":' .. cjson.encode(state)
-    local name, raw, present = nil, nil, false
-    if state == 'succeeded' and f[2] then
-      name, present = 'result', string.find(f[2], ',"result":', 1, true) ~= nil
-      if present then raw = raw_field(f[2], 'result', left) end
-    elseif state == 'dead' and f[3] then
-      name, present = 'error', true
-      if string.len(f[3]) <= left then raw = f[3] end
-    end
-    if raw then
-      entry = entry .. ',"' .. name .. '":' .. raw
-      left = left - string.len(raw)
-    elseif present then
-      entry = entry .. ',"' .. name .. '_omitted":true'
-    end
-    entries[#entries + 1] = entry .. '}'
+  if not bid or redis.call('HSETNX', job_key(id), 'batch_counted', 1) == 0 then return end
+  redis.call('HINCRBY', FINAL.batch_ends, bid, 1)
+  if not ended_seen[bid] then
+    ended_seen[bid] = true
+    ENDED[#ENDED + 1] = bid
   end
-  local inv = cjson.decode(b[1])
-  local args = inv.args
-  if type(args) ~= 'table' or args[1] ~= nil then args = {} end
-  args.batch = bid
-  inv.args = args
-  -- The entries hold results as their jobs wrote them; a placeholder no other text contains
-  -- stands for them while the rest is encoded.
-  local plain = cjson.encode(inv)
-  local n = 0
-  local mark
-  repeat
-    n = n + 1
-    mark = 'wasmq-batch-jobs-' .. n
-  until not string.find(plain, mark, 1, true)
-  args.jobs = mark
-  local text = cjson.encode(inv)
-  local at = string.find(text, '"' .. mark .. '"', 1, true)
-  text = string.sub(text, 1, at - 1) .. '[' .. table.concat(entries, ',') .. ']' .. string.sub(text, at + string.len(mark) + 2)
-  local ck = job_key(b[2])
-  if redis.call('EXISTS', ck) == 0 then
-    new_job(b[2], text, b[3], b[4], 0, now_ms())
-    count('enqueued', 1)
-    wake()
-  end
-  redis.call('HSET', bk, 'done', now_ms())
 end
 
 -- The job became final: wake everyone waiting for it, and count it in its batch. `known`, when
@@ -299,7 +266,7 @@ end
 if #KEYS ~= 7 and #KEYS ~= 7 + n then
   return redis.error_reply('wasmq: KEYS must be the queue\'s seven keys, then one record key per job (' .. n .. ' jobs, ' .. (#KEYS - 7) .. ' record keys)')
 end
-if #KEYS > 7 then declare(8, ids_in_argv(4, 5)) end
+if #KEYS > 7 then declare(8, ids_in_argv(4, 5)) else UNDECLARED = true end
 local MODULE_FIELD = '"module"%s*:%s*"sha256:' .. string.rep('[0-9a-f]', 64) .. '"'
 local function refuse(id, what) return redis.error_reply('wasmq: job `' .. id .. '`: ' .. what) end
 for i = 4, #ARGV, 5 do

@@ -1085,6 +1085,19 @@ async fn a_batch_calls_back_over_http() {
     // The callback exists once both jobs have ended.
     api.get("/v1/jobs/n1?wait=30s").await;
     api.get("/v1/jobs/n2?wait=30s").await;
+    // The callback is enqueued by the step after the last job's end: the batch says when.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, b) = api.get("/v1/batches/nightly").await;
+        if b["done_at_ms"].is_u64() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never called back: {b}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let (_, cb) = api.get("/v1/jobs/batch:nightly:callback?wait=30s").await;
     let _ = stop.send(());
     running.await.unwrap();

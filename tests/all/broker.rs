@@ -109,6 +109,72 @@ async fn invalid_invocations_written_to_redis_go_dead_with_the_reason() {
     );
 }
 
+/// A batch job's ack only counts its end; settling the batch and enqueuing its callback are the
+/// next step. A worker that died between the two leaves the count (or the due batch) behind, and
+/// any worker's maintenance pass finishes it: the callback is enqueued once, never twice.
+#[tokio::test]
+async fn a_batch_left_unsettled_by_a_dead_worker_calls_back_once_on_the_next_pass() {
+    use wasmq::broker::conformance::{ids, ok};
+    use wasmq::broker::{Batches, NewBatch};
+    let server = RedisServer::start();
+    let broker = RedisBroker::connect(&server.url()).await.unwrap();
+    broker.put_module(module(), b"x").await.unwrap();
+    let batch = NewBatch {
+        id: "B".into(),
+        jobs: vec![job("a", |_| {}), job("b", |_| {})],
+        callback: job("batch:B:callback", |_| {}),
+    };
+    broker.enqueue_batch(&batch).await.unwrap();
+    let leases = fetch(&broker, 2).await;
+    broker
+        .ack(&leases.iter().map(ok).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    assert_eq!(ids(&fetch(&broker, 5).await), ["batch:B:callback"]);
+    let callback_key = "wasmq:{default}:job:batch:B:callback";
+    let callback_inv = server.cmd(&["HGET", callback_key, "inv"]);
+    let callback_inv: String = redis::from_redis_value(callback_inv).unwrap();
+
+    // As if the last ack's script ran and its worker was SIGKILLed before settling: `b`'s end
+    // is counted, the batch still shows it pending, and there is no callback.
+    let unsettled = |server: &RedisServer| {
+        server.cmd(&["DEL", callback_key]);
+        server.cmd(&["ZREM", "wasmq:{default}:leased", "batch:B:callback"]);
+        server.cmd(&["HDEL", "wasmq:{default}:batch:B", "done"]);
+    };
+    unsettled(&server);
+    server.cmd(&["HSET", "wasmq:{default}:batch:B", "pending", "1"]);
+    server.cmd(&["HSET", "wasmq:{default}:batch_ends", "B", "1"]);
+    // Reading the batch counts the unsettled end already.
+    assert_eq!(
+        broker.batch("default", "B").await.unwrap().unwrap().pending,
+        0
+    );
+    for _ in 0..2 {
+        broker.maintain("default", &[]).await.unwrap();
+    }
+    let again = fetch(&broker, 5).await;
+    assert_eq!(ids(&again), ["batch:B:callback"], "enqueued once");
+    assert_eq!(
+        again[0].invocation.args,
+        serde_json::from_str::<serde_json::Value>(&callback_inv).unwrap()["args"]
+    );
+    let info = broker.batch("default", "B").await.unwrap().unwrap();
+    assert_eq!((info.pending, info.done_at_ms.is_some()), (0, true));
+
+    // As if the worker died after settling, before the callback: the batch is due.
+    unsettled(&server);
+    server.cmd(&["SADD", "wasmq:{default}:batches_due", "B"]);
+    broker.maintain("default", &[]).await.unwrap();
+    broker.maintain("default", &[]).await.unwrap();
+    assert_eq!(ids(&fetch(&broker, 5).await), ["batch:B:callback"]);
+    let left: i64 =
+        redis::from_redis_value(server.cmd(&["SCARD", "wasmq:{default}:batches_due"])).unwrap();
+    let ends: i64 =
+        redis::from_redis_value(server.cmd(&["HLEN", "wasmq:{default}:batch_ends"])).unwrap();
+    assert_eq!((left, ends), (0, 0));
+}
+
 /// The enqueue script refuses what would break a worker, for writers that skip the CLI.
 #[tokio::test]
 async fn the_enqueue_script_checks_direct_writers() {

@@ -62,7 +62,8 @@ impl Admin for RedisBroker {
         inv.arg(id).arg(self.ttl_secs());
         self.declare_final(&mut inv, queue);
         self.declare_jobs(&mut inv, queue, [id], true);
-        let outcome: String = self.script(&inv).await?;
+        let (outcome, batches): (String, Vec<String>) = self.script(&inv).await?;
+        self.settle_batches(queue, &batches).await?;
         Ok(match outcome.as_str() {
             "cancelled" => CancelOutcome::Cancelled,
             "cancelling" => CancelOutcome::Cancelling,

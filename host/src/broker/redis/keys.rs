@@ -24,6 +24,10 @@ pub struct QueueKeys {
     /// Indexes of recently succeeded and cancelled jobs (zsets: finished at ms → id), kept by the
     /// scripts that end jobs (`list_final` in `lua/common.lua`).
     pub finished: [String; 2],
+    /// Batch ends not yet settled (hash: batch id → jobs ended, written by the scripts that end
+    /// jobs) and batches due their callback (set of batch ids): the two steps after a batch
+    /// job ends (`lua/batch_settle.lua`, `lua/batch_callback.lua`).
+    pub batches: [String; 2],
 }
 
 impl QueueKeys {
@@ -66,6 +70,7 @@ impl Keys {
             done_prefix: format!("{base}done:"),
             cron: [format!("{base}cron"), format!("{base}cron_next")],
             finished: [format!("{base}succeeded"), format!("{base}cancelled")],
+            batches: [format!("{base}batch_ends"), format!("{base}batches_due")],
         }
     }
 

@@ -23,6 +23,11 @@ use crate::job::{AttemptError, FailureKind, JobState, Progress};
 use crate::modules::ModuleHash;
 use crate::time::now_ms;
 
+/// How far ahead of this machine's clock the maintenance pass looks for due jobs and expired
+/// leases: Redis's clock, which wrote their scores, may run ahead of it by this much without
+/// delaying them.
+const CLOCK_SKEW_MARGIN: Duration = Duration::from_secs(5);
+
 #[async_trait]
 impl Broker for RedisBroker {
     async fn put_module(&self, hash: ModuleHash, bytes: &[u8]) -> Result<ModuleInfo, BrokerError> {
@@ -294,8 +299,9 @@ impl Broker for RedisBroker {
                     .arg(json_or_empty(error))
                     .arg(json_or_empty(report));
             }
-            let n: usize = self.script(&inv).await?;
+            let (n, batches): (usize, Vec<String>) = self.script(&inv).await?;
             stale += n;
+            self.settle_batches(queue, &batches).await?;
         }
         Ok(stale)
     }
@@ -336,12 +342,46 @@ impl Broker for RedisBroker {
     }
 
     async fn maintain(&self, queue: &str, own: &[LeaseKey]) -> Result<Maintenance, BrokerError> {
+        // The candidates are what is due by this machine's clock with a margin for skew; the
+        // script checks each against Redis's clock, as the scores were written. The caller's own
+        // leases may be among the expired, so it reads past them.
+        let own: Vec<&LeaseKey> = own.iter().filter(|k| k.queue == queue).collect();
+        let qk = self.keys.queue(queue);
+        let by = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+            + CLOCK_SKEW_MARGIN.as_millis() as u64;
+        let head = |set: &str, n: usize| {
+            redis::cmd("ZRANGE")
+                .arg(set)
+                .arg("-inf")
+                .arg(by)
+                .arg("BYSCORE")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(n)
+                .clone()
+        };
+        let mut pipe = redis::pipe();
+        pipe.add_command(head(&qk.keys[1], MAINTAIN_LIMIT))
+            .add_command(head(&qk.keys[2], MAINTAIN_LIMIT + own.len()));
+        let (scheduled, leased): (Vec<String>, Vec<String>) = self.pipeline(&pipe).await?;
         let mut inv = self.queue_script(&SCRIPTS.maintain, queue);
-        inv.arg(MAINTAIN_LIMIT).arg(self.ttl_secs());
-        for key in own.iter().filter(|k| k.queue == queue) {
+        inv.arg(self.ttl_secs())
+            .arg(scheduled.len())
+            .arg(leased.len())
+            .arg(&scheduled)
+            .arg(&leased);
+        for key in &own {
             inv.arg(&key.id).arg(key.token);
         }
-        let (promoted, recovered, expired_dead): (u64, u64, u64) = self.script(&inv).await?;
+        self.declare_final(&mut inv, queue);
+        self.declare_jobs(&mut inv, queue, scheduled.iter().map(String::as_str), false);
+        self.declare_jobs(&mut inv, queue, leased.iter().map(String::as_str), true);
+        let (promoted, recovered, expired_dead, batches): (u64, u64, u64, Vec<String>) =
+            self.script(&inv).await?;
+        self.settle_batches(queue, &batches).await?;
+        self.settle_leftover_batches(queue).await?;
         Ok(Maintenance {
             promoted,
             recovered,

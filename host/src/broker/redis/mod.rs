@@ -19,6 +19,9 @@
 //! | `wasmq:{q}:cron_next` | hash | cron entry name → next tick (Unix ms) |
 //! | `wasmq:{q}:batch:<id>` | hash | a batch: `total`, `pending`, `callback` (invocation JSON), `callback_id`, `created`, `done` |
 //! | `wasmq:{q}:batch:<id>:jobs` | list | the batch's job ids |
+//! | `wasmq:{q}:batch_ends` | hash | batch id → its jobs that ended and are not yet settled into its `pending` |
+//! | `wasmq:{q}:batches_due` | set | batches with none pending whose callback is not yet enqueued |
+//! | `wasmq:{q}:succeeded`, `…:cancelled` | zset | recently succeeded and cancelled ids by when |
 //! | `wasmq:queues` | set | every queue name used |
 //! | `wasmq:workers` | hash | worker name → its last report (host, pid, queues, concurrency, in flight, last seen) |
 //! | `wasmq:{modules}:index` | hash | hex digest → `{size, uploaded_at_ms}` |
@@ -602,10 +605,14 @@ impl RedisBroker {
         }
     }
 
-    /// Declares the queue's listings of succeeded and cancelled jobs as the call's next two keys
-    /// (`declare_final` in `lua/common.lua`).
+    /// Declares what a script that ends jobs touches besides their records, as the call's next
+    /// three keys: the queue's listings of succeeded and cancelled jobs and its unsettled batch
+    /// ends (`declare_final` in `lua/common.lua`).
     fn declare_final(&self, call: &mut Call<'_>, queue: &str) {
-        for k in self.keys.queue(queue).finished {
+        let qk = self.keys.queue(queue);
+        let [succeeded, cancelled] = qk.finished;
+        let [batch_ends, _] = qk.batches;
+        for k in [succeeded, cancelled, batch_ends] {
             call.key(k);
         }
     }
@@ -730,26 +737,49 @@ impl RedisBroker {
         action: &str,
         id: Option<&str>,
     ) -> Result<u64, BrokerError> {
-        const CHUNK: u64 = 1000;
+        const CHUNK: usize = 1000;
         if let Some(id) = id {
-            let mut inv = self.queue_script(&SCRIPTS.dead, queue);
-            inv.arg(action).arg(0).arg(id);
-            self.declare_jobs(&mut inv, queue, [id], false);
-            return self.script(&inv).await;
+            return self.take_dead_named(queue, action, &[id.to_owned()]).await;
         }
         // Redis's clock, like the scores the scripts write.
         let (secs, micros): (u64, u64) = self.query(redis::cmd("TIME")).await?;
         let cutoff = secs * 1000 + micros / 1000;
+        let dead = &self.keys.queue(queue).keys[3];
         let mut total = 0;
         loop {
-            let mut inv = self.queue_script(&SCRIPTS.dead, queue);
-            inv.arg(action).arg(CHUNK).arg(cutoff);
-            let n: u64 = self.script(&inv).await?;
-            total += n;
-            if n < CHUNK {
+            let ids: Vec<String> = self
+                .query(
+                    redis::cmd("ZRANGEBYSCORE")
+                        .arg(dead)
+                        .arg("-inf")
+                        .arg(cutoff)
+                        .arg("LIMIT")
+                        .arg(0)
+                        .arg(CHUNK)
+                        .clone(),
+                )
+                .await?;
+            total += self.take_dead_named(queue, action, &ids).await?;
+            if ids.len() < CHUNK {
                 return Ok(total);
             }
         }
+    }
+
+    /// Takes jobs `ids` out of the dead set (those still in it); returns how many.
+    async fn take_dead_named(
+        &self,
+        queue: &str,
+        action: &str,
+        ids: &[String],
+    ) -> Result<u64, BrokerError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let mut inv = self.queue_script(&SCRIPTS.dead, queue);
+        inv.arg(action).arg(ids);
+        self.declare_jobs(&mut inv, queue, ids.iter().map(String::as_str), false);
+        self.script(&inv).await
     }
 }
 

@@ -1,13 +1,14 @@
 -- Acknowledge attempts: ARGV[3] = result TTL in seconds, then per job: id, token,
 -- action (ok | retry | dead | cancelled), retry delay ms, error JSON (or ''), report JSON (or '').
--- KEYS[8], KEYS[9]: the succeeded and cancelled listings; then per job its record and waiter list.
+-- KEYS[8..10] as in `declare_final`; then per job its record and waiter list.
 -- State, result, output and the lease change together. A retry of a job whose cancellation was
--- requested ends it as cancelled instead. Returns how many acks were stale.
+-- requested ends it as cancelled instead. Returns {how many acks were stale, batches with jobs that
+-- ended}.
 --
 -- Each job's fields are read once (HMGET) and written once where the outcome allows: the Redis
 -- CPU an ack costs is most of what a job costs Redis.
 declare_final(8)
-declare(10, ids_in_argv(4, 6), true)
+declare(11, ids_in_argv(4, 6), true)
 local now = now_ms()
 local ttl = tonumber(ARGV[3])
 local stale = 0
@@ -68,4 +69,4 @@ end
 for field, v in pairs(n) do count(field, v) end
 -- A concurrency-limited queue has a free slot now: wake a worker for it.
 if redis.call('HEXISTS', KEYS[7], 'limit_concurrency') == 1 and redis.call('ZCARD', KEYS[1]) > 0 then wake() end
-return stale
+return {stale, ENDED}

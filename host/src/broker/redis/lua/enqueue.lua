@@ -18,7 +18,7 @@ end
 if #KEYS ~= 7 and #KEYS ~= 7 + n then
   return redis.error_reply('wasmq: KEYS must be the queue\'s seven keys, then one record key per job (' .. n .. ' jobs, ' .. (#KEYS - 7) .. ' record keys)')
 end
-if #KEYS > 7 then declare(8, ids_in_argv(4, 5)) end
+if #KEYS > 7 then declare(8, ids_in_argv(4, 5)) else UNDECLARED = true end
 local MODULE_FIELD = '"module"%s*:%s*"sha256:' .. string.rep('[0-9a-f]', 64) .. '"'
 local function refuse(id, what) return redis.error_reply('wasmq: job `' .. id .. '`: ' .. what) end
 for i = 4, #ARGV, 5 do

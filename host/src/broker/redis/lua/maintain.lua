@@ -1,34 +1,51 @@
--- Promote due scheduled jobs and recover expired leases, at most ARGV[3] of each; ARGV[4] is the
--- result TTL in seconds (for jobs whose cancellation was pending when their lease expired);
--- ARGV[5..] the caller's own leases (id, token): left alone even when expired, for the caller's
--- next heartbeat to renew. Safe to run from every worker at once. Returns {promoted, recovered,
--- expired to dead}.
+-- Promote due scheduled jobs and recover expired leases among the candidates the caller read (the
+-- heads of the scheduled and leased sets): ARGV[3] = result TTL in seconds (for jobs whose
+-- cancellation was pending when their lease expired), ARGV[4] = how many scheduled candidates,
+-- ARGV[5] = how many leased candidates, then their ids, then the caller's own leases (id, token):
+-- left alone even when expired, for the caller's next heartbeat to renew. KEYS[8..10] as in
+-- `declare_final`; then the scheduled candidates' records, then each leased candidate's record and
+-- waiter list. A candidate that is no longer due (or no longer there) is skipped, so a stale read
+-- is harmless. Safe to run from every worker at once. Returns {promoted, recovered, expired to
+-- dead, batches with jobs that ended}.
+declare_final(8)
 local now = now_ms()
-local limit = tonumber(ARGV[3])
-local own, owned = {}, 0
-for i = 5, #ARGV, 2 do
-  own[ARGV[i]] = ARGV[i + 1]
-  owned = owned + 1
+local ttl = tonumber(ARGV[3])
+local ns, nl = tonumber(ARGV[4]), tonumber(ARGV[5])
+local scheduled, leased, own = {}, {}, {}
+for i = 6, 5 + ns do scheduled[#scheduled + 1] = ARGV[i] end
+for i = 6 + ns, 5 + ns + nl do leased[#leased + 1] = ARGV[i] end
+for i = 6 + ns + nl, #ARGV, 2 do own[ARGV[i]] = ARGV[i + 1] end
+declare(declare(11, scheduled), leased, true)
+
+local function due(set, id)
+  local at = redis.call('ZSCORE', set, id)
+  return at and tonumber(at) <= now
 end
+
 local promoted, recovered, died = 0, 0, 0
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, limit)) do
-  redis.call('ZREM', KEYS[2], id)
-  if redis.call('EXISTS', ARGV[1] .. id) == 1 then
-    make_ready(id, false)
-    promoted = promoted + 1
+for _, id in ipairs(scheduled) do
+  if due(KEYS[2], id) then
+    redis.call('ZREM', KEYS[2], id)
+    if redis.call('EXISTS', job_key(id)) == 1 then
+      make_ready(id, false)
+      promoted = promoted + 1
+    end
   end
 end
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, limit + owned)) do
-  local jk = ARGV[1] .. id
+for _, id in ipairs(leased) do
+  local jk = job_key(id)
   local f = redis.call('HMGET', jk, 'attempts', 'max', 'worker', 'cancel', 'lease')
   local mine = own[id] ~= nil and own[id] == f[5]
-  if not mine then redis.call('ZREM', KEYS[3], id) end
-  if mine then
-    -- The caller's, running: its heartbeat renews it.
-  elseif f[1] and f[4] then
-    cancelled(id, tonumber(ARGV[4]))
+  if mine or not due(KEYS[3], id) then
+    -- Renewed since the caller read it, or the caller's, running: its heartbeat renews it.
+  elseif not f[1] then
+    redis.call('ZREM', KEYS[3], id)
+  elseif f[4] then
+    redis.call('ZREM', KEYS[3], id)
+    cancelled(id, ttl)
     count('cancelled', 1)
-  elseif f[1] then
+  else
+    redis.call('ZREM', KEYS[3], id)
     -- Mirrors memory.rs `lease_expired`.
     local err = cjson.encode({
       attempt = tonumber(f[1]), kind = 'lease_expired', at_ms = now,
@@ -49,4 +66,4 @@ end
 count('recovered', recovered)
 count('dead', died)
 if promoted + recovered > 0 then wake() end
-return {promoted, recovered, died}
+return {promoted, recovered, died, ENDED}
