@@ -865,7 +865,7 @@ fn workers_and_the_server_refuse_a_redis_that_evicts_jobs() {
 
 /// The ACL user the README gives for a least-privilege deployment: wasmq's keys only, and only
 /// the command categories it needs (no `@dangerous` ones: no `CONFIG`, `FLUSHALL`, `KEYS`, …).
-const LEAST_PRIVILEGE: &[&str] = &[
+pub(crate) const LEAST_PRIVILEGE: &[&str] = &[
     "on",
     ">s3cret",
     "~wasmq:*",

@@ -443,3 +443,64 @@ async fn a_busy_queue_moves_to_another_master_without_losing_a_job() {
         "moved {moved} keys while the worker ran; {during} jobs had succeeded by the end of the move"
     );
 }
+
+/// A managed cluster as users run it: every node speaking only TLS to clients (a certificate
+/// from an authority made by the test; replication and the cluster bus over TLS too) and the
+/// README's least-privilege ACL user on every node. The CLI uploads and enqueues onto queues on
+/// three masters and a worker runs them, as that user over `rediss://`.
+#[test]
+fn a_least_privilege_user_runs_jobs_on_a_tls_cluster() {
+    let cluster = RedisCluster::start_tls(3, 1);
+    let queues = queues_on_three_masters(&cluster);
+    let mut setuser = vec!["ACL", "SETUSER", "wasmq"];
+    setuser.extend_from_slice(crate::cli::LEAST_PRIVILEGE);
+    // What the README adds for a cluster: its slot map.
+    setuser.push("+cluster|slots");
+    for node in &cluster.nodes {
+        node.cmd(&setuser);
+    }
+    let url = cluster.url().replace("rediss://", "rediss://wasmq:s3cret@");
+    let cache = tempfile::tempdir().unwrap();
+    let ca = cache.path().join("ca.pem");
+    std::fs::write(&ca, cluster.ca_pem().unwrap()).unwrap();
+    let wasmq = |args: &[&str]| {
+        let mut cmd = common::wasmq_cmd(&url, cache.path());
+        cmd.env("WASMQ_REDIS_CA_FILE", &ca).args(args);
+        cmd
+    };
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let run = |args: &[&str]| {
+        let out = wasmq(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    // Without the authority no node's certificate is trusted.
+    let untrusted = common::wasmq_cmd(&url, cache.path())
+        .args(["queues"])
+        .output()
+        .unwrap();
+    assert!(!untrusted.status.success());
+    let err = text(&untrusted.stderr).to_lowercase();
+    assert!(err.contains("certificate"), "{err}");
+
+    let hash = run(&["upload", &common::job_path("hello")])
+        .trim()
+        .to_owned();
+    for q in &queues {
+        let args = format!(r#"{{"name":"{q}"}}"#);
+        run(&["enqueue", &hash, "--queue", q, "--args", &args, "--id", q]);
+    }
+    let mut worker = wasmq(&["worker", "--queues", &queues.join(",")])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let records: Vec<String> = queues
+        .iter()
+        .map(|q| run(&["job", q, "--queue", q, "--wait"]))
+        .collect();
+    let _ = worker.kill();
+    let _ = worker.wait();
+    for (q, record) in queues.iter().zip(&records) {
+        assert!(record.contains(&format!("Hello, {q}!")), "{record}");
+    }
+}

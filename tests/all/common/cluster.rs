@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::redis::RedisServer;
+use super::redis::{RedisServer, TestCa};
 
 /// How long a master may be unreachable before its replica takes over. Short, so a failover
 /// test waits seconds; long enough that a busy machine does not fail over on its own.
@@ -16,6 +16,8 @@ pub struct RedisCluster {
     /// Masters first (`masters` of them, slots split evenly in order), then replicas.
     pub nodes: Vec<RedisServer>,
     masters: usize,
+    /// On a TLS cluster: the authority its nodes' certificate is signed by.
+    ca: Option<TestCa>,
 }
 
 impl RedisCluster {
@@ -27,6 +29,22 @@ impl RedisCluster {
     /// `masters` masters with `replicas` replicas each; returns once every node agrees the
     /// cluster is up and every replica is in sync with its master.
     pub fn start_with(masters: usize, replicas: usize) -> Self {
+        Self::start_nodes(masters, replicas, None)
+    }
+
+    /// As [`Self::start_with`], every node speaking TLS (to clients, replicas and on the
+    /// cluster bus) with a certificate from an authority made for the test
+    /// ([`Self::ca_pem`]); [`Self::url`] lists the TLS addresses.
+    pub fn start_tls(masters: usize, replicas: usize) -> Self {
+        Self::start_nodes(masters, replicas, Some(TestCa::make()))
+    }
+
+    /// The PEM of the authority that signed a TLS cluster's certificate.
+    pub fn ca_pem(&self) -> Option<Vec<u8>> {
+        self.ca.as_ref().map(TestCa::pem)
+    }
+
+    fn start_nodes(masters: usize, replicas: usize, ca: Option<TestCa>) -> Self {
         let timeout = NODE_TIMEOUT_MS.to_string();
         let settings = [
             "--cluster-enabled",
@@ -43,11 +61,14 @@ impl RedisCluster {
             "0",
         ];
         let nodes: Vec<RedisServer> = (0..masters * (1 + replicas))
-            .map(|_| RedisServer::start_cluster_node(&settings))
+            .map(|_| match &ca {
+                Some(ca) => RedisServer::start_tls_cluster_node(&settings, ca),
+                None => RedisServer::start_cluster_node(&settings),
+            })
             .collect();
         let ports: Vec<u16> = nodes.iter().map(RedisServer::port).collect();
         wasmq::cli::private_redis::form_cluster(&ports, masters).expect("the cluster forms");
-        RedisCluster { nodes, masters }
+        RedisCluster { nodes, masters, ca }
     }
 
     /// The masters as started (after a failover one of them may be a replica or gone).

@@ -12,59 +12,22 @@ pub struct RedisServer {
     dir: tempfile::TempDir,
     /// Settings given to every start beyond the defaults here.
     extra: Vec<String>,
-    /// On a TLS-only server: the PEM of the authority that signed its certificate.
+    /// On a TLS server: the PEM of the authority that signed its certificate.
     ca: Option<Vec<u8>>,
+    /// On a TLS cluster node: the port clients reach it on with TLS (`port` stays plain, for the
+    /// test's own administration and the cluster bus).
+    tls_port: Option<u16>,
 }
 
-impl RedisServer {
-    /// Starts a server on a free port.
-    pub fn start() -> Self {
-        Self::start_with(&[])
-    }
+/// A certificate authority made for a test and a certificate for 127.0.0.1 it signed
+/// (`openssl`), in a directory of their own.
+pub struct TestCa {
+    dir: tempfile::TempDir,
+}
 
-    /// Starts a server on a free port with `extra` settings (`["--maxmemory-policy", "…"]`).
-    pub fn start_with(extra: &[&str]) -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        Self::start_on(port, extra)
-    }
-
-    /// Starts a Redis Cluster node with `extra` settings: on a free port whose cluster bus port
-    /// (the port + 10000) is free too.
-    pub fn start_cluster_node(extra: &[&str]) -> Self {
-        // Another test may take a port between the check and the start: then another port.
-        for _ in 0..20 {
-            let port = fastrand::u16(1024..55535);
-            let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
-            if !free(port) || !free(port + 10000) {
-                continue;
-            }
-            let started = std::panic::catch_unwind(|| Self::start_on(port, extra));
-            if let Ok(server) = started {
-                return server;
-            }
-        }
-        panic!("no cluster node started on 20 free-looking ports");
-    }
-
-    fn start_on(port: u16, extra: &[&str]) -> Self {
-        let mut server = RedisServer {
-            child: None,
-            port,
-            dir: tempfile::tempdir().expect("a temp dir"),
-            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
-            ca: None,
-        };
-        server.restart();
-        server
-    }
-
-    /// Starts a server that speaks only TLS, with a certificate for 127.0.0.1 signed by a
-    /// certificate authority made for it (`openssl`); its PEM is [`Self::ca_pem`]. `extra` as in
-    /// [`Self::start_with`].
-    pub fn start_tls(extra: &[&str]) -> Self {
+impl TestCa {
+    /// Makes the authority and the server certificate.
+    pub fn make() -> Self {
         let certs = tempfile::tempdir().expect("a temp dir");
         let dir = certs.path();
         let openssl = |args: &[&str]| {
@@ -126,39 +89,118 @@ impl RedisServer {
             "-extfile",
             "san.ext",
         ]);
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let file = |name: &str| dir.join(name).display().to_string();
-        let (cert, key, ca) = (file("server.pem"), file("server.key"), file("ca.pem"));
-        let port_text = port.to_string();
-        let mut settings = vec![
-            "--port",
-            "0",
-            "--tls-port",
-            &port_text,
-            "--tls-cert-file",
-            &cert,
-            "--tls-key-file",
-            &key,
-            "--tls-ca-cert-file",
-            &ca,
-            "--tls-auth-clients",
-            "no",
-        ];
-        settings.extend_from_slice(extra);
-        let extra = settings.iter().map(|s| (*s).to_owned()).collect();
-        let ca = std::fs::read(dir.join("ca.pem")).unwrap();
+        TestCa { dir: certs }
+    }
+
+    /// The authority's certificate (PEM).
+    pub fn pem(&self) -> Vec<u8> {
+        std::fs::read(self.dir.path().join("ca.pem")).expect("the CA's certificate")
+    }
+
+    /// The server settings that make `redis-server` speak TLS on `tls_port` with the
+    /// certificate (clients are not asked for one).
+    pub fn server_settings(&self, tls_port: u16) -> Vec<String> {
+        let file = |name: &str| self.dir.path().join(name).display().to_string();
+        vec![
+            "--tls-port".into(),
+            tls_port.to_string(),
+            "--tls-cert-file".into(),
+            file("server.pem"),
+            "--tls-key-file".into(),
+            file("server.key"),
+            "--tls-ca-cert-file".into(),
+            file("ca.pem"),
+            "--tls-auth-clients".into(),
+            "no".into(),
+        ]
+    }
+}
+
+impl RedisServer {
+    /// Starts a server on a free port.
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server on a free port with `extra` settings (`["--maxmemory-policy", "…"]`).
+    pub fn start_with(extra: &[&str]) -> Self {
+        Self::start_on(free_port(), extra)
+    }
+
+    /// Starts a Redis Cluster node with `extra` settings: on a free port whose cluster bus port
+    /// (the port + 10000) is free too.
+    pub fn start_cluster_node(extra: &[&str]) -> Self {
+        // Another test may take a port between the check and the start: then another port.
+        for _ in 0..20 {
+            let port = fastrand::u16(1024..55535);
+            let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
+            if !free(port) || !free(port + 10000) {
+                continue;
+            }
+            // The bus port named outright: on a TLS cluster it would follow the TLS port.
+            let bus = (port + 10000).to_string();
+            let mut settings = vec!["--cluster-port", bus.as_str()];
+            settings.extend_from_slice(extra);
+            let started = std::panic::catch_unwind(|| Self::start_on(port, &settings));
+            if let Ok(server) = started {
+                return server;
+            }
+        }
+        panic!("no cluster node started on 20 free-looking ports");
+    }
+
+    fn start_on(port: u16, extra: &[&str]) -> Self {
         let mut server = RedisServer {
             child: None,
             port,
-            dir: certs,
-            extra,
-            ca: Some(ca),
+            dir: tempfile::tempdir().expect("a temp dir"),
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+            ca: None,
+            tls_port: None,
         };
         server.restart();
         server
+    }
+
+    /// Starts a server that speaks only TLS, with a certificate for 127.0.0.1 signed by a
+    /// certificate authority made for it (`openssl`); its PEM is [`Self::ca_pem`]. `extra` as in
+    /// [`Self::start_with`].
+    pub fn start_tls(extra: &[&str]) -> Self {
+        let ca = TestCa::make();
+        let port = free_port();
+        let mut settings = vec!["--port".to_owned(), "0".to_owned()];
+        settings.extend(ca.server_settings(port));
+        settings.extend(extra.iter().map(|s| (*s).to_owned()));
+        let pem = ca.pem();
+        let mut server = RedisServer {
+            child: None,
+            port,
+            dir: ca.dir,
+            extra: settings,
+            ca: Some(pem),
+            tls_port: None,
+        };
+        server.restart();
+        server
+    }
+
+    /// Starts a Redis Cluster node (as [`Self::start_cluster_node`]) that also speaks TLS, with
+    /// `ca`'s certificate, to clients, to its replicas and on the cluster bus; the plain port
+    /// stays open for the test's own administration. [`Self::url`] is its TLS address.
+    pub fn start_tls_cluster_node(extra: &[&str], ca: &TestCa) -> Self {
+        let tls_port = free_port();
+        let mut settings: Vec<String> = ca.server_settings(tls_port);
+        settings.extend(
+            ["--tls-cluster", "yes", "--tls-replication", "yes"]
+                .iter()
+                .chain(extra)
+                .map(|s| (*s).to_owned()),
+        );
+        let settings: Vec<&str> = settings.iter().map(String::as_str).collect();
+        let mut node = Self::start_cluster_node(&settings);
+        node.ca = Some(ca.pem());
+        node.tls_port = Some(tls_port);
+        node
     }
 
     /// The PEM of the authority that signed a TLS server's certificate.
@@ -166,10 +208,13 @@ impl RedisServer {
         self.ca.as_deref()
     }
 
-    /// `redis://127.0.0.1:<port>/` (`rediss://` on a TLS server).
+    /// `redis://127.0.0.1:<port>/` (`rediss://` and its TLS port on a TLS server).
     pub fn url(&self) -> String {
-        let scheme = if self.ca.is_some() { "rediss" } else { "redis" };
-        format!("{scheme}://127.0.0.1:{}/", self.port)
+        match (self.tls_port, &self.ca) {
+            (Some(tls), _) => format!("rediss://127.0.0.1:{tls}/"),
+            (None, Some(_)) => format!("rediss://127.0.0.1:{}/", self.port),
+            (None, None) => format!("redis://127.0.0.1:{}/", self.port),
+        }
     }
 
     /// SIGKILLs the server (no chance to save anything beyond what the AOF already holds).
@@ -280,8 +325,12 @@ impl RedisServer {
         }
     }
 
+    /// A client for the test's own commands: the plain port where there is one.
     fn client(&self) -> redis::RedisResult<redis::Client> {
-        self.client_for(&self.url())
+        match self.tls_port {
+            Some(_) => redis::Client::open(format!("redis://127.0.0.1:{}/", self.port)),
+            None => self.client_for(&self.url()),
+        }
     }
 
     /// Bytes Redis holds in keys: `MEMORY USAGE` summed over every key. Unlike `used_memory`
@@ -305,6 +354,14 @@ impl RedisServer {
             })
             .sum()
     }
+}
+
+/// A loopback port free when asked.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
 }
 
 impl Drop for RedisServer {
