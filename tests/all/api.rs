@@ -1,5 +1,7 @@
 //! The HTTP API through its router (no socket), against a real Redis: every route, the token
-//! scopes, and for each kind of bad input the status code and the one error shape.
+//! scopes, and for each kind of bad input the status code and the one error shape. The tests of
+//! routes that reach the broker run twice: `on_redis::` and `on_cluster::` (a private Redis
+//! Cluster).
 
 use crate::common;
 
@@ -8,6 +10,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
+use common::cluster::RedisCluster;
 use common::redis::RedisServer;
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
@@ -22,7 +25,14 @@ const UPLOADER: &str = "upload-secret-0123456789";
 
 struct Api {
     state: ApiState,
-    redis: RedisServer,
+    store: Store,
+}
+
+/// What the API under test keeps its state in.
+enum Store {
+    Single(RedisServer),
+    // Held for its nodes' lifetime.
+    Cluster(#[allow(dead_code)] RedisCluster),
 }
 
 impl Api {
@@ -30,10 +40,31 @@ impl Api {
         Self::with_limits(BodyLimits::default()).await
     }
 
+    /// The API on a private Redis Cluster (three masters, a replica each).
+    async fn on_cluster() -> Self {
+        let cluster = tokio::task::spawn_blocking(RedisCluster::start)
+            .await
+            .unwrap();
+        let url = cluster.url();
+        Self::on(Store::Cluster(cluster), &url, BodyLimits::default()).await
+    }
+
     async fn with_limits(limits: BodyLimits) -> Self {
         let redis = RedisServer::start();
-        let broker: Arc<dyn ApiBroker> =
-            Arc::new(RedisBroker::connect(&redis.url()).await.unwrap());
+        let url = redis.url();
+        Self::on(Store::Single(redis), &url, limits).await
+    }
+
+    /// The single Redis under an API made by [`Api::new`] or [`Api::with_limits`].
+    fn redis(&mut self) -> &mut RedisServer {
+        match &mut self.store {
+            Store::Single(redis) => redis,
+            Store::Cluster(_) => panic!("a single-Redis test"),
+        }
+    }
+
+    async fn on(store: Store, url: &str, limits: BodyLimits) -> Self {
+        let broker: Arc<dyn ApiBroker> = Arc::new(RedisBroker::connect(url).await.unwrap());
         let tokens = Tokens::parse(&format!(
             "ops:{ADMIN}:admin\nci:{ENQUEUER}:enqueue\nbuild:{UPLOADER}:upload"
         ))
@@ -47,7 +78,7 @@ impl Api {
                 worker: None,
                 throughput: Default::default(),
             },
-            redis,
+            store,
         }
     }
 
@@ -152,9 +183,7 @@ fn assert_error(
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tokens_and_scopes() {
-    let api = Api::new().await;
+async fn tokens_and_scopes(api: Api) {
     let (s, b) = api
         .call(Method::GET, "/v1/queues", None, Body::empty())
         .await;
@@ -203,12 +232,17 @@ async fn tokens_and_scopes() {
     assert_error(s, &b, StatusCode::FORBIDDEN, "forbidden", None);
     // Public routes.
     let (s, b) = api.call(Method::GET, "/healthz", None, Body::empty()).await;
-    // The test Redis keeps everything: no eviction, an fsync per write.
+    // The test Redis keeps everything: no eviction, an fsync per write (on every node of a
+    // cluster).
+    let backend = match api.store {
+        Store::Single(_) => "redis",
+        Store::Cluster(_) => "redis-cluster",
+    };
     assert_eq!(
         (s, b),
         (
             StatusCode::OK,
-            json!({"status": "ok", "durability": {"backend": "redis", "eviction": "noeviction",
+            json!({"status": "ok", "durability": {"backend": backend, "eviction": "noeviction",
                    "appendonly": true, "appendfsync": "always", "durable_writes": null}})
         )
     );
@@ -437,13 +471,13 @@ async fn bad_invocations_name_the_field() {
 /// request or in a batch, and Redis keeps nothing of them; args at the limit go in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn args_over_the_limit_are_refused_before_anything_is_stored() {
-    let api = Api::new().await;
+    let mut api = Api::new().await;
     let hello = api.upload("hello").await;
     let limit = wasmq::job::Sizes::default().args_bytes;
     // A JSON string of `len` bytes, quotes included.
     let args = |len: usize| Value::String("x".repeat(len - 2));
     let over = json!({"module": hello, "args": args(limit + 1)});
-    let before = api.redis.stored_bytes();
+    let before = api.redis().stored_bytes();
     let requests = [
         ("/v1/jobs", over.clone(), "args"),
         (
@@ -480,7 +514,7 @@ async fn args_over_the_limit_are_refused_before_anything_is_stored() {
             "{message}"
         );
     }
-    let grew = api.redis.stored_bytes().saturating_sub(before);
+    let grew = api.redis().stored_bytes().saturating_sub(before);
     assert!(
         grew < 4 << 10,
         "refused requests left {grew} bytes in Redis"
@@ -495,9 +529,7 @@ async fn args_over_the_limit_are_refused_before_anything_is_stored() {
     assert_eq!(s, StatusCode::ACCEPTED, "{b}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn jobs_run_and_are_waited_on_cancelled_and_retried() {
-    let mut api = Api::new().await;
+async fn jobs_run_and_are_waited_on_cancelled_and_retried(mut api: Api) {
     let hello = api.upload("hello").await;
     let chaos = api.upload("chaos").await;
     let (s, b) = api
@@ -647,9 +679,7 @@ async fn jobs_run_and_are_waited_on_cancelled_and_retried() {
     running.await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn jobs_are_listed_run_now_and_dead_sets_emptied() {
-    let mut api = Api::new().await;
+async fn jobs_are_listed_run_now_and_dead_sets_emptied(mut api: Api) {
     let hello = api.upload("hello").await;
     let chaos = api.upload("chaos").await;
     let mut jobs: Vec<Value> = (0..3)
@@ -841,14 +871,12 @@ async fn health_reports_a_lost_redis() {
     let mut api = Api::new().await;
     let (s, _) = api.call(Method::GET, "/healthz", None, Body::empty()).await;
     assert_eq!(s, StatusCode::OK);
-    api.redis.kill();
+    api.redis().kill();
     let (s, b) = api.call(Method::GET, "/healthz", None, Body::empty()).await;
     assert_error(s, &b, StatusCode::SERVICE_UNAVAILABLE, "unavailable", None);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cron_entries_over_http() {
-    let api = Api::new().await;
+async fn cron_entries_over_http(api: Api) {
     let hello = api.upload("hello").await;
     let entry = json!({"name": "nightly", "schedule": "0 3 * * *", "invocation": {"module": hello, "args": {"name": "n"}}});
     let (s, b) = api.post_json("/v1/cron", ENQUEUER, &entry).await;
@@ -914,9 +942,7 @@ async fn cron_entries_over_http() {
     assert_error(s, &b, StatusCode::NOT_FOUND, "not_found", None);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn queues_pause_and_resume() {
-    let api = Api::new().await;
+async fn queues_pause_and_resume(api: Api) {
     let (s, b) = api
         .call(
             Method::POST,
@@ -968,9 +994,7 @@ async fn queues_pause_and_resume() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn queue_limits_over_http() {
-    let api = Api::new().await;
+async fn queue_limits_over_http(api: Api) {
     let put = |body: &'static str| {
         api.call(
             Method::PUT,
@@ -1014,7 +1038,7 @@ async fn queue_limits_over_http() {
 /// Redis; the jobs that fit go in, and room comes back as jobs end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_answers_429_and_stores_nothing() {
-    let api = Api::new().await;
+    let mut api = Api::new().await;
     let hello = api.upload("hello").await;
     let (s, b) = api
         .call(
@@ -1028,7 +1052,7 @@ async fn a_full_queue_answers_429_and_stores_nothing() {
     let bulk = |n: usize| json!({"jobs": vec![json!({"module": hello}); n]});
     let (s, b) = api.post_json("/v1/jobs", ENQUEUER, &bulk(100)).await;
     assert_eq!(s, StatusCode::ACCEPTED, "{b}");
-    let before = api.redis.stored_bytes();
+    let before = api.redis().stored_bytes();
     for _ in 0..20 {
         let (s, b) = api.post_json("/v1/jobs", ENQUEUER, &bulk(1000)).await;
         assert_error(s, &b, StatusCode::TOO_MANY_REQUESTS, "queue_full", None);
@@ -1046,7 +1070,7 @@ async fn a_full_queue_answers_429_and_stores_nothing() {
         )
         .await;
     assert_error(s, &b, StatusCode::TOO_MANY_REQUESTS, "queue_full", None);
-    let grew = api.redis.stored_bytes().saturating_sub(before);
+    let grew = api.redis().stored_bytes().saturating_sub(before);
     assert!(
         grew < 1024,
         "20,000 refused jobs left {grew} bytes in Redis"
@@ -1056,9 +1080,7 @@ async fn a_full_queue_answers_429_and_stores_nothing() {
     assert_eq!(b["queues"][0]["totals"]["enqueued"], 100, "{b}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_batch_calls_back_over_http() {
-    let mut api = Api::new().await;
+async fn a_batch_calls_back_over_http(mut api: Api) {
     let hello = api.upload("hello").await;
     let chaos = api.upload("chaos").await;
     let body = json!({
@@ -1174,9 +1196,7 @@ async fn a_batch_calls_back_over_http() {
     assert_error(s, &b, StatusCode::NOT_FOUND, "not_found", None);
 }
 
-#[tokio::test]
-async fn grants_are_given_listed_and_revoked_by_an_admin_only() {
-    let api = Api::new().await;
+async fn grants_are_given_listed_and_revoked_by_an_admin_only(api: Api) {
     let fetch = api.upload("fetch").await;
     let path = format!("/v1/modules/{fetch}/grant");
     let body = json!({"http": ["https://api.partner.example", "http://127.0.0.1:8080"], "secrets": ["SINK_TOKEN"]});
@@ -1277,9 +1297,7 @@ async fn grants_are_given_listed_and_revoked_by_an_admin_only() {
     assert_eq!(b, json!({"grants": []}));
 }
 
-#[tokio::test]
-async fn egress_limits_are_set_by_an_admin_and_listed() {
-    let api = Api::new().await;
+async fn egress_limits_are_set_by_an_admin_and_listed(api: Api) {
     let limit = json!({"concurrency": 5, "rate": [20, 1000]});
     let (s, b) = api
         .call(
@@ -1358,3 +1376,37 @@ async fn egress_limits_are_set_by_an_admin_and_listed() {
     let (_, b) = api.get("/v1/egress").await;
     assert_eq!(b, json!({"egress": []}));
 }
+
+/// The routes that reach the broker, run on a single Redis and on a Redis Cluster.
+macro_rules! on_single_redis_and_cluster {
+    ($($name:ident),* $(,)?) => {
+        mod on_redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Api::new().await).await
+                }
+            )*
+        }
+        mod on_cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Api::on_cluster().await).await
+                }
+            )*
+        }
+    };
+}
+
+on_single_redis_and_cluster!(
+    tokens_and_scopes,
+    jobs_run_and_are_waited_on_cancelled_and_retried,
+    jobs_are_listed_run_now_and_dead_sets_emptied,
+    cron_entries_over_http,
+    queues_pause_and_resume,
+    queue_limits_over_http,
+    a_batch_calls_back_over_http,
+    grants_are_given_listed_and_revoked_by_an_admin_only,
+    egress_limits_are_set_by_an_admin_and_listed,
+);
