@@ -175,6 +175,66 @@ async fn a_batch_left_unsettled_by_a_dead_worker_calls_back_once_on_the_next_pas
     assert_eq!((left, ends), (0, 0));
 }
 
+/// With `--durable-writes`, each write waits for its replicas on a connection of its own (so
+/// one write's `WAIT` does not hold up the rest), and at most 32 such connections are opened:
+/// with the replica frozen, 100 writes in flight hold exactly 32 more connections to Redis, and
+/// every one of them is applied once it thaws.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_writes_wait_on_at_most_32_connections_of_their_own() {
+    let master = RedisServer::start();
+    let port = master.port().to_string();
+    let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]);
+    let until = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    until("the replica in sync", &|| {
+        master.info("replication").contains("connected_slaves:1")
+            && replica
+                .info("replication")
+                .contains("master_link_status:up")
+    });
+    let broker = Arc::new(
+        RedisBroker::connect(&master.url())
+            .await
+            .unwrap()
+            .with_durable_writes(1, Duration::from_secs(120))
+            .await
+            .unwrap(),
+    );
+    let clients = || -> u64 {
+        let info = master.info("clients");
+        info.lines()
+            .find_map(|l| l.strip_prefix("connected_clients:"))
+            .and_then(|n| n.trim().parse().ok())
+            .expect("connected_clients")
+    };
+    // Before any durable write: the broker's own connection, and the one asking.
+    let before = clients();
+    broker.put_module(module(), b"x").await.unwrap();
+    replica.freeze();
+    let writes: Vec<_> = (0..100)
+        .map(|i| {
+            let b = broker.clone();
+            tokio::spawn(async move { put(b.as_ref(), &[job(&format!("d{i}"), |_| {})]).await })
+        })
+        .collect();
+    until("32 connections waiting for the replica", &|| {
+        clients() >= before + 32
+    });
+    // Nothing that runs later opens a 33rd.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(clients(), before + 32);
+    replica.thaw();
+    for w in writes {
+        w.await.unwrap();
+    }
+    assert_eq!(counts(broker.as_ref()).await.ready, 100);
+}
+
 /// The enqueue script refuses what would break a worker, for writers that skip the CLI.
 #[tokio::test]
 async fn the_enqueue_script_checks_direct_writers() {

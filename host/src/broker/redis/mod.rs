@@ -193,8 +193,14 @@ impl Blocking {
 }
 
 impl Source {
+    /// A connection for blocking commands.
     async fn connect(&self) -> Result<Conn, RedisError> {
-        let timeout = MAX_BLOCK + Duration::from_secs(5);
+        self.connect_waiting(MAX_BLOCK + Duration::from_secs(5))
+            .await
+    }
+
+    /// A connection of its own whose replies may take up to `timeout`.
+    async fn connect_waiting(&self, timeout: Duration) -> Result<Conn, RedisError> {
         Ok(match self {
             Source::Single(client) => {
                 let config = AsyncConnectionConfig::new()
@@ -209,6 +215,17 @@ impl Source {
             Source::Cluster(client) => Conn::Cluster(client.get_async_connection().await?),
         })
     }
+}
+
+/// Connections for durable writes at most: `WAIT` holds the connection it is sent on until the
+/// replicas confirm, so each durable write in flight gets a connection of its own, and writes
+/// past this many wait for one.
+const DURABLE_CONNECTIONS: usize = 32;
+
+/// The connections durable writes run on (see [`DURABLE_CONNECTIONS`]).
+struct DurableConns {
+    permits: tokio::sync::Semaphore,
+    idle: Mutex<Vec<Conn>>,
 }
 
 /// Durable writes: every job-state change returns only once this many replicas of its master
@@ -248,6 +265,8 @@ pub const DURABLE_WRITES_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct RedisBroker {
     /// Set: writes wait for replicas.
     durable: Option<DurableWrites>,
+    /// Where durable writes run.
+    durable_conns: Arc<DurableConns>,
     conn: Conn,
     /// Whether `conn` is a Redis Cluster connection (every multi-key command must then stay in
     /// one slot).
@@ -339,6 +358,10 @@ impl RedisBroker {
         };
         Ok(RedisBroker {
             durable: None,
+            durable_conns: Arc::new(DurableConns {
+                permits: tokio::sync::Semaphore::new(DURABLE_CONNECTIONS),
+                idle: Mutex::new(Vec::new()),
+            }),
             conn,
             cluster,
             blocking: Arc::new(Blocking {
@@ -451,6 +474,56 @@ impl RedisBroker {
         }
     }
 
+    /// Runs a durable write (its command and `WAIT`) on a connection of its own, so that one
+    /// write's wait for replicas does not hold up the commands behind it; retries like
+    /// [`Self::retrying`], on a fresh connection after a dropped one.
+    async fn retrying_alone<T, F, Fut>(
+        &self,
+        durable: DurableWrites,
+        mut call: F,
+    ) -> Result<T, BrokerError>
+    where
+        F: FnMut(Conn) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
+        let pool = &self.durable_conns;
+        let _permit = pool.permits.acquire().await.expect("never closed");
+        let start = tokio::time::Instant::now();
+        let mut pause = Duration::from_millis(20);
+        loop {
+            let pooled = pool.idle.lock().expect("not poisoned").pop();
+            let conn = match pooled {
+                Some(conn) => Ok(conn),
+                None => {
+                    self.blocking
+                        .source
+                        .connect_waiting(durable.timeout + RESPONSE_TIMEOUT)
+                        .await
+                }
+            };
+            let result = match conn {
+                Ok(conn) => {
+                    let result = call(conn.clone()).await;
+                    // A connection that failed is dropped; the next write opens a fresh one.
+                    if !matches!(&result, Err(e) if transient(e)) {
+                        pool.idle.lock().expect("not poisoned").push(conn);
+                    }
+                    result
+                }
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(v) => return Ok(v),
+                Err(e) if transient(&e) && start.elapsed() < RETRY_WINDOW => {
+                    tracing::debug!(error = %e, "durable redis write failed; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
     /// Runs one command, retrying like [`Self::retrying`].
     async fn query<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, BrokerError> {
         self.retrying(|mut c| {
@@ -473,7 +546,7 @@ impl RedisBroker {
             .arg(durable.replicas)
             .arg(durable.timeout.as_millis() as u64);
         let (confirmed,): (u32,) = self
-            .retrying(|mut c| {
+            .retrying_alone(durable, |mut c| {
                 let pipe = pipe.clone();
                 async move { pipe.query_async(&mut c).await }
             })
@@ -536,42 +609,44 @@ impl RedisBroker {
     async fn script<T: redis::FromRedisValue>(&self, call: &Call<'_>) -> Result<T, BrokerError> {
         let wait = self.durable.filter(|_| call.lua.durable);
         let evalsha = call.evalsha();
-        let (reply, confirmed) = self
-            .retrying(|mut c| {
-                let evalsha = evalsha.clone();
-                async move {
-                    // Loaded on the first NOSCRIPT (a new or restarted node), then sent again.
-                    for attempt in 0..2 {
-                        let sent = match wait {
-                            Some(durable) => {
-                                let mut pipe = redis::pipe();
-                                pipe.add_command(evalsha.clone())
-                                    .cmd("WAIT")
-                                    .arg(durable.replicas)
-                                    .arg(durable.timeout.as_millis() as u64);
-                                pipe.query_async::<(Value, u32)>(&mut c)
-                                    .await
-                                    .map(|(v, n)| (v, Some(n)))
-                            }
-                            None => evalsha
-                                .query_async::<Value>(&mut c)
+        let send = |mut c: Conn| {
+            let evalsha = evalsha.clone();
+            async move {
+                // Loaded on the first NOSCRIPT (a new or restarted node), then sent again.
+                for attempt in 0..2 {
+                    let sent = match wait {
+                        Some(durable) => {
+                            let mut pipe = redis::pipe();
+                            pipe.add_command(evalsha.clone())
+                                .cmd("WAIT")
+                                .arg(durable.replicas)
+                                .arg(durable.timeout.as_millis() as u64);
+                            pipe.query_async::<(Value, u32)>(&mut c)
                                 .await
-                                .map(|v| (v, None)),
-                        };
-                        match sent {
-                            Err(e)
-                                if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript)
-                                    && attempt == 0 =>
-                            {
-                                call.lua.script.load_async(&mut c).await?;
-                            }
-                            other => return other,
+                                .map(|(v, n)| (v, Some(n)))
                         }
+                        None => evalsha
+                            .query_async::<Value>(&mut c)
+                            .await
+                            .map(|v| (v, None)),
+                    };
+                    match sent {
+                        Err(e)
+                            if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript)
+                                && attempt == 0 =>
+                        {
+                            call.lua.script.load_async(&mut c).await?;
+                        }
+                        other => return other,
                     }
-                    unreachable!("the second attempt returns")
                 }
-            })
-            .await?;
+                unreachable!("the second attempt returns")
+            }
+        };
+        let (reply, confirmed) = match wait {
+            Some(durable) => self.retrying_alone(durable, send).await?,
+            None => self.retrying(send).await?,
+        };
         if let (Some(durable), Some(confirmed)) = (wait, confirmed) {
             durable.check(confirmed)?;
         }
