@@ -887,30 +887,10 @@ fn a_least_privilege_acl_user_uploads_enqueues_and_runs_jobs_over_tls() {
     let mut setuser = vec!["ACL", "SETUSER", "wasmq"];
     setuser.extend_from_slice(LEAST_PRIVILEGE);
     redis.cmd(&setuser);
-    let url = redis.url().replace("rediss://", "rediss://wasmq:s3cret@");
-    let cache = tempfile::tempdir().unwrap();
-    let ca = cache.path().join("ca.pem");
-    std::fs::write(&ca, redis.ca_pem().unwrap()).unwrap();
-    let wasmq = |args: &[&str]| {
-        let mut cmd = common::wasmq_cmd(&url, cache.path());
-        cmd.env("WASMQ_REDIS_CA_FILE", &ca).args(args);
-        cmd
-    };
-    let run = |args: &[&str]| {
-        let out = wasmq(args).output().unwrap();
-        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
-        (text(&out.stdout), text(&out.stderr))
-    };
-    // Without the authority the server's certificate is not trusted, and the error says so.
-    let untrusted = common::wasmq_cmd(&url, cache.path())
-        .args(["queues"])
-        .output()
-        .unwrap();
-    assert!(!untrusted.status.success());
-    let err = text(&untrusted.stderr).to_lowercase();
-    assert!(err.contains("certificate"), "{err}");
-    let hash = run(&["upload", &job_path("hello")]).0.trim().to_owned();
-    run(&[
+    let cli = common::CliOverTls::new(&redis.url(), redis.ca_pem().unwrap());
+    cli.assert_refused_without_the_ca();
+    let hash = cli.run(&["upload", &job_path("hello")]).trim().to_owned();
+    cli.run(&[
         "enqueue",
         &hash,
         "--args",
@@ -918,11 +898,12 @@ fn a_least_privilege_acl_user_uploads_enqueues_and_runs_jobs_over_tls() {
         "--id",
         "acl-1",
     ]);
-    let mut worker = wasmq(&["worker"])
+    let mut worker = cli
+        .cmd(&["worker"])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let (record, _) = run(&["job", "acl-1", "--wait"]);
+    let record = cli.run(&["job", "acl-1", "--wait"]);
     let _ = worker.kill();
     let stderr = {
         let _ = worker.wait();
@@ -937,7 +918,7 @@ fn a_least_privilege_acl_user_uploads_enqueues_and_runs_jobs_over_tls() {
         "{stderr}"
     );
     // Nor do what it was not given.
-    let client = redis.client_for(&url).unwrap();
+    let client = redis.client_for(cli.url()).unwrap();
     let mut conn = client.get_connection().unwrap();
     let refused: redis::RedisResult<()> = redis::cmd("FLUSHALL").query(&mut conn);
     let refused = refused.unwrap_err();

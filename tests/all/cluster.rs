@@ -459,44 +459,25 @@ fn a_least_privilege_user_runs_jobs_on_a_tls_cluster() {
     for node in &cluster.nodes {
         node.cmd(&setuser);
     }
-    let url = cluster.url().replace("rediss://", "rediss://wasmq:s3cret@");
-    let cache = tempfile::tempdir().unwrap();
-    let ca = cache.path().join("ca.pem");
-    std::fs::write(&ca, cluster.ca_pem().unwrap()).unwrap();
-    let wasmq = |args: &[&str]| {
-        let mut cmd = common::wasmq_cmd(&url, cache.path());
-        cmd.env("WASMQ_REDIS_CA_FILE", &ca).args(args);
-        cmd
-    };
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    let run = |args: &[&str]| {
-        let out = wasmq(args).output().unwrap();
-        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
-        text(&out.stdout)
-    };
-    // Without the authority no node's certificate is trusted.
-    let untrusted = common::wasmq_cmd(&url, cache.path())
-        .args(["queues"])
-        .output()
-        .unwrap();
-    assert!(!untrusted.status.success());
-    let err = text(&untrusted.stderr).to_lowercase();
-    assert!(err.contains("certificate"), "{err}");
+    let cli = common::CliOverTls::new(&cluster.url(), &cluster.ca_pem().unwrap());
+    cli.assert_refused_without_the_ca();
 
-    let hash = run(&["upload", &common::job_path("hello")])
+    let hash = cli
+        .run(&["upload", &common::job_path("hello")])
         .trim()
         .to_owned();
     for q in &queues {
         let args = format!(r#"{{"name":"{q}"}}"#);
-        run(&["enqueue", &hash, "--queue", q, "--args", &args, "--id", q]);
+        cli.run(&["enqueue", &hash, "--queue", q, "--args", &args, "--id", q]);
     }
-    let mut worker = wasmq(&["worker", "--queues", &queues.join(",")])
+    let mut worker = cli
+        .cmd(&["worker", "--queues", &queues.join(",")])
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
     let records: Vec<String> = queues
         .iter()
-        .map(|q| run(&["job", q, "--queue", q, "--wait"]))
+        .map(|q| cli.run(&["job", q, "--queue", q, "--wait"]))
         .collect();
     let _ = worker.kill();
     let _ = worker.wait();

@@ -127,6 +127,59 @@ pub fn wasmq_cmd(redis_url: &str, cache: &Path) -> Command {
     cmd
 }
 
+/// The `wasmq` CLI as the README's least-privilege user (`wasmq`/`s3cret`) over TLS: `url`'s
+/// `rediss://` addresses with the user put in, and `WASMQ_REDIS_CA_FILE` naming `ca_pem`.
+pub struct CliOverTls {
+    url: String,
+    cache: tempfile::TempDir,
+    ca: std::path::PathBuf,
+}
+
+impl CliOverTls {
+    /// The CLI for `url` (one or several `rediss://` addresses) trusting `ca_pem`.
+    pub fn new(url: &str, ca_pem: &[u8]) -> Self {
+        let cache = tempfile::tempdir().unwrap();
+        let ca = cache.path().join("ca.pem");
+        std::fs::write(&ca, ca_pem).unwrap();
+        CliOverTls {
+            url: url.replace("rediss://", "rediss://wasmq:s3cret@"),
+            cache,
+            ca,
+        }
+    }
+
+    /// The URL it is given, with the user in it.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// `wasmq args…`, not started.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = wasmq_cmd(&self.url, self.cache.path());
+        cmd.env("WASMQ_REDIS_CA_FILE", &self.ca).args(args);
+        cmd
+    }
+
+    /// Runs `wasmq args…`; its stdout, once it succeeded.
+    pub fn run(&self, args: &[&str]) -> String {
+        let out = self.cmd(args).output().unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+    }
+
+    /// Without the authority the server's certificate is not trusted, and the error says so.
+    pub fn assert_refused_without_the_ca(&self) {
+        let out = wasmq_cmd(&self.url, self.cache.path())
+            .args(["queues"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
+        assert!(err.contains("certificate"), "{err}");
+    }
+}
+
 /// The path of sample job `name`'s component.
 pub fn job_path(name: &str) -> String {
     jobs_dir()
