@@ -223,24 +223,12 @@ pub const DURABLE_WRITES_TIMEOUT: Duration = Duration::from_secs(5);
 impl RedisBroker {
     /// Runs a command or script, retrying while the failure is a dropped connection or a server
     /// that is loading.
-    pub(super) async fn retrying<T, F, Fut>(&self, mut call: F) -> Result<T, BrokerError>
+    pub(super) async fn retrying<T, F, Fut>(&self, call: F) -> Result<T, BrokerError>
     where
-        F: FnMut(Conn) -> Fut,
+        F: Fn(Conn) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
     {
-        let start = tokio::time::Instant::now();
-        let mut pause = Duration::from_millis(20);
-        loop {
-            match call(self.conn.clone()).await {
-                Ok(v) => return Ok(v),
-                Err(e) if transient(&e) && start.elapsed() < RETRY_WINDOW => {
-                    tracing::debug!(error = %e, "redis call failed; retrying");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(1));
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        retry_transient(|| call(self.conn.clone())).await
     }
 
     /// Runs a durable write (its command and `WAIT`) on a connection of its own, so that one
@@ -249,48 +237,34 @@ impl RedisBroker {
     pub(super) async fn retrying_alone<T, F, Fut>(
         &self,
         durable: DurableWrites,
-        mut call: F,
+        call: F,
     ) -> Result<T, BrokerError>
     where
-        F: FnMut(Conn) -> Fut,
+        F: Fn(Conn) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
     {
         let pool = &self.durable_conns;
         let _permit = pool.permits.acquire().await.expect("never closed");
-        let start = tokio::time::Instant::now();
-        let mut pause = Duration::from_millis(20);
-        loop {
+        let call = &call;
+        retry_transient(move || async move {
             let pooled = pool.idle.lock().expect("not poisoned").pop();
             let conn = match pooled {
-                Some(conn) => Ok(conn),
+                Some(conn) => conn,
                 None => {
                     self.blocking
                         .source
                         .connect_waiting(durable.timeout + RESPONSE_TIMEOUT)
-                        .await
+                        .await?
                 }
             };
-            let result = match conn {
-                Ok(conn) => {
-                    let result = call(conn.clone()).await;
-                    // A connection that failed is dropped; the next write opens a fresh one.
-                    if !matches!(&result, Err(e) if transient(e)) {
-                        pool.idle.lock().expect("not poisoned").push(conn);
-                    }
-                    result
-                }
-                Err(e) => Err(e),
-            };
-            match result {
-                Ok(v) => return Ok(v),
-                Err(e) if transient(&e) && start.elapsed() < RETRY_WINDOW => {
-                    tracing::debug!(error = %e, "durable redis write failed; retrying");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(1));
-                }
-                Err(e) => return Err(e.into()),
+            let result = call(conn.clone()).await;
+            // A connection that failed is dropped; the next write opens a fresh one.
+            if !matches!(&result, Err(e) if transient(e)) {
+                pool.idle.lock().expect("not poisoned").push(conn);
             }
-        }
+            result
+        })
+        .await
     }
 
     /// Runs one command, retrying like [`Self::retrying`].
@@ -454,6 +428,29 @@ impl From<RedisError> for BrokerError {
         BrokerError::Unavailable {
             backend: "redis",
             reason: e.to_string(),
+        }
+    }
+}
+
+/// Runs `attempt` until it succeeds, or fails for good, or has failed transiently for
+/// [`RETRY_WINDOW`]: pausing 20 ms after the first failure, twice as long after each next, a
+/// second at most.
+async fn retry_transient<T, F, Fut>(mut attempt: F) -> Result<T, BrokerError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, RedisError>>,
+{
+    let start = tokio::time::Instant::now();
+    let mut pause = Duration::from_millis(20);
+    loop {
+        match attempt().await {
+            Ok(v) => return Ok(v),
+            Err(e) if transient(&e) && start.elapsed() < RETRY_WINDOW => {
+                tracing::debug!(error = %e, "redis call failed; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            Err(e) => return Err(e.into()),
         }
     }
 }
