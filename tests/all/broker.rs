@@ -175,6 +175,77 @@ async fn a_batch_left_unsettled_by_a_dead_worker_calls_back_once_on_the_next_pas
     assert_eq!((left, ends), (0, 0));
 }
 
+/// Small enqueues to one queue arriving together go out as one script call (a call's fixed cost
+/// is most of what a one-job enqueue costs Redis), and each is answered as if it had come alone:
+/// of two calls for one id one created it; on a queue with room for ten, ten calls of twenty get
+/// in and the rest are refused as full, each on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_enqueues_to_one_queue_go_out_together_and_are_answered_alone() {
+    use wasmq::broker::{Admin, BrokerError, Enqueued, QueueLimits};
+    let server = RedisServer::start();
+    let broker = Arc::new(RedisBroker::connect(&server.url()).await.unwrap());
+    broker.put_module(module(), b"x").await.unwrap();
+    put(broker.as_ref(), &[job("warm-up", |_| {})]).await;
+    server.cmd(&["CONFIG", "RESETSTAT"]);
+    // Redis holds every call for a second, so the calls of the 200 below all wait at once.
+    server.cmd(&["CLIENT", "PAUSE", "1000", "WRITE"]);
+    let calls: Vec<_> = (0..200)
+        .map(|i| {
+            let b = broker.clone();
+            let one = job(&format!("c{}", i / 2), |_| {});
+            tokio::spawn(async move { b.enqueue(&[one]).await.unwrap()[0] })
+        })
+        .collect();
+    let mut created = 0;
+    for call in calls {
+        if call.await.unwrap() == Enqueued::Created {
+            created += 1;
+        }
+    }
+    assert_eq!(
+        created, 100,
+        "each id created by exactly one of its two calls"
+    );
+    let stats: String = redis::from_redis_value(server.cmd(&["INFO", "commandstats"])).unwrap();
+    let scripts: u64 = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|l| l.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    println!("200 enqueue calls went out as {scripts} script calls");
+    assert!(scripts <= 20, "{scripts} script calls for 200 enqueues");
+
+    let limits = QueueLimits {
+        max_size: Some(10),
+        ..QueueLimits::default()
+    };
+    broker.set_limits("small", &limits).await.unwrap();
+    server.cmd(&["CLIENT", "PAUSE", "1000", "WRITE"]);
+    let calls: Vec<_> = (0..20)
+        .map(|i| {
+            let b = broker.clone();
+            let one = job(&format!("s{i}"), |j| j.queue = "small".into());
+            tokio::spawn(async move { b.enqueue(&[one]).await })
+        })
+        .collect();
+    let (mut ok, mut full) = (0, 0);
+    for call in calls {
+        match call.await.unwrap() {
+            Ok(answer) => {
+                assert_eq!(answer, [Enqueued::Created]);
+                ok += 1;
+            }
+            Err(BrokerError::QueueFull { max, .. }) => {
+                assert_eq!(max, 10);
+                full += 1;
+            }
+            Err(other) => panic!("{other}"),
+        }
+    }
+    assert_eq!((ok, full), (10, 10));
+}
+
 /// With `--durable-writes`, each write waits for its replicas on a connection of its own (so
 /// one write's `WAIT` does not hold up the rest), and at most 32 such connections are opened:
 /// with the replica frozen, 100 writes in flight hold exactly 32 more connections to Redis, and
@@ -216,10 +287,12 @@ async fn durable_writes_wait_on_at_most_32_connections_of_their_own() {
     let before = clients();
     broker.put_module(module(), b"x").await.unwrap();
     replica.freeze();
+    // On a hundred queues: enqueues to one queue at the same moment would go out as one call.
     let writes: Vec<_> = (0..100)
         .map(|i| {
             let b = broker.clone();
-            tokio::spawn(async move { put(b.as_ref(), &[job(&format!("d{i}"), |_| {})]).await })
+            let one = job(&format!("d{i}"), |j| j.queue = format!("q{i}"));
+            tokio::spawn(async move { put(b.as_ref(), &[one]).await })
         })
         .collect();
     until("32 connections waiting for the replica", &|| {
@@ -230,9 +303,13 @@ async fn durable_writes_wait_on_at_most_32_connections_of_their_own() {
     assert_eq!(clients(), before + 32);
     replica.thaw();
     for w in writes {
-        w.await.unwrap();
+        assert_eq!(w.await.unwrap(), [wasmq::broker::Enqueued::Created]);
     }
-    assert_eq!(counts(broker.as_ref()).await.ready, 100);
+    for i in 0..100 {
+        let q = format!("q{i}");
+        let record = broker.job(Some(&q), &format!("d{i}")).await.unwrap();
+        assert_eq!(record.map(|r| r.state), Some(wasmq::job::JobState::Ready));
+    }
 }
 
 /// The enqueue script refuses what would break a worker, for writers that skip the CLI.

@@ -81,7 +81,8 @@ const ENQUEUE_CHUNK: usize = 500;
 /// Due jobs and expired leases handled per maintenance pass and queue.
 const MAINTAIN_LIMIT: usize = 1000;
 
-/// The Redis broker.
+/// The Redis broker. Cloning it is cheap: the clones share its connections.
+#[derive(Clone)]
 pub struct RedisBroker {
     /// Set: writes wait for replicas.
     durable: Option<DurableWrites>,
@@ -96,7 +97,9 @@ pub struct RedisBroker {
     keys: Keys,
     result_ttl: Duration,
     /// Queues this process already added to `wasmq:queues`.
-    registered: Mutex<HashSet<String>>,
+    registered: Arc<Mutex<HashSet<String>>>,
+    /// Small enqueues waiting to go out together (`lifecycle.rs`).
+    combiner: Arc<Mutex<lifecycle::Combiner>>,
 }
 
 impl RedisBroker {
@@ -184,7 +187,8 @@ impl RedisBroker {
             blocking: Arc::new(Blocking::new(source)),
             keys: Keys::new(prefix),
             result_ttl: DEFAULT_RESULT_TTL,
-            registered: Mutex::new(HashSet::new()),
+            registered: Arc::new(Mutex::new(HashSet::new())),
+            combiner: Arc::default(),
         })
     }
 
