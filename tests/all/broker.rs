@@ -31,29 +31,22 @@ impl Store for Memory {
     }
 }
 
-/// A private `redis-server` for one case, stopped when the case ends.
-struct Redis(RedisServer);
+/// A private Redis for one case — a `redis-server`, or a cluster of three masters each with a
+/// replica — stopped when the case ends.
+enum Redis {
+    Server(RedisServer),
+    Cluster(RedisCluster),
+}
 
 #[async_trait]
 impl Store for Redis {
     async fn broker(&self, result_ttl: Duration) -> Arc<dyn ApiBroker> {
+        let url = match self {
+            Redis::Server(server) => server.url(),
+            Redis::Cluster(cluster) => cluster.url(),
+        };
         Arc::new(
-            RedisBroker::connect(&self.0.url())
-                .await
-                .unwrap()
-                .with_result_ttl(result_ttl),
-        )
-    }
-}
-
-/// A private Redis Cluster (three masters, each with a replica) for one case.
-struct Cluster(RedisCluster);
-
-#[async_trait]
-impl Store for Cluster {
-    async fn broker(&self, result_ttl: Duration) -> Arc<dyn ApiBroker> {
-        Arc::new(
-            RedisBroker::connect(&self.0.url())
+            RedisBroker::connect(&url)
                 .await
                 .unwrap()
                 .with_result_ttl(result_ttl),
@@ -67,14 +60,14 @@ mod on_memory {
 
 mod on_redis {
     wasmq::broker_conformance!(
-        super::Redis(crate::common::redis::RedisServer::start()),
+        super::Redis::Server(crate::common::redis::RedisServer::start()),
         tokio::test
     );
 }
 
 mod on_cluster {
     wasmq::broker_conformance!(
-        super::Cluster(crate::common::cluster::RedisCluster::start()),
+        super::Redis::Cluster(crate::common::cluster::RedisCluster::start()),
         tokio::test
     );
 }
@@ -425,7 +418,7 @@ async fn the_enqueue_script_checks_direct_writers() {
 /// it (the memory broker's case is in the intake's own tests).
 #[tokio::test]
 async fn unknown_modules_are_refused_before_redis_holds_anything() {
-    let store = Redis(RedisServer::start());
+    let store = Redis::Server(RedisServer::start());
     let b = store.broker(Duration::from_secs(60)).await;
     let err = common::enqueue(b.as_ref(), &[job("a", |_| {})])
         .await

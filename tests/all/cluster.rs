@@ -12,6 +12,7 @@ use common::backend::{job, upload};
 use common::cluster::RedisCluster;
 use common::rig::Rig;
 use serde_json::json;
+use wasmq::broker::conformance::counts;
 use wasmq::broker::redis::{Keys, RedisBroker};
 use wasmq::broker::{ApiBroker, Broker, Inspect};
 use wasmq::job::JobState;
@@ -265,13 +266,7 @@ async fn fail_over_a_busy_queue(durable: bool) -> Failover {
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let enqueued = acknowledged.lock().unwrap().len();
-        let succeeded = b
-            .queues()
-            .await
-            .unwrap()
-            .iter()
-            .find(|q| q.queue == "default")
-            .map_or(0, |q| q.totals.succeeded);
+        let succeeded = counts(&b).await.totals.succeeded;
         if enqueued >= JOBS / 4 && succeeded >= 100 {
             break;
         }
@@ -279,19 +274,10 @@ async fn fail_over_a_busy_queue(durable: bool) -> Failover {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let port = rig.cluster().owner_of(&ready_key).port();
-    let at = rig
-        .cluster()
-        .nodes
-        .iter()
-        .position(|n| n.port() == port)
-        .unwrap();
-    let replica = rig.cluster().replica_of(port).port();
+    let at = rig.cluster().index_of(port);
     let replica = rig
         .cluster()
-        .nodes
-        .iter()
-        .position(|n| n.port() == replica)
-        .unwrap();
+        .index_of(rig.cluster().replica_of(port).port());
     rig.cluster().nodes[replica].freeze();
     let at_freeze = acknowledged.lock().unwrap().len();
     // Writes go on for a while (without durable writes they are acknowledged by the master
@@ -323,13 +309,7 @@ async fn fail_over_a_busy_queue(durable: bool) -> Failover {
         }
     }
     drop(worker);
-    let succeeded = b
-        .queues()
-        .await
-        .unwrap()
-        .iter()
-        .find(|q| q.queue == "default")
-        .map_or(0, |q| q.totals.succeeded);
+    let succeeded = counts(&b).await.totals.succeeded;
     println!(
         "durable writes {}: replica frozen after {at_freeze} of {JOBS} enqueues were \
          acknowledged, master killed after {at_kill}; {lost} acknowledged jobs lost; succeeded \

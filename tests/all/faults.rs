@@ -194,33 +194,34 @@ async fn a_parent_whose_worker_dies_while_it_waits_re_attaches_to_its_children()
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stalled_redis_loses_no_job_to_a_resent_fetch() {
+/// A Redis stall under a busy worker: `n` one-attempt `chaos` jobs sleeping `ms` each, run by a
+/// worker on `--lease lease`; once `busy` holds of the queue's counts (`what` says what it
+/// waits for), Redis pauses every client for `pause_ms`. Every job must then succeed, having run
+/// once: a job leased to nobody, or taken back from its running worker, would end dead as
+/// `lease_expired`.
+async fn one_attempt_jobs_survive_a_stall(
+    n: usize,
+    ms: u64,
+    lease: &str,
+    busy: impl Fn(&wasmq::broker::QueueCounts) -> bool,
+    what: &str,
+    pause_ms: &str,
+) {
     let rig = Rig::new();
     let chaos = rig.upload("chaos");
-    // One attempt each: a job leased to nobody would end dead as `lease_expired` without running.
-    let ids: Vec<String> = (0..400).map(|i| format!("s-{i}")).collect();
-    let lines: String = ids
-        .iter()
-        .map(|id| {
-            json!({"module": chaos, "id": id, "max_attempts": 1, "args": {"mode": "sleep", "ms": 5}})
-                .to_string()
-                + "\n"
-        })
-        .collect();
-    let file = rig.dir.path().join("stall.jsonl");
-    std::fs::write(&file, lines).unwrap();
-    rig.ok(&["enqueue", "--file", file.to_str().unwrap()]);
+    let ids = rig.enqueue_many_like(
+        n,
+        "s",
+        json!({"module": chaos, "max_attempts": 1, "args": {"mode": "sleep", "ms": ms}}),
+    );
     let b = rig.broker().await;
-    let worker = rig.worker("w", &["--concurrency", "64", "--lease", "30s"]);
-    // Stall Redis while the worker is busy fetching: its fetch times out on the client (10 s)
-    // and is sent again; both run when Redis wakes.
+    let worker = rig.worker("w", &["--concurrency", "64", "--lease", lease]);
     let deadline = Instant::now() + Duration::from_secs(300);
-    while counts(&b).await.totals.succeeded < 20 {
-        assert!(Instant::now() < deadline, "no progress:\n{}", rig.log("w"));
+    while !busy(&counts(&b).await) {
+        assert!(Instant::now() < deadline, "{what}:\n{}", rig.log("w"));
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    rig.redis().cmd(&["CLIENT", "PAUSE", "15000", "ALL"]);
+    rig.redis().cmd(&["CLIENT", "PAUSE", pause_ms, "ALL"]);
     all_succeed(&b, &ids, Duration::from_secs(600), || rig.log("w")).await;
     worker.kill();
     for id in &ids {
@@ -229,45 +230,29 @@ async fn a_stalled_redis_loses_no_job_to_a_resent_fetch() {
     }
 }
 
+/// Redis stalled while the worker is busy fetching: its fetch times out on the client (10 s)
+/// and is sent again; both run when Redis wakes, and the second gets the first one's leases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_redis_loses_no_job_to_a_resent_fetch() {
+    one_attempt_jobs_survive_a_stall(
+        400,
+        5,
+        "30s",
+        |c| c.totals.succeeded >= 20,
+        "no progress",
+        "15000",
+    )
+    .await;
+}
+
 /// A Redis stall longer than the lease: when Redis wakes, the worker's own recovery pass must
 /// not take back the leases of jobs it is still running (their heartbeats were held up by the
-/// same stall), or those one-attempt jobs would end dead as `lease_expired` though their worker
-/// never stopped.
+/// same stall).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_worker_keeps_its_leases_through_its_own_recovery_pass() {
-    let rig = Rig::new();
-    let chaos = rig.upload("chaos");
-    let ids: Vec<String> = (0..64).map(|i| format!("slow-{i}")).collect();
-    let lines: String = ids
-        .iter()
-        .map(|id| {
-            json!({"module": chaos, "id": id, "max_attempts": 1, "args": {"mode": "sleep", "ms": 6000}})
-                .to_string()
-                + "\n"
-        })
-        .collect();
-    let file = rig.dir.path().join("slow.jsonl");
-    std::fs::write(&file, lines).unwrap();
-    rig.ok(&["enqueue", "--file", file.to_str().unwrap()]);
-    let b = rig.broker().await;
-    let worker = rig.worker("w", &["--concurrency", "64", "--lease", "2s"]);
-    // Every job leased and running, then Redis stalls for longer than the lease.
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while counts(&b).await.leased < 64 {
-        assert!(
-            Instant::now() < deadline,
-            "not all leased:\n{}",
-            rig.log("w")
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    rig.redis().cmd(&["CLIENT", "PAUSE", "5000", "ALL"]);
-    all_succeed(&b, &ids, Duration::from_secs(600), || rig.log("w")).await;
-    worker.kill();
-    for id in &ids {
-        let r = b.job(Some("default"), id).await.unwrap().unwrap();
-        assert_eq!(r.attempts, 1, "{id} ran more than once");
-    }
+    // Every job leased and running (6 s each), then Redis stalls for longer than the 2 s lease.
+    one_attempt_jobs_survive_a_stall(64, 6000, "2s", |c| c.leased >= 64, "not all leased", "5000")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

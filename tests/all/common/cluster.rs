@@ -112,10 +112,7 @@ impl RedisCluster {
             .find(|(first, last, _)| (*first..=*last).contains(&slot))
             .map(|(_, _, (_, port))| *port)
             .expect("every slot is served");
-        self.nodes
-            .iter()
-            .find(|n| n.port() == port)
-            .expect("a node of this cluster")
+        &self.nodes[self.index_of(port)]
     }
 
     /// Waits until `key`'s slot is served by a node other than the one on `old_port` (a
@@ -125,6 +122,14 @@ impl RedisCluster {
             c.owner_of(key).port() != old_port
         });
         self.wait_healthy();
+    }
+
+    /// Where the node listening on `port` is in [`Self::nodes`].
+    pub fn index_of(&self, port: u16) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.port() == port)
+            .expect("a node of this cluster")
     }
 
     /// The running replica of the node listening on `port`.

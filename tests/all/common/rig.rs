@@ -148,10 +148,20 @@ impl Rig {
     /// Enqueues `n` invocations through `wasmq enqueue --file` (one pipelined bulk call) and
     /// returns their ids `<tag>-<i>`; the command's success is the acknowledgement.
     pub fn enqueue_many(&self, n: usize, tag: &str, module: &str, args: Value) -> Vec<String> {
+        self.enqueue_many_like(n, tag, json!({"module": module, "args": args}))
+    }
+
+    /// As [`Self::enqueue_many`], each job the invocation `fields` (a JSON object) with its id
+    /// added.
+    pub fn enqueue_many_like(&self, n: usize, tag: &str, fields: Value) -> Vec<String> {
         let ids: Vec<String> = (0..n).map(|i| format!("{tag}-{i}")).collect();
         let lines: String = ids
             .iter()
-            .map(|id| json!({"module": module, "id": id, "args": args}).to_string() + "\n")
+            .map(|id| {
+                let mut line = fields.clone();
+                line["id"] = json!(id);
+                line.to_string() + "\n"
+            })
             .collect();
         let file = self.dir.path().join(format!("{tag}.jsonl"));
         std::fs::write(&file, lines).unwrap();
