@@ -38,6 +38,7 @@ mod batches;
 mod conn;
 mod cron;
 mod egress;
+mod enqueue;
 mod grants;
 mod inspect;
 mod keys;
@@ -98,8 +99,8 @@ pub struct RedisBroker {
     result_ttl: Duration,
     /// Queues this process already added to `wasmq:queues`.
     registered: Arc<Mutex<HashSet<String>>>,
-    /// Small enqueues waiting to go out together (`lifecycle.rs`).
-    combiner: Arc<Mutex<lifecycle::Combiner>>,
+    /// Small enqueues waiting to go out together (`enqueue.rs`).
+    combiner: Arc<Mutex<enqueue::Combiner>>,
 }
 
 impl RedisBroker {
