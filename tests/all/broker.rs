@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use common::cluster::RedisCluster;
 use common::redis::RedisServer;
-use wasmq::broker::conformance::{Store, counts, fetch, job, module, put};
+use wasmq::broker::conformance::{Store, counts, fetch, ids, job, module, put};
 use wasmq::broker::memory::MemoryBroker;
 use wasmq::broker::redis::RedisBroker;
 use wasmq::broker::{ApiBroker, Broker};
@@ -199,13 +199,7 @@ async fn concurrent_enqueues_to_one_queue_go_out_together_and_are_answered_alone
         created, 100,
         "each id created by exactly one of its two calls"
     );
-    let stats: String = redis::from_redis_value(server.cmd(&["INFO", "commandstats"])).unwrap();
-    let scripts: u64 = stats
-        .lines()
-        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
-        .and_then(|l| l.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
+    let scripts = command_calls(&server, "evalsha");
     println!("200 enqueue calls went out as {scripts} script calls");
     assert!(scripts <= 20, "{scripts} script calls for 200 enqueues");
 
@@ -237,6 +231,60 @@ async fn concurrent_enqueues_to_one_queue_go_out_together_and_are_answered_alone
         }
     }
     assert_eq!((ok, full), (10, 10));
+}
+
+/// How many times Redis ran `command` since its stats were reset (commands that scripts call
+/// included).
+fn command_calls(server: &RedisServer, command: &str) -> u64 {
+    let stats: String = redis::from_redis_value(server.cmd(&["INFO", "commandstats"])).unwrap();
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .and_then(|l| l.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A busy worker's fetch is one round trip: the fetch script returns the head of the ready set
+/// and the worker's next fetch on that queue starts from it instead of reading it first. A head
+/// gone stale — another worker took it, a job of higher priority came first — costs a second
+/// round, never the order.
+#[tokio::test]
+async fn a_busy_workers_fetch_is_one_round_trip_and_keeps_priority_order() {
+    let server = RedisServer::start();
+    let a = RedisBroker::connect(&server.url()).await.unwrap();
+    let b = RedisBroker::connect(&server.url()).await.unwrap();
+    let jobs: Vec<_> = (0..40).map(|i| job(&format!("j{i:02}"), |_| {})).collect();
+    put(&a, &jobs).await;
+    let names = |range: std::ops::Range<usize>| -> Vec<String> {
+        range.map(|i| format!("j{i:02}")).collect()
+    };
+    assert_eq!(ids(&fetch(&a, 5).await), names(0..5));
+
+    // Each fetch script reads the head twice (what it takes, what it returns): a worker that read
+    // the head itself would add a third ZRANGE.
+    server.cmd(&["CONFIG", "RESETSTAT"]);
+    assert_eq!(ids(&fetch(&a, 5).await), names(5..10));
+    assert_eq!(command_calls(&server, "evalsha"), 1);
+    assert_eq!(
+        command_calls(&server, "zrange"),
+        2,
+        "no read before the script"
+    );
+
+    // Another worker takes what `a` holds as its next candidates: `a` takes none of them, and
+    // its second round starts from the head its first returned.
+    assert_eq!(ids(&fetch(&b, 10).await), names(10..20));
+    server.cmd(&["CONFIG", "RESETSTAT"]);
+    assert_eq!(ids(&fetch(&a, 5).await), names(20..25));
+    assert_eq!(command_calls(&server, "evalsha"), 2);
+    assert_eq!(command_calls(&server, "zrange"), 4);
+
+    // A job of higher priority, which `a`'s candidates do not name, still comes first.
+    put(&a, &[job("urgent", |j| j.priority = 10)]).await;
+    let mut want = vec!["urgent".to_owned()];
+    want.extend(names(25..29));
+    assert_eq!(ids(&fetch(&a, 5).await), want);
 }
 
 /// With `--durable-writes`, each write waits for its replicas on a connection of its own (so

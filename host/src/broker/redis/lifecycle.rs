@@ -396,10 +396,11 @@ impl Broker for RedisBroker {
 }
 
 impl RedisBroker {
-    /// One fetch round on `queue`: reads up to `want` ids (and as many again, at most 64, for
-    /// workers fetching at the same time) from the head of the ready set, then leases the first
-    /// `want` of them still ready with every key declared (`lua/fetch.lua`). Returns the leases
-    /// and whether another round may find more.
+    /// One fetch round on `queue`: takes up to `want` ids (and as many again, at most 64, for
+    /// workers fetching at the same time) from the head of the ready set — as the previous fetch
+    /// on `queue` returned it, or read now — then leases the first `want` of them still at the
+    /// head, with every key declared (`lua/fetch.lua`). Returns the leases and whether another
+    /// round may find more.
     async fn fetch_round(
         &self,
         queue: &str,
@@ -407,17 +408,31 @@ impl RedisBroker {
         lease: Duration,
         worker: &str,
     ) -> Result<(Vec<(String, String, u32, u64)>, bool), BrokerError> {
-        let qk = self.keys.queue(queue);
         let window = want + want.min(64);
-        let candidates: Vec<String> = self
-            .query(
-                redis::cmd("ZRANGE")
-                    .arg(&qk.keys[0])
-                    .arg(0)
-                    .arg(window - 1)
-                    .clone(),
-            )
-            .await?;
+        let known = self
+            .next_candidates
+            .lock()
+            .expect("not poisoned")
+            .remove(queue)
+            // Fewer than wanted: the queue was nearly empty then, and may not be now.
+            .filter(|ids| ids.len() >= want);
+        let candidates: Vec<String> = match known {
+            Some(mut ids) => {
+                ids.truncate(window);
+                ids
+            }
+            None => {
+                let ready = &self.keys.queue(queue).keys[0];
+                self.query(
+                    redis::cmd("ZRANGE")
+                        .arg(ready)
+                        .arg(0)
+                        .arg(window - 1)
+                        .clone(),
+                )
+                .await?
+            }
+        };
         if candidates.is_empty() {
             return Ok((Vec::new(), false));
         }
@@ -432,8 +447,16 @@ impl RedisBroker {
             .arg(lease.as_millis() as u64)
             .arg(worker)
             .arg(&request)
+            .arg(window)
             .arg(&candidates);
-        let (rows, more): (Vec<(String, String, u32, u64)>, u8) = self.script(&call).await?;
+        type Row = (String, String, u32, u64);
+        let (rows, more, upcoming): (Vec<Row>, u8, Vec<String>) = self.script(&call).await?;
+        if !upcoming.is_empty() {
+            self.next_candidates
+                .lock()
+                .expect("not poisoned")
+                .insert(queue.to_owned(), upcoming);
+        }
         Ok((rows, more == 1))
     }
 }

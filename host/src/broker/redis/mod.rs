@@ -101,6 +101,9 @@ pub struct RedisBroker {
     registered: Arc<Mutex<HashSet<String>>>,
     /// Small enqueues waiting to go out together (`enqueue.rs`).
     combiner: Arc<Mutex<enqueue::Combiner>>,
+    /// Per queue, the head of its ready set as the last fetch left it: the next fetch's
+    /// candidates, so a busy worker's fetch is one round trip instead of a read and a script.
+    next_candidates: Arc<Mutex<HashMap<String, Vec<String>>>>,
 }
 
 impl RedisBroker {
@@ -190,6 +193,7 @@ impl RedisBroker {
             result_ttl: DEFAULT_RESULT_TTL,
             registered: Arc::new(Mutex::new(HashSet::new())),
             combiner: Arc::default(),
+            next_candidates: Arc::default(),
         })
     }
 

@@ -10,10 +10,11 @@
 declare_final(8)
 declare(11, ids_in_argv(4, 6), true)
 local now = now_ms()
+local fin = int(now)
 local ttl = tonumber(ARGV[3])
 local stale = 0
 local n = {succeeded = 0, failed = 0, retried = 0, dead = 0, cancelled = 0}
--- Succeeded jobs are listed in one ZADD after the loop (`now` and id, alternately); acked jobs
+-- Succeeded jobs are listed in one ZADD after the loop (`fin` and id, alternately); acked jobs
 -- leave the leased set in one ZREM.
 local listed, unleased = {}, {}
 for i = 4, #ARGV, 6 do
@@ -36,24 +37,24 @@ for i = 4, #ARGV, 6 do
       else
         redis.call('HSET', jk, 'state', 'scheduled')
       end
-      redis.call('ZADD', KEYS[2], now + delay, id)
+      redis.call('ZADD', KEYS[2], int(now + delay), id)
       n.retried = n.retried + 1
     else
       local state = action == 'ok' and 'succeeded' or 'dead'
       if report ~= '' then
-        redis.call('HSET', jk, 'state', state, 'fin', now, 'report', report)
+        redis.call('HSET', jk, 'state', state, 'fin', fin, 'report', report)
       else
-        redis.call('HSET', jk, 'state', state, 'fin', now)
+        redis.call('HSET', jk, 'state', state, 'fin', fin)
       end
       if f[3] then redis.call('HDEL', jk, 'cancel') end
       if state == 'succeeded' then
-        listed[#listed + 1] = now
+        listed[#listed + 1] = fin
         listed[#listed + 1] = id
         -- A sub-job held for its parent is kept until the parent releases it.
-        if not f[4] then redis.call('EXPIRE', jk, ttl) end
+        if not f[4] then redis.call('EXPIRE', jk, ARGV[3]) end
         n.succeeded = n.succeeded + 1
       else
-        redis.call('ZADD', KEYS[4], now, id)
+        redis.call('ZADD', KEYS[4], fin, id)
         n.dead = n.dead + 1
       end
       notify(id, {batch = f[5], waiters = f[6]})

@@ -64,6 +64,12 @@ local MAX_FINISHED = 10000
 -- room for the other fields (INVOCATION_OVERHEAD_BYTES, 4 KiB), both in job/limits.rs.
 local MAX_INVOCATION_BYTES = 1052672
 
+-- `x`, an integer, as the string Redis is sent: Redis 7.0 formats a Lua number argument with
+-- `%.17g`, which costs more than a small write itself (and `..` on a number is `%.14g`).
+local function int(x)
+  return string.format('%d', x)
+end
+
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -93,7 +99,7 @@ end
 local function list_ready(id, prio, front)
   local seq = 0
   if not front then seq = redis.call('INCR', KEYS[6]) end
-  redis.call('ZADD', KEYS[1], ready_score(tonumber(prio), seq), id)
+  redis.call('ZADD', KEYS[1], int(ready_score(tonumber(prio), seq)), id)
 end
 
 local function make_ready(id, front)
@@ -107,11 +113,11 @@ end
 local function new_job(id, inv, prio, max, run_at, now)
   local jk = job_key(id)
   local ready = run_at <= now
-  redis.call('HSET', jk, 'inv', inv, 'attempts', 0, 'max', max, 'prio', prio, 'enq', now, 'lease', 0, 'state', ready and 'ready' or 'scheduled')
+  redis.call('HSET', jk, 'inv', inv, 'attempts', '0', 'max', max, 'prio', prio, 'enq', int(now), 'lease', '0', 'state', ready and 'ready' or 'scheduled')
   if ready then
     list_ready(id, prio, false)
   else
-    redis.call('ZADD', KEYS[2], run_at, id)
+    redis.call('ZADD', KEYS[2], int(run_at), id)
   end
   return ready
 end
