@@ -13,6 +13,8 @@
 -- for a key built inside the script. Built from the ARGV prefixes only where a script does not
 -- declare them (direct writers that pass only the seven queue keys to enqueue).
 local JOB, DONE, FINAL = {}, {}, {}
+-- The checks of a direct writer's enqueue (set by enqueue_checks.lua; nil in the broker's own).
+local check_jobs
 local UNDECLARED = false
 local function job_key(id)
   local k = JOB[id] or (UNDECLARED and (ARGV[1] .. id))
@@ -95,11 +97,35 @@ local function wake()
   if redis.call('LLEN', KEYS[5]) == 0 then redis.call('RPUSH', KEYS[5], 1) end
 end
 
--- List job `id` as ready: at the front of its priority (`front`), or behind the rest.
-local function list_ready(id, prio, front)
-  local seq = 0
-  if not front then seq = redis.call('INCR', KEYS[6]) end
-  redis.call('ZADD', KEYS[1], int(ready_score(tonumber(prio), seq)), id)
+-- Sequence numbers this call reserved (`reserve_seq`) and has not handed out yet.
+local seq_next, seq_last = 1, 0
+
+-- Reserves `n` sequence numbers in one INCRBY for the jobs this call is about to list as ready
+-- (a number left unused, by a job that was scheduled instead, is a harmless gap).
+local function reserve_seq(n)
+  if n > 0 then
+    seq_last = redis.call('INCRBY', KEYS[6], n)
+    seq_next = seq_last - n + 1
+  end
+end
+
+-- List job `id` as ready: at the front of its priority (`front`), or behind the rest. With
+-- `into`, its score and id are added there for one ZADD of many (`call_spread`) instead.
+local function list_ready(id, prio, front, into)
+  local seq = 0 -- at the front: ahead of every sequence number
+  if not front and seq_next <= seq_last then
+    seq = seq_next
+    seq_next = seq_next + 1
+  elseif not front then
+    seq = redis.call('INCR', KEYS[6])
+  end
+  local score = int(ready_score(tonumber(prio), seq))
+  if into then
+    into[#into + 1] = score
+    into[#into + 1] = id
+  else
+    redis.call('ZADD', KEYS[1], score, id)
+  end
 end
 
 local function make_ready(id, front)
@@ -109,13 +135,14 @@ local function make_ready(id, front)
 end
 
 -- Create job `id` (its id is known to be free), due at `run_at` ms (0 or past: now). Returns
--- true if it went straight to ready (the caller wakes a worker). One write of the record.
-local function new_job(id, inv, prio, max, run_at, now)
+-- true if it went straight to ready (the caller wakes a worker). One write of the record; `into`
+-- as for `list_ready`.
+local function new_job(id, inv, prio, max, run_at, now, into)
   local jk = job_key(id)
   local ready = run_at <= now
   redis.call('HSET', jk, 'inv', inv, 'attempts', '0', 'max', max, 'prio', prio, 'enq', int(now), 'lease', '0', 'state', ready and 'ready' or 'scheduled')
   if ready then
-    list_ready(id, prio, false)
+    list_ready(id, prio, false, into)
   else
     redis.call('ZADD', KEYS[2], int(run_at), id)
   end
@@ -252,29 +279,13 @@ local function holds(id, token)
   return cur[1] == 'leased' and cur[2] == token
 end
 
--- Accept jobs. ARGV[3] = count, then per job: id, invocation JSON, priority, max attempts,
--- run_at ms (0 = now). A job whose id exists is left alone (idempotency).
--- Returns per job 1 (created) or 0 (existed).
+-- The checks a direct writer's jobs get before enqueue.lua creates them (docs/redis-enqueue.lua
+-- is common.lua, this file and enqueue.lua): they refuse what would break a worker. The broker's
+-- own enqueue (common.lua and enqueue.lua) leaves them out: its jobs were checked before
+-- (`Invocation::prepare`) and their invocation JSON is written from typed fields.
 --
--- KEYS[8..]: each job's record (`wasmq:{q}:job:<id>`), in order.
---
--- This is also the way in for systems that write to Redis directly: prepend common.lua (or use
--- docs/redis-enqueue.lua, the two joined), pass the queue's seven keys (see common.lua) and each
--- job's record key after them, and add the queue's name to the `wasmq:queues` set. (Given only
--- the seven, the script builds the record keys from ARGV[1]: that works on one Redis, but not
--- while a cluster moves the queue's slot, nor on Dragonfly.) The checks below refuse what would break a worker; the
--- worker checks the rest (the module exists, limits within its ceilings) and fails such jobs with
--- the reason.
-local n = tonumber(ARGV[3])
-if not n or #ARGV ~= 3 + 5 * n then
-  return redis.error_reply('wasmq: ARGV must be job prefix, done prefix, count, then 5 values per job')
-end
-if #KEYS ~= 7 and #KEYS ~= 7 + n then
-  return redis.error_reply('wasmq: KEYS must be the queue\'s seven keys, then one record key per job (' .. n .. ' jobs, ' .. (#KEYS - 7) .. ' record keys)')
-end
-if #KEYS > 7 then declare(8, ids_in_argv(4, 5)) else UNDECLARED = true end
 -- Whether `inv` has a `"module": "sha256:<64 hex digits>"` field: the pattern is tried only where
--- `"module"` occurs (unanchored, Lua tries it at every byte, a quarter of this script's CPU).
+-- `"module"` occurs (unanchored, Lua tries it at every byte, a quarter of the script's CPU).
 local MODULE_VALUE = '^"module"%s*:%s*"sha256:' .. string.rep('[0-9a-f]', 64) .. '"'
 local function has_module(inv)
   local at = string.find(inv, '"module"', 1, true)
@@ -284,28 +295,56 @@ local function has_module(inv)
   end
   return false
 end
+-- Returns the refusal of the first job that fails a check (`refuse(id, what)` makes it), or nil.
+check_jobs = function(refuse)
+  for i = 4, #ARGV, 5 do
+    local id, inv, prio, max, run_at = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
+    if id == '' or string.len(id) > 200 or string.find(id, '[%s%c]') then return refuse(id, 'id must be 1 to 200 visible characters') end
+    if string.sub(inv, 1, 1) ~= '{' then return refuse(id, 'invocation is not a JSON object') end
+    if not has_module(inv) then
+      return refuse(id, '`module` must be `sha256:` and 64 lowercase hex digits')
+    end
+    if not prio or prio ~= math.floor(prio) or prio < -100 or prio > 100 then return refuse(id, 'priority must be an integer from -100 to 100') end
+    if not max or max ~= math.floor(max) or max < 1 or max > 100 then return refuse(id, 'max attempts must be an integer from 1 to 100') end
+    if not run_at then return refuse(id, 'run_at must be Unix milliseconds (0 for now)') end
+  end
+end
+-- Accept jobs. ARGV[3] = count, then per job: id, invocation JSON, priority, max attempts,
+-- run_at ms (0 = now). A job whose id exists is left alone (idempotency).
+-- Returns per job 1 (created) or 0 (existed).
+--
+-- KEYS[8..]: each job's record (`wasmq:{q}:job:<id>`), in order.
+--
+-- This is also the way in for systems that write to Redis directly: load docs/redis-enqueue.lua
+-- (common.lua, enqueue_checks.lua and this file joined), pass the queue's seven keys (see
+-- common.lua) and each job's record key after them, and add the queue's name to the
+-- `wasmq:queues` set. (Given only the seven, the script builds the record keys from ARGV[1]: that
+-- works on one Redis, but not while a cluster moves the queue's slot, nor on Dragonfly.) The
+-- checks refuse what would break a worker; the worker checks the rest (the module exists, limits
+-- within its ceilings) and fails such jobs with the reason.
+local n = tonumber(ARGV[3])
+if not n or #ARGV ~= 3 + 5 * n then
+  return redis.error_reply('wasmq: ARGV must be job prefix, done prefix, count, then 5 values per job')
+end
+if #KEYS ~= 7 and #KEYS ~= 7 + n then
+  return redis.error_reply('wasmq: KEYS must be the queue\'s seven keys, then one record key per job (' .. n .. ' jobs, ' .. (#KEYS - 7) .. ' record keys)')
+end
+if #KEYS > 7 then declare(8, ids_in_argv(4, 5)) else UNDECLARED = true end
 local function refuse(id, what) return redis.error_reply('wasmq: job `' .. id .. '`: ' .. what) end
-for i = 4, #ARGV, 5 do
-  local id, inv, prio, max, run_at = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
-  if id == '' or string.len(id) > 200 or string.find(id, '[%s%c]') then return refuse(id, 'id must be 1 to 200 visible characters') end
-  -- A cheap look rather than a full parse: a worker parses the invocation anyway, and one that
-  -- does not parse ends dead with the reason.
-  if string.len(inv) > MAX_INVOCATION_BYTES then
-    return refuse(id, 'invocation is ' .. string.len(inv) .. ' bytes, above the limit of ' .. MAX_INVOCATION_BYTES .. ' (1 MiB of `args` and 4 KiB for the other fields)')
-  end
-  if string.sub(inv, 1, 1) ~= '{' then return refuse(id, 'invocation is not a JSON object') end
-  if not has_module(inv) then
-    return refuse(id, '`module` must be `sha256:` and 64 lowercase hex digits')
-  end
-  if not prio or prio ~= math.floor(prio) or prio < -100 or prio > 100 then return refuse(id, 'priority must be an integer from -100 to 100') end
-  if not max or max ~= math.floor(max) or max < 1 or max > 100 then return refuse(id, 'max attempts must be an integer from 1 to 100') end
-  if not run_at then return refuse(id, 'run_at must be Unix milliseconds (0 for now)') end
+if check_jobs then
+  local refused = check_jobs(refuse)
+  if refused then return refused end
 end
 -- exists[id]: the job was there before this call (or comes earlier in it).
 local new = 0
 local exists = {}
 for i = 4, #ARGV, 5 do
-  local id = ARGV[i]
+  local id, inv = ARGV[i], ARGV[i + 1]
+  -- A cheap look rather than a full parse: a worker parses the invocation anyway, and one that
+  -- does not parse ends dead with the reason.
+  if string.len(inv) > MAX_INVOCATION_BYTES then
+    return refuse(id, 'invocation is ' .. string.len(inv) .. ' bytes, above the limit of ' .. MAX_INVOCATION_BYTES .. ' (1 MiB of `args` and 4 KiB for the other fields)')
+  end
   if exists[id] == nil then
     exists[id] = redis.call('EXISTS', job_key(id)) == 1
     if not exists[id] then new = new + 1 end
@@ -314,7 +353,8 @@ end
 local full = check_room(new)
 if full then return full end
 local now = now_ms()
-local out = {}
+reserve_seq(new)
+local out, ready = {}, {}
 local woke = false
 local created = 0
 local j = 0
@@ -324,12 +364,13 @@ for i = 4, #ARGV, 5 do
   if exists[id] then
     out[j] = 0
   else
-    if new_job(id, inv, prio, max, run_at, now) then woke = true end
+    if new_job(id, inv, prio, max, run_at, now, ready) then woke = true end
     exists[id] = true
     out[j] = 1
     created = created + 1
   end
 end
+call_spread('ZADD', KEYS[1], ready)
 count('enqueued', created)
 if woke then wake() end
 return out

@@ -158,8 +158,13 @@ pub(crate) async fn run(
     let url = setup.url();
     let masters = setup.master_ports().len().max(1);
     let queues = spread_queues(args.queues.max(1), masters);
-    // A fresh key prefix per run: a shared Redis keeps other data, and old runs do not interfere.
-    let prefix = format!("wasmq-bench-{}", uuid::Uuid::now_v7().simple());
+    // The keys a deployment has (`wasmq:…`) on the benchmark's own servers, which start empty;
+    // on a shared Redis a fresh prefix per run, so other data and old runs do not interfere
+    // (its longer keys cost Redis a little more per command).
+    let prefix = match setup {
+        Setup::Given(_) => format!("wasmq-bench-{}", uuid::Uuid::now_v7().simple()),
+        _ => "wasmq".to_owned(),
+    };
     let broker: Arc<dyn ApiBroker> = Arc::new(
         RedisBroker::connect_with_prefix(&url, &prefix)
             .await

@@ -470,14 +470,16 @@ fn group_by_queue(leases: &[LeaseKey]) -> Vec<(&str, Vec<&LeaseKey>)> {
 
 #[cfg(test)]
 mod tests {
-    /// `docs/redis-enqueue.lua` is what direct writers load: it must be exactly the script the
-    /// broker runs. Regenerate with `cat lua/common.lua lua/enqueue.lua > docs/redis-enqueue.lua`.
+    /// `docs/redis-enqueue.lua` is what direct writers load: exactly the broker's enqueue script
+    /// with the direct writers' checks. Regenerate with
+    /// `cat lua/common.lua lua/enqueue_checks.lua lua/enqueue.lua > docs/redis-enqueue.lua`.
     #[test]
     fn the_published_enqueue_script_is_the_one_in_use() {
         assert_eq!(
             include_str!("../../../../docs/redis-enqueue.lua"),
             concat!(
                 include_str!("lua/common.lua"),
+                include_str!("lua/enqueue_checks.lua"),
                 include_str!("lua/enqueue.lua")
             )
         );

@@ -18,12 +18,15 @@ local now = now_ms()
 local n = tonumber(ARGV[8])
 redis.call('HSET', bk, 'pending', n, 'total', n, 'callback', ARGV[5], 'callback_id', ARGV[4], 'prio', ARGV[6], 'max', ARGV[7], 'created', now)
 local woke = false
+reserve_seq(n)
+local ready = {}
 for i = 9, #ARGV, 5 do
   local id, inv, prio, max, run_at = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], tonumber(ARGV[i + 4])
-  if new_job(id, inv, prio, max, run_at, now) then woke = true end
+  if new_job(id, inv, prio, max, run_at, now, ready) then woke = true end
   redis.call('HSET', job_key(id), 'batch', bid)
   redis.call('RPUSH', KEYS[9], id)
 end
+call_spread('ZADD', KEYS[1], ready)
 count('enqueued', n)
 if woke then wake() end
 return 1

@@ -13,6 +13,8 @@
 -- for a key built inside the script. Built from the ARGV prefixes only where a script does not
 -- declare them (direct writers that pass only the seven queue keys to enqueue).
 local JOB, DONE, FINAL = {}, {}, {}
+-- The checks of a direct writer's enqueue (set by enqueue_checks.lua; nil in the broker's own).
+local check_jobs
 local UNDECLARED = false
 local function job_key(id)
   local k = JOB[id] or (UNDECLARED and (ARGV[1] .. id))
@@ -95,11 +97,35 @@ local function wake()
   if redis.call('LLEN', KEYS[5]) == 0 then redis.call('RPUSH', KEYS[5], 1) end
 end
 
--- List job `id` as ready: at the front of its priority (`front`), or behind the rest.
-local function list_ready(id, prio, front)
-  local seq = 0
-  if not front then seq = redis.call('INCR', KEYS[6]) end
-  redis.call('ZADD', KEYS[1], int(ready_score(tonumber(prio), seq)), id)
+-- Sequence numbers this call reserved (`reserve_seq`) and has not handed out yet.
+local seq_next, seq_last = 1, 0
+
+-- Reserves `n` sequence numbers in one INCRBY for the jobs this call is about to list as ready
+-- (a number left unused, by a job that was scheduled instead, is a harmless gap).
+local function reserve_seq(n)
+  if n > 0 then
+    seq_last = redis.call('INCRBY', KEYS[6], n)
+    seq_next = seq_last - n + 1
+  end
+end
+
+-- List job `id` as ready: at the front of its priority (`front`), or behind the rest. With
+-- `into`, its score and id are added there for one ZADD of many (`call_spread`) instead.
+local function list_ready(id, prio, front, into)
+  local seq = 0 -- at the front: ahead of every sequence number
+  if not front and seq_next <= seq_last then
+    seq = seq_next
+    seq_next = seq_next + 1
+  elseif not front then
+    seq = redis.call('INCR', KEYS[6])
+  end
+  local score = int(ready_score(tonumber(prio), seq))
+  if into then
+    into[#into + 1] = score
+    into[#into + 1] = id
+  else
+    redis.call('ZADD', KEYS[1], score, id)
+  end
 end
 
 local function make_ready(id, front)
@@ -109,13 +135,14 @@ local function make_ready(id, front)
 end
 
 -- Create job `id` (its id is known to be free), due at `run_at` ms (0 or past: now). Returns
--- true if it went straight to ready (the caller wakes a worker). One write of the record.
-local function new_job(id, inv, prio, max, run_at, now)
+-- true if it went straight to ready (the caller wakes a worker). One write of the record; `into`
+-- as for `list_ready`.
+local function new_job(id, inv, prio, max, run_at, now, into)
   local jk = job_key(id)
   local ready = run_at <= now
   redis.call('HSET', jk, 'inv', inv, 'attempts', '0', 'max', max, 'prio', prio, 'enq', int(now), 'lease', '0', 'state', ready and 'ready' or 'scheduled')
   if ready then
-    list_ready(id, prio, false)
+    list_ready(id, prio, false, into)
   else
     redis.call('ZADD', KEYS[2], int(run_at), id)
   end

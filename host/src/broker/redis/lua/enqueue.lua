@@ -4,13 +4,13 @@
 --
 -- KEYS[8..]: each job's record (`wasmq:{q}:job:<id>`), in order.
 --
--- This is also the way in for systems that write to Redis directly: prepend common.lua (or use
--- docs/redis-enqueue.lua, the two joined), pass the queue's seven keys (see common.lua) and each
--- job's record key after them, and add the queue's name to the `wasmq:queues` set. (Given only
--- the seven, the script builds the record keys from ARGV[1]: that works on one Redis, but not
--- while a cluster moves the queue's slot, nor on Dragonfly.) The checks below refuse what would break a worker; the
--- worker checks the rest (the module exists, limits within its ceilings) and fails such jobs with
--- the reason.
+-- This is also the way in for systems that write to Redis directly: load docs/redis-enqueue.lua
+-- (common.lua, enqueue_checks.lua and this file joined), pass the queue's seven keys (see
+-- common.lua) and each job's record key after them, and add the queue's name to the
+-- `wasmq:queues` set. (Given only the seven, the script builds the record keys from ARGV[1]: that
+-- works on one Redis, but not while a cluster moves the queue's slot, nor on Dragonfly.) The
+-- checks refuse what would break a worker; the worker checks the rest (the module exists, limits
+-- within its ceilings) and fails such jobs with the reason.
 local n = tonumber(ARGV[3])
 if not n or #ARGV ~= 3 + 5 * n then
   return redis.error_reply('wasmq: ARGV must be job prefix, done prefix, count, then 5 values per job')
@@ -19,39 +19,21 @@ if #KEYS ~= 7 and #KEYS ~= 7 + n then
   return redis.error_reply('wasmq: KEYS must be the queue\'s seven keys, then one record key per job (' .. n .. ' jobs, ' .. (#KEYS - 7) .. ' record keys)')
 end
 if #KEYS > 7 then declare(8, ids_in_argv(4, 5)) else UNDECLARED = true end
--- Whether `inv` has a `"module": "sha256:<64 hex digits>"` field: the pattern is tried only where
--- `"module"` occurs (unanchored, Lua tries it at every byte, a quarter of this script's CPU).
-local MODULE_VALUE = '^"module"%s*:%s*"sha256:' .. string.rep('[0-9a-f]', 64) .. '"'
-local function has_module(inv)
-  local at = string.find(inv, '"module"', 1, true)
-  while at do
-    if string.find(inv, MODULE_VALUE, at) then return true end
-    at = string.find(inv, '"module"', at + 1, true)
-  end
-  return false
-end
 local function refuse(id, what) return redis.error_reply('wasmq: job `' .. id .. '`: ' .. what) end
-for i = 4, #ARGV, 5 do
-  local id, inv, prio, max, run_at = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
-  if id == '' or string.len(id) > 200 or string.find(id, '[%s%c]') then return refuse(id, 'id must be 1 to 200 visible characters') end
-  -- A cheap look rather than a full parse: a worker parses the invocation anyway, and one that
-  -- does not parse ends dead with the reason.
-  if string.len(inv) > MAX_INVOCATION_BYTES then
-    return refuse(id, 'invocation is ' .. string.len(inv) .. ' bytes, above the limit of ' .. MAX_INVOCATION_BYTES .. ' (1 MiB of `args` and 4 KiB for the other fields)')
-  end
-  if string.sub(inv, 1, 1) ~= '{' then return refuse(id, 'invocation is not a JSON object') end
-  if not has_module(inv) then
-    return refuse(id, '`module` must be `sha256:` and 64 lowercase hex digits')
-  end
-  if not prio or prio ~= math.floor(prio) or prio < -100 or prio > 100 then return refuse(id, 'priority must be an integer from -100 to 100') end
-  if not max or max ~= math.floor(max) or max < 1 or max > 100 then return refuse(id, 'max attempts must be an integer from 1 to 100') end
-  if not run_at then return refuse(id, 'run_at must be Unix milliseconds (0 for now)') end
+if check_jobs then
+  local refused = check_jobs(refuse)
+  if refused then return refused end
 end
 -- exists[id]: the job was there before this call (or comes earlier in it).
 local new = 0
 local exists = {}
 for i = 4, #ARGV, 5 do
-  local id = ARGV[i]
+  local id, inv = ARGV[i], ARGV[i + 1]
+  -- A cheap look rather than a full parse: a worker parses the invocation anyway, and one that
+  -- does not parse ends dead with the reason.
+  if string.len(inv) > MAX_INVOCATION_BYTES then
+    return refuse(id, 'invocation is ' .. string.len(inv) .. ' bytes, above the limit of ' .. MAX_INVOCATION_BYTES .. ' (1 MiB of `args` and 4 KiB for the other fields)')
+  end
   if exists[id] == nil then
     exists[id] = redis.call('EXISTS', job_key(id)) == 1
     if not exists[id] then new = new + 1 end
@@ -60,7 +42,8 @@ end
 local full = check_room(new)
 if full then return full end
 local now = now_ms()
-local out = {}
+reserve_seq(new)
+local out, ready = {}, {}
 local woke = false
 local created = 0
 local j = 0
@@ -70,12 +53,13 @@ for i = 4, #ARGV, 5 do
   if exists[id] then
     out[j] = 0
   else
-    if new_job(id, inv, prio, max, run_at, now) then woke = true end
+    if new_job(id, inv, prio, max, run_at, now, ready) then woke = true end
     exists[id] = true
     out[j] = 1
     created = created + 1
   end
 end
+call_spread('ZADD', KEYS[1], ready)
 count('enqueued', created)
 if woke then wake() end
 return out
