@@ -7,9 +7,11 @@ local bid = ARGV[3]
 local bk = KEYS[8]
 declare(10, ids_in_argv(9, 5))
 if redis.call('EXISTS', bk) == 1 then return 0 end
-for i = 9, #ARGV, 5 do
-  if redis.call('EXISTS', job_key(ARGV[i])) == 1 then
-    return redis.error_reply('wasmq: job `' .. ARGV[i] .. '` already exists and cannot join batch `' .. bid .. '`')
+if count_existing(ids_in_argv(9, 5)) > 0 then
+  for i = 9, #ARGV, 5 do
+    if redis.call('EXISTS', job_key(ARGV[i])) == 1 then
+      return redis.error_reply('wasmq: job `' .. ARGV[i] .. '` already exists and cannot join batch `' .. bid .. '`')
+    end
   end
 end
 local full = check_room(tonumber(ARGV[8]))

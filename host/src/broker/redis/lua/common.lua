@@ -91,6 +91,18 @@ local function call_spread(cmd, key, list)
   end
 end
 
+-- How many of the records of jobs `ids` exist: one EXISTS per thousand, where asking job by job
+-- would be a command per job.
+local function count_existing(ids)
+  local keys = {}
+  for _, id in ipairs(ids) do keys[#keys + 1] = job_key(id) end
+  local found = 0
+  for i = 1, #keys, 1000 do
+    found = found + redis.call('EXISTS', unpack(keys, i, math.min(i + 999, #keys)))
+  end
+  return found
+end
+
 -- Leave one token for a worker blocked in BLPOP; never more than one (under load one is
 -- usually there already: then this is a single LLEN).
 local function wake()
