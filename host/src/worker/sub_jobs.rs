@@ -81,7 +81,7 @@ const FLUSH_AFTER: std::time::Duration = std::time::Duration::from_millis(2);
 /// Enqueues a run's sub-jobs on the broker, remembers them, and joins them.
 ///
 /// Writes are batched: a sub-job that passed every check is buffered and its handle returned at
-/// once; the buffer goes to the broker in one call when it holds [`FLUSH_AT`] jobs, [`FLUSH_AFTER`]
+/// once; the buffer goes to the broker in one call when it holds `FLUSH_AT` jobs, `FLUSH_AFTER`
 /// after its first job, before a `join` and — through [`BrokerSubJobs::flush`], which the worker
 /// calls before it acknowledges the run — at the end. A failed write fails every later `enqueue`
 /// and `join` of the run, and the worker retries a run whose sub-jobs were not all written, so

@@ -20,11 +20,6 @@ use crate::job::{AttemptError, FailureKind, JobState, Progress};
 use crate::modules::ModuleHash;
 use crate::time::now_ms;
 
-/// How far ahead of this machine's clock the maintenance pass looks for due jobs and expired
-/// leases: Redis's clock, which wrote their scores, may run ahead of it by this much without
-/// delaying them.
-const CLOCK_SKEW_MARGIN: Duration = Duration::from_secs(5);
-
 #[async_trait]
 impl Broker for RedisBroker {
     async fn put_module(&self, hash: ModuleHash, bytes: &[u8]) -> Result<ModuleInfo, BrokerError> {
@@ -298,27 +293,13 @@ impl Broker for RedisBroker {
     }
 
     async fn maintain(&self, queue: &str, own: &[LeaseKey]) -> Result<Maintenance, BrokerError> {
-        // The candidates are what is due by this machine's clock with a margin for skew; the
-        // script checks each against Redis's clock, as the scores were written. The caller's own
-        // leases may be among the expired, so it reads past them.
+        // The candidates are what is due by Redis's clock, which wrote the scores (this machine's
+        // may run behind it); the maintenance script checks each again. The caller's own leases
+        // may be among the expired, so it reads past them.
         let own: Vec<&LeaseKey> = own.iter().filter(|k| k.queue == queue).collect();
-        let qk = self.keys.queue(queue);
-        let by = now_ms() + CLOCK_SKEW_MARGIN.as_millis() as u64;
-        let head = |set: &str, n: usize| {
-            redis::cmd("ZRANGE")
-                .arg(set)
-                .arg("-inf")
-                .arg(by)
-                .arg("BYSCORE")
-                .arg("LIMIT")
-                .arg(0)
-                .arg(n)
-                .clone()
-        };
-        let mut pipe = redis::pipe();
-        pipe.add_command(head(&qk.keys[1], MAINTAIN_LIMIT))
-            .add_command(head(&qk.keys[2], MAINTAIN_LIMIT + own.len()));
-        let (scheduled, leased): (Vec<String>, Vec<String>) = self.pipeline(&pipe).await?;
+        let mut due = self.queue_script(&SCRIPTS.due, queue);
+        due.arg(MAINTAIN_LIMIT).arg(MAINTAIN_LIMIT + own.len());
+        let (scheduled, leased): (Vec<String>, Vec<String>) = self.script(&due).await?;
         let mut inv = self.queue_script(&SCRIPTS.maintain, queue);
         inv.arg(self.ttl_secs())
             .arg(scheduled.len())
