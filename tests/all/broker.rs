@@ -287,6 +287,80 @@ async fn a_busy_workers_fetch_is_one_round_trip_and_keeps_priority_order() {
     assert_eq!(ids(&fetch(&a, 5).await), want);
 }
 
+/// A process that dies between writing a module's bytes and listing them (or between unlisting
+/// and deleting them) leaves bytes no index lists. Maintenance deletes them once their operation
+/// is older than the operation age and nothing touched them for as long — Redis holds the 4 MiB
+/// no more — and leaves alone a listed module's bytes and bytes written a moment ago (an upload
+/// of the same module that began again).
+#[tokio::test]
+async fn module_bytes_a_crash_left_unlisted_are_deleted_by_maintenance() {
+    use wasmq::modules::ModuleHash;
+    let server = RedisServer::start();
+    let listed = ModuleHash::of(b"listed");
+    let crashed = ModuleHash::of(b"crashed");
+    let blob = "7".repeat(4 << 20);
+    let bytes_key = |h: ModuleHash| format!("wasmq:{{module:{}}}:bytes", h.hex());
+    let exists = |key: &str| server.cmd(&["EXISTS", key]) == redis::Value::Int(1);
+    // What an upload writes before it lists the bytes: its entry (begun at ms 1, long ago), then
+    // the bytes.
+    let crash_upload = |h: ModuleHash| {
+        server.cmd(&[
+            "HSET",
+            "wasmq:{modules}:ops",
+            &h.hex(),
+            "1:0123456789abcdef",
+        ]);
+        server.cmd(&["SET", &bytes_key(h), &blob]);
+    };
+
+    // Operations count as dead after an hour: the bytes were written just now, so they stay.
+    let patient = RedisBroker::connect(&server.url()).await.unwrap();
+    patient.put_module(listed, b"listed").await.unwrap();
+    crash_upload(crashed);
+    patient.maintain("default", &[]).await.unwrap();
+    assert!(
+        exists(&bytes_key(crashed)),
+        "bytes touched a moment ago are kept"
+    );
+
+    // Counted as dead at once: the unlisted bytes go, the listed module's stay.
+    let before = server.stored_bytes();
+    let sweeper = RedisBroker::connect(&server.url())
+        .await
+        .unwrap()
+        .with_module_op_age(Duration::ZERO);
+    sweeper.maintain("default", &[]).await.unwrap();
+    let after = server.stored_bytes();
+    println!("stored bytes before the sweep {before}, after {after}");
+    assert!(!exists(&bytes_key(crashed)), "unlisted bytes deleted");
+    assert!(before - after >= 4 << 20, "{before} → {after}");
+    assert_eq!(
+        server.cmd(&["HLEN", "wasmq:{modules}:ops"]),
+        redis::Value::Int(0)
+    );
+    assert_eq!(
+        sweeper.module(listed).await.unwrap().as_deref(),
+        Some(&b"listed"[..])
+    );
+
+    // A deletion that died between unlisting and deleting: the same.
+    let gone = ModuleHash::of(b"deleted");
+    let sweeper = RedisBroker::connect(&server.url())
+        .await
+        .unwrap()
+        .with_module_op_age(Duration::ZERO);
+    sweeper.put_module(gone, blob.as_bytes()).await.unwrap();
+    server.cmd(&[
+        "HSET",
+        "wasmq:{modules}:ops",
+        &gone.hex(),
+        "1:fedcba9876543210",
+    ]);
+    server.cmd(&["HDEL", "wasmq:{modules}:index", &gone.hex()]);
+    sweeper.maintain("default", &[]).await.unwrap();
+    assert!(!exists(&bytes_key(gone)));
+}
+
 /// With `--durable-writes`, each write waits for its replicas on a connection of its own (so
 /// one write's `WAIT` does not hold up the rest), and at most 32 such connections are opened:
 /// with the replica frozen, 100 writes in flight hold exactly 32 more connections to Redis, and

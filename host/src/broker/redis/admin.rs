@@ -92,7 +92,9 @@ impl Admin for RedisBroker {
             }
         }
         // Unlisted first, then the bytes (another slot): a crash between leaves bytes nobody
-        // lists, never a listed module without bytes.
+        // lists, never a listed module without bytes — and recorded as under way before either,
+        // so maintenance deletes what such a crash leaves (`modules.rs`).
+        let op = self.begin_module_op(hash).await?;
         let n: u32 = self
             .query(
                 redis::cmd("HDEL")
@@ -107,6 +109,7 @@ impl Admin for RedisBroker {
         ] {
             self.query::<()>(redis::cmd("DEL").arg(key).clone()).await?;
         }
+        self.end_module_op(&hash.hex(), &op).await?;
         Ok(if n == 1 {
             ModuleDeletion::Deleted
         } else {

@@ -112,6 +112,13 @@ impl Keys {
         format!("{}:{{modules}}:index", self.prefix)
     }
 
+    /// Module uploads and deletions under way (hash: hex digest → `<ms>:<token>`, when it
+    /// began): what a process that died between writing a module's bytes and its index entry
+    /// (or between unlisting and deleting them) leaves, for the maintenance pass to clean up.
+    pub fn module_ops(&self) -> String {
+        format!("{}:{{modules}}:ops", self.prefix)
+    }
+
     /// The hosts that have an egress limit (a set).
     pub fn egress_index(&self) -> String {
         format!("{}:egress", self.prefix)

@@ -33,7 +33,10 @@ impl Broker for RedisBroker {
         }
         // The bytes under their own hash tag (on a cluster, the slot of their digest), then the
         // index: a listed module always has its bytes. The same digest is the same bytes, so a
-        // repeated or concurrent upload writes the same value.
+        // repeated or concurrent upload writes the same value. Recorded as under way first, so
+        // bytes a crash leaves unlisted are found and deleted (`modules.rs`); listing them ends
+        // the record.
+        self.begin_module_op(hash).await?;
         self.write(
             redis::cmd("SET")
                 .arg(self.keys.module_bytes(hash))
@@ -42,7 +45,10 @@ impl Broker for RedisBroker {
         )
         .await?;
         let mut inv = Call::new(&SCRIPTS.put_module);
-        inv.key(&index).arg(hash.hex()).arg(bytes.len());
+        inv.key(&index)
+            .key(self.keys.module_ops())
+            .arg(hash.hex())
+            .arg(bytes.len());
         let info: String = self.script(&inv).await?;
         parse_module_info(&hash.hex(), &info)
     }
@@ -316,6 +322,9 @@ impl Broker for RedisBroker {
             self.script(&inv).await?;
         self.settle_batches(queue, &batches).await?;
         self.settle_leftover_batches(queue).await?;
+        if let Err(e) = self.sweep_module_ops().await {
+            tracing::warn!(error = %e, "looking for module uploads that never ended failed");
+        }
         Ok(Maintenance {
             promoted,
             recovered,

@@ -44,6 +44,7 @@ mod inspect;
 mod keys;
 mod lifecycle;
 mod lineage;
+mod modules;
 mod records;
 mod registry;
 mod scripts;
@@ -101,6 +102,11 @@ pub struct RedisBroker {
     registered: Arc<Mutex<HashSet<String>>>,
     /// Small enqueues waiting to go out together (`enqueue.rs`).
     combiner: Arc<Mutex<enqueue::Combiner>>,
+    /// How long a module upload or deletion may stay under way before maintenance takes it for
+    /// one whose process died (`modules.rs`).
+    module_op_age: Duration,
+    /// When this process last looked for module operations that never ended.
+    last_module_sweep: Arc<Mutex<Option<std::time::Instant>>>,
     /// Per queue, the head of its ready set as the last fetch left it: the next fetch's
     /// candidates, so a busy worker's fetch is one round trip instead of a read and a script.
     next_candidates: Arc<Mutex<HashMap<String, Vec<String>>>>,
@@ -194,7 +200,17 @@ impl RedisBroker {
             registered: Arc::new(Mutex::new(HashSet::new())),
             combiner: Arc::default(),
             next_candidates: Arc::default(),
+            module_op_age: modules::DEFAULT_MODULE_OP_AGE,
+            last_module_sweep: Arc::default(),
         })
+    }
+
+    /// Takes a module upload or deletion still under way after `age` (default an hour) for one
+    /// whose process died: maintenance then deletes its bytes if no index lists them and nothing
+    /// touched them for as long.
+    pub fn with_module_op_age(mut self, age: Duration) -> Self {
+        self.module_op_age = age;
+        self
     }
 
     /// Keeps succeeded and cancelled jobs' records for `ttl` (default a day).
