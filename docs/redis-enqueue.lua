@@ -341,7 +341,8 @@ end
 if #KEYS ~= 7 and #KEYS ~= 7 + n then
   return redis.error_reply('wasmq: KEYS must be the queue\'s seven keys, then one record key per job (' .. n .. ' jobs, ' .. (#KEYS - 7) .. ' record keys)')
 end
-if #KEYS > 7 then declare(8, ids_in_argv(4, 5)) else UNDECLARED = true end
+local ids = ids_in_argv(4, 5)
+if #KEYS > 7 then declare(8, ids) else UNDECLARED = true end
 local function refuse(id, what) return redis.error_reply('wasmq: job `' .. id .. '`: ' .. what) end
 if check_jobs then
   local refused = check_jobs(refuse)
@@ -349,7 +350,7 @@ if check_jobs then
 end
 -- exists[id]: the job was there before this call (or comes earlier in it). When none of the
 -- records is there, the usual case, no job needs a look of its own.
-local found = count_existing(ids_in_argv(4, 5))
+local found = count_existing(ids)
 local new = 0
 local exists = {}
 for i = 4, #ARGV, 5 do

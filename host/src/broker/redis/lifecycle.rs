@@ -20,6 +20,9 @@ use crate::job::{AttemptError, FailureKind, JobState, Progress};
 use crate::modules::ModuleHash;
 use crate::time::now_ms;
 
+/// One job the fetch script leased: id, invocation JSON, attempt, lease token.
+type FetchedRow = (String, String, u32, u64);
+
 #[async_trait]
 impl Broker for RedisBroker {
     async fn put_module(&self, hash: ModuleHash, bytes: &[u8]) -> Result<ModuleInfo, BrokerError> {
@@ -85,7 +88,7 @@ impl Broker for RedisBroker {
         const ROUNDS: usize = 3;
         let mut out = Vec::new();
         for queue in queues {
-            let mut rows: Vec<(String, String, u32, u64)> = Vec::new();
+            let mut rows: Vec<FetchedRow> = Vec::new();
             for _ in 0..ROUNDS {
                 let want = max - out.len() - rows.len();
                 if want == 0 {
@@ -397,7 +400,7 @@ impl RedisBroker {
         want: usize,
         lease: Duration,
         worker: &str,
-    ) -> Result<(Vec<(String, String, u32, u64)>, bool), BrokerError> {
+    ) -> Result<(Vec<FetchedRow>, bool), BrokerError> {
         let window = want + want.min(64);
         let known = self
             .next_candidates
@@ -439,8 +442,7 @@ impl RedisBroker {
             .arg(&request)
             .arg(window)
             .arg(&candidates);
-        type Row = (String, String, u32, u64);
-        let (rows, more, upcoming): (Vec<Row>, u8, Vec<String>) = self.script(&call).await?;
+        let (rows, more, upcoming): (Vec<FetchedRow>, u8, Vec<String>) = self.script(&call).await?;
         if !upcoming.is_empty() {
             self.next_candidates
                 .lock()

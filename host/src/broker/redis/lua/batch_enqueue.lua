@@ -5,9 +5,10 @@
 -- batch's hash and job list; KEYS[10..]: each job's record.
 local bid = ARGV[3]
 local bk = KEYS[8]
-declare(10, ids_in_argv(9, 5))
+local ids = ids_in_argv(9, 5)
+declare(10, ids)
 if redis.call('EXISTS', bk) == 1 then return 0 end
-if count_existing(ids_in_argv(9, 5)) > 0 then
+if count_existing(ids) > 0 then
   for i = 9, #ARGV, 5 do
     if redis.call('EXISTS', job_key(ARGV[i])) == 1 then
       return redis.error_reply('wasmq: job `' .. ARGV[i] .. '` already exists and cannot join batch `' .. bid .. '`')
