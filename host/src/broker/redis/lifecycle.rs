@@ -442,13 +442,57 @@ impl RedisBroker {
             .arg(&request)
             .arg(window)
             .arg(&candidates);
-        let (rows, more, upcoming): (Vec<FetchedRow>, u8, Vec<String>) = self.script(&call).await?;
+        let Fetched {
+            rows,
+            more,
+            upcoming,
+        } = self.script(&call).await?;
         if !upcoming.is_empty() {
             self.next_candidates
                 .lock()
                 .expect("not poisoned")
                 .insert(queue.to_owned(), upcoming);
         }
-        Ok((rows, more == 1))
+        Ok((rows, more))
+    }
+}
+
+/// The fetch script's reply, sent flat: `more`, the number of leases `n`, four values per lease
+/// (id, invocation JSON, attempt, token), then the ids of the next round's candidates.
+struct Fetched {
+    rows: Vec<FetchedRow>,
+    more: bool,
+    upcoming: Vec<String>,
+}
+
+impl redis::FromRedisValue for Fetched {
+    fn from_redis_value(v: redis::Value) -> Result<Self, redis::ParsingError> {
+        use redis::from_redis_value as parse;
+        let redis::Value::Array(values) = v else {
+            return Err(format!("the fetch script's reply is not an array: {v:?}").into());
+        };
+        let mut values = values.into_iter();
+        let mut next = |what: &str| {
+            values
+                .next()
+                .ok_or_else(|| format!("the fetch script's reply ends before {what}"))
+        };
+        let more: u8 = parse(next("`more`")?)?;
+        let n: usize = parse(next("the count")?)?;
+        let mut rows = Vec::with_capacity(n);
+        for _ in 0..n {
+            rows.push((
+                parse(next("an id")?)?,
+                parse(next("an invocation")?)?,
+                parse(next("an attempt")?)?,
+                parse(next("a token")?)?,
+            ));
+        }
+        let upcoming = values.map(parse).collect::<Result<_, _>>()?;
+        Ok(Fetched {
+            rows,
+            more: more == 1,
+            upcoming,
+        })
     }
 }
