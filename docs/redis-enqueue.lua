@@ -256,22 +256,23 @@ local function batch_ended(id, bid)
   end
 end
 
--- The job became final: wake everyone waiting for it, and count it in its batch. `known`, when
--- given, holds its `batch` and `waiters` fields as read before (nil where absent).
-local function notify(id, known)
-  local jk = job_key(id)
-  if not known then
-    local f = redis.call('HMGET', jk, 'batch', 'waiters')
-    known = {batch = f[1], waiters = f[2]}
-  end
-  batch_ended(id, known.batch)
-  local n = tonumber(known.waiters or '0')
+-- The job became final: wake everyone waiting for it, and count it in its batch. `batch` and
+-- `waiters` are its fields of those names as read before (nil where absent).
+local function notify_known(id, batch, waiters)
+  batch_ended(id, batch)
+  local n = tonumber(waiters or '0')
   if n > 0 then
     local dk = done_key(id)
     for _ = 1, n do redis.call('RPUSH', dk, 1) end
     redis.call('EXPIRE', dk, 300)
-    redis.call('HDEL', jk, 'waiters')
+    redis.call('HDEL', job_key(id), 'waiters')
   end
+end
+
+-- `notify_known`, reading the two fields first.
+local function notify(id)
+  local f = redis.call('HMGET', job_key(id), 'batch', 'waiters')
+  notify_known(id, f[1], f[2])
 end
 
 -- End a job as cancelled; its record is kept for the result TTL like a success.

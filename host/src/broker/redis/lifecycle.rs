@@ -226,9 +226,15 @@ impl Broker for RedisBroker {
             by_queue.entry(&ack.lease.queue).or_default().push(ack);
         }
         let mut stale = 0;
-        for (queue, group) in by_queue {
+        for (queue, mut group) in by_queue {
+            // Successes first, with three arguments each; then the rest, with six.
+            group.sort_by_key(|a| !matches!(a.completion, Completion::Succeeded(_)));
+            let succeeded = group
+                .iter()
+                .take_while(|a| matches!(a.completion, Completion::Succeeded(_)))
+                .count();
             let mut inv = self.queue_script(&SCRIPTS.ack, queue);
-            inv.arg(self.ttl_secs());
+            inv.arg(self.ttl_secs()).arg(succeeded);
             self.declare_final(&mut inv, queue);
             self.declare_jobs(
                 &mut inv,
@@ -237,8 +243,12 @@ impl Broker for RedisBroker {
                 true,
             );
             for ack in group {
+                inv.arg(&ack.lease.id).arg(ack.lease.token);
                 let (action, delay, error, report) = match &ack.completion {
-                    Completion::Succeeded(report) => ("ok", 0, None, Some(report)),
+                    Completion::Succeeded(report) => {
+                        inv.arg(json_or_empty(Some(report)));
+                        continue;
+                    }
                     Completion::Retry {
                         delay,
                         error,
@@ -252,9 +262,7 @@ impl Broker for RedisBroker {
                     Completion::Dead { error, report } => ("dead", 0, Some(error), report.as_ref()),
                     Completion::Cancelled { error } => ("cancelled", 0, Some(error), None),
                 };
-                inv.arg(&ack.lease.id)
-                    .arg(ack.lease.token)
-                    .arg(action)
+                inv.arg(action)
                     .arg(delay)
                     .arg(json_or_empty(error))
                     .arg(json_or_empty(report));
