@@ -245,6 +245,55 @@ fn command_calls(server: &RedisServer, command: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Whether an enqueue's module exists is asked of Redis once per window, not per job: the
+/// process remembers a module it saw listed. Its own deletion counts at once; another process's
+/// within the window is not seen (the jobs then end dead naming the module); with no window
+/// every question goes to Redis.
+#[tokio::test]
+async fn a_module_seen_listed_is_asked_for_once_per_window() {
+    use wasmq::broker::{Admin, ModuleDeletion};
+    let server = RedisServer::start();
+    let connect = |window: Duration| {
+        let url = server.url();
+        async move {
+            RedisBroker::connect(&url)
+                .await
+                .unwrap()
+                .with_module_seen_for(window)
+        }
+    };
+    // An hour: long past the slowest test run.
+    let a = connect(Duration::from_secs(3600)).await;
+    let b = connect(Duration::from_secs(3600)).await;
+    let asks = connect(Duration::ZERO).await;
+    b.put_module(module(), b"bytes").await.unwrap();
+
+    server.cmd(&["CONFIG", "RESETSTAT"]);
+    for _ in 0..5 {
+        assert!(a.has_module(module()).await.unwrap());
+    }
+    assert_eq!(command_calls(&server, "hexists"), 1, "asked once");
+    for _ in 0..2 {
+        assert!(asks.has_module(module()).await.unwrap());
+    }
+    assert_eq!(
+        command_calls(&server, "hexists"),
+        3,
+        "no window: asked each time"
+    );
+
+    assert_eq!(
+        b.delete_module(module(), true).await.unwrap(),
+        ModuleDeletion::Deleted
+    );
+    assert!(!b.has_module(module()).await.unwrap(), "its own deletion");
+    assert!(!asks.has_module(module()).await.unwrap());
+    assert!(
+        a.has_module(module()).await.unwrap(),
+        "another process's deletion is not seen within the window"
+    );
+}
+
 /// A busy worker's fetch is one round trip: the fetch script returns the head of the ready set
 /// and the worker's next fetch on that queue starts from it instead of reading it first. A head
 /// gone stale — another worker took it, a job of higher priority came first — costs a second

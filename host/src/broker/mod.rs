@@ -105,7 +105,10 @@ pub trait Broker: Send + Sync + 'static {
     /// The module's bytes, if it was uploaded.
     async fn module(&self, hash: ModuleHash) -> Result<Option<Vec<u8>>, BrokerError>;
 
-    /// Whether the module was uploaded.
+    /// Whether the module was uploaded. Asked for every enqueue, so a broker may answer from
+    /// what it saw a moment ago: the Redis broker says yes for up to 5 s after a deletion by
+    /// another process (or one racing the question), and a job enqueued then ends dead naming
+    /// the missing module.
     async fn has_module(&self, hash: ModuleHash) -> Result<bool, BrokerError>;
 
     /// Accepts checked jobs, in order; a job whose id exists is left alone. Does not check that

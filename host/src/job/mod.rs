@@ -121,14 +121,19 @@ pub struct RunReport {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<Value>,
     /// Captured stdout.
+    #[serde(default)]
     pub stdout: Captured,
     /// Captured stderr.
+    #[serde(default)]
     pub stderr: Captured,
     /// Log records, oldest first.
+    #[serde(default)]
     pub logs: Vec<LogRecord>,
     /// Records dropped over the cap.
+    #[serde(default)]
     pub logs_dropped: u64,
     /// The last progress reported.
+    #[serde(default)]
     pub progress: Option<Progress>,
     /// Fuel consumed.
     pub fuel_used: u64,
@@ -157,6 +162,76 @@ pub struct HttpUse {
     pub bytes_received: u64,
     /// Time spent waiting on these calls, from sending to the end of the response body.
     pub wait_ms: u64,
+}
+
+impl RunReport {
+    /// The report as a job's record keeps it: this report's JSON without the fields that hold
+    /// nothing (no output, no logs, no progress), which parsing fills back in. A record is
+    /// written for every job and kept for the result TTL: a `hello` job's report is 111 bytes
+    /// instead of 264.
+    pub fn to_stored_json(&self) -> String {
+        fn empty(c: &&Captured) -> bool {
+            **c == Captured::default()
+        }
+        fn none<T>(v: &&[T]) -> bool {
+            v.is_empty()
+        }
+        fn zero(n: &u64) -> bool {
+            *n == 0
+        }
+        #[derive(Serialize)]
+        struct Stored<'a> {
+            attempt: u32,
+            worker: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            result: Option<&'a Value>,
+            #[serde(skip_serializing_if = "empty")]
+            stdout: &'a Captured,
+            #[serde(skip_serializing_if = "empty")]
+            stderr: &'a Captured,
+            #[serde(skip_serializing_if = "none")]
+            logs: &'a [LogRecord],
+            #[serde(skip_serializing_if = "zero")]
+            logs_dropped: u64,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            progress: Option<&'a Progress>,
+            fuel_used: u64,
+            wall_ms: f64,
+            #[serde(skip_serializing_if = "none")]
+            sub_jobs: &'a [String],
+            #[serde(skip_serializing_if = "none")]
+            http: &'a [HttpUse],
+        }
+        let RunReport {
+            attempt,
+            worker,
+            result,
+            stdout,
+            stderr,
+            logs,
+            logs_dropped,
+            progress,
+            fuel_used,
+            wall_ms,
+            sub_jobs,
+            http,
+        } = self;
+        serde_json::to_string(&Stored {
+            attempt: *attempt,
+            worker,
+            result: result.as_ref(),
+            stdout,
+            stderr,
+            logs,
+            logs_dropped: *logs_dropped,
+            progress: progress.as_ref(),
+            fuel_used: *fuel_used,
+            wall_ms: *wall_ms,
+            sub_jobs,
+            http,
+        })
+        .expect("plain data serialises")
+    }
 }
 
 /// The identity of a job run, as the guest sees it in `job-info`.
@@ -217,4 +292,72 @@ pub struct Captured {
     pub total_bytes: u64,
     /// Whether bytes beyond the cap were dropped.
     pub truncated: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// A `hello` job's report as a worker writes it.
+    fn hello() -> RunReport {
+        RunReport {
+            attempt: 1,
+            worker: "vm:11727:fbdd".into(),
+            result: Some(json!({"message": "Hello, n8514!"})),
+            fuel_used: 4785,
+            wall_ms: 0.007471,
+            ..RunReport::default()
+        }
+    }
+
+    #[test]
+    fn the_stored_report_leaves_out_empty_fields_and_reads_back_whole() {
+        let report = hello();
+        let full = serde_json::to_string(&report).unwrap();
+        let stored = report.to_stored_json();
+        println!(
+            "{} bytes in full, {} stored: {stored}",
+            full.len(),
+            stored.len()
+        );
+        assert_eq!((full.len(), stored.len()), (264, 111));
+        assert_eq!(serde_json::from_str::<RunReport>(&stored).unwrap(), report);
+        // Parsed back, it serialises as the API always showed it.
+        let back: RunReport = serde_json::from_str(&stored).unwrap();
+        assert_eq!(serde_json::to_string(&back).unwrap(), full);
+    }
+
+    #[test]
+    fn a_stored_report_keeps_every_field_that_holds_something() {
+        let report = RunReport {
+            stdout: Captured {
+                text: "out".into(),
+                total_bytes: 3,
+                truncated: false,
+            },
+            stderr: Captured {
+                text: String::new(),
+                total_bytes: 9,
+                truncated: true,
+            },
+            logs: vec![LogRecord {
+                level: LogLevel::Info,
+                message: "m".into(),
+                at_ms: 1,
+            }],
+            logs_dropped: 2,
+            progress: Some(Progress {
+                percent: 50,
+                note: None,
+            }),
+            sub_jobs: vec!["c".into()],
+            http: vec![HttpUse::default()],
+            ..hello()
+        };
+        let stored = report.to_stored_json();
+        assert_eq!(serde_json::from_str::<RunReport>(&stored).unwrap(), report);
+        assert_eq!(stored.len(), serde_json::to_string(&report).unwrap().len());
+    }
 }

@@ -103,6 +103,7 @@ impl Admin for RedisBroker {
                     .clone(),
             )
             .await?;
+        self.module_seen(hash, false);
         for key in [
             self.keys.module_bytes(hash),
             self.keys.module_bytes_legacy(hash),

@@ -16,7 +16,7 @@ use crate::broker::{
     Maintenance, ModuleInfo,
 };
 use crate::invocation::{Invocation, NewJob};
-use crate::job::{AttemptError, FailureKind, JobState, Progress};
+use crate::job::{AttemptError, FailureKind, JobState, Progress, RunReport};
 use crate::modules::ModuleHash;
 use crate::time::now_ms;
 
@@ -32,6 +32,7 @@ impl Broker for RedisBroker {
             .query(redis::cmd("HGET").arg(&index).arg(hash.hex()).clone())
             .await?;
         if let Some(info) = listed {
+            self.module_seen(hash, true);
             return parse_module_info(&hash.hex(), &info);
         }
         // The bytes under their own hash tag (on a cluster, the slot of their digest), then the
@@ -53,6 +54,7 @@ impl Broker for RedisBroker {
             .arg(hash.hex())
             .arg(bytes.len());
         let info: String = self.script(&inv).await?;
+        self.module_seen(hash, true);
         parse_module_info(&hash.hex(), &info)
     }
 
@@ -68,9 +70,7 @@ impl Broker for RedisBroker {
     }
 
     async fn has_module(&self, hash: ModuleHash) -> Result<bool, BrokerError> {
-        let key = self.keys.module_index();
-        self.query(redis::cmd("HEXISTS").arg(&key).arg(hash.hex()).clone())
-            .await
+        self.module_listed(hash).await
     }
 
     async fn enqueue(&self, jobs: &[NewJob]) -> Result<Vec<Enqueued>, BrokerError> {
@@ -246,7 +246,7 @@ impl Broker for RedisBroker {
                 inv.arg(&ack.lease.id).arg(ack.lease.token);
                 let (action, delay, error, report) = match &ack.completion {
                     Completion::Succeeded(report) => {
-                        inv.arg(json_or_empty(Some(report)));
+                        inv.arg(report.to_stored_json());
                         continue;
                     }
                     Completion::Retry {
@@ -265,7 +265,7 @@ impl Broker for RedisBroker {
                 inv.arg(action)
                     .arg(delay)
                     .arg(json_or_empty(error))
-                    .arg(json_or_empty(report));
+                    .arg(report.map(RunReport::to_stored_json).unwrap_or_default());
             }
             let (n, batches): (usize, Vec<String>) = self.script(&inv).await?;
             stale += n;

@@ -107,6 +107,9 @@ pub struct RedisBroker {
     module_op_age: Duration,
     /// When this process last looked for module operations that never ended.
     last_module_sweep: Arc<Mutex<Option<std::time::Instant>>>,
+    /// Modules this process saw listed, and when (`modules.rs`): an enqueue's check answered
+    /// without a round trip.
+    modules_seen: Arc<Mutex<modules::Seen>>,
     /// Per queue, the head of its ready set as the last fetch left it: the next fetch's
     /// candidates, so a busy worker's fetch is one round trip instead of a read and a script.
     next_candidates: Arc<Mutex<HashMap<String, Vec<String>>>>,
@@ -202,6 +205,7 @@ impl RedisBroker {
             next_candidates: Arc::default(),
             module_op_age: modules::DEFAULT_MODULE_OP_AGE,
             last_module_sweep: Arc::default(),
+            modules_seen: Arc::default(),
         })
     }
 
@@ -210,6 +214,13 @@ impl RedisBroker {
     /// touched them for as long.
     pub fn with_module_op_age(mut self, age: Duration) -> Self {
         self.module_op_age = age;
+        self
+    }
+
+    /// Answers whether a module exists from what this process saw in the last `window` (default
+    /// 5 s) instead of asking Redis for every enqueue (see `has_module`).
+    pub fn with_module_seen_for(mut self, window: Duration) -> Self {
+        self.modules_seen = Arc::new(Mutex::new(modules::Seen::new(window)));
         self
     }
 

@@ -3,6 +3,13 @@
 //! records itself first in `wasmq:{modules}:ops` and clears that at its end; the maintenance
 //! pass deletes the bytes of an operation that never ended, once no index lists them and nothing
 //! has touched them for [`RedisBroker::with_module_op_age`].
+//!
+//! Also what this process saw listed: whether a module exists is asked for every enqueue, and a
+//! module once listed stays listed until someone deletes it — rarely, and never while jobs
+//! name it unless forced. So a module seen listed in the last few seconds counts as listed
+//! without a round trip ([`Seen`]). A deletion by this process forgets it at once; one by
+//! another process can let enqueues through for that window, and those jobs end dead naming
+//! the missing module, as a job enqueued a moment before the deletion always could.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -20,7 +27,89 @@ pub(super) const DEFAULT_MODULE_OP_AGE: Duration = Duration::from_secs(3600);
 /// How often one process looks for operations that never ended.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
+/// How long a module seen listed counts as listed without asking Redis again.
+const SEEN_FOR: Duration = Duration::from_secs(5);
+
+/// At most this many modules remembered: a client enqueuing for many modules makes this process
+/// ask Redis more often, never hold more.
+const MAX_SEEN: usize = 1024;
+
+/// Modules seen listed, and when.
+#[derive(Debug)]
+pub(super) struct Seen {
+    window: Duration,
+    at: HashMap<ModuleHash, Instant>,
+}
+
+impl Default for Seen {
+    fn default() -> Self {
+        Seen::new(SEEN_FOR)
+    }
+}
+
+impl Seen {
+    /// Remembers modules for `window`.
+    pub(super) fn new(window: Duration) -> Self {
+        Seen {
+            window,
+            at: HashMap::new(),
+        }
+    }
+
+    /// Whether `hash` was seen listed within the window.
+    fn recent(&self, hash: ModuleHash) -> bool {
+        self.at
+            .get(&hash)
+            .is_some_and(|at| at.elapsed() < self.window)
+    }
+
+    /// `hash` is listed now.
+    fn listed(&mut self, hash: ModuleHash) {
+        if self.window.is_zero() {
+            return;
+        }
+        if self.at.len() >= MAX_SEEN && !self.at.contains_key(&hash) {
+            let window = self.window;
+            self.at.retain(|_, at| at.elapsed() < window);
+            if self.at.len() >= MAX_SEEN {
+                self.at.clear();
+            }
+        }
+        self.at.insert(hash, Instant::now());
+    }
+}
+
 impl RedisBroker {
+    /// Whether `hash` is listed: as seen within the window, or as Redis says (remembered when
+    /// listed).
+    pub(super) async fn module_listed(&self, hash: ModuleHash) -> Result<bool, BrokerError> {
+        if self.modules_seen.lock().expect("not poisoned").recent(hash) {
+            return Ok(true);
+        }
+        let listed: bool = self
+            .query(
+                redis::cmd("HEXISTS")
+                    .arg(self.keys.module_index())
+                    .arg(hash.hex())
+                    .clone(),
+            )
+            .await?;
+        if listed {
+            self.module_seen(hash, true);
+        }
+        Ok(listed)
+    }
+
+    /// This process listed `hash` (`listed`) or unlisted it.
+    pub(super) fn module_seen(&self, hash: ModuleHash, listed: bool) {
+        let mut seen = self.modules_seen.lock().expect("not poisoned");
+        if listed {
+            seen.listed(hash);
+        } else {
+            seen.at.remove(&hash);
+        }
+    }
+
     /// Records that an upload or deletion of `hash` began; returns its entry, for
     /// [`RedisBroker::end_module_op`].
     pub(super) async fn begin_module_op(&self, hash: ModuleHash) -> Result<String, BrokerError> {
@@ -95,5 +184,32 @@ impl RedisBroker {
             closed += 1;
         }
         Ok(closed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remembers_at_most_max_seen_modules() {
+        let mut seen = Seen::new(Duration::from_secs(3600));
+        let hash = |i: usize| ModuleHash::of(&i.to_le_bytes());
+        for i in 0..MAX_SEEN {
+            seen.listed(hash(i));
+        }
+        assert_eq!(seen.at.len(), MAX_SEEN);
+        assert!(seen.recent(hash(0)));
+        // One more than the bound: all are still within the window, so the memory starts over.
+        seen.listed(hash(MAX_SEEN));
+        assert_eq!(seen.at.len(), 1);
+        assert!(seen.recent(hash(MAX_SEEN)) && !seen.recent(hash(0)));
+    }
+
+    #[test]
+    fn a_zero_window_remembers_nothing() {
+        let mut seen = Seen::new(Duration::ZERO);
+        seen.listed(ModuleHash::of(b"m"));
+        assert!(seen.at.is_empty() && !seen.recent(ModuleHash::of(b"m")));
     }
 }
