@@ -119,6 +119,62 @@ pub async fn delayed_jobs_wait_for_their_time(store: &dyn Store) {
     assert_eq!(ids(&fetch(b, 1).await), ["later"]);
 }
 
+/// Conformance case `one_ack_ends_each_job_its_own_way`: a batch of acks mixing outcomes, in
+/// any order, ends each job as its own ack says; a stale one among them changes nothing.
+pub async fn one_ack_ends_each_job_its_own_way(store: &dyn Store) {
+    let b = Subject::new(store, TTL).await;
+    let b = b.broker.as_ref();
+    put(b, &["r", "s1", "d", "x", "s2"].map(|id| job(id, |_| {}))).await;
+    let leases = fetch(b, 5).await;
+    let lease = |id: &str| leases.iter().find(|l| l.key.id == id).unwrap();
+    let mut stale = ok(lease("x"));
+    stale.lease.token += 1;
+    let acks = [
+        Ack {
+            lease: lease("r").key.clone(),
+            completion: Completion::Retry {
+                delay: Duration::from_secs(3600),
+                error: error(lease("r"), FailureKind::Trap),
+                report: None,
+            },
+        },
+        ok(lease("s1")),
+        Ack {
+            lease: lease("d").key.clone(),
+            completion: Completion::Dead {
+                error: error(lease("d"), FailureKind::OutOfFuel),
+                report: None,
+            },
+        },
+        stale,
+        ok(lease("s2")),
+    ];
+    assert_eq!(b.ack(&acks).await.unwrap(), 1, "the wrong token is stale");
+    for (id, want) in [
+        ("r", JobState::Scheduled),
+        ("s1", JobState::Succeeded),
+        ("d", JobState::Dead),
+        ("x", JobState::Leased),
+        ("s2", JobState::Succeeded),
+    ] {
+        assert_eq!(state(b, id).await, Some(want), "{id}");
+    }
+    let record = |id: &'static str| async move { b.job(None, id).await.unwrap().unwrap() };
+    for id in ["s1", "s2"] {
+        let report = record(id).await.report.unwrap();
+        assert_eq!(report.result, Some(json!({"done": id})));
+        assert_eq!(report.fuel_used, 42);
+    }
+    let last = |r: crate::broker::JobRecord| r.last_error.unwrap().kind;
+    assert_eq!(last(record("r").await), FailureKind::Trap);
+    assert_eq!(last(record("d").await), FailureKind::OutOfFuel);
+    let totals = counts(b).await.totals;
+    assert_eq!(
+        (totals.succeeded, totals.retried, totals.dead, totals.failed),
+        (2, 1, 1, 2)
+    );
+}
+
 /// Conformance case `retries_back_off_then_die`.
 pub async fn retries_back_off_then_die(store: &dyn Store) {
     let b = Subject::new(store, TTL).await;

@@ -135,6 +135,7 @@ macro_rules! broker_conformance {
             queues_are_separate_and_counted,
             delayed_jobs_wait_for_their_time,
             retries_back_off_then_die,
+            one_ack_ends_each_job_its_own_way,
             expired_leases_are_recovered,
             a_workers_own_expired_leases_are_left_to_it,
             heartbeats_keep_leases,
