@@ -245,6 +245,78 @@ fn command_calls(server: &RedisServer, command: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// One upload or deletion of a module at a time: the bytes and the index are two slots on a
+/// cluster, and an upload (bytes, then index) interleaved with a deletion (index, then bytes)
+/// could leave a listed module without its bytes — every job naming it would then die, and an
+/// upload again would find it listed. An operation waits for another under way, is refused
+/// naming the module when that one outlasts its wait, and takes over one begun so long ago that
+/// its process died.
+#[tokio::test]
+async fn uploads_and_deletions_of_one_module_take_turns() {
+    use wasmq::broker::{Admin, BrokerError, ModuleDeletion};
+    use wasmq::modules::ModuleHash;
+    let server = RedisServer::start();
+    let hash = ModuleHash::of(b"m");
+    let ops = "wasmq:{modules}:ops";
+    let bytes_key = format!("wasmq:{{module:{}}}:bytes", hash.hex());
+    let under_way = |since_ms: u64| {
+        server.cmd(&[
+            "HSET",
+            ops,
+            &hash.hex(),
+            &format!("{since_ms}:0123456789abcdef"),
+        ]);
+    };
+    let redis_now = || -> u64 {
+        let t: Vec<String> = redis::from_redis_value(server.cmd(&["TIME"])).unwrap();
+        t[0].parse::<u64>().unwrap() * 1000 + t[1].parse::<u64>().unwrap() / 1000
+    };
+    let whole = |server: &RedisServer| -> (bool, bool) {
+        let listed = server.cmd(&["HEXISTS", "wasmq:{modules}:index", &hash.hex()]);
+        let stored = server.cmd(&["EXISTS", &bytes_key]);
+        (
+            listed == redis::Value::Int(1),
+            stored == redis::Value::Int(1),
+        )
+    };
+    let a = RedisBroker::connect(&server.url()).await.unwrap();
+
+    // Another operation begun just now: the upload waits for it, then goes ahead.
+    under_way(redis_now());
+    let upload = tokio::spawn({
+        let a = a.clone();
+        async move { a.put_module(hash, b"m").await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!upload.is_finished(), "waits while another is under way");
+    server.cmd(&["HDEL", ops, &hash.hex()]);
+    tokio::time::timeout(Duration::from_secs(30), upload)
+        .await
+        .expect("goes ahead once the other ended")
+        .unwrap()
+        .unwrap();
+    assert_eq!(whole(&server), (true, true));
+
+    // Under way for longer than a deletion may wait: refused, naming the module.
+    let impatient = RedisBroker::connect(&server.url())
+        .await
+        .unwrap()
+        .with_module_op_wait(Duration::from_millis(200));
+    under_way(redis_now());
+    let refused = impatient.delete_module(hash, true).await.unwrap_err();
+    assert!(matches!(refused, BrokerError::ModuleBusy(h) if h == hash));
+    assert!(refused.to_string().contains("under way"), "{refused}");
+    assert_eq!(whole(&server), (true, true), "nothing changed");
+
+    // Begun long ago, by a process that died: taken over.
+    under_way(1);
+    assert_eq!(
+        impatient.delete_module(hash, true).await.unwrap(),
+        ModuleDeletion::Deleted
+    );
+    assert_eq!(whole(&server), (false, false));
+}
+
 /// Whether an enqueue's module exists is asked of Redis once per window, not per job: the
 /// process remembers a module it saw listed. Its own deletion counts at once; another process's
 /// within the window is not seen (the jobs then end dead naming the module); with no window

@@ -99,6 +99,9 @@ impl From<BrokerError> for ApiError {
                 e.to_string(),
             ),
             BrokerError::UnknownModule(_) => ApiError::not_found(e.to_string()),
+            BrokerError::ModuleBusy(_) => {
+                ApiError::new(StatusCode::CONFLICT, "module_busy", e.to_string())
+            }
             BrokerError::TooManySecrets(_) => ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "too_many_secrets",

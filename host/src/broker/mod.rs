@@ -84,6 +84,12 @@ pub enum BrokerError {
     /// The module was never uploaded.
     #[error("module `{0}` was never uploaded: upload it before granting it anything")]
     UnknownModule(ModuleHash),
+    /// Another upload or deletion of the module was under way for as long as this one could
+    /// wait.
+    #[error(
+        "module `{0}`: another upload or deletion of it is under way; try again when it has ended"
+    )]
+    ModuleBusy(ModuleHash),
     /// Stored data did not parse: written by something other than wasmq, or damaged.
     #[error("corrupt record for `{what}`: {reason}")]
     Corrupt {

@@ -40,7 +40,7 @@ impl Broker for RedisBroker {
         // repeated or concurrent upload writes the same value. Recorded as under way first, so
         // bytes a crash leaves unlisted are found and deleted (`modules.rs`); listing them ends
         // the record.
-        self.begin_module_op(hash).await?;
+        let op = self.begin_module_op(hash).await?;
         self.write(
             redis::cmd("SET")
                 .arg(self.keys.module_bytes(hash))
@@ -52,7 +52,8 @@ impl Broker for RedisBroker {
         inv.key(&index)
             .key(self.keys.module_ops())
             .arg(hash.hex())
-            .arg(bytes.len());
+            .arg(bytes.len())
+            .arg(&op);
         let info: String = self.script(&inv).await?;
         self.module_seen(hash, true);
         parse_module_info(&hash.hex(), &info)

@@ -105,6 +105,8 @@ pub struct RedisBroker {
     /// How long a module upload or deletion may stay under way before maintenance takes it for
     /// one whose process died (`modules.rs`).
     module_op_age: Duration,
+    /// How long an upload or deletion waits for another of the same module (`modules.rs`).
+    module_op_wait: Duration,
     /// When this process last looked for module operations that never ended.
     last_module_sweep: Arc<Mutex<Option<std::time::Instant>>>,
     /// Modules this process saw listed, and when (`modules.rs`): an enqueue's check answered
@@ -204,6 +206,7 @@ impl RedisBroker {
             combiner: Arc::default(),
             next_candidates: Arc::default(),
             module_op_age: modules::DEFAULT_MODULE_OP_AGE,
+            module_op_wait: modules::DEFAULT_MODULE_OP_WAIT,
             last_module_sweep: Arc::default(),
             modules_seen: Arc::default(),
         })
@@ -214,6 +217,13 @@ impl RedisBroker {
     /// touched them for as long.
     pub fn with_module_op_age(mut self, age: Duration) -> Self {
         self.module_op_age = age;
+        self
+    }
+
+    /// Lets an upload or deletion wait up to `wait` (default 10 s) for another one of the same
+    /// module to end before it is refused ([`BrokerError::ModuleBusy`]).
+    pub fn with_module_op_wait(mut self, wait: Duration) -> Self {
+        self.module_op_wait = wait;
         self
     }
 

@@ -2,7 +2,9 @@
 //! removes the entry, then the bytes — in two slots on a cluster, so never in one step. Each
 //! records itself first in `wasmq:{modules}:ops` and clears that at its end; the maintenance
 //! pass deletes the bytes of an operation that never ended, once no index lists them and nothing
-//! has touched them for [`RedisBroker::with_module_op_age`].
+//! has touched them for [`RedisBroker::with_module_op_age`]. The entry is also a lock: one
+//! operation per module at a time, so an upload and a deletion of the same module cannot
+//! interleave into a listed module without bytes.
 //!
 //! Also what this process saw listed: whether a module exists is asked for every enqueue, and a
 //! module once listed stays listed until someone deletes it — rarely, and never while jobs
@@ -26,6 +28,14 @@ pub(super) const DEFAULT_MODULE_OP_AGE: Duration = Duration::from_secs(3600);
 
 /// How often one process looks for operations that never ended.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// After this long another upload or deletion of the same module counts as one whose process
+/// died, and a new one goes ahead: far above the second or two either takes.
+pub(super) const OP_TAKEOVER: Duration = Duration::from_secs(120);
+
+/// How long an upload or deletion waits for another one of the same module to end before it is
+/// refused ([`RedisBroker::with_module_op_wait`]).
+pub(super) const DEFAULT_MODULE_OP_WAIT: Duration = Duration::from_secs(10);
 
 /// How long a module seen listed counts as listed without asking Redis again.
 const SEEN_FOR: Duration = Duration::from_secs(5);
@@ -110,19 +120,30 @@ impl RedisBroker {
         }
     }
 
-    /// Records that an upload or deletion of `hash` began; returns its entry, for
+    /// Records that an upload or deletion of `hash` began, once no other operation on it is
+    /// under way (`lua/module_op_begin.lua`): waits for one begun less than
+    /// [`OP_TAKEOVER`] ago, up to the operation wait, then refuses. Returns its entry, for
     /// [`RedisBroker::end_module_op`].
     pub(super) async fn begin_module_op(&self, hash: ModuleHash) -> Result<String, BrokerError> {
-        let op = format!("{}:{:016x}", now_ms(), fastrand::u64(..));
-        self.write(
-            redis::cmd("HSET")
-                .arg(self.keys.module_ops())
+        let token = format!("{:016x}", fastrand::u64(..));
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(20);
+        loop {
+            let mut call = Call::new(&SCRIPTS.module_op_begin);
+            call.key(self.keys.module_ops())
                 .arg(hash.hex())
-                .arg(&op)
-                .clone(),
-        )
-        .await?;
-        Ok(op)
+                .arg(&token)
+                .arg(OP_TAKEOVER.as_millis() as u64);
+            if let Some(op) = self.script::<Option<String>>(&call).await? {
+                return Ok(op);
+            }
+            if started.elapsed() >= self.module_op_wait {
+                return Err(BrokerError::ModuleBusy(hash));
+            }
+            tokio::time::sleep(pause.min(self.module_op_wait.saturating_sub(started.elapsed())))
+                .await;
+            pause = (pause * 2).min(Duration::from_millis(500));
+        }
     }
 
     /// Clears the entry `op` of an operation on `hash` that ended (not one that began since).
