@@ -308,6 +308,13 @@ async fn uploads_and_deletions_of_one_module_take_turns() {
     assert!(refused.to_string().contains("under way"), "{refused}");
     assert_eq!(whole(&server), (true, true), "nothing changed");
 
+    // Listed without its bytes (what an interleaving left before operations took turns): an
+    // upload again stores them.
+    server.cmd(&["HDEL", ops, &hash.hex()]);
+    server.cmd(&["DEL", &bytes_key]);
+    a.put_module(hash, b"m").await.unwrap();
+    assert_eq!(whole(&server), (true, true), "repaired by an upload again");
+
     // Begun long ago, by a process that died: taken over.
     under_way(1);
     assert_eq!(

@@ -27,11 +27,15 @@ type FetchedRow = (String, String, u32, u64);
 impl Broker for RedisBroker {
     async fn put_module(&self, hash: ModuleHash, bytes: &[u8]) -> Result<ModuleInfo, BrokerError> {
         let index = self.keys.module_index();
-        // Uploaded before: the bytes are not sent again.
+        // Uploaded before: the bytes are not sent again — unless they are missing (a deletion
+        // that interleaved with an upload before operations took turns could leave that), so an
+        // upload again repairs such a module.
         let listed: Option<String> = self
             .query(redis::cmd("HGET").arg(&index).arg(hash.hex()).clone())
             .await?;
-        if let Some(info) = listed {
+        if let Some(info) = listed
+            && self.module_bytes_stored(hash).await?
+        {
             self.module_seen(hash, true);
             return parse_module_info(&hash.hex(), &info);
         }

@@ -110,6 +110,21 @@ impl RedisBroker {
         Ok(listed)
     }
 
+    /// Whether the bytes of `hash` are in Redis (under their own hash tag, or where modules
+    /// uploaded before that keep them).
+    pub(super) async fn module_bytes_stored(&self, hash: ModuleHash) -> Result<bool, BrokerError> {
+        for key in [
+            self.keys.module_bytes(hash),
+            self.keys.module_bytes_legacy(hash),
+        ] {
+            let n: u8 = self.query(redis::cmd("EXISTS").arg(key).clone()).await?;
+            if n == 1 {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// This process listed `hash` (`listed`) or unlisted it.
     pub(super) fn module_seen(&self, hash: ModuleHash, listed: bool) {
         let mut seen = self.modules_seen.lock().expect("not poisoned");
