@@ -96,18 +96,22 @@ impl RedisBroker {
         if self.modules_seen.lock().expect("not poisoned").recent(hash) {
             return Ok(true);
         }
-        let listed: bool = self
-            .query(
-                redis::cmd("HEXISTS")
-                    .arg(self.keys.module_index())
-                    .arg(hash.hex())
-                    .clone(),
-            )
-            .await?;
+        let listed = self.index_lists(&hash.hex()).await?;
         if listed {
             self.module_seen(hash, true);
         }
         Ok(listed)
+    }
+
+    /// Whether the module index lists the module of digest `hex`, as Redis says now.
+    async fn index_lists(&self, hex: &str) -> Result<bool, BrokerError> {
+        self.query(
+            redis::cmd("HEXISTS")
+                .arg(self.keys.module_index())
+                .arg(hex)
+                .clone(),
+        )
+        .await
     }
 
     /// Whether the bytes of `hash` are in Redis (under their own hash tag, or where modules
@@ -193,15 +197,9 @@ impl RedisBroker {
             if now_ms() < began.saturating_add(age.as_millis() as u64) {
                 continue;
             }
-            let listed: bool = self
-                .query(
-                    redis::cmd("HEXISTS")
-                        .arg(self.keys.module_index())
-                        .arg(&hex)
-                        .clone(),
-                )
-                .await?;
-            if !listed && let Ok(hash) = format!("sha256:{hex}").parse::<ModuleHash>() {
+            if !self.index_lists(&hex).await?
+                && let Ok(hash) = format!("sha256:{hex}").parse::<ModuleHash>()
+            {
                 let mut orphan = Call::new(&SCRIPTS.module_orphan);
                 orphan.key(self.keys.module_bytes(hash)).arg(age.as_secs());
                 let gone: u8 = self.script(&orphan).await?;
