@@ -146,13 +146,21 @@ local function make_ready(id, front)
   redis.call('HSET', jk, 'state', 'ready')
 end
 
+-- `now` as `int` writes it, formatted once per call of a script that creates many jobs.
+local stamped, stamp
+local function stamp_of(now)
+  if now ~= stamped then stamped, stamp = now, int(now) end
+  return stamp
+end
+
 -- Create job `id` (its id is known to be free), due at `run_at` ms (0 or past: now). Returns
 -- true if it went straight to ready (the caller wakes a worker). One write of the record; `into`
--- as for `list_ready`.
+-- as for `list_ready`. Its attempt and lease counters start absent (read as 0): every field
+-- written here is an argument Redis makes twice and a field every pending job keeps.
 local function new_job(id, inv, prio, max, run_at, now, into)
   local jk = job_key(id)
   local ready = run_at <= now
-  redis.call('HSET', jk, 'inv', inv, 'attempts', '0', 'max', max, 'prio', prio, 'enq', int(now), 'lease', '0', 'state', ready and 'ready' or 'scheduled')
+  redis.call('HSET', jk, 'inv', inv, 'max', max, 'prio', prio, 'enq', stamp_of(now), 'state', ready and 'ready' or 'scheduled')
   if ready then
     list_ready(id, prio, false, into)
   else

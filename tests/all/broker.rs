@@ -235,6 +235,30 @@ async fn concurrent_enqueues_to_one_queue_go_out_together_and_are_answered_alone
 
 /// How many times Redis ran `command` since its stats were reset (commands that scripts call
 /// included).
+/// How many job records each fetch script call since the last `SLOWLOG RESET` declared (its
+/// candidates), oldest first; the server logs every command (`slowlog-log-slower-than 0`).
+fn fetch_candidates_declared(server: &RedisServer) -> Vec<usize> {
+    let log: Vec<redis::Value> =
+        redis::from_redis_value(server.cmd(&["SLOWLOG", "GET", "128"])).unwrap();
+    let mut declared: Vec<usize> = log
+        .into_iter()
+        .filter_map(|entry| {
+            let redis::Value::Array(fields) = entry else {
+                return None;
+            };
+            let args: Vec<String> = redis::from_redis_value(fields.get(3)?.clone()).ok()?;
+            // EVALSHA sha numkeys: the queue's seven keys, the request's, then the candidates.
+            // Only the fetch script passes the worker's name (`w1`) as an argument.
+            (args.first()?.eq_ignore_ascii_case("evalsha") && args.iter().any(|a| a == "w1"))
+                .then(|| args[2].parse::<usize>().ok().map(|keys| keys - 8))
+                .flatten()
+        })
+        .collect();
+    declared.reverse();
+    server.cmd(&["SLOWLOG", "RESET"]);
+    declared
+}
+
 fn command_calls(server: &RedisServer, command: &str) -> u64 {
     let stats: String = redis::from_redis_value(server.cmd(&["INFO", "commandstats"])).unwrap();
     stats
@@ -387,11 +411,14 @@ async fn a_busy_workers_fetch_is_one_round_trip_and_keeps_priority_order() {
     let names = |range: std::ops::Range<usize>| -> Vec<String> {
         range.map(|i| format!("j{i:02}")).collect()
     };
+    server.cmd(&["CONFIG", "SET", "slowlog-log-slower-than", "0"]);
+    server.cmd(&["CONFIG", "SET", "slowlog-max-len", "128"]);
     assert_eq!(ids(&fetch(&a, 5).await), names(0..5));
 
     // Each fetch script reads the head once (what it takes and, after it, what it returns): a
     // worker that read the head itself would add a second ZRANGE.
     server.cmd(&["CONFIG", "RESETSTAT"]);
+    server.cmd(&["SLOWLOG", "RESET"]);
     assert_eq!(ids(&fetch(&a, 5).await), names(5..10));
     assert_eq!(command_calls(&server, "evalsha"), 1);
     assert_eq!(
@@ -399,20 +426,61 @@ async fn a_busy_workers_fetch_is_one_round_trip_and_keeps_priority_order() {
         1,
         "no read before the script"
     );
+    // Alone on the queue, a worker declares only the records it takes (each candidate costs
+    // Redis two strings and a look-up).
+    assert_eq!(fetch_candidates_declared(&server), [5]);
 
     // Another worker takes what `a` holds as its next candidates: `a` takes none of them, and
     // its second round starts from the head its first returned.
     assert_eq!(ids(&fetch(&b, 10).await), names(10..20));
     server.cmd(&["CONFIG", "RESETSTAT"]);
+    server.cmd(&["SLOWLOG", "RESET"]);
     assert_eq!(ids(&fetch(&a, 5).await), names(20..25));
     assert_eq!(command_calls(&server, "evalsha"), 2);
     assert_eq!(command_calls(&server, "zrange"), 2);
+    // Outrun, it declares as many again past what it wants (its second round already), so
+    // that candidates another worker takes meanwhile do not cost it a second round; each round
+    // it is not outrun halves them.
+    assert_eq!(fetch_candidates_declared(&server), [5, 10]);
+    assert_eq!(ids(&fetch(&a, 4).await), names(25..29));
+    assert_eq!(ids(&fetch(&a, 4).await), names(29..33));
+    assert_eq!(fetch_candidates_declared(&server), [4 + 2, 4 + 1]);
 
     // A job of higher priority, which `a`'s candidates do not name, still comes first.
     put(&a, &[job("urgent", |j| j.priority = 10)]).await;
     let mut want = vec!["urgent".to_owned()];
-    want.extend(names(25..29));
+    want.extend(names(33..37));
     assert_eq!(ids(&fetch(&a, 5).await), want);
+}
+
+/// A pending job's record holds what a worker needs and nothing it can infer: its attempt and
+/// lease counters start absent (0), so every job waiting in a queue is two fields smaller, and
+/// its first fetch writes them.
+#[tokio::test]
+async fn a_pending_jobs_record_leaves_its_counters_out_until_fetched() {
+    let server = RedisServer::start();
+    let broker = RedisBroker::connect(&server.url()).await.unwrap();
+    put(&broker, &[job("j", |_| {})]).await;
+    let fields = || -> Vec<String> {
+        let all: std::collections::BTreeMap<String, String> =
+            redis::from_redis_value(server.cmd(&["HGETALL", "wasmq:{default}:job:j"])).unwrap();
+        all.into_keys().collect()
+    };
+    assert_eq!(fields(), ["enq", "inv", "max", "prio", "state"]);
+    let record = broker.job(Some("default"), "j").await.unwrap().unwrap();
+    assert_eq!(record.attempts, 0);
+    let leased = fetch(&broker, 1).await;
+    assert_eq!((leased[0].attempt, leased[0].key.token), (1, 1));
+    assert!(fields().contains(&"attempts".to_owned()));
+    assert_eq!(
+        broker
+            .job(Some("default"), "j")
+            .await
+            .unwrap()
+            .unwrap()
+            .attempts,
+        1
+    );
 }
 
 /// A process that dies between writing a module's bytes and listing them (or between unlisting

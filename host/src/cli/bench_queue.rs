@@ -122,8 +122,14 @@ fn print_cpu(phase: &str, before: &[RedisCpu], after: &[RedisCpu], jobs: usize) 
                 format!("{name} {calls}× {:.1} µs/job", *usec as f64 / jobs as f64)
             })
             .collect();
+        let forked = match spent.forks {
+            0 => String::new(),
+            n => format!(
+                " (Redis forked {n}× meanwhile — an AOF rewrite or a replica's sync: the fork and the pages copied after it are in the CPU figure, in no command)"
+            ),
+        };
         println!(
-            "  {phase}, master {}: Redis CPU {:.1} µs/job ({:.2} s), in commands {:.1} µs/job over {:.2} calls/job — {}",
+            "  {phase}, master {}: Redis CPU {:.1} µs/job ({:.2} s), in commands {:.1} µs/job over {:.2} calls/job — {}{forked}",
             i + 1,
             spent.cpu_s * 1e6 / jobs as f64,
             spent.cpu_s,

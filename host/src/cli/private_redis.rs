@@ -222,6 +222,9 @@ pub struct RedisCpu {
     pub cpu_s: f64,
     /// Command → (calls, µs).
     pub commands: HashMap<String, (u64, u64)>,
+    /// Forks so far (an AOF rewrite or an RDB save): the fork and the pages copied after it
+    /// are Redis CPU that no command accounts for.
+    pub forks: u64,
 }
 
 impl RedisCpu {
@@ -253,9 +256,14 @@ impl RedisCpu {
             };
             commands.insert(name.to_owned(), (get("calls"), get("usec")));
         }
+        let forks = node_text(port, &["INFO", "stats"])
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("total_forks:")?.parse().ok())
+            .unwrap_or(0);
         Ok(RedisCpu {
             cpu_s: field("used_cpu_user") + field("used_cpu_sys"),
             commands,
+            forks,
         })
     }
 
@@ -276,6 +284,7 @@ impl RedisCpu {
         RedisCpu {
             cpu_s: self.cpu_s - earlier.cpu_s,
             commands,
+            forks: self.forks.saturating_sub(earlier.forks),
         }
     }
 

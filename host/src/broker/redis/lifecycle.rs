@@ -402,11 +402,11 @@ impl Broker for RedisBroker {
 }
 
 impl RedisBroker {
-    /// One fetch round on `queue`: takes up to `want` ids (and as many again, at most 64, for
-    /// workers fetching at the same time) from the head of the ready set — as the previous fetch
-    /// on `queue` returned it, or read now — then leases the first `want` of them still at the
-    /// head, with every key declared (`lua/fetch.lua`). Returns the leases and whether another
-    /// round may find more.
+    /// One fetch round on `queue`: takes up to `want` ids — and as many more as other workers
+    /// have lately been taking from under this one ([`FetchHint::spare`]) — from the head of the
+    /// ready set, as the previous fetch on `queue` returned it, or read now; then leases the
+    /// first `want` of them still at the head, with every key declared (`lua/fetch.lua`).
+    /// Returns the leases and whether another round may find more.
     async fn fetch_round(
         &self,
         queue: &str,
@@ -414,20 +414,22 @@ impl RedisBroker {
         lease: Duration,
         worker: &str,
     ) -> Result<(Vec<FetchedRow>, bool), BrokerError> {
-        let window = want + want.min(64);
-        let known = self
-            .next_candidates
-            .lock()
-            .expect("not poisoned")
-            .remove(queue)
-            // Fewer than wanted: the queue was nearly empty then, and may not be now.
-            .filter(|ids| ids.len() >= want);
+        let (known, spare) = {
+            let mut hints = self.next_candidates.lock().expect("not poisoned");
+            let hint = hints.entry(queue.to_owned()).or_default();
+            (std::mem::take(&mut hint.ids), hint.spare.min(want))
+        };
+        let window = want + spare;
+        // The head the script returns for the next round: room for a next fetch that wants
+        // twice as many, so that it rarely needs a read of its own.
+        let upcoming_wanted = want + want.min(64);
         let candidates: Vec<String> = match known {
-            Some(mut ids) => {
+            // Fewer than wanted: the queue was nearly empty then, and may not be now.
+            mut ids if ids.len() >= want => {
                 ids.truncate(window);
                 ids
             }
-            None => {
+            _ => {
                 let ready = &self.keys.queue(queue).keys[0];
                 self.query(
                     redis::cmd("ZRANGE")
@@ -453,20 +455,40 @@ impl RedisBroker {
             .arg(lease.as_millis() as u64)
             .arg(worker)
             .arg(&request)
-            .arg(window)
+            .arg(upcoming_wanted)
             .arg(&candidates);
         let Fetched {
             rows,
             more,
             upcoming,
         } = self.script(&call).await?;
-        if !upcoming.is_empty() {
-            self.next_candidates
-                .lock()
-                .expect("not poisoned")
-                .insert(queue.to_owned(), upcoming);
-        }
+        let mut hints = self.next_candidates.lock().expect("not poisoned");
+        let hint = hints.entry(queue.to_owned()).or_default();
+        hint.ids = upcoming;
+        hint.spare = next_spare(hint.spare, want, more);
         Ok((rows, more))
+    }
+}
+
+/// What a worker knows of a queue's ready set between fetches.
+#[derive(Default)]
+pub(super) struct FetchHint {
+    /// The head as the last fetch left it.
+    ids: Vec<String>,
+    /// Candidates a fetch declares past what it wants. Each costs Redis two strings and a
+    /// look-up, wasted while this worker has the queue to itself; but when other workers took
+    /// the candidates first, spare ones still at the head spare the fetch a second round.
+    spare: usize,
+}
+
+/// The spare candidates after a round that wanted `want` and came back short because other
+/// workers had taken some (`contended`): as many as it wanted (at most 64) after such a round,
+/// then halved by every round that was not.
+fn next_spare(spare: usize, want: usize, contended: bool) -> usize {
+    if contended {
+        want.min(64).max(spare)
+    } else {
+        spare / 2
     }
 }
 
@@ -507,5 +529,32 @@ impl redis::FromRedisValue for Fetched {
             more: more == 1,
             upcoming,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_spare;
+
+    #[test]
+    fn spare_candidates_follow_contention_and_stay_bounded() {
+        // A worker alone on its queue declares only what it takes.
+        assert_eq!(next_spare(0, 20, false), 0);
+        // Outrun by another worker: as many spare as it wants, at most 64.
+        assert_eq!(next_spare(0, 20, true), 20);
+        assert_eq!(next_spare(0, 500, true), 64);
+        assert_eq!(
+            next_spare(40, 8, true),
+            40,
+            "a short round keeps what it had"
+        );
+        // Then halved by each uncontended round, back to none.
+        let mut spare = 64;
+        let mut rounds = 0;
+        while spare > 0 {
+            spare = next_spare(spare, 20, false);
+            rounds += 1;
+        }
+        assert_eq!(rounds, 7);
     }
 }

@@ -112,9 +112,10 @@ pub struct RedisBroker {
     /// Modules this process saw listed, and when (`modules.rs`): an enqueue's check answered
     /// without a round trip.
     modules_seen: Arc<Mutex<modules::Seen>>,
-    /// Per queue, the head of its ready set as the last fetch left it: the next fetch's
-    /// candidates, so a busy worker's fetch is one round trip instead of a read and a script.
-    next_candidates: Arc<Mutex<HashMap<String, Vec<String>>>>,
+    /// Per queue, the head of its ready set as the last fetch left it (the next fetch's
+    /// candidates, so a busy worker's fetch is one round trip instead of a read and a script),
+    /// and how many candidates past what it wants a fetch declares there.
+    next_candidates: Arc<Mutex<HashMap<String, lifecycle::FetchHint>>>,
 }
 
 impl RedisBroker {
