@@ -949,3 +949,137 @@ mod one_thread {
         waiting_and_spinning_guests_do_not_hold_up_the_rest(redis().await).await
     }
 }
+
+/// What a worker asked of Redis, as the server's log shows it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Asked {
+    /// A read of the ready set's head: a fetch without candidates starts with it, and ends with
+    /// it when the set is empty.
+    Head,
+    /// The fetch script (it declares a `…:fetch:<request>` key).
+    Fetch,
+    /// The ack script (its eighth key is the queue's `…:succeeded` listing).
+    Ack,
+    /// The enqueue script (its arguments hold an invocation).
+    Enqueue,
+}
+
+/// What workers asked since the last reset, in order (the server logs every command; commands
+/// scripts send are left out).
+fn asked(server: &common::redis::RedisServer) -> Vec<Asked> {
+    let log: Vec<redis::Value> =
+        redis::from_redis_value(server.cmd(&["SLOWLOG", "GET", "4096"])).unwrap();
+    let mut asked: Vec<Asked> = log
+        .into_iter()
+        .filter_map(|entry| {
+            let redis::Value::Array(fields) = entry else {
+                return None;
+            };
+            let args: Vec<String> = redis::from_redis_value(fields.get(3)?.clone()).ok()?;
+            let client: String = redis::from_redis_value(fields.get(4)?.clone()).ok()?;
+            if client == "?:0" {
+                return None; // sent by a script
+            }
+            let first = args.first()?.to_ascii_lowercase();
+            match first.as_str() {
+                "zrange" => args.get(1)?.ends_with(":ready").then_some(Asked::Head),
+                "evalsha" if args.iter().any(|a| a.contains(":fetch:")) => Some(Asked::Fetch),
+                "evalsha" if args.iter().any(|a| a.contains("\"module\":\"sha256:")) => {
+                    Some(Asked::Enqueue)
+                }
+                "evalsha" => args.get(10)?.ends_with(":succeeded").then_some(Asked::Ack),
+                _ => None,
+            }
+        })
+        .collect();
+    asked.reverse();
+    server.cmd(&["SLOWLOG", "RESET"]);
+    asked
+}
+
+/// A worker's slots are refilled by a fetch its acker sends right behind the acks that freed
+/// them (one round trip for both), and a fetch that comes back short sends the worker to wait
+/// for work instead of fetching again at once: one job at a time through an idle worker costs
+/// two fetches (the one that takes it, the acker's that finds nothing), not three.
+#[tokio::test]
+async fn acks_carry_the_fetch_for_their_slots_and_a_dry_queue_is_not_asked_twice() {
+    let b = redis().await;
+    let server = b.redis.as_ref().unwrap();
+    server.cmd(&["CONFIG", "SET", "slowlog-log-slower-than", "0"]);
+    server.cmd(&["CONFIG", "SET", "slowlog-max-len", "4096"]);
+    let hello = upload(b.broker.as_ref(), "hello").await;
+    let config = WorkerConfig {
+        // Waits for work end on a wake-up, not on their timeout (5 s at most).
+        maintain_every: Duration::from_secs(60),
+        ..config()
+    };
+    let worker = Worker::new(b.broker.clone(), common::sandbox().clone(), config);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(worker.run(async {
+        let _ = stopped.await;
+    }));
+    let run = |id: String| {
+        let b = b.broker.clone();
+        async move {
+            let one = job(hello, &id, json!({"name": "n"}), |_| {});
+            common::enqueue(b.as_ref(), &[one]).await.unwrap();
+            let r = b
+                .wait_job("default", &id, Duration::from_secs(60))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(r.state, JobState::Succeeded, "{id}");
+        }
+    };
+    // Warm up: the module loaded, the worker waiting for work.
+    run("warm".to_owned()).await;
+    asked(server);
+
+    const JOBS: usize = 8;
+    for i in 0..JOBS {
+        run(format!("j{i}")).await;
+    }
+    // The last ack's fetch may still be on its way.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut calls = Vec::new();
+    loop {
+        calls.extend(asked(server));
+        let acks = calls.iter().filter(|c| **c == Asked::Ack).count();
+        if acks == JOBS && calls.last() != Some(&Asked::Ack)
+            || tokio::time::Instant::now() > deadline
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = stop.send(());
+    running.await.unwrap();
+    assert_eq!(
+        calls.iter().filter(|c| **c == Asked::Ack).count(),
+        JOBS,
+        "{calls:?}"
+    );
+    // Each ack is followed by its slot's fetch (here it finds the queue empty: a read alone),
+    // before the next job is enqueued: the acker sent it, not the worker's loop.
+    for (i, _) in calls.iter().enumerate().filter(|(_, c)| **c == Asked::Ack) {
+        assert!(
+            matches!(calls.get(i + 1), Some(Asked::Head | Asked::Fetch)),
+            "no fetch behind ack {i}: {calls:?}"
+        );
+    }
+    // A fetch is its script call, or a read of the head not followed by one.
+    let fetches = calls
+        .iter()
+        .enumerate()
+        .filter(|(i, c)| match c {
+            Asked::Fetch => true,
+            Asked::Head => calls.get(i + 1) != Some(&Asked::Fetch),
+            Asked::Ack | Asked::Enqueue => false,
+        })
+        .count();
+    // Two fetches a job (a wait for work that timed out would add one: allowed twice).
+    assert!(
+        fetches <= 2 * JOBS + 2,
+        "{fetches} fetches for {JOBS} jobs: {calls:?}"
+    );
+}

@@ -129,12 +129,13 @@ fn print_cpu(phase: &str, before: &[RedisCpu], after: &[RedisCpu], jobs: usize) 
             ),
         };
         println!(
-            "  {phase}, master {}: Redis CPU {:.1} µs/job ({:.2} s), in commands {:.1} µs/job over {:.2} calls/job — {}{forked}",
+            "  {phase}, master {}: Redis CPU {:.1} µs/job ({:.2} s), in commands {:.1} µs/job over {:.2} calls/job, {:.3} reads/job — {}{forked}",
             i + 1,
             spent.cpu_s * 1e6 / jobs as f64,
             spent.cpu_s,
             spent.command_us() as f64 / jobs as f64,
             spent.calls() as f64 / jobs as f64,
+            spent.reads as f64 / jobs as f64,
             top.join(", ")
         );
     }

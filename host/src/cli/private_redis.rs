@@ -225,6 +225,9 @@ pub struct RedisCpu {
     /// Forks so far (an AOF rewrite or an RDB save): the fork and the pages copied after it
     /// are Redis CPU that no command accounts for.
     pub forks: u64,
+    /// Reads from clients so far: Redis reads every command that has arrived in one go, so
+    /// fewer reads than calls means calls shared round trips.
+    pub reads: u64,
 }
 
 impl RedisCpu {
@@ -256,14 +259,19 @@ impl RedisCpu {
             };
             commands.insert(name.to_owned(), (get("calls"), get("usec")));
         }
-        let forks = node_text(port, &["INFO", "stats"])
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("total_forks:")?.parse().ok())
-            .unwrap_or(0);
+        let stats = node_text(port, &["INFO", "stats"]);
+        let stat = |name: &str| -> u64 {
+            stats
+                .lines()
+                .find_map(|l| l.trim().strip_prefix(name)?.strip_prefix(':')?.parse().ok())
+                .unwrap_or(0)
+        };
+        let (forks, reads) = (stat("total_forks"), stat("total_reads_processed"));
         Ok(RedisCpu {
             cpu_s: field("used_cpu_user") + field("used_cpu_sys"),
             commands,
             forks,
+            reads,
         })
     }
 
@@ -285,6 +293,7 @@ impl RedisCpu {
             cpu_s: self.cpu_s - earlier.cpu_s,
             commands,
             forks: self.forks.saturating_sub(earlier.forks),
+            reads: self.reads.saturating_sub(earlier.reads),
         }
     }
 

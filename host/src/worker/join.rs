@@ -98,9 +98,10 @@ impl RunSlot {
         drop(parked);
     }
 
-    /// Gives the slot back for good: the run has ended.
-    pub fn release(&self) {
-        drop(self.permit.lock().expect("not poisoned").take());
+    /// Gives up the slot: the run has ended. The worker's acker passes it on to the fetch it
+    /// sends with the run's acknowledgement (dropped, it goes back to the worker's slots).
+    pub fn finish(&self) -> Option<OwnedSemaphorePermit> {
+        self.permit.lock().expect("not poisoned").take()
     }
 }
 

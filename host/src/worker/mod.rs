@@ -11,7 +11,9 @@
 //!   expired and the job went to someone else) aborts the local run, whose result would be
 //!   ignored anyway, and a job whose cancellation was requested is stopped.
 //! - **Acknowledgements** are batched: whatever finished while the previous batch was in flight goes
-//!   out in one call, each ack atomic on its own.
+//!   out in one call, each ack atomic on its own. The slots those runs held go with it: the acker
+//!   sends the fetch that refills them right behind the acks, so that the broker gets both in one
+//!   round trip, and hands the leases back to the loop to start.
 //! - **Outcomes**: success stores the report; a retryable failure is retried after
 //!   [`Backoff`] until `max_attempts`, then dead; the guest's `fail` is dead at once.
 //! - **Shutdown**: stop fetching, let running jobs finish within the grace period, abort the rest and
@@ -30,7 +32,7 @@ mod sub_jobs;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -51,7 +53,7 @@ pub use metrics::{
     Counters, DURATION_BUCKETS, FUEL_BUCKETS, Histogram, MAX_HTTP_DESTINATIONS, WorkerStats,
 };
 pub use modules::ModuleCache;
-use report::{ProgressBoard, ack_loop, heartbeat_loop, progress_loop};
+use report::{Finished, ProgressBoard, Refill, Refilled, ack_loop, heartbeat_loop, progress_loop};
 pub use retry::Backoff;
 use retry::decide;
 pub use secrets::BrokerSecrets;
@@ -242,7 +244,10 @@ impl Worker {
                 .saturating_sub(config.concurrency),
         );
         let waiting = Arc::new(Semaphore::new(max_waiting));
-        let (ack_tx, ack_rx) = mpsc::unbounded_channel::<Ack>();
+        let (ack_tx, ack_rx) = mpsc::unbounded_channel::<Finished>();
+        // Leases the acker fetched for the slots its acks freed, to start here.
+        let (refilled_tx, mut refilled) = mpsc::unbounded_channel::<Refilled>();
+        let draining = Arc::new(AtomicBool::new(false));
 
         let acker = tokio::spawn(ack_loop(
             self.broker.clone(),
@@ -250,6 +255,15 @@ impl Worker {
             inflight.clone(),
             self.counters.clone(),
             self.children.clone(),
+            Refill {
+                queues: config.queues.clone(),
+                weights: config.weights.clone(),
+                lease: config.lease,
+                worker: config.name.clone(),
+                max: config.fetch_batch,
+                draining: draining.clone(),
+                leases: refilled_tx,
+            },
         ));
         if config.precompile {
             tokio::spawn(precompile(self.broker.clone(), self.modules.clone()));
@@ -313,47 +327,59 @@ impl Worker {
         let mut rng = fastrand::Rng::new();
         let mut shutdown = std::pin::pin!(shutdown);
         tracing::info!(worker = %config.name, queues = ?config.queues, concurrency = config.concurrency, max_waiting, "worker started");
+        // The last fetch (this loop's or the acker's) found fewer jobs than it had slots for:
+        // wait for work before fetching again.
+        let mut idle = false;
         loop {
             // Reap finished tasks so the set does not grow.
             while jobs.try_join_next().is_some() {}
-            let permits = tokio::select! {
-                _ = &mut shutdown => break,
-                p = take_slots(&slots, config.fetch_batch) => p,
-            };
-            // Not raced with shutdown: a fetch abandoned after Redis ran it would leave its jobs
-            // leased to nobody until the leases expire.
-            let fetched = self
-                .broker
-                .fetch(
-                    &fetch_order(&config.queues, &config.weights, &mut rng),
-                    permits.len(),
-                    config.lease,
-                    &config.name,
-                )
-                .await;
-            let leases = match fetched {
-                Ok(l) => l,
-                Err(e) => {
-                    tracing::warn!(error = %e, "fetch failed; retrying in 1 s");
-                    tokio::select! {
-                        _ = &mut shutdown => break,
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                    }
-                }
-            };
-            if leases.is_empty() {
-                drop(permits);
+            // Slots come back with leases when the acker fetched for them along with its acks;
+            // free slots otherwise (at start, after a short fetch, from a run that waits for its
+            // sub-jobs) are fetched for here.
+            let (leases, permits) = if std::mem::take(&mut idle) {
                 tokio::select! {
                     _ = &mut shutdown => break,
+                    // The acker fetched meanwhile: what it found starts now.
+                    Some(refilled) = refilled.recv() => refilled,
                     r = self.broker.wait_for_work(&config.queues, config.maintain_every) => {
                         if let Err(e) = r {
                             tracing::warn!(error = %e, "waiting for work failed; retrying in 1 s");
                             tokio::time::sleep(Duration::from_secs(1)).await;
                         }
+                        continue;
                     }
                 }
-                continue;
-            }
+            } else {
+                tokio::select! {
+                    _ = &mut shutdown => break,
+                    Some(refilled) = refilled.recv() => refilled,
+                    permits = take_slots(&slots, config.fetch_batch) => {
+                        // Not raced with shutdown: a fetch abandoned after Redis ran it would
+                        // leave its jobs leased to nobody until the leases expire.
+                        let fetched = self
+                            .broker
+                            .fetch(
+                                &fetch_order(&config.queues, &config.weights, &mut rng),
+                                permits.len(),
+                                config.lease,
+                                &config.name,
+                            )
+                            .await;
+                        match fetched {
+                            Ok(leases) => (leases, permits),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "fetch failed; retrying in 1 s");
+                                tokio::select! {
+                                    _ = &mut shutdown => break,
+                                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                                }
+                            }
+                        }
+                    }
+                }
+            };
+            // Slots left over go back; fetching for them again at once would find nothing.
+            idle = leases.len() < permits.len();
             self.counters
                 .fetched
                 .fetch_add(leases.len() as u64, Ordering::Relaxed);
@@ -383,7 +409,27 @@ impl Worker {
             }
         }
 
-        // Drain: no more fetches; running jobs get the grace period.
+        // Drain: no more fetches; running jobs get the grace period. Leases the acker fetched as
+        // the loop ended never start: they are handed back at once (the attempt not counted).
+        draining.store(true, Ordering::SeqCst);
+        let hand_back = {
+            let (broker, counters) = (self.broker.clone(), self.counters.clone());
+            tokio::spawn(async move {
+                while let Some((leases, _)) = refilled.recv().await {
+                    let keys: Vec<LeaseKey> = leases.into_iter().map(|l| l.key).collect();
+                    match broker.release(&keys).await {
+                        Ok(()) => {
+                            counters
+                                .released
+                                .fetch_add(keys.len() as u64, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "could not hand jobs back; their leases will expire and they will run again")
+                        }
+                    }
+                }
+            })
+        };
         tracing::info!(worker = %config.name, running = jobs.len(), grace = ?config.grace, "shutting down: draining");
         let drained = tokio::time::timeout(config.grace, async {
             while jobs.join_next().await.is_some() {}
@@ -420,6 +466,8 @@ impl Worker {
         let _ = heartbeat.await;
         drop(ack_tx);
         let _ = acker.await;
+        // The acker's end closed the channel of refills: everything in it was handed back.
+        let _ = hand_back.await;
         let _ = progress.await;
         let _ = maintenance.await;
         if let Err(e) = self.broker.worker_gone(&config.name).await {
@@ -435,7 +483,7 @@ impl Worker {
         &self,
         lease: Lease,
         slot: Arc<RunSlot>,
-        acks: mpsc::UnboundedSender<Ack>,
+        acks: mpsc::UnboundedSender<Finished>,
         inflight: InFlightMap,
     ) -> impl Future<Output = ()> + Send + 'static {
         let modules = self.modules.clone();
@@ -511,14 +559,17 @@ impl Worker {
                     }
                 }
             };
-            slot.release();
             if let Some(entry) = inflight.lock().expect("not poisoned").get_mut(&lease.key) {
                 entry.acking = true;
             }
-            // The acker outlives every job task: a send cannot fail while jobs run.
-            let _ = acks.send(Ack {
-                lease: lease.key,
-                completion,
+            // The acker outlives every job task: a send cannot fail while jobs run. The slot
+            // goes with the ack, for the fetch the acker sends with it.
+            let _ = acks.send(Finished {
+                ack: Ack {
+                    lease: lease.key,
+                    completion,
+                },
+                slot: slot.finish(),
             });
         }
         .instrument(span)

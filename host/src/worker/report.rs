@@ -1,17 +1,18 @@
-//! What a worker tells the broker while jobs run and end: acknowledgements in batches, live
-//! progress four times a second, and heartbeats that extend every held lease, stop runs whose
-//! lease was lost or whose cancellation was requested, and report the worker to the registry.
+//! What a worker tells the broker while jobs run and end: acknowledgements in batches (each with
+//! the fetch that refills the slots its runs freed), live progress four times a second, and
+//! heartbeats that extend every held lease, stop runs whose lease was lost or whose
+//! cancellation was requested, and report the worker to the registry.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 
 use super::retry::cancelled;
 use super::{Counters, InFlightMap};
-use crate::broker::{Ack, Completion, JobRef, LeaseKey, WorkerBroker, WorkerInfo};
+use crate::broker::{Ack, Completion, JobRef, Lease, LeaseKey, WorkerBroker, WorkerInfo};
 use crate::job::{JobInfo, Progress};
 use crate::sandbox::ProgressSink;
 use crate::time::now_ms;
@@ -36,47 +37,129 @@ impl ProgressSink for ProgressBoard {
     }
 }
 
-/// Sends acks in batches: everything that finished while the previous batch was in flight.
-pub(super) async fn ack_loop(
-    broker: Arc<dyn WorkerBroker>,
-    mut rx: mpsc::UnboundedReceiver<Ack>,
-    inflight: InFlightMap,
-    counters: Arc<Counters>,
-    children: Arc<super::ChildWatch>,
-) {
-    // An ack batch this large holds Redis for about a millisecond.
-    const MAX_BATCH: usize = 256;
+/// A run that ended: its acknowledgement, and the worker slot it held (none for a run stopped
+/// from outside, whose slot went back when its task was aborted).
+pub(super) struct Finished {
+    pub(super) ack: Ack,
+    pub(super) slot: Option<OwnedSemaphorePermit>,
+}
+
+/// Leases the acker fetched, with a slot for each (and maybe a few more, to give back).
+pub(super) type Refilled = (Vec<Lease>, Vec<OwnedSemaphorePermit>);
+
+/// How the acker refills the slots that the runs of a batch freed: one fetch sent at once with
+/// the batch's acks, so that Redis reads both in one go and answers both in one write — two
+/// round trips become one, and a round trip costs Redis more than most scripts do.
+pub(super) struct Refill {
+    pub(super) queues: Vec<String>,
+    pub(super) weights: Vec<u32>,
+    pub(super) lease: Duration,
+    pub(super) worker: String,
+    /// The most jobs one fetch takes (`fetch_batch`).
+    pub(super) max: usize,
+    /// Set when the worker stops fetching: slots are then only given back.
+    pub(super) draining: Arc<AtomicBool>,
+    /// Where the leases go to be started (the worker's loop).
+    pub(super) leases: mpsc::UnboundedSender<Refilled>,
+}
+
+impl Refill {
+    /// Fetches for `slots` (at most `max` of them; the rest go back to the worker's slots) and
+    /// hands what it leased to the worker's loop, with the slots. A failed fetch: the slots go
+    /// back, and the loop fetches for them (retrying).
+    async fn fetch(
+        &self,
+        broker: &Arc<dyn WorkerBroker>,
+        mut slots: Vec<OwnedSemaphorePermit>,
+        rng: &mut fastrand::Rng,
+    ) {
+        if slots.is_empty() || self.draining.load(Ordering::SeqCst) {
+            return;
+        }
+        slots.truncate(self.max.max(1));
+        let order = super::fetch_order(&self.queues, &self.weights, rng);
+        match broker
+            .fetch(&order, slots.len(), self.lease, &self.worker)
+            .await
+        {
+            // Even none: the loop then waits for work before it fetches for these slots.
+            Ok(leases) => {
+                if let Err(mpsc::error::SendError((leases, _))) = self.leases.send((leases, slots))
+                {
+                    // The loop has ended (it hands back what it receives until then).
+                    let keys: Vec<LeaseKey> = leases.into_iter().map(|l| l.key).collect();
+                    if let Err(e) = broker.release(&keys).await {
+                        tracing::warn!(error = %e, "could not hand jobs back; their leases will expire and they will run again");
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "fetch with acks failed; the worker's loop fetches")
+            }
+        }
+    }
+}
+
+/// Acks `batch`, retrying; returns how many were stale once applied.
+async fn ack_rounds(
+    broker: &Arc<dyn WorkerBroker>,
+    batch: &[Ack],
+    counters: &Counters,
+) -> Option<usize> {
     // Each round already retries for the broker's retry window (30 s for Redis): ten rounds ride
     // out a long outage without pinning a shutting-down worker forever.
     const ROUNDS: u32 = 10;
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let mut pause = Duration::from_millis(50);
-        let mut stale_in_batch = None;
-        for round in 1..=ROUNDS {
-            match broker.ack(&batch).await {
-                Ok(stale) => {
-                    stale_in_batch = Some(stale);
-                    counters.stale.fetch_add(stale as u64, Ordering::Relaxed);
-                    if stale > 0 {
-                        tracing::warn!(
-                            stale,
-                            "acks ignored: those leases had expired and moved on"
-                        );
-                    }
-                    break;
+    let mut pause = Duration::from_millis(50);
+    for round in 1..=ROUNDS {
+        match broker.ack(batch).await {
+            Ok(stale) => {
+                counters.stale.fetch_add(stale as u64, Ordering::Relaxed);
+                if stale > 0 {
+                    tracing::warn!(stale, "acks ignored: those leases had expired and moved on");
                 }
-                Err(e) if round == ROUNDS => {
-                    tracing::error!(error = %e, jobs = batch.len(), "giving up on acks: these jobs' leases will expire and they will run again");
-                }
-                Err(e) => {
-                    // Keep trying: giving up makes the lease expire and the job run again.
-                    tracing::warn!(error = %e, jobs = batch.len(), "ack failed; retrying");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(2));
-                }
+                return Some(stale);
+            }
+            Err(e) if round == ROUNDS => {
+                tracing::error!(error = %e, jobs = batch.len(), "giving up on acks: these jobs' leases will expire and they will run again");
+            }
+            Err(e) => {
+                // Keep trying: giving up makes the lease expire and the job run again.
+                tracing::warn!(error = %e, jobs = batch.len(), "ack failed; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
             }
         }
+    }
+    None
+}
+
+/// Sends acks in batches — everything that finished while the previous batch was in flight —
+/// each with the fetch that refills the slots the batch's runs freed ([`Refill`]).
+pub(super) async fn ack_loop(
+    broker: Arc<dyn WorkerBroker>,
+    mut rx: mpsc::UnboundedReceiver<Finished>,
+    inflight: InFlightMap,
+    counters: Arc<Counters>,
+    children: Arc<super::ChildWatch>,
+    refill: Refill,
+) {
+    // An ack batch this large holds Redis for about a millisecond.
+    const MAX_BATCH: usize = 256;
+    let mut finished = Vec::with_capacity(MAX_BATCH);
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut rng = fastrand::Rng::new();
+    while rx.recv_many(&mut finished, MAX_BATCH).await > 0 {
+        let mut slots = Vec::new();
+        for f in finished.drain(..) {
+            slots.extend(f.slot);
+            batch.push(f.ack);
+        }
+        // The ack is sent first (a queue's concurrency limit counts the slots it frees), the
+        // fetch right behind it.
+        let (stale_in_batch, ()) = tokio::join!(
+            ack_rounds(&broker, &batch, &counters),
+            refill.fetch(&broker, slots, &mut rng)
+        );
         // Parents that ended for good let their sub-jobs' records expire (after the result
         // TTL). Any attempt but a first one may have enqueued some, so those are always asked.
         let ended_parents: Vec<JobRef> = {
@@ -184,7 +267,7 @@ pub(super) async fn heartbeat_loop(
     inflight: InFlightMap,
     lease: Duration,
     mut me: WorkerInfo,
-    acks: mpsc::UnboundedSender<Ack>,
+    acks: mpsc::UnboundedSender<Finished>,
     mut stop: watch::Receiver<bool>,
     waiting: impl Fn() -> usize + Send + 'static,
 ) {
@@ -225,9 +308,12 @@ pub(super) async fn heartbeat_loop(
                     }
                     entry.acking = true;
                     let completion = cancelled(entry.attempt);
-                    let _ = acks.send(Ack {
-                        lease: key,
-                        completion,
+                    let _ = acks.send(Finished {
+                        ack: Ack {
+                            lease: key,
+                            completion,
+                        },
+                        slot: None,
                     });
                 }
                 for key in beat.lost {
