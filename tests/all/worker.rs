@@ -1000,7 +1000,8 @@ fn asked(server: &common::redis::RedisServer) -> Vec<Asked> {
 /// A worker's slots are refilled by a fetch its acker sends right behind the acks that freed
 /// them (one round trip for both), and a fetch that comes back short sends the worker to wait
 /// for work instead of fetching again at once: one job at a time through an idle worker costs
-/// two fetches (the one that takes it, the acker's that finds nothing), not three.
+/// two fetches (the one that takes it, the acker's that finds nothing), not three, and no new
+/// connection.
 #[tokio::test]
 async fn acks_carry_the_fetch_for_their_slots_and_a_dry_queue_is_not_asked_twice() {
     let b = redis().await;
@@ -1034,11 +1035,23 @@ async fn acks_carry_the_fetch_for_their_slots_and_a_dry_queue_is_not_asked_twice
     // Warm up: the module loaded, the worker waiting for work.
     run("warm".to_owned()).await;
     asked(server);
+    // Connections received so far (this question's own among them).
+    let connections = || -> u64 {
+        let info: String = redis::from_redis_value(server.cmd(&["INFO", "stats"])).unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("total_connections_received:"))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap()
+    };
+    let connected = connections();
 
     const JOBS: usize = 8;
     for i in 0..JOBS {
         run(format!("j{i}")).await;
     }
+    // The wait for work outlives the acker's fetches: a wait given up would close its blocked
+    // connection, and the next one open another.
+    let opened = connections() - connected - 1;
     // The last ack's fetch may still be on its way.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let mut calls = Vec::new();
@@ -1054,6 +1067,7 @@ async fn acks_carry_the_fetch_for_their_slots_and_a_dry_queue_is_not_asked_twice
     }
     let _ = stop.send(());
     running.await.unwrap();
+    assert!(opened <= 2, "{opened} connections opened for {JOBS} jobs");
     assert_eq!(
         calls.iter().filter(|c| **c == Asked::Ack).count(),
         JOBS,

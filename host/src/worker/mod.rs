@@ -328,20 +328,29 @@ impl Worker {
         let mut shutdown = std::pin::pin!(shutdown);
         tracing::info!(worker = %config.name, queues = ?config.queues, concurrency = config.concurrency, max_waiting, "worker started");
         // The last fetch (this loop's or the acker's) found fewer jobs than it had slots for:
-        // wait for work before fetching again.
+        // wait for work before fetching again. The wait is kept while the acker's leases are
+        // started: dropped, its blocked connection would have to be closed and opened again.
         let mut idle = false;
+        let mut work_wait = None;
         loop {
             // Reap finished tasks so the set does not grow.
             while jobs.try_join_next().is_some() {}
             // Slots come back with leases when the acker fetched for them along with its acks;
             // free slots otherwise (at start, after a short fetch, from a run that waits for its
             // sub-jobs) are fetched for here.
-            let (leases, permits) = if std::mem::take(&mut idle) {
+            let (leases, permits) = if idle {
+                let wait = work_wait.get_or_insert_with(|| {
+                    self.broker
+                        .wait_for_work(&config.queues, config.maintain_every)
+                });
                 tokio::select! {
                     _ = &mut shutdown => break,
-                    // The acker fetched meanwhile: what it found starts now.
+                    // The acker fetched meanwhile: what it found starts now, and the wait
+                    // goes on.
                     Some(refilled) = refilled.recv() => refilled,
-                    r = self.broker.wait_for_work(&config.queues, config.maintain_every) => {
+                    r = wait => {
+                        work_wait = None;
+                        idle = false;
                         if let Err(e) = r {
                             tracing::warn!(error = %e, "waiting for work failed; retrying in 1 s");
                             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -379,7 +388,9 @@ impl Worker {
                 }
             };
             // Slots left over go back; fetching for them again at once would find nothing.
-            idle = leases.len() < permits.len();
+            if leases.len() < permits.len() {
+                idle = true;
+            }
             self.counters
                 .fetched
                 .fetch_add(leases.len() as u64, Ordering::Relaxed);
