@@ -233,32 +233,25 @@ async fn concurrent_enqueues_to_one_queue_go_out_together_and_are_answered_alone
     assert_eq!((ok, full), (10, 10));
 }
 
-/// How many times Redis ran `command` since its stats were reset (commands that scripts call
-/// included).
-/// How many job records each fetch script call since the last `SLOWLOG RESET` declared (its
-/// candidates), oldest first; the server logs every command (`slowlog-log-slower-than 0`).
+/// How many job records each fetch script call since logging began (or the last call) declared
+/// (its candidates), oldest first.
 fn fetch_candidates_declared(server: &RedisServer) -> Vec<usize> {
-    let log: Vec<redis::Value> =
-        redis::from_redis_value(server.cmd(&["SLOWLOG", "GET", "128"])).unwrap();
-    let mut declared: Vec<usize> = log
+    server
+        .logged()
         .into_iter()
-        .filter_map(|entry| {
-            let redis::Value::Array(fields) = entry else {
-                return None;
-            };
-            let args: Vec<String> = redis::from_redis_value(fields.get(3)?.clone()).ok()?;
+        .filter_map(|c| {
             // EVALSHA sha numkeys: the queue's seven keys, the request's, then the candidates.
             // Only the fetch script passes the worker's name (`w1`) as an argument.
+            let args = &c.args;
             (args.first()?.eq_ignore_ascii_case("evalsha") && args.iter().any(|a| a == "w1"))
                 .then(|| args[2].parse::<usize>().ok().map(|keys| keys - 8))
                 .flatten()
         })
-        .collect();
-    declared.reverse();
-    server.cmd(&["SLOWLOG", "RESET"]);
-    declared
+        .collect()
 }
 
+/// How many times Redis ran `command` since its stats were reset (commands that scripts call
+/// included).
 fn command_calls(server: &RedisServer, command: &str) -> u64 {
     let stats: String = redis::from_redis_value(server.cmd(&["INFO", "commandstats"])).unwrap();
     stats
@@ -411,14 +404,13 @@ async fn a_busy_workers_fetch_is_one_round_trip_and_keeps_priority_order() {
     let names = |range: std::ops::Range<usize>| -> Vec<String> {
         range.map(|i| format!("j{i:02}")).collect()
     };
-    server.cmd(&["CONFIG", "SET", "slowlog-log-slower-than", "0"]);
-    server.cmd(&["CONFIG", "SET", "slowlog-max-len", "128"]);
+    server.log_commands(128);
     assert_eq!(ids(&fetch(&a, 5).await), names(0..5));
 
     // Each fetch script reads the head once (what it takes and, after it, what it returns): a
     // worker that read the head itself would add a second ZRANGE.
     server.cmd(&["CONFIG", "RESETSTAT"]);
-    server.cmd(&["SLOWLOG", "RESET"]);
+    server.logged();
     assert_eq!(ids(&fetch(&a, 5).await), names(5..10));
     assert_eq!(command_calls(&server, "evalsha"), 1);
     assert_eq!(
@@ -434,7 +426,7 @@ async fn a_busy_workers_fetch_is_one_round_trip_and_keeps_priority_order() {
     // its second round starts from the head its first returned.
     assert_eq!(ids(&fetch(&b, 10).await), names(10..20));
     server.cmd(&["CONFIG", "RESETSTAT"]);
-    server.cmd(&["SLOWLOG", "RESET"]);
+    server.logged();
     assert_eq!(ids(&fetch(&a, 5).await), names(20..25));
     assert_eq!(command_calls(&server, "evalsha"), 2);
     assert_eq!(command_calls(&server, "zrange"), 2);

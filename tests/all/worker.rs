@@ -964,24 +964,16 @@ enum Asked {
     Enqueue,
 }
 
-/// What workers asked since the last reset, in order (the server logs every command; commands
-/// scripts send are left out).
+/// What workers asked since logging began (or the last call), in order; commands scripts send
+/// are left out.
 fn asked(server: &common::redis::RedisServer) -> Vec<Asked> {
-    let log: Vec<redis::Value> =
-        redis::from_redis_value(server.cmd(&["SLOWLOG", "GET", "4096"])).unwrap();
-    let mut asked: Vec<Asked> = log
+    server
+        .logged()
         .into_iter()
-        .filter_map(|entry| {
-            let redis::Value::Array(fields) = entry else {
-                return None;
-            };
-            let args: Vec<String> = redis::from_redis_value(fields.get(3)?.clone()).ok()?;
-            let client: String = redis::from_redis_value(fields.get(4)?.clone()).ok()?;
-            if client == "?:0" {
-                return None; // sent by a script
-            }
-            let first = args.first()?.to_ascii_lowercase();
-            match first.as_str() {
+        .filter(|c| !c.by_script)
+        .filter_map(|c| {
+            let args = &c.args;
+            match args.first()?.to_ascii_lowercase().as_str() {
                 "zrange" => args.get(1)?.ends_with(":ready").then_some(Asked::Head),
                 "evalsha" if args.iter().any(|a| a.contains(":fetch:")) => Some(Asked::Fetch),
                 "evalsha" if args.iter().any(|a| a.contains("\"module\":\"sha256:")) => {
@@ -991,10 +983,7 @@ fn asked(server: &common::redis::RedisServer) -> Vec<Asked> {
                 _ => None,
             }
         })
-        .collect();
-    asked.reverse();
-    server.cmd(&["SLOWLOG", "RESET"]);
-    asked
+        .collect()
 }
 
 /// A worker's slots are refilled by a fetch its acker sends right behind the acks that freed
@@ -1006,8 +995,7 @@ fn asked(server: &common::redis::RedisServer) -> Vec<Asked> {
 async fn acks_carry_the_fetch_for_their_slots_and_a_dry_queue_is_not_asked_twice() {
     let b = redis().await;
     let server = b.redis.as_ref().unwrap();
-    server.cmd(&["CONFIG", "SET", "slowlog-log-slower-than", "0"]);
-    server.cmd(&["CONFIG", "SET", "slowlog-max-len", "4096"]);
+    server.log_commands(4096);
     let hello = upload(b.broker.as_ref(), "hello").await;
     let config = WorkerConfig {
         // Waits for work end on a wake-up, not on their timeout (5 s at most).

@@ -290,6 +290,38 @@ impl RedisServer {
         self.child.is_some()
     }
 
+    /// Makes the server log every command it runs, scripts' own included (`SLOWLOG`, the
+    /// latest `max`), for [`Self::logged`].
+    pub fn log_commands(&self, max: usize) {
+        self.cmd(&["CONFIG", "SET", "slowlog-log-slower-than", "0"]);
+        self.cmd(&["CONFIG", "SET", "slowlog-max-len", &max.to_string()]);
+        self.cmd(&["SLOWLOG", "RESET"]);
+    }
+
+    /// The commands run since logging began or the last call, oldest first: each one's
+    /// arguments, and whether a script sent it. The log starts over.
+    pub fn logged(&self) -> Vec<Logged> {
+        let log: Vec<redis::Value> =
+            redis::from_redis_value(self.cmd(&["SLOWLOG", "GET", "-1"])).unwrap();
+        let mut logged: Vec<Logged> = log
+            .into_iter()
+            .filter_map(|entry| {
+                let redis::Value::Array(fields) = entry else {
+                    return None;
+                };
+                let args = redis::from_redis_value(fields.get(3)?.clone()).ok()?;
+                let client: String = redis::from_redis_value(fields.get(4)?.clone()).ok()?;
+                Some(Logged {
+                    args,
+                    by_script: client == "?:0",
+                })
+            })
+            .collect();
+        logged.reverse();
+        self.cmd(&["SLOWLOG", "RESET"]);
+        logged
+    }
+
     /// Runs a command with a fresh connection.
     pub fn cmd(&self, args: &[&str]) -> redis::Value {
         self.query(args)
@@ -368,4 +400,12 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A command the server ran, from its log ([`RedisServer::logged`]).
+pub struct Logged {
+    /// The command and its arguments.
+    pub args: Vec<String>,
+    /// Sent by a script (`redis.call`), not by a client.
+    pub by_script: bool,
 }
