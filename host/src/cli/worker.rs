@@ -135,15 +135,21 @@ pub(crate) async fn run(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Completes on the first SIGTERM or SIGINT.
-pub(crate) async fn shutdown_signal() {
+/// Completes on the first SIGTERM or SIGINT. The handlers are in place when this returns, not
+/// when the future is first polled: a signal that arrives once jobs are leased must drain the
+/// worker, never end the process the default way (its leases would run out, and its jobs run
+/// again).
+pub(crate) fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("a SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+    let mut int = signal(SignalKind::interrupt()).expect("a SIGINT handler");
+    async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        eprintln!("signal received: finishing running jobs, fetching no more");
     }
-    eprintln!("signal received: finishing running jobs, fetching no more");
 }
 
 /// `a,b` (strict order) or `a:3,b:1` (weights): names checked, weights all given or none.

@@ -344,6 +344,7 @@ impl Worker {
                         .wait_for_work(&config.queues, config.maintain_every)
                 });
                 tokio::select! {
+                    biased;
                     _ = &mut shutdown => break,
                     // The acker fetched meanwhile: what it found starts now, and the wait
                     // goes on.
@@ -359,7 +360,10 @@ impl Worker {
                     }
                 }
             } else {
+                // Biased: a shutdown already due is seen before another fetch (and the
+                // shutdown future is polled from the first round on).
                 tokio::select! {
+                    biased;
                     _ = &mut shutdown => break,
                     Some(refilled) = refilled.recv() => refilled,
                     permits = take_slots(&slots, config.fetch_batch) => {
