@@ -427,21 +427,12 @@ impl Worker {
         // Drain: no more fetches; running jobs get the grace period. Leases the acker fetched as
         // the loop ended never start: they are handed back at once (the attempt not counted).
         draining.store(true, Ordering::SeqCst);
-        let hand_back = {
+        let handing_back = {
             let (broker, counters) = (self.broker.clone(), self.counters.clone());
             tokio::spawn(async move {
                 while let Some((leases, _)) = refilled.recv().await {
                     let keys: Vec<LeaseKey> = leases.into_iter().map(|l| l.key).collect();
-                    match broker.release(&keys).await {
-                        Ok(()) => {
-                            counters
-                                .released
-                                .fetch_add(keys.len() as u64, Ordering::Relaxed);
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, "could not hand jobs back; their leases will expire and they will run again")
-                        }
-                    }
+                    hand_back(broker.as_ref(), &counters, &keys).await;
                 }
             })
         };
@@ -464,16 +455,7 @@ impl Worker {
                 count = unfinished.len(),
                 "grace period over: handing jobs back"
             );
-            match self.broker.release(&unfinished).await {
-                Ok(()) => {
-                    self.counters
-                        .released
-                        .fetch_add(unfinished.len() as u64, Ordering::Relaxed);
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "could not hand jobs back; their leases will expire and they will run again")
-                }
-            }
+            hand_back(self.broker.as_ref(), &self.counters, &unfinished).await;
         }
         // Heartbeats ran through the drain; the heartbeat loop holds an ack sender (for
         // cancellations), so it stops before the acker can see its channel close.
@@ -482,7 +464,7 @@ impl Worker {
         drop(ack_tx);
         let _ = acker.await;
         // The acker's end closed the channel of refills: everything in it was handed back.
-        let _ = hand_back.await;
+        let _ = handing_back.await;
         let _ = progress.await;
         let _ = maintenance.await;
         if let Err(e) = self.broker.worker_gone(&config.name).await {
@@ -664,6 +646,21 @@ fn report(worker: &str, attempt: u32, outcome: &RunOutcome, sub_jobs: Vec<String
         wall_ms: outcome.wall_time.as_secs_f64() * 1e3,
         sub_jobs,
         http: outcome.http.clone(),
+    }
+}
+
+/// Hands leased jobs back without counting the attempt, and counts them as handed back; a
+/// failure is logged (their leases expire and they run again).
+async fn hand_back(broker: &dyn WorkerBroker, counters: &Counters, keys: &[LeaseKey]) {
+    match broker.release(keys).await {
+        Ok(()) => {
+            counters
+                .released
+                .fetch_add(keys.len() as u64, Ordering::Relaxed);
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "could not hand jobs back; their leases will expire and they will run again")
+        }
     }
 }
 

@@ -82,16 +82,11 @@ impl Refill {
             .fetch(&order, slots.len(), self.lease, &self.worker)
             .await
         {
-            // Even none: the loop then waits for work before it fetches for these slots.
+            // Even none: the loop then waits for work before it fetches for these slots. The
+            // send cannot fail: the receiver lives until this acker, the only sender, has ended
+            // (past the loop's end, it hands back what it receives).
             Ok(leases) => {
-                if let Err(mpsc::error::SendError((leases, _))) = self.leases.send((leases, slots))
-                {
-                    // The loop has ended (it hands back what it receives until then).
-                    let keys: Vec<LeaseKey> = leases.into_iter().map(|l| l.key).collect();
-                    if let Err(e) = broker.release(&keys).await {
-                        tracing::warn!(error = %e, "could not hand jobs back; their leases will expire and they will run again");
-                    }
-                }
+                let _ = self.leases.send((leases, slots));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "fetch with acks failed; the worker's loop fetches")
